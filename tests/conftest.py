@@ -1,0 +1,187 @@
+"""Test session services: a real Postgres and a real Redis, started once per session.
+
+By default both are embedded (pip-shipped PostgreSQL and Valkey under a temporary folder). Set
+``HARVESTER_TEST_DATABASE_URL`` / ``HARVESTER_TEST_REDIS_URL`` to use servers of your own: the
+session creates (and drops) a database of its own on that Postgres, and flushes the given Redis
+database before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from arq.worker import Worker
+
+from tests.upstream import Upstream
+from worker import store
+from worker.app import worker_settings
+from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.fetch import Fetcher, create_session
+from worker.migrate import migrate
+from worker.settings import Settings, load_settings
+
+TEST_QUEUE = "harvester:test"
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    redis_url: str
+
+
+def _with_database(url: str, name: str) -> str:
+    head, _, tail = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{tail}" if tail else "")
+
+
+@pytest.fixture(scope="session")
+def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    db_url = os.environ.get("HARVESTER_TEST_DATABASE_URL")
+    redis_url = os.environ.get("HARVESTER_TEST_REDIS_URL")
+    root = tmp_path_factory.mktemp("servers")
+    pg = None if db_url else EmbeddedPostgres(root / "postgres")
+    rd = None if redis_url else EmbeddedRedis(root / "valkey")
+    try:
+        if pg is not None:
+            db_url = pg.start()
+        if rd is not None:
+            redis_url = rd.start()
+        assert db_url
+        assert redis_url
+        yield db_url, redis_url
+    finally:
+        if rd is not None:
+            rd.stop()
+        if pg is not None:
+            pg.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+async def services(_servers: tuple[str, str]) -> AsyncIterator[Services]:
+    """A database of this session's own, migrated, and a Redis URL."""
+    admin_url, redis_url = _servers
+    name = f"harvester_test_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    db_url = _with_database(admin_url, name)
+    await migrate(db_url)
+    try:
+        yield Services(db_url, redis_url)
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def make_settings(services: Services) -> Callable[..., Settings]:
+    """Settings pointing at the session's services, with backoff waits off and loopback allowed."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": services.database_url,
+            "redis_url": services.redis_url,
+            "queue": TEST_QUEUE,
+            "allowed_networks": "127.0.0.0/8",
+            "retry_base_delay": 0.0,
+            "max_attempts": 3,
+            "concurrency": 16,
+            "per_host": 16,
+            "request_timeout": 10.0,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The store's pool on an empty documents / fetch_failures pair."""
+    p = await store.create_pool(settings)
+    await p.execute("TRUNCATE documents, fetch_failures RESTART IDENTITY")
+    try:
+        yield p
+    finally:
+        await store.close_pool(p)
+
+
+@pytest.fixture
+async def redis(services: Services) -> AsyncIterator[aioredis.Redis]:
+    """A plain Redis client on a flushed database."""
+    client = aioredis.Redis.from_url(services.redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """A scripted local HTTP upstream (aiohttp.web) on a loopback port."""
+    up = Upstream()
+    await up.start()
+    try:
+        yield up
+    finally:
+        await up.stop()
+
+
+@pytest.fixture
+async def make_fetcher() -> AsyncIterator[Callable[[Settings], Fetcher]]:
+    """Fetchers over real sessions, closed after the test."""
+    sessions = []
+
+    def factory(s: Settings) -> Fetcher:
+        session = create_session(s)
+        sessions.append(session)
+        return Fetcher(session, s)
+
+    yield factory
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture
+async def make_worker(
+    make_settings: Callable[..., Settings], pool: asyncpg.Pool, redis: aioredis.Redis
+) -> AsyncIterator[Callable[..., Worker]]:
+    """arq workers in burst mode with harvester's real start-up and shutdown."""
+    workers: list[Worker] = []
+
+    def factory(**overrides: Any) -> Worker:
+        s = make_settings(**overrides)
+        kwargs = worker_settings(s)
+        kwargs.update(burst=True, poll_delay=0, handle_signals=False)
+        w = Worker(**kwargs)
+        workers.append(w)
+        return w
+
+    yield factory
+    for w in workers:
+        await w.close()
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

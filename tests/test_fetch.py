@@ -1,0 +1,261 @@
+"""Fetching: helpers in isolation, then the Fetcher against the scripted local upstream."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from email.utils import formatdate
+
+import pytest
+
+from tests.upstream import Upstream
+from worker.errors import InvalidJSONError
+from worker.fetch import Failed, Fetched, Fetcher, backoff_delay, check_json, parse_retry_after
+from worker.settings import Settings
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def test_parse_retry_after_seconds_and_dates() -> None:
+    """Both forms of Retry-After are understood; junk is ignored."""
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30)
+    assert parse_retry_after(formatdate(999_000, usegmt=True), now=1_000_000) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    """Delays stay within [0, min(cap, base*2**(n-1))] and are 0 when backoff is off."""
+    rng = random.Random(1)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 5.0)]:
+        delays = [backoff_delay(attempt, 0.5, 5.0, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # jitter spreads over the range
+    assert backoff_delay(4, 0.0, 5.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"nope", b"\xff\xfe{}", b'"\\ud800"', b'{"a": "x\\u0000y"}', b"\xef\xbb\xbf{}"],
+)
+def test_check_json_refuses_what_postgres_would(body: bytes) -> None:
+    """Invalid JSON, bad UTF-8, lone surrogates, NUL escapes and BOMs are refused."""
+    with pytest.raises(InvalidJSONError):
+        check_json(body)
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[1, 2]", b'"x"', b"3", b'{"a": "x\\\\u0000y"}'])
+def test_check_json_accepts_storable_json(body: bytes) -> None:
+    """Any JSON value is fine, including an escaped backslash before u0000."""
+    check_json(body)
+
+
+# -- against the upstream ----------------------------------------------------------------------
+
+FetcherFactory = Callable[[Settings], Fetcher]
+
+
+async def test_good_json_is_fetched(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A 200 JSON answer becomes a document with the body as served."""
+    out = await make_fetcher(settings).fetch(upstream.url("/json/a"))
+    assert isinstance(out, Fetched)
+    assert (out.status, out.attempts) == (200, 1)
+    assert out.body == Upstream._body("a")
+
+
+async def test_gzip_is_decompressed(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A gzip-encoded body lands decompressed."""
+    out = await make_fetcher(settings).fetch(upstream.url("/gzip/z"))
+    assert isinstance(out, Fetched)
+    assert out.body == Upstream._body("z")
+
+
+async def test_gzip_bomb_is_cut_at_the_decompressed_cap(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """The cap counts bytes after decompression, so a small bomb is refused."""
+    out = await make_fetcher(make_settings(max_body_bytes=1024 * 1024)).fetch(
+        upstream.url("/gzip-bomb")
+    )
+    assert isinstance(out, Failed)
+    assert out.kind == "too_large"
+    assert "after decompression" in out.detail
+
+
+async def test_streamed_body_over_cap_is_too_large(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """A body without Content-Length is cut once it passes the cap; not retried."""
+    fetcher = make_fetcher(make_settings(max_body_bytes=100_000))
+    out = await fetcher.fetch(upstream.url("/big?size=5000000"))
+    assert isinstance(out, Failed)
+    assert (out.kind, out.attempts) == ("too_large", 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "status"),
+    [
+        ("/status/404", "http_status", 404),
+        ("/invalid-json", "invalid_json", None),
+        ("/nul", "invalid_json", None),
+        ("/empty", "invalid_json", None),
+        ("/html", "content_type", 200),
+        ("/loop", "redirect", 302),
+    ],
+)
+async def test_permanent_failures_are_not_retried(
+    upstream: Upstream,
+    settings: Settings,
+    make_fetcher: FetcherFactory,
+    path: str,
+    kind: str,
+    status: int | None,
+) -> None:
+    """Permanent failures get their kind after exactly one attempt."""
+    out = await make_fetcher(settings).fetch(upstream.url(path))
+    assert isinstance(out, Failed)
+    assert (out.kind, out.status, out.attempts) == (kind, status, 1)
+    if path != "/loop":
+        assert upstream.counts[path] == 1
+
+
+async def test_invalid_urls_fail_without_a_request(
+    settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """Unparseable, non-http and host-less URLs are invalid_url with zero attempts."""
+    fetcher = make_fetcher(settings)
+    for url in ["not a url", "ftp://example.com/x", "http://", "javascript:alert(1)"]:
+        out = await fetcher.fetch(url)
+        assert isinstance(out, Failed), url
+        assert (out.kind, out.attempts) == ("invalid_url", 0), url
+
+
+async def test_transient_503_is_retried_until_success(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """Two 503s then 200: a document with attempts = 3."""
+    out = await make_fetcher(settings).fetch(upstream.url("/flaky/k1?fails=2&status=503"))
+    assert isinstance(out, Fetched)
+    assert out.attempts == 3
+    assert upstream.counts["/flaky/k1"] == 3
+
+
+async def test_500_gives_up_after_max_attempts(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A URL that always answers 500 fails as http_status after max_attempts requests."""
+    out = await make_fetcher(settings).fetch(upstream.url("/status/500"))
+    assert isinstance(out, Failed)
+    assert (out.kind, out.status, out.attempts) == ("http_status", 500, settings.max_attempts)
+    assert upstream.counts["/status/500"] == settings.max_attempts
+
+
+async def test_retry_after_is_honoured(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A 429 with Retry-After: 1 is retried no sooner than a second later (backoff is off)."""
+    out = await make_fetcher(settings).fetch(upstream.url("/retry-after/r1?seconds=1"))
+    assert isinstance(out, Fetched)
+    assert out.attempts == 2
+    first, second = upstream.hits_for("/retry-after/r1")
+    assert second.at - first.at >= 0.95
+
+
+async def test_retry_after_is_capped(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """A huge Retry-After waits no longer than HARVESTER_RETRY_AFTER_CAP."""
+    fetcher = make_fetcher(make_settings(retry_after_cap=0.0))
+    out = await fetcher.fetch(upstream.url("/retry-after/r2?seconds=3600"))
+    assert isinstance(out, Fetched)
+    first, second = upstream.hits_for("/retry-after/r2")
+    assert second.at - first.at < 5
+
+
+async def test_connection_refused_is_connect_and_retried(
+    settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A port nobody listens on gives kind connect after max_attempts."""
+    from worker.embedded import free_port
+
+    out = await make_fetcher(settings).fetch(f"http://127.0.0.1:{free_port()}/x")
+    assert isinstance(out, Failed)
+    assert (out.kind, out.attempts) == ("connect", settings.max_attempts)
+
+
+async def test_slow_upstream_times_out(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """A response slower than the read timeout is a timeout failure."""
+    fetcher = make_fetcher(make_settings(read_timeout=0.2, max_attempts=1))
+    out = await fetcher.fetch(upstream.url("/slow/s?delay=5"))
+    assert isinstance(out, Failed)
+    assert out.kind == "timeout"
+
+
+async def test_redirects_are_followed_within_the_limit(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """Up to max_redirects hops are followed; one more is a redirect failure."""
+    fetcher = make_fetcher(make_settings(max_redirects=3))
+    ok = await fetcher.fetch(upstream.url("/redirect/3"))
+    assert isinstance(ok, Fetched)
+    too_many = await fetcher.fetch(upstream.url("/redirect/4"))
+    assert isinstance(too_many, Failed)
+    assert too_many.kind == "redirect"
+
+
+async def test_redirect_to_other_scheme_is_refused(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """Only http and https are followed."""
+    out = await make_fetcher(settings).fetch(
+        upstream.url("/redirect-to?location=file:///etc/passwd")
+    )
+    assert isinstance(out, Failed)
+    assert out.kind == "redirect"
+    assert "file" in out.detail
+
+
+async def test_loopback_is_blocked_by_default(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """Without HARVESTER_ALLOWED_NETWORKS the upstream on 127.0.0.1 is never contacted."""
+    fetcher = make_fetcher(make_settings(allowed_networks=""))
+    out = await fetcher.fetch(upstream.url("/json/secret"))
+    by_name = await fetcher.fetch(upstream.url("/json/byname").replace("127.0.0.1", "localhost"))
+    assert isinstance(out, Failed)
+    assert (out.kind, out.attempts) == ("blocked", 1)
+    assert isinstance(by_name, Failed)
+    assert by_name.kind == "blocked"
+    assert upstream.hits == []
+
+
+async def test_redirect_to_a_blocked_address_is_refused(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """Every hop is checked: a redirect to the metadata address is blocked."""
+    out = await make_fetcher(make_settings()).fetch(
+        upstream.url("/redirect-to?location=http://169.254.169.254/latest/meta-data/")
+    )
+    assert isinstance(out, Failed)
+    assert out.kind == "blocked"
+
+
+async def test_in_flight_requests_never_exceed_concurrency(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """With a slow upstream, the upstream sees at most HARVESTER_CONCURRENCY at once."""
+    import asyncio
+
+    fetcher = make_fetcher(make_settings(concurrency=4, per_host=4))
+    outs = await asyncio.gather(
+        *(fetcher.fetch(upstream.url(f"/slow/{i}?delay=0.1")) for i in range(20))
+    )
+    assert all(isinstance(o, Fetched) for o in outs)
+    assert upstream.max_in_flight == 4

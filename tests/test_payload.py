@@ -1,0 +1,42 @@
+"""Payload validation: each way a fetch_batch payload can be wrong, said plainly."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import BadJobError
+from worker.payload import parse_batch
+
+
+def test_valid_payload() -> None:
+    """URLs are kept exactly as given, with the optional source."""
+    b = parse_batch(
+        (), {"urls": [" http://a/ ", "http://b"], "source": "s"}, max_urls=5, job_id="j"
+    )
+    assert b.urls == (" http://a/ ", "http://b")
+    assert b.source == "s"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {}, "'urls' is required"),
+        ((), {"urls": "http://a"}, "'urls' must be a list of strings, got str"),
+        ((), {"urls": []}, "'urls' is empty"),
+        ((), {"urls": ["http://a", 3, None]}, "2 item\\(s\\) are not, the first at index 1 is int"),
+        ((), {"urls": ["u"] * 6}, "over the limit of 5"),
+        ((), {"urls": ["u"], "source": 7}, "'source' must be a string"),
+        ((), {"urls": ["u"], "priority": 1}, "unknown field\\(s\\) 'priority'"),
+        ((["u"],), {}, "keyword arguments only"),
+    ],
+)
+def test_bad_payloads_say_what_is_wrong(args: tuple, kwargs: dict, message: str) -> None:
+    """Each malformed payload raises BadJobError with a specific message."""
+    with pytest.raises(BadJobError, match=message):
+        parse_batch(args, kwargs, max_urls=5, job_id="j")
+
+
+def test_overlong_job_id_is_refused() -> None:
+    """Job ids are bounded, since they are stored in every row."""
+    with pytest.raises(BadJobError, match="job id is longer"):
+        parse_batch((), {"urls": ["u"]}, max_urls=5, job_id="x" * 300)

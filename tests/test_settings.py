@@ -1,0 +1,70 @@
+"""Settings: defaults, environment names, and refusals that name the variable."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import load_settings
+
+
+def test_defaults_are_production_sane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults bound everything and are not the tutorial's cpu_count*2."""
+    for var in ("DATABASE_URL", "REDIS_URL", "HARVESTER_CONCURRENCY", "HARVESTER_MAX_ATTEMPTS"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert s.queue == "arq:queue"
+    assert s.concurrency == 64
+    assert s.max_attempts >= 3
+    assert s.max_body_bytes == 10 * 1024 * 1024
+    assert s.allowed_networks == ()
+
+
+def test_reads_conventional_urls_and_prefixed_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL and REDIS_URL keep their names; everything else is HARVESTER_*."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db:5432/h")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/3")
+    monkeypatch.setenv("HARVESTER_CONCURRENCY", "8")
+    monkeypatch.setenv("HARVESTER_PER_HOST", "4")
+    monkeypatch.setenv("HARVESTER_QUEUE", "jobs")
+    monkeypatch.setenv("HARVESTER_ALLOWED_NETWORKS", "10.0.0.0/8, 127.0.0.1/32")
+    s = load_settings()
+    assert s.database_url == "postgresql://u@db:5432/h"
+    assert s.redis_url == "redis://cache:6379/3"
+    assert (s.concurrency, s.per_host, s.queue) == (8, 4, "jobs")
+    assert s.allowed_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "named"),
+    [
+        ("HARVESTER_CONCURRENCY", "0", "HARVESTER_CONCURRENCY"),
+        ("HARVESTER_CONCURRENCY", "lots", "HARVESTER_CONCURRENCY"),
+        ("HARVESTER_MAX_BODY_BYTES", "-5", "HARVESTER_MAX_BODY_BYTES"),
+        ("HARVESTER_REQUEST_TIMEOUT", "0", "HARVESTER_REQUEST_TIMEOUT"),
+        ("HARVESTER_ALLOWED_NETWORKS", "10.0.0.0/33", "HARVESTER_ALLOWED_NETWORKS"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+        ("REDIS_URL", "http://x", "REDIS_URL"),
+        ("HARVESTER_PER_HOST", "1000", "HARVESTER_PER_HOST"),
+    ],
+)
+def test_invalid_values_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
+) -> None:
+    """A bad value raises ConfigError whose message names the variable."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_pool_min_above_max_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relations between settings are checked too."""
+    monkeypatch.setenv("HARVESTER_DB_POOL_MIN", "9")
+    monkeypatch.setenv("HARVESTER_DB_POOL_MAX", "2")
+    with pytest.raises(ConfigError, match="HARVESTER_DB_POOL_MIN"):
+        load_settings()

@@ -1,0 +1,181 @@
+"""A scripted upstream for the tests: a real aiohttp.web server that misbehaves on request.
+
+Routes (all on one loopback port):
+  /json/{name}                       200, a small JSON object naming ``name``
+  /status/{code}                     that status, with a JSON error body
+  /flaky/{key}?fails=N&status=S      S for the first N requests of ``key``, then JSON
+  /retry-after/{key}?seconds=S       429 with Retry-After: S once per ``key``, then JSON
+  /slow/{name}?delay=S               JSON after S seconds; in-flight requests are counted
+  /gzip/{name}                       gzip-encoded JSON
+  /gzip-bomb                         a small gzip body that inflates past any sane cap
+  /big?size=N                        a JSON string body of about N bytes, streamed
+  /invalid-json, /nul, /html, /empty a body harvester must refuse, each a different way
+  /redirect/{n}                      n redirects, then JSON; /loop redirects to itself
+  /redirect-to?location=L            one redirect to L
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Hit:
+    path: str
+    at: float
+    peer_port: int
+
+
+@dataclass
+class Upstream:
+    hits: list[Hit] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    base: str = ""
+    _runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+    def hits_for(self, prefix: str) -> list[Hit]:
+        return [h for h in self.hits if h.path.startswith(prefix)]
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._record])
+        r = app.router
+        r.add_get("/json/{name}", self._json)
+        r.add_get("/status/{code}", self._status)
+        r.add_get("/flaky/{key}", self._flaky)
+        r.add_get("/retry-after/{key}", self._retry_after)
+        r.add_get("/slow/{name}", self._slow)
+        r.add_get("/gzip/{name}", self._gzip)
+        r.add_get("/gzip-bomb", self._gzip_bomb)
+        r.add_get("/big", self._big)
+        r.add_get("/invalid-json", self._invalid_json)
+        r.add_get("/nul", self._nul)
+        r.add_get("/html", self._html)
+        r.add_get("/empty", self._empty)
+        r.add_get("/redirect/{n}", self._redirect)
+        r.add_get("/loop", self._loop)
+        r.add_get("/redirect-to", self._redirect_to)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.hits.append(Hit(request.path_qs, time.monotonic(), peer[1] if peer else 0))
+        self.counts[request.path] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    def _body(name: str) -> bytes:
+        return orjson.dumps({"name": name, "items": list(range(10))})
+
+    async def _json(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._body(request.match_info["name"]), content_type="application/json"
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(
+            status=code, body=b'{"error": "scripted"}', content_type="application/json"
+        )
+
+    async def _flaky(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        fails = int(request.query.get("fails", "1"))
+        status = int(request.query.get("status", "503"))
+        if self.counts[request.path] <= fails:
+            return web.Response(status=status, text="try again")
+        return web.Response(body=self._body(key), content_type="application/json")
+
+    async def _retry_after(self, request: web.Request) -> web.Response:
+        if self.counts[request.path] == 1:
+            return web.Response(
+                status=429, headers={"Retry-After": request.query.get("seconds", "1")}
+            )
+        return web.Response(
+            body=self._body(request.match_info["key"]), content_type="application/json"
+        )
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "0.2")))
+        return web.Response(
+            body=self._body(request.match_info["name"]), content_type="application/json"
+        )
+
+    async def _gzip(self, request: web.Request) -> web.Response:
+        body = gzip.compress(self._body(request.match_info["name"]))
+        return web.Response(
+            body=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        )
+
+    async def _gzip_bomb(self, request: web.Request) -> web.Response:
+        # 64 MiB of spaces inside a JSON string: about 64 KiB on the wire.
+        raw = b'"' + b" " * (64 * 1024 * 1024) + b'"'
+        return web.Response(
+            body=gzip.compress(raw, compresslevel=9),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", "1000000"))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'"')
+        chunk = b"x" * 65536
+        sent = 0
+        while sent < size:
+            await resp.write(chunk)
+            sent += len(chunk)
+        await resp.write(b'"')
+        await resp.write_eof()
+        return resp
+
+    async def _invalid_json(self, request: web.Request) -> web.Response:
+        return web.Response(text='{"unterminated": ', content_type="application/json")
+
+    async def _nul(self, request: web.Request) -> web.Response:
+        return web.Response(text='{"text": "a\\u0000b"}', content_type="application/json")
+
+    async def _html(self, request: web.Request) -> web.Response:
+        return web.Response(text="<html><body>not json</body></html>", content_type="text/html")
+
+    async def _empty(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"", content_type="application/json")
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        if n <= 0:
+            return web.Response(body=self._body("redirected"), content_type="application/json")
+        raise web.HTTPFound(f"/redirect/{n - 1}")
+
+    async def _loop(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    async def _redirect_to(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["location"])

@@ -1,0 +1,142 @@
+"""The ``harvester`` command: migrate, worker, enqueue, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from worker.errors import HarvesterError
+from worker.logs import configure
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("harvester.cli")
+
+
+def _install_uvloop(settings: Settings) -> None:
+    # Must happen before arq's Worker creates its loop.
+    if not settings.uvloop:
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from worker.migrate import migrate
+
+    settings = get_settings()
+    applied = asyncio.run(migrate(settings.database_url))
+    print(
+        f"applied {len(applied)} migration(s)"
+        + "".join(f"\n  {m.version:03d}_{m.name}" for m in applied)
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from worker.app import worker_settings
+
+    settings = get_settings()
+    _install_uvloop(settings)
+    worker = Worker(**worker_settings(settings), burst=args.burst)
+    worker.run()
+    return 0
+
+
+def _read_urls(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        url = line.strip()
+        if url and not url.startswith("#"):
+            yield url
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.client import enqueue_urls, open_queue
+
+    settings = get_settings()
+
+    async def go(stream: TextIO) -> list[str]:
+        async with open_queue(settings) as redis:
+            return await enqueue_urls(
+                redis,
+                _read_urls(stream),
+                batch_size=args.batch_size,
+                source=args.source,
+                job_id_prefix=args.job_id_prefix,
+            )
+
+    if args.file == "-":
+        job_ids = asyncio.run(go(sys.stdin))
+    else:
+        with open(args.file, encoding="utf-8") as fh:
+            job_ids = asyncio.run(go(fh))
+    for job_id in job_ids:
+        print(job_id)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(Path(args.dir), count=args.urls, batch_size=args.batch_size)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harvester", description="Fetch batches of JSON URLs from arq jobs into Postgres."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("worker", help="run the arq worker")
+    p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="enqueue URLs (one a line) as fetch_batch jobs")
+    p.add_argument("file", help="a file of URLs, or - for standard input")
+    p.add_argument("--batch-size", type=_positive, default=1000, help="URLs per job (1000)")
+    p.add_argument("--source", default=None, help="a label stored with every row")
+    p.add_argument(
+        "--job-id-prefix",
+        default=None,
+        help="make job ids <prefix>-<n>, so enqueueing the same file twice is a no-op",
+    )
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
+    p.add_argument("--urls", type=_positive, default=3000, help="how many URLs (3000)")
+    p.add_argument("--batch-size", type=_positive, default=500, help="URLs per job (500)")
+    p.add_argument("--dir", default=".harvester/demo", help="where the servers keep their files")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        configure(settings.log_level, settings.log_format)
+        return int(args.func(args))
+    except HarvesterError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,32 @@
+"""The typed arq context: what on_startup puts in ``ctx`` and what arq adds for each job."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import TypedDict
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from worker.fetch import Fetcher
+from worker.settings import Settings
+
+
+class WorkerContext(TypedDict):
+    """Process-wide resources, created in on_startup and closed in on_shutdown."""
+
+    redis: ArqRedis
+    settings: Settings
+    fetcher: Fetcher
+    pool: asyncpg.Pool
+    exit_stack: AsyncExitStack
+
+
+class JobContext(WorkerContext):
+    """What a job function receives: the worker context plus arq's per-job keys."""
+
+    job_id: str
+    job_try: int
+    enqueue_time: datetime
+    score: int

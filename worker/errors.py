@@ -1,0 +1,105 @@
+"""harvester's one error hierarchy. Library exceptions are translated into it at one boundary each
+(aiohttp in `worker.fetch`, asyncpg in `worker.store`), always with ``raise ... from exc``.
+
+    HarvesterError
+    ├── ConfigError            invalid settings; the process refuses to start
+    ├── BadJobError            a malformed job payload; the job fails at once, never retried
+    ├── StoreError             Postgres could not take a write; the whole job is retried later
+    └── FetchError             one URL could not be landed; becomes a `fetch_failures` row
+        ├── InvalidURLError        kind "invalid_url"    not an absolute http(s) URL
+        ├── BlockedError           kind "blocked"        address not allowed (SSRF guard)
+        ├── RedirectError          kind "redirect"       loop, too many hops, or a non-http target
+        ├── HTTPStatusError        kind "http_status"    non-2xx (transient: 408, 429, 5xx)
+        ├── TimeoutError_          kind "timeout"        connect or read timed out (transient)
+        ├── ConnectError           kind "connect"        refused, reset, DNS failure (transient)
+        ├── ProtocolError          kind "protocol"       truncated body, bad framing (transient)
+        ├── TooLargeError          kind "too_large"      body over HARVESTER_MAX_BODY_BYTES
+        ├── ContentTypeError       kind "content_type"   declared content type is not JSON
+        └── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
+
+A `FetchError` knows whether it is ``transient`` (worth another attempt) and may carry the
+HTTP ``status`` and a server's ``retry_after`` in seconds.
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Base of every error harvester raises on purpose."""
+
+
+class ConfigError(HarvesterError):
+    """The configuration is invalid; the message names the variable."""
+
+
+class BadJobError(HarvesterError):
+    """A job payload that cannot be run as given; the message says what was wrong."""
+
+
+class StoreError(HarvesterError):
+    """Postgres did not accept a write (connection lost, timeout, server down)."""
+
+
+class FetchError(HarvesterError):
+    """A URL could not be landed as a document."""
+
+    kind: str = "error"
+    transient: bool = False
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        if transient is not None:
+            self.transient = transient
+
+
+class InvalidURLError(FetchError):
+    kind = "invalid_url"
+
+
+class BlockedError(FetchError):
+    kind = "blocked"
+
+
+class RedirectError(FetchError):
+    kind = "redirect"
+
+
+class HTTPStatusError(FetchError):
+    kind = "http_status"
+
+
+class TimeoutError_(FetchError):  # the builtin name is taken
+    kind = "timeout"
+    transient = True
+
+
+class ConnectError(FetchError):
+    kind = "connect"
+    transient = True
+
+
+class ProtocolError(FetchError):
+    kind = "protocol"
+    transient = True
+
+
+class TooLargeError(FetchError):
+    kind = "too_large"
+
+
+class ContentTypeError(FetchError):
+    kind = "content_type"
+
+
+class InvalidJSONError(FetchError):
+    kind = "invalid_json"

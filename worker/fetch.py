@@ -1,0 +1,354 @@
+"""Fetching: the process's one aiohttp session, the retry policy, and aiohttp errors mapped to ours.
+
+A fetch never raises for a URL's own trouble: it returns a `Fetched` document or a `Failed`
+outcome. The first attempt runs outside tenacity so the happy path pays nothing for the retry
+machinery; only after a first transient failure does the call enter an `AsyncRetrying` loop,
+bounded by attempts and by time, with jittered exponential backoff that honours ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import aiohttp
+import orjson
+from aiohttp.resolver import DefaultResolver
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_any,
+)
+from yarl import URL
+
+from worker.errors import (
+    BlockedError,
+    ConnectError,
+    ContentTypeError,
+    FetchError,
+    HTTPStatusError,
+    InvalidJSONError,
+    InvalidURLError,
+    ProtocolError,
+    RedirectError,
+    TimeoutError_,
+    TooLargeError,
+)
+from worker.guard import AddressPolicy, GuardedResolver
+from worker.settings import Settings
+
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Postgres jsonb refuses the NUL escape; an odd run of backslashes before "u0000" is a real one.
+_NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A URL landed as JSON."""
+
+    url: str
+    status: int
+    body: bytes
+    elapsed_ms: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``."""
+
+    url: str
+    kind: str
+    detail: str
+    status: int | None
+    attempts: int
+
+
+Outcome = Fetched | Failed
+
+
+def create_session(settings: Settings) -> aiohttp.ClientSession:
+    """The process's one `ClientSession`: bounded connector, explicit timeouts, SSRF guard.
+
+    Must be called inside a running event loop; close it with ``await session.close()``.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=settings.concurrency,
+        limit_per_host=settings.per_host,
+        resolver=GuardedResolver(DefaultResolver(), AddressPolicy(settings.allowed_networks)),
+        ttl_dns_cache=60,
+        enable_cleanup_closed=True,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=settings.request_timeout,
+        connect=settings.connect_timeout,
+        sock_read=settings.read_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers={
+            "User-Agent": settings.user_agent,
+            "Accept": "application/json",
+        },
+        # Cookies from one upstream must never leak into requests for another job.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        raise_for_status=False,
+        auto_decompress=True,
+        max_line_size=16 * 1024,
+        max_field_size=16 * 1024,
+    )
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    if base <= 0:
+        return 0.0
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def check_json(body: bytes) -> None:
+    """Raise `InvalidJSONError` unless ``body`` is JSON that Postgres' jsonb will accept."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSONError(f"body is not valid JSON: {exc}") from exc
+    if b"\\u0000" in body and _NUL_ESCAPE.search(body):
+        raise InvalidJSONError("body contains \\u0000, which Postgres jsonb cannot store")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, FetchError) and exc.transient
+
+
+class Fetcher:
+    """Fetches URLs through one shared session, bounded by a per-process semaphore."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._policy = AddressPolicy(settings.allowed_networks)
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._sleep = sleep
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
+
+    async def fetch(self, url: str) -> Outcome:
+        """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults."""
+        started = time.monotonic()
+        try:
+            target = self._parse(url)
+        except FetchError as exc:
+            return Failed(url, exc.kind, exc.detail, exc.status, 0)
+        attempts = 1
+        try:
+            status, body = await self._attempt(target)
+        except FetchError as exc:
+            if not exc.transient or self._settings.max_attempts == 1:
+                return Failed(url, exc.kind, exc.detail, exc.status, attempts)
+            # Slow path: only now does the call pay for tenacity.
+            try:
+                status, body, attempts = await self._retry(target, exc, started)
+            except _RetriesExhausted as gave_up:
+                last = gave_up.last
+                return Failed(url, last.kind, last.detail, last.status, gave_up.attempts)
+        return Fetched(url, status, body, int((time.monotonic() - started) * 1000), attempts)
+
+    def _parse(self, raw: str) -> URL:
+        if len(raw) > self._settings.max_url_length:
+            raise InvalidURLError(f"URL longer than {self._settings.max_url_length} characters")
+        try:
+            url = URL(raw.strip())
+        except (ValueError, TypeError) as exc:
+            raise InvalidURLError(f"cannot parse URL: {exc}") from exc
+        if url.scheme not in ("http", "https"):
+            raise InvalidURLError(f"scheme {url.scheme!r} is not http or https")
+        if not url.host:
+            raise InvalidURLError("URL has no host")
+        return url.with_fragment(None)
+
+    def _wait_for(self, exc: FetchError, attempt: int) -> float:
+        s = self._settings
+        if exc.retry_after is not None:
+            return min(exc.retry_after, s.retry_after_cap)
+        return backoff_delay(attempt, s.retry_base_delay, s.retry_max_delay)
+
+    async def _retry(
+        self, target: URL, first: FetchError, started: float
+    ) -> tuple[int, bytes, int]:
+        s = self._settings
+        attempts = 1
+        budget = s.retry_max_time - (time.monotonic() - started)
+        if budget <= 0:
+            raise _RetriesExhausted(first, attempts)
+        await self._sleep(self._wait_for(first, 1))
+
+        def wait(state: RetryCallState) -> float:
+            assert state.outcome is not None
+            exc = state.outcome.exception()
+            assert isinstance(exc, FetchError)
+            return self._wait_for(exc, state.attempt_number + 1)
+
+        retrying = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(s.max_attempts - 1), stop_after_delay(budget)),
+            wait=wait,
+            retry=retry_if_exception(_is_transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    status, body = await self._attempt(target)
+        except FetchError as exc:
+            raise _RetriesExhausted(exc, attempts) from exc
+        return status, body, attempts
+
+    async def _attempt(self, target: URL) -> tuple[int, bytes]:
+        async with self._semaphore:
+            try:
+                return await self._follow(target)
+            except FetchError:
+                raise
+            except TimeoutError as exc:
+                raise TimeoutError_("timed out") from exc
+            except aiohttp.ClientConnectorDNSError as exc:
+                raise ConnectError(f"DNS lookup failed: {exc.os_error}") from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise ConnectError(f"cannot connect: {exc.os_error}") from exc
+            except aiohttp.ServerDisconnectedError as exc:
+                raise ConnectError("server disconnected") from exc
+            except aiohttp.ClientPayloadError as exc:
+                raise ProtocolError(f"body cut short: {exc}") from exc
+            except aiohttp.ClientResponseError as exc:
+                raise ProtocolError(
+                    f"invalid HTTP response: {exc.message}", transient=False
+                ) from exc
+            except aiohttp.InvalidURL as exc:
+                raise InvalidURLError(f"invalid URL: {exc}") from exc
+            except aiohttp.ClientOSError as exc:
+                raise ConnectError(f"connection error: {exc}") from exc
+            except aiohttp.ClientError as exc:
+                raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _follow(self, url: URL) -> tuple[int, bytes]:
+        seen: set[URL] = set()
+        for _hop in range(self._settings.max_redirects + 1):
+            self._policy.check(url.host or "")
+            seen.add(url)
+            async with self._session.get(url, allow_redirects=False) as resp:
+                status = resp.status
+                if status in _REDIRECTS:
+                    url = self._next_hop(url, resp, seen)
+                    continue
+                if not 200 <= status < 300:
+                    raise HTTPStatusError(
+                        f"HTTP {status} {resp.reason or ''}".strip(),
+                        status=status,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                        transient=status in _TRANSIENT_STATUS,
+                    )
+                self._check_content_type(resp)
+                body = await self._read(resp)
+            check_json(body)
+            return status, body
+        raise RedirectError(f"more than {self._settings.max_redirects} redirects")
+
+    def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:
+        location = resp.headers.get("Location")
+        if not location:
+            raise RedirectError(f"HTTP {resp.status} without a Location header", status=resp.status)
+        try:
+            nxt = url.join(URL(location)).with_fragment(None)
+        except ValueError as exc:
+            raise RedirectError(f"invalid redirect target: {exc}", status=resp.status) from exc
+        if nxt.scheme not in ("http", "https"):
+            raise RedirectError(f"redirect to scheme {nxt.scheme!r} refused", status=resp.status)
+        if nxt in seen:
+            raise RedirectError("redirect loop", status=resp.status)
+        return nxt
+
+    def _check_content_type(self, resp: aiohttp.ClientResponse) -> None:
+        if "Content-Type" not in resp.headers:
+            return
+        ctype = resp.content_type.lower()
+        if ctype.endswith("+json") or ctype in _JSON_TYPES:
+            return
+        raise ContentTypeError(f"content type {ctype!r} is not JSON", status=resp.status)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        limit = self._settings.max_body_bytes
+        declared = resp.content_length
+        if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+            raise TooLargeError(
+                f"Content-Length {declared} exceeds {limit} bytes", status=resp.status
+            )
+        chunks: list[bytes] = []
+        size = 0
+        # Decompressed chunks: aiohttp inflates incrementally, so a bomb is cut at the cap.
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise TooLargeError(
+                    f"body exceeds {limit} bytes after decompression", status=resp.status
+                )
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _RetriesExhausted(Exception):
+    def __init__(self, last: FetchError, attempts: int) -> None:
+        super().__init__(last.detail)
+        self.last = last
+        self.attempts = attempts
+
+
+__all__ = [
+    "BlockedError",
+    "Failed",
+    "Fetched",
+    "Fetcher",
+    "Outcome",
+    "backoff_delay",
+    "check_json",
+    "create_session",
+    "parse_retry_after",
+]

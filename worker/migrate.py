@@ -1,0 +1,92 @@
+"""Schema migrations: `sql/NNN_name.sql`, applied once each, in order, recorded in a table."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from worker.errors import StoreError
+
+log = logging.getLogger("harvester.migrate")
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+_LOCK_KEY = 0x68617276  # "harv": one migrator at a time across processes
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = SQL_DIR) -> list[Migration]:
+    """The migrations in ``directory``, in order; refuses gaps in naming and duplicate numbers."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        m = _NAME.match(path.name)
+        if not m:
+            raise StoreError(f"migration file {path.name!r} is not named NNN_name.sql")
+        version = int(m.group(1))
+        if version in found:
+            raise StoreError(f"two migrations are numbered {version}")
+        found[version] = Migration(version, m.group(2), path.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[Migration]:
+    """Apply pending migrations, each in its own transaction; return those applied."""
+    migrations = discover(directory)
+    try:
+        conn = await asyncpg.connect(dsn, timeout=30)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
+    applied: list[Migration] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await conn.execute(_TABLE)
+        done = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        for mig in migrations:
+            if mig.version in done:
+                if done[mig.version] != mig.checksum:
+                    log.warning(
+                        "migrate.changed", extra={"version": mig.version, "migration": mig.name}
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    mig.version,
+                    mig.name,
+                    mig.checksum,
+                )
+            log.info("migrate.applied", extra={"version": mig.version, "migration": mig.name})
+            applied.append(mig)
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"migration failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await conn.close()
+    return applied

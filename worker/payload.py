@@ -1,0 +1,65 @@
+"""Validation of a `fetch_batch` payload: every way it can be wrong, said plainly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from worker.errors import BadJobError
+
+MAX_SOURCE_LENGTH = 200
+MAX_JOB_ID_LENGTH = 256
+_FIELDS = ("urls", "source")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A validated batch: URLs as enqueued, and an optional source label."""
+
+    urls: tuple[str, ...]
+    source: str | None
+
+
+def parse_batch(
+    args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
+) -> Batch:
+    """Validate a job's arguments, or raise `BadJobError` saying what was wrong."""
+    problems: list[str] = []
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
+    if args:
+        problems.append(f"takes keyword arguments only, got {len(args)} positional")
+    unknown = sorted(set(kwargs) - set(_FIELDS))
+    if unknown:
+        problems.append(f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: urls, source")
+
+    urls = kwargs.get("urls")
+    if "urls" not in kwargs:
+        problems.append("'urls' is required: a list of URL strings")
+    elif not isinstance(urls, list):
+        problems.append(f"'urls' must be a list of strings, got {type(urls).__name__}")
+    elif not urls:
+        problems.append("'urls' is empty")
+    elif len(urls) > max_urls:
+        problems.append(
+            f"'urls' has {len(urls)} items, over the limit of {max_urls} (HARVESTER_MAX_BATCH_URLS)"
+        )
+    else:
+        bad = [i for i, u in enumerate(urls) if not isinstance(u, str)]
+        if bad:
+            first = bad[0]
+            problems.append(
+                f"'urls' must contain only strings: {len(bad)} item(s) are not, the first at "
+                f"index {first} is {type(urls[first]).__name__}"
+            )
+
+    source = kwargs.get("source")
+    if source is not None and not isinstance(source, str):
+        problems.append(f"'source' must be a string or null, got {type(source).__name__}")
+    elif isinstance(source, str) and len(source) > MAX_SOURCE_LENGTH:
+        problems.append(f"'source' is longer than {MAX_SOURCE_LENGTH} characters")
+
+    if problems:
+        raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))
+    assert isinstance(urls, list)
+    return Batch(urls=tuple(urls), source=source if isinstance(source, str) else None)

@@ -1,0 +1,153 @@
+"""Typed configuration, read once from the environment and refused early when invalid.
+
+Nothing else in harvester reads ``os.environ``: every knob is a field here, named
+``HARVESTER_<FIELD>`` except the two conventional URLs ``DATABASE_URL`` and ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
+
+
+class Settings(BaseSettings):
+    """Every setting harvester reads. Defaults are for production; see the README table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HARVESTER_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # -- connections ---------------------------------------------------------------------------
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        validation_alias=AliasChoices("DATABASE_URL", "HARVESTER_DATABASE_URL"),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "HARVESTER_REDIS_URL"),
+    )
+    queue: str = Field(default="arq:queue", min_length=1)
+
+    # -- fetching ------------------------------------------------------------------------------
+    concurrency: int = Field(default=64, ge=1, le=4096)
+    per_host: int = Field(default=32, ge=1, le=4096)
+    request_timeout: float = Field(default=30.0, gt=0, le=3600)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    read_timeout: float = Field(default=15.0, gt=0, le=3600)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_max_time: float = Field(default=120.0, gt=0, le=3600)
+    retry_base_delay: float = Field(default=0.5, ge=0, le=60)
+    retry_max_delay: float = Field(default=20.0, ge=0, le=600)
+    retry_after_cap: float = Field(default=60.0, ge=0, le=3600)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
+    max_redirects: int = Field(default=5, ge=0, le=30)
+    user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1, max_length=512)
+    allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+
+    # -- batches and jobs ----------------------------------------------------------------------
+    max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_url_length: int = Field(default=8192, ge=64, le=1_000_000)
+    job_timeout: float = Field(default=600.0, gt=0, le=86_400)
+    max_jobs: int = Field(default=4, ge=1, le=1000)
+    job_tries: int = Field(default=5, ge=1, le=100)
+    poll_delay: float = Field(default=0.05, gt=0, le=60)
+    keep_result: float = Field(default=86_400.0, ge=0)
+
+    # -- loading -------------------------------------------------------------------------------
+    db_pool_min: int = Field(default=1, ge=0, le=1000)
+    db_pool_max: int = Field(default=4, ge=1, le=1000)
+    db_command_timeout: float = Field(default=60.0, gt=0, le=3600)
+    copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
+    copy_chunk_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
+    writers: int = Field(default=2, ge=1, le=64)
+    write_queue_size: int = Field(default=512, ge=1, le=1_000_000)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    uvloop: bool = True
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            try:
+                return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+            except ValueError as exc:
+                raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(
+                "HARVESTER_DB_POOL_MIN must not exceed HARVESTER_DB_POOL_MAX "
+                f"({self.db_pool_min} > {self.db_pool_max})"
+            )
+        if self.per_host > self.concurrency:
+            raise ValueError(
+                "HARVESTER_PER_HOST must not exceed HARVESTER_CONCURRENCY "
+                f"({self.per_host} > {self.concurrency})"
+            )
+        if self.retry_base_delay > self.retry_max_delay:
+            raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")
+        return self
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    if field in ("database_url", "DATABASE_URL", "HARVESTER_DATABASE_URL"):
+        return "DATABASE_URL"
+    if field in ("redis_url", "REDIS_URL", "HARVESTER_REDIS_URL"):
+        return "REDIS_URL"
+    return f"HARVESTER_{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (plus explicit overrides) into a `Settings`, or raise `ConfigError`.
+
+    The error message names each offending environment variable, so an operator can fix the
+    deployment without reading a traceback.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = _variable_name(err["loc"]) if err["loc"] else "configuration"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

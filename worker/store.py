@@ -1,0 +1,247 @@
+"""Loading: the asyncpg pool and idempotent chunked writes of documents and failures.
+
+A chunk is COPYed into per-connection temporary staging tables, then moved with
+``INSERT ... ON CONFLICT DO NOTHING`` in the same transaction, so a chunk lands whole or not at
+all and a re-run of a job adds no row. asyncpg errors are translated to `StoreError` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from worker.errors import StoreError
+from worker.fetch import Failed, Fetched
+from worker.settings import Settings
+
+_DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
+_FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "detail")
+
+_CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
+    job_id text, url text, source text, status integer, body jsonb,
+    elapsed_ms integer, attempts integer
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
+    job_id text, url text, source text, error text, status integer,
+    attempts integer, detail text
+) ON COMMIT DELETE ROWS;
+"""
+
+_MOVE_DOCUMENTS = """
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
+SELECT job_id, url, source, status, body, elapsed_ms, attempts FROM harvester_stage_documents
+ON CONFLICT (job_id, md5(url)) DO NOTHING
+"""
+
+_MOVE_FAILURES = """
+INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail)
+SELECT job_id, url, source, error, status, attempts, detail FROM harvester_stage_failures
+ON CONFLICT (job_id, md5(url)) DO NOTHING
+"""
+
+_INSERT_DOCUMENT = """
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (job_id, md5(url)) DO NOTHING
+"""
+
+_EXISTING = """
+SELECT url FROM documents WHERE job_id = $1
+UNION ALL
+SELECT url FROM fetch_failures WHERE job_id = $1
+"""
+
+CLOSE_TIMEOUT_S = 10.0
+
+Conn = Union["asyncpg.Connection[Any]", "PoolConnectionProxy[Any]"]
+
+# Errors that mean "the connection or server went away", worth retrying the whole chunk.
+_CONNECTION_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.QueryCanceledError,
+    OSError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Rows a chunk added; fewer than given means they were there already."""
+
+    documents: int
+    failures: int
+    refused: tuple[Failed, ...] = ()
+
+
+def _encode_jsonb(body: bytes) -> bytes:
+    # jsonb's binary format is a version byte followed by the JSON text: the body goes to
+    # Postgres exactly as fetched, with no decode and re-encode in Python.
+    return b"\x01" + body
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return orjson.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+    # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them.
+    await conn.execute(_CREATE_STAGING)
+
+
+async def create_pool(settings: Settings) -> asyncpg.Pool:
+    """Create the process's pool, connecting eagerly so a bad DATABASE_URL fails at start-up."""
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            command_timeout=settings.db_command_timeout,
+            timeout=settings.connect_timeout,
+            init=_init_connection,
+            server_settings={
+                "application_name": "harvester",
+                "statement_timeout": str(int(settings.db_command_timeout * 1000)),
+                "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
+            },
+        )
+    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+        raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
+    """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run)."""
+    try:
+        rows = await pool.fetch(_EXISTING, job_id)
+    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+        raise StoreError(f"cannot read existing outcomes: {type(exc).__name__}: {exc}") from exc
+    return {r["url"] for r in rows}
+
+
+def _doc_records(
+    job_id: str, source: str | None, docs: Iterable[Fetched]
+) -> list[tuple[object, ...]]:
+    return [(job_id, d.url, source, d.status, d.body, d.elapsed_ms, d.attempts) for d in docs]
+
+
+def _fail_records(
+    job_id: str, source: str | None, failures: Iterable[Failed]
+) -> list[tuple[object, ...]]:
+    return [(job_id, f.url, source, f.kind, f.status, f.attempts, f.detail) for f in failures]
+
+
+def _inserted(status: str) -> int:
+    # "INSERT 0 <n>"
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def write_chunk(
+    pool: asyncpg.Pool,
+    job_id: str,
+    source: str | None,
+    docs: Sequence[Fetched],
+    failures: Sequence[Failed],
+) -> Written:
+    """Land one chunk atomically. A body Postgres refuses becomes a failure, not a failed chunk."""
+    try:
+        async with pool.acquire() as conn:
+            try:
+                return await _copy_chunk(conn, job_id, source, docs, failures)
+            except asyncpg.DataError:
+                # Some body passed our JSON check but not Postgres' (e.g. a number jsonb cannot
+                # hold). Find it row by row; the rest of the chunk still lands.
+                return await _write_rows(conn, job_id, source, docs, failures)
+    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+        raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _copy_chunk(
+    conn: Conn,
+    job_id: str,
+    source: str | None,
+    docs: Sequence[Fetched],
+    failures: Sequence[Failed],
+) -> Written:
+    n_docs = n_fail = 0
+    async with conn.transaction():
+        if docs:
+            await conn.copy_records_to_table(
+                "harvester_stage_documents",
+                records=_doc_records(job_id, source, docs),
+                columns=_DOC_COLUMNS,
+            )
+            n_docs = _inserted(await conn.execute(_MOVE_DOCUMENTS))
+        if failures:
+            await conn.copy_records_to_table(
+                "harvester_stage_failures",
+                records=_fail_records(job_id, source, failures),
+                columns=_FAIL_COLUMNS,
+            )
+            n_fail = _inserted(await conn.execute(_MOVE_FAILURES))
+    return Written(n_docs, n_fail)
+
+
+async def _write_rows(
+    conn: Conn,
+    job_id: str,
+    source: str | None,
+    docs: Sequence[Fetched],
+    failures: Sequence[Failed],
+) -> Written:
+    refused: list[Failed] = []
+    n_docs = 0
+    async with conn.transaction():
+        for d in docs:
+            try:
+                async with conn.transaction():  # a savepoint per row
+                    status = await conn.execute(
+                        _INSERT_DOCUMENT,
+                        job_id,
+                        d.url,
+                        source,
+                        d.status,
+                        d.body,
+                        d.elapsed_ms,
+                        d.attempts,
+                    )
+                    n_docs += _inserted(status)
+            except asyncpg.DataError as exc:
+                detail = f"Postgres refused the body: {exc}"
+                refused.append(Failed(d.url, "invalid_json", detail[:500], d.status, d.attempts))
+        all_failures = [*failures, *refused]
+        n_fail = 0
+        if all_failures:
+            await conn.copy_records_to_table(
+                "harvester_stage_failures",
+                records=_fail_records(job_id, source, all_failures),
+                columns=_FAIL_COLUMNS,
+            )
+            n_fail = _inserted(await conn.execute(_MOVE_FAILURES))
+    return Written(n_docs, n_fail, tuple(refused))
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully; terminate connections that do not close in time."""
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+    except (Exception, asyncio.CancelledError):
+        pool.terminate()
+        raise
