@@ -6,6 +6,7 @@ Routes (all on one loopback port):
   /flaky/{key}?fails=N&status=S      S for the first N requests of ``key``, then JSON
   /retry-after/{key}?seconds=S       429 with Retry-After: S once per ``key``, then JSON
   /slow/{name}?delay=S               JSON after S seconds; in-flight requests are counted
+  /gate/{name}                       JSON once the test sets ``upstream.gate``
   /gzip/{name}                       gzip-encoded JSON
   /gzip-bomb                         a small gzip body that inflates past any sane cap
   /big?size=N                        a JSON string body of about N bytes, streamed
@@ -41,6 +42,7 @@ class Upstream:
     in_flight: int = 0
     max_in_flight: int = 0
     base: str = ""
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -64,12 +66,13 @@ class Upstream:
         r.add_get("/nul", self._nul)
         r.add_get("/html", self._html)
         r.add_get("/empty", self._empty)
+        r.add_get("/gate/{name}", self._gate)
         r.add_get("/redirect/{n}", self._redirect)
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -124,6 +127,12 @@ class Upstream:
 
     async def _slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("delay", "0.2")))
+        return web.Response(
+            body=self._body(request.match_info["name"]), content_type="application/json"
+        )
+
+    async def _gate(self, request: web.Request) -> web.Response:
+        await self.gate.wait()
         return web.Response(
             body=self._body(request.match_info["name"]), content_type="application/json"
         )

@@ -1,0 +1,59 @@
+"""Migrations: discovered in order, applied once, recorded."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.conftest import Services, _with_database
+from worker.errors import StoreError
+from worker.migrate import SQL_DIR, discover, migrate
+
+
+def test_discover_orders_the_shipped_migrations() -> None:
+    """sql/NNN_name.sql files come back in numeric order."""
+    versions = [m.version for m in discover(SQL_DIR)]
+    assert versions == sorted(versions)
+    assert versions[:2] == [1, 2]
+
+
+def test_discover_refuses_badly_named_files(tmp_path: Path) -> None:
+    """A file that is not NNN_name.sql is an error, not silently skipped."""
+    (tmp_path / "001_ok.sql").write_text("SELECT 1")
+    (tmp_path / "two.sql").write_text("SELECT 1")
+    with pytest.raises(StoreError, match=r"two\.sql"):
+        discover(tmp_path)
+
+
+async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path) -> None:
+    """A fresh database gets every migration; a second run applies nothing."""
+    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(services.database_url, name)
+    try:
+        first = await migrate(url)
+        second = await migrate(url)
+        conn = await asyncpg.connect(url)
+        try:
+            recorded = [
+                r["version"]
+                for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")
+            ]
+            tables = {
+                r["tablename"]
+                for r in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname='public'"
+                )
+            }
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [m.version for m in first] == recorded == [m.version for m in discover()]
+    assert second == []
+    assert {"documents", "fetch_failures", "schema_migrations"} <= tables

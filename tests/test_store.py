@@ -1,0 +1,105 @@
+"""The store against a real Postgres: chunked COPY, idempotency, refused bodies."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from worker import store
+from worker.errors import StoreError
+from worker.fetch import Failed, Fetched
+from worker.settings import Settings
+
+
+def _doc(url: str, body: bytes = b'{"a": 1}') -> Fetched:
+    return Fetched(url=url, status=200, body=body, elapsed_ms=5, attempts=1)
+
+
+def _fail(url: str, kind: str = "http_status") -> Failed:
+    return Failed(url=url, kind=kind, detail="HTTP 404", status=404, attempts=1)
+
+
+async def test_chunk_lands_documents_and_failures(pool: asyncpg.Pool) -> None:
+    """Documents keep their JSON and the URL as given; failures keep kind and status."""
+    w = await store.write_chunk(
+        pool,
+        "j1",
+        "src",
+        [_doc(" http://a/x?b=1&a=2 "), _doc("http://b", b"[1,2]")],
+        [_fail("http://c")],
+    )
+    assert (w.documents, w.failures) == (2, 1)
+    rows = await pool.fetch("SELECT url, source, status, body FROM documents ORDER BY id")
+    assert [(r["url"], r["source"], r["status"], r["body"]) for r in rows] == [
+        (" http://a/x?b=1&a=2 ", "src", 200, {"a": 1}),
+        ("http://b", "src", 200, [1, 2]),
+    ]
+    fail = await pool.fetchrow(
+        "SELECT job_id, url, error, status, attempts, detail FROM fetch_failures"
+    )
+    assert dict(fail) == {
+        "job_id": "j1",
+        "url": "http://c",
+        "error": "http_status",
+        "status": 404,
+        "attempts": 1,
+        "detail": "HTTP 404",
+    }
+
+
+async def test_writing_the_same_chunk_twice_adds_nothing(pool: asyncpg.Pool) -> None:
+    """ON CONFLICT on (job_id, url) makes a re-run idempotent."""
+    docs, fails = [_doc("http://a"), _doc("http://b")], [_fail("http://c")]
+    await store.write_chunk(pool, "j1", None, docs, fails)
+    again = await store.write_chunk(pool, "j1", None, docs, fails)
+    assert (again.documents, again.failures) == (0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 2
+    assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 1
+
+
+async def test_same_url_in_another_job_gets_its_own_row(pool: asyncpg.Pool) -> None:
+    """Uniqueness is per job: job B's copy of a URL is a new row."""
+    await store.write_chunk(pool, "A", None, [_doc("http://a")], [])
+    w = await store.write_chunk(pool, "B", None, [_doc("http://a")], [])
+    assert w.documents == 1
+
+
+async def test_very_long_urls_land(pool: asyncpg.Pool) -> None:
+    """URLs longer than a btree entry can hold still land, uniquely."""
+    url = "http://a/" + "x" * 6000
+    await store.write_chunk(pool, "j", None, [_doc(url)], [_fail(url + "y")])
+    again = await store.write_chunk(pool, "j", None, [_doc(url)], [])
+    assert again.documents == 0
+    assert await pool.fetchval("SELECT length(url) FROM documents") == len(url)
+
+
+async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
+    pool: asyncpg.Pool,
+) -> None:
+    """A body jsonb refuses turns into an invalid_json failure; the rest of the chunk lands."""
+    bad = _doc("http://bad", b'{"s": "\\u0000"}')  # passes nothing in real life; forced here
+    w = await store.write_chunk(
+        pool, "j", None, [_doc("http://ok1"), bad, _doc("http://ok2")], [_fail("http://f")]
+    )
+    assert w.documents == 2
+    assert [f.url for f in w.refused] == ["http://bad"]
+    kinds = dict(await pool.fetch("SELECT url, error FROM fetch_failures"))
+    assert kinds == {"http://bad": "invalid_json", "http://f": "http_status"}
+
+
+async def test_existing_urls_lists_both_tables(pool: asyncpg.Pool) -> None:
+    """An interrupted job's landed URLs are known, from documents and failures alike."""
+    await store.write_chunk(pool, "j", None, [_doc("http://a")], [_fail("http://b")])
+    await store.write_chunk(pool, "other", None, [_doc("http://c")], [])
+    assert await store.existing_urls(pool, "j") == {"http://a", "http://b"}
+
+
+async def test_unreachable_database_is_a_store_error(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """A bad DATABASE_URL fails at pool creation with StoreError, not an asyncpg error."""
+    from worker.embedded import free_port
+
+    s: Settings = make_settings(
+        database_url=f"postgresql://x@127.0.0.1:{free_port()}/x", connect_timeout=2
+    )
+    with pytest.raises(StoreError, match="cannot connect to Postgres"):
+        await store.create_pool(s)
