@@ -172,3 +172,18 @@ def test_demo_runs_end_to_end_in_a_reduced_size(tmp_path: Path) -> None:
     assert "http_status     3" in run.stdout
     assert "invalid_url     1" in run.stdout
     assert "URLs/s" in run.stdout
+
+
+async def test_health_reflects_the_workers_heartbeat(
+    services: Services, redis: aioredis.Redis, pool: asyncpg.Pool, make_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """`harvester health` exits 1 with no worker, 0 once a worker has written its heartbeat."""
+    env = _env(services)
+    before = await _harvester("health", env=env)
+    assert before.returncode == 1
+    assert "unhealthy" in before.stdout
+    worker = make_worker()
+    await worker.async_run()
+    after = await _harvester("health", env=env)
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "healthy: " in after.stdout

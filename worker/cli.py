@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
+
 from worker.errors import HarvesterError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
@@ -49,6 +51,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _install_uvloop(settings)
     worker = Worker(**worker_settings(settings), burst=args.burst)
     worker.run()
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from worker.client import open_queue
+
+    settings = get_settings()
+
+    async def go() -> bytes | None:
+        async with open_queue(settings) as redis:
+            value: bytes | None = await redis.get(settings.queue + HEALTH_CHECK_SUFFIX)
+            return value
+
+    value = asyncio.run(go())
+    if value is None:
+        print(f"unhealthy: no worker has reported on {settings.queue!r} recently")
+        return 1
+    print(f"healthy: {value.decode(errors='replace')}")
     return 0
 
 
@@ -121,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_enqueue)
 
+    p = sub.add_parser("health", help="exit 0 if a worker on the queue reported recently")
+    p.set_defaults(func=cmd_health)
+
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
-    p.add_argument("--urls", type=_positive, default=3000, help="how many URLs (3000)")
+    p.add_argument("--urls", type=_positive, default=5000, help="how many URLs (5000)")
     p.add_argument("--batch-size", type=_positive, default=500, help="URLs per job (500)")
     p.add_argument("--dir", default=".harvester/demo", help="where the servers keep their files")
     p.set_defaults(func=cmd_demo)

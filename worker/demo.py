@@ -20,8 +20,10 @@ from worker.embedded import embedded_stack
 from worker.migrate import migrate
 from worker.settings import load_settings
 
-QUERY = """SELECT url, status, attempts, body->>'name' AS name
-FROM documents ORDER BY fetched_at DESC LIMIT 3"""
+QUERY = (
+    "SELECT url, status, attempts, body->>'name' AS name FROM documents "
+    "ORDER BY fetched_at DESC LIMIT 3;"
+)
 
 
 async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int) -> int:
@@ -85,7 +87,7 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int) -> 
     return 0
 
 
-def run_demo(root: Path, count: int = 3000, batch_size: int = 500) -> int:
+def run_demo(root: Path, count: int = 5000, batch_size: int = 500) -> int:
     """Run the demo under ``root``; return the process exit code."""
     print(f"starting embedded Postgres and Valkey under {root}", flush=True)
     with embedded_stack(root) as stack:

@@ -1,0 +1,11 @@
+# The image docker-compose.yml builds. harvester runs from its source tree, where sql/ lives.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY jobs ./jobs
+COPY sql ./sql
+RUN pip install -e . && useradd --system --no-create-home harvester
+USER harvester
+CMD ["harvester", "worker"]
