@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from typing import Any
 
 from arq import Retry
@@ -10,17 +12,30 @@ from arq import Retry
 from worker import pipeline
 from worker.context import JobContext
 from worker.errors import BadJobError, StoreError
-from worker.fetch import backoff_delay
 from worker.logs import bound_job
 from worker.payload import parse_batch
+from worker.settings import Settings
 
 log = logging.getLogger("harvester.jobs")
+
+
+def deadline_margin(settings: Settings) -> float:
+    """Seconds kept back from arq's job timeout to land what was fetched and stop cleanly."""
+    return min(15.0, settings.job_timeout * 0.2)
+
+
+def defer_delay(settings: Settings, job_try: int) -> float:
+    """Equal-jitter exponential delay before the next try of a deferred job."""
+    ceiling = min(settings.job_retry_max_delay, settings.job_retry_delay * 2.0 ** (job_try - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
 
 async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """arq entry point. Payload: ``urls: list[str]``, optional ``source: str``."""
     settings = ctx["settings"]
     job_id = ctx["job_id"]
+    job_try = ctx["job_try"]
+    started = time.monotonic()
     with bound_job(job_id):
         try:
             batch = parse_batch(args, kwargs, max_urls=settings.max_batch_urls, job_id=job_id)
@@ -28,6 +43,20 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - arq logs the trace
             raise
         try:
+            if job_try > settings.job_tries:
+                # Started too often (restarts, crashes, deferrals): close the job, but give every
+                # URL still without an outcome a failure row, so nothing is silently lost.
+                recorded = await pipeline.record_failures(
+                    job_id=job_id,
+                    urls=batch.urls,
+                    source=batch.source,
+                    pool=ctx["pool"],
+                    settings=settings,
+                    kind="abandoned",
+                    detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
+                )
+                log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
+                return {"job_id": job_id, "abandoned": recorded, "try": job_try}
             summary = await pipeline.run(
                 job_id=job_id,
                 urls=batch.urls,
@@ -35,14 +64,22 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
                 fetcher=ctx["fetcher"],
                 pool=ctx["pool"],
                 settings=settings,
+                deadline=started + settings.job_timeout - deadline_margin(settings),
+                record_unfinished=job_try >= settings.job_tries,
             )
+        except pipeline.DeadlineError as exc:
+            # arq would fail a job that hits its timeout, for good. Stop just before, keep what
+            # landed, and run again at once: the next run skips what is already there.
+            log.warning(
+                "job.continued", extra={"try": job_try, "landed": exc.landed, "left": exc.remaining}
+            )
+            raise Retry(defer=0) from exc
         except StoreError as exc:
             # Postgres is down or refusing writes: the whole job is worth another try later.
-            # URLs already landed are skipped on the next run.
-            delay = max(1.0, backoff_delay(ctx["job_try"], 2.0, 60.0))
+            delay = defer_delay(settings, job_try)
             log.warning(
                 "job.deferred",
-                extra={"reason": str(exc), "try": ctx["job_try"], "defer_s": round(delay, 1)},
+                extra={"reason": str(exc), "try": job_try, "defer_s": round(delay, 1)},
             )
             raise Retry(defer=delay) from exc
         result = summary.as_dict()

@@ -22,7 +22,7 @@ from arq.worker import Worker
 
 from tests.upstream import Upstream
 from worker import store
-from worker.app import worker_settings
+from worker.app import create_worker
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.fetch import Fetcher, create_session
 from worker.migrate import migrate
@@ -170,10 +170,9 @@ async def make_worker(
     workers: list[Worker] = []
 
     def factory(**overrides: Any) -> Worker:
-        s = make_settings(**overrides)
-        kwargs = worker_settings(s)
-        kwargs.update(burst=True, poll_delay=0, handle_signals=False)
-        w = Worker(**kwargs)
+        w = create_worker(
+            make_settings(**overrides), burst=True, poll_delay=0, handle_signals=False
+        )
         workers.append(w)
         return w
 

@@ -37,3 +37,13 @@ def test_json_lines_are_redacted() -> None:
     data = orjson.loads(line)
     assert data["event"] == "fetch.x"
     assert data["url"] == "https://***@h/"
+
+
+def test_redact_hides_token_like_query_parameters() -> None:
+    """api_key, access_token, sig and friends lose their values; other parameters stay."""
+    out = redact("GET https://h/p?page=2&api_key=abc123&access_token=xyz&X-Amz-Signature=f00d#frag")
+    assert "abc123" not in out
+    assert "xyz" not in out
+    assert "f00d" not in out
+    assert "page=2" in out
+    assert "api_key=***" in out

@@ -6,16 +6,22 @@ on first access from the environment, so importing this module never reads it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from typing import Any, cast
 
-from arq.worker import func
+from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from jobs.fetch_batch import fetch_batch
 from worker import store
-from worker.client import JOB_NAME, redis_settings
+from worker.client import JOB_NAME, redis_pool
 from worker.context import WorkerContext
+from worker.errors import HarvesterError
 from worker.fetch import Fetcher, create_session
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings, get_settings
@@ -58,6 +64,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
+# arq's own limit on starts of a job is a little above ours: fetch_batch itself closes a job
+# that has been started HARVESTER_JOB_TRIES times, recording its URLs, and arq's limit is only a
+# backstop should that final run be interrupted too.
+ARQ_EXTRA_TRIES = 3
+
+
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.worker.Worker`, from our settings."""
     return {
@@ -66,11 +78,12 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
                 fetch_batch,  # type: ignore[arg-type]  # arq types ctx as dict[Any, Any]
                 name=JOB_NAME,
                 timeout=settings.job_timeout,
-                max_tries=settings.job_tries,
+                max_tries=settings.job_tries + ARQ_EXTRA_TRIES,
             )
         ],
         "queue_name": settings.queue,
-        "redis_settings": redis_settings(settings),
+        "redis_pool": redis_pool(settings),
+        "job_completion_wait": settings.shutdown_grace,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "job_serializer": serialize,
@@ -81,6 +94,84 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "ctx": {"settings": settings},
     }
+
+
+class RedisUnavailableError(HarvesterError):
+    """Redis stayed unreachable for longer than HARVESTER_REDIS_RETRY_TIME."""
+
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+
+
+class HarvesterWorker(Worker):
+    """arq's Worker, made to ride out Redis restarts.
+
+    Every Redis command already retries through an outage (see `worker.client.redis_retry`).
+    What can still fail is guarded here: a poll that fails is retried on the next tick, and a job
+    whose bookkeeping with Redis fails is left for arq to run again. Only an outage longer than
+    the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
+    process manager restarts it.
+    """
+
+    def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis_retry_time = redis_retry_time
+        self._redis_down_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except _REDIS_ERRORS as exc:
+            await self._on_redis_error(exc)
+        else:
+            if self._redis_down_since is not None:
+                outage = time.monotonic() - self._redis_down_since
+                log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
+                self._redis_down_since = None
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except _REDIS_ERRORS as exc:
+            # The rows are in Postgres or the job never started; either way arq runs it again
+            # once its in-progress key expires, and a re-run skips what already landed.
+            log.warning("job.redis_lost", extra={"job_id": job_id, "error": repr(exc)})
+
+    async def _on_redis_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            log.warning("redis.unavailable", extra={"error": repr(exc)})
+        if now - self._redis_down_since > self._redis_retry_time:
+            raise RedisUnavailableError(
+                f"Redis unreachable for more than {self._redis_retry_time:.0f} s "
+                f"(HARVESTER_REDIS_RETRY_TIME): {exc!r}"
+            ) from exc
+        # A failed poll may have taken a job slot without starting a job; give leaked slots back.
+        await asyncio.sleep(0)
+        running = sum(not t.done() for t in self.tasks.values())
+        while self.job_counter > running:
+            self.job_counter -= 1
+            self.sem.release()
+        await asyncio.sleep(min(1.0, self.poll_delay_s * 10))
+
+    async def close(self) -> None:
+        if self._redis_down_since is None:
+            try:
+                await super().close()
+            except _REDIS_ERRORS as exc:
+                log.warning("worker.close_without_redis", extra={"error": repr(exc)})
+            else:
+                return
+        # Redis is gone: skip arq's bookkeeping, but still close the session and the pool.
+        if self.on_shutdown is not None:
+            await self.on_shutdown(self.ctx)
+
+
+def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:
+    """A worker for ``settings``; ``overrides`` go to `arq.worker.Worker` (burst=True, ...)."""
+    kwargs = {**worker_settings(settings), **overrides}
+    return HarvesterWorker(redis_retry_time=settings.redis_retry_time, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

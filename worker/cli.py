@@ -12,11 +12,15 @@ from typing import TextIO
 
 from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 
-from worker.errors import HarvesterError
+from worker.errors import ConfigError, HarvesterError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("harvester.cli")
+
+EXIT_UNHEALTHY = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
 
 
 def _install_uvloop(settings: Settings) -> None:
@@ -43,21 +47,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from arq.worker import Worker
+    from redis.exceptions import RedisError
 
-    from worker.app import worker_settings
+    from worker.app import RedisUnavailableError, create_worker
 
     settings = get_settings()
     _install_uvloop(settings)
-    worker = Worker(**worker_settings(settings), burst=args.burst)
-    worker.run()
+    worker = create_worker(settings, burst=args.burst)
+    try:
+        worker.run()
+    except (RedisUnavailableError, RedisError) as exc:
+        # Exit non-zero so the process manager restarts us; queued jobs stay in Redis.
+        log.error("worker.redis_unavailable", extra={"error": str(exc)})  # noqa: TRY400
+        print(f"harvester: Redis is unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
     from worker.client import open_queue
 
-    settings = get_settings()
+    # A health check must answer quickly: do not ride out a Redis outage here.
+    settings = get_settings().model_copy(update={"redis_retry_time": 0.0})
 
     async def go() -> bytes | None:
         async with open_queue(settings) as redis:
@@ -67,7 +78,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     value = asyncio.run(go())
     if value is None:
         print(f"unhealthy: no worker has reported on {settings.queue!r} recently")
-        return 1
+        return EXIT_UNHEALTHY
     print(f"healthy: {value.decode(errors='replace')}")
     return 0
 
@@ -158,8 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = get_settings()
         configure(settings.log_level, settings.log_format)
         return int(args.func(args))
+    except ConfigError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"harvester: Postgres is unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

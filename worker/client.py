@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings
@@ -22,24 +27,55 @@ log = logging.getLogger("harvester.client")
 JOB_NAME = "fetch_batch"
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
-    """arq `RedisSettings` from REDIS_URL (database number, password and TLS included)."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_timeout = max(1, int(settings.connect_timeout))
-    rs.conn_retries = 5
-    rs.conn_retry_delay = 1
-    rs.retry_on_timeout = True
-    return rs
+# Each command waits at most this long between reconnection attempts during an outage.
+_RETRY_CAP_S = 1.0
 
 
-async def connect(settings: Settings) -> ArqRedis:
-    """An arq pool that speaks JSON, on HARVESTER_QUEUE."""
-    return await create_pool(
-        redis_settings(settings),
+def redis_retry(settings: Settings) -> Retry:
+    """Retry every Redis command through an outage of about HARVESTER_REDIS_RETRY_TIME seconds.
+
+    arq's own settings give up on the first connection error; with this a Redis restart is a
+    pause, and only a longer outage surfaces as an error (and makes the worker exit).
+    """
+    retries = math.ceil(settings.redis_retry_time / _RETRY_CAP_S) + 4
+    return Retry(EqualJitterBackoff(cap=_RETRY_CAP_S, base=0.05), retries)
+
+
+def redis_pool(settings: Settings) -> ArqRedis:
+    """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options).
+
+    Built directly rather than with `arq.create_pool` so that it has a socket timeout (a hung
+    Redis cannot stall the worker) and retries commands through a restart. Connects lazily.
+    """
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.connect_timeout,
+        socket_keepalive=True,
+        retry=redis_retry(settings),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+        health_check_interval=30,
+    )
+    redis = ArqRedis(
+        pool,
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=settings.queue,
     )
+    # As `Redis.from_pool` does: the client owns the pool and closes it with itself.
+    redis.auto_close_connection_pool = True
+    return redis
+
+
+async def connect(settings: Settings) -> ArqRedis:
+    """`redis_pool`, checked with a PING so a wrong REDIS_URL fails here."""
+    redis = redis_pool(settings)
+    try:
+        await redis.ping()
+    except BaseException:
+        await redis.aclose()
+        raise
+    return redis
 
 
 @asynccontextmanager

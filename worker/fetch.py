@@ -44,6 +44,7 @@ from worker.errors import (
     TooLargeError,
 )
 from worker.guard import AddressPolicy, GuardedResolver
+from worker.logs import redact
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
@@ -176,19 +177,19 @@ class Fetcher:
         try:
             target = self._parse(url)
         except FetchError as exc:
-            return Failed(url, exc.kind, exc.detail, exc.status, 0)
+            return Failed(url, exc.kind, redact(exc.detail), exc.status, 0)
         attempts = 1
         try:
             status, body = await self._attempt(target)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return Failed(url, exc.kind, exc.detail, exc.status, attempts)
+                return Failed(url, exc.kind, redact(exc.detail), exc.status, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, attempts = await self._retry(target, exc, started)
             except _RetriesExhausted as gave_up:
                 last = gave_up.last
-                return Failed(url, last.kind, last.detail, last.status, gave_up.attempts)
+                return Failed(url, last.kind, redact(last.detail), last.status, gave_up.attempts)
         return Fetched(url, status, body, int((time.monotonic() - started) * 1000), attempts)
 
     def _parse(self, raw: str) -> URL:

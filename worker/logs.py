@@ -27,11 +27,17 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
 }
 # user:password@ in any URL, and the password in DSNs such as postgresql://u:p@h/db.
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
+# Query parameters that commonly carry credentials: ?api_key=..., &access_token=..., &sig=...
+_SECRET_PARAM = re.compile(
+    r"(?P<key>[?&;](?:[\w.-]*(?:token|key|secret|password|passwd|pwd|auth|signature|sig|"
+    r"credential|session)[\w.-]*)=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """Replace the userinfo of every URL in ``text`` with ``***``."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """Hide credentials in every URL in ``text``: userinfo and token-like query parameters."""
+    return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 @contextmanager

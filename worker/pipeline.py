@@ -77,12 +77,14 @@ class _Writer:
         source: str | None,
         settings: Settings,
         failures: Counter[str],
+        landed: set[str],
     ) -> None:
         self._pool = pool
         self._job_id = job_id
         self._source = source
         self._settings = settings
         self._failure_kinds = failures
+        self._landed = landed
         self.documents = 0
         self._docs: list[Fetched] = []
         self._fails: list[Failed] = []
@@ -116,17 +118,9 @@ class _Writer:
             return
         docs, fails = self._docs, self._fails
         self._docs, self._fails, self._bytes = [], [], 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(WRITE_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
-            retry=retry_if_exception_type(StoreError),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                written = await store.write_chunk(
-                    self._pool, self._job_id, self._source, docs, fails
-                )
+        written = await _write(self._pool, self._job_id, self._source, docs, fails)
+        self._landed.update(d.url for d in docs)
+        self._landed.update(f.url for f in fails)
         self.documents += written.documents
         refused_urls = {f.url for f in written.refused}
         for f in (*fails, *written.refused):
@@ -137,6 +131,57 @@ class _Writer:
             )
 
 
+async def _write(
+    pool: asyncpg.Pool,
+    job_id: str,
+    source: str | None,
+    docs: Sequence[Fetched],
+    fails: Sequence[Failed],
+) -> store.Written:
+    """`store.write_chunk`, retried a few times: a chunk is atomic, so a retry cannot duplicate."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(WRITE_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        retry=retry_if_exception_type(StoreError),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            written = await store.write_chunk(pool, job_id, source, docs, fails)
+    return written
+
+
+class DeadlineError(Exception):
+    """The run's deadline came before every URL landed; what landed stays landed."""
+
+    def __init__(self, landed: int, remaining: int) -> None:
+        super().__init__(
+            f"deadline reached with {remaining} URL(s) still to fetch ({landed} landed)"
+        )
+        self.landed = landed
+        self.remaining = remaining
+
+
+async def record_failures(
+    *,
+    job_id: str,
+    urls: Sequence[str],
+    source: str | None,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    kind: str,
+    detail: str,
+) -> int:
+    """Land a failure row of ``kind`` for each of ``urls`` that has no outcome yet."""
+    done = await store.existing_urls(pool, job_id)
+    todo = [u for u in dict.fromkeys(urls) if u not in done]
+    step = settings.copy_chunk_rows
+    for i in range(0, len(todo), step):
+        chunk = [Failed(u, kind, detail, None, 0) for u in todo[i : i + step]]
+        await _write(pool, job_id, source, [], chunk)
+    return len(todo)
+
+
 async def run(
     *,
     job_id: str,
@@ -145,12 +190,16 @@ async def run(
     fetcher: Fetcher,
     pool: asyncpg.Pool,
     settings: Settings,
+    deadline: float | None = None,
+    record_unfinished: bool = False,
 ) -> BatchSummary:
     """Fetch ``urls`` and land one outcome per distinct URL for ``job_id``.
 
     URLs that already have an outcome for this job (an earlier run was interrupted) are not
-    fetched again. Raises `StoreError` if Postgres cannot take the rows; everything a URL can
-    do wrong becomes a failure row instead.
+    fetched again. At ``deadline`` (a `time.monotonic()` value) fetching stops and what was
+    fetched lands; the URLs left then raise `DeadlineError` or, with ``record_unfinished``,
+    land as failures of kind ``deadline``. Raises `StoreError` if Postgres cannot take the
+    rows; everything a URL can do wrong becomes a failure row instead.
     """
     started = time.monotonic()
     distinct = list(dict.fromkeys(urls))
@@ -158,10 +207,14 @@ async def run(
     todo = [u for u in distinct if u not in done]
 
     failures: Counter[str] = Counter()
+    landed: set[str] = set()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
     n_writers = max(1, min(settings.writers, settings.db_pool_max))
-    writers = [_Writer(pool, job_id, source, settings, failures) for _ in range(n_writers)]
+    writers = [_Writer(pool, job_id, source, settings, failures, landed) for _ in range(n_writers)]
     feed: Iterator[str] = iter(todo)
+    loop = asyncio.get_running_loop()
+    stop_at = None if deadline is None else loop.time() + (deadline - time.monotonic())
+    timed_out = False
 
     async def fetch_loop() -> None:
         # Long-lived coroutines pulling from one iterator: cheaper than a task per URL.
@@ -170,11 +223,15 @@ async def run(
             await queue.put(outcome)
 
     async def fetch_all() -> None:
+        nonlocal timed_out
         n_fetchers = min(settings.concurrency, len(todo))
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(n_fetchers):
-                tg.create_task(fetch_loop())
-        # Only on success: on failure the task group cancels the writers instead.
+        try:
+            async with asyncio.timeout_at(stop_at), asyncio.TaskGroup() as tg:
+                for _ in range(n_fetchers):
+                    tg.create_task(fetch_loop())
+        except TimeoutError:
+            timed_out = True  # in-flight fetches were cancelled; what was queued still lands
+        # Only when fetching ended normally: on failure the task group cancels the writers.
         for _ in writers:
             await queue.put(_DONE)
 
@@ -188,6 +245,21 @@ async def run(
         if store_errors is not None:
             raise store_errors.exceptions[0] from group
         raise
+
+    if timed_out:
+        unfinished = [u for u in todo if u not in landed]
+        if unfinished and not record_unfinished:
+            raise DeadlineError(landed=len(landed), remaining=len(unfinished))
+        if unfinished:
+            failures["deadline"] += await record_failures(
+                job_id=job_id,
+                urls=unfinished,
+                source=source,
+                pool=pool,
+                settings=settings,
+                kind="deadline",
+                detail="the job's last allowed run ended before this URL was fetched",
+            )
 
     return BatchSummary(
         job_id=job_id,

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     )
 
     # -- connections ---------------------------------------------------------------------------
+    redis_retry_time: float = Field(default=30.0, ge=0, le=3600)
+    redis_socket_timeout: float = Field(default=10.0, gt=0, le=600)
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         validation_alias=AliasChoices("DATABASE_URL", "HARVESTER_DATABASE_URL"),
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     read_timeout: float = Field(default=15.0, gt=0, le=3600)
     max_attempts: int = Field(default=4, ge=1, le=20)
-    retry_max_time: float = Field(default=120.0, gt=0, le=3600)
+    retry_max_time: float = Field(default=60.0, gt=0, le=3600)
     retry_base_delay: float = Field(default=0.5, ge=0, le=60)
     retry_max_delay: float = Field(default=20.0, ge=0, le=600)
     retry_after_cap: float = Field(default=60.0, ge=0, le=3600)
@@ -61,9 +63,12 @@ class Settings(BaseSettings):
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
     max_url_length: int = Field(default=8192, ge=64, le=1_000_000)
-    job_timeout: float = Field(default=600.0, gt=0, le=86_400)
+    job_timeout: float = Field(default=120.0, ge=5, le=86_400)
     max_jobs: int = Field(default=4, ge=1, le=1000)
-    job_tries: int = Field(default=5, ge=1, le=100)
+    job_tries: int = Field(default=20, ge=1, le=1000)
+    job_retry_delay: float = Field(default=2.0, ge=0, le=3600)
+    job_retry_max_delay: float = Field(default=300.0, ge=0, le=86_400)
+    shutdown_grace: float = Field(default=20.0, ge=0, le=3600)
     poll_delay: float = Field(default=0.05, gt=0, le=60)
     keep_result: float = Field(default=86_400.0, ge=0)
 
@@ -116,6 +121,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "HARVESTER_PER_HOST must not exceed HARVESTER_CONCURRENCY "
                 f"({self.per_host} > {self.concurrency})"
+            )
+        if self.retry_max_time + self.request_timeout >= self.job_timeout:
+            raise ValueError(
+                "HARVESTER_JOB_TIMEOUT must exceed HARVESTER_RETRY_MAX_TIME + "
+                f"HARVESTER_REQUEST_TIMEOUT ({self.job_timeout} <= "
+                f"{self.retry_max_time} + {self.request_timeout}), or a slow URL could never land"
             )
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")

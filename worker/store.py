@@ -59,6 +59,9 @@ SELECT url FROM fetch_failures WHERE job_id = $1
 """
 
 CLOSE_TIMEOUT_S = 10.0
+# Writers of a job never hold more connections than the pool has, so waiting longer than this
+# for one means Postgres is in trouble: fail the chunk (it is retried) rather than hang.
+ACQUIRE_TIMEOUT_S = 60.0
 
 Conn = Union["asyncpg.Connection[Any]", "PoolConnectionProxy[Any]"]
 
@@ -162,7 +165,7 @@ async def write_chunk(
 ) -> Written:
     """Land one chunk atomically. A body Postgres refuses becomes a failure, not a failed chunk."""
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 return await _copy_chunk(conn, job_id, source, docs, failures)
             except asyncpg.DataError:
