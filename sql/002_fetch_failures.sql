@@ -10,6 +10,6 @@ CREATE TABLE fetch_failures (
     detail     text        NOT NULL DEFAULT '',
     failed_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE UNIQUE INDEX fetch_failures_job_url_key ON fetch_failures (job_id, md5(url));
+CREATE UNIQUE INDEX fetch_failures_job_url_key ON fetch_failures (job_id, harvester_url_key(url));
 CREATE INDEX fetch_failures_url_idx ON fetch_failures USING hash (url);
 CREATE INDEX fetch_failures_error_failed_at_idx ON fetch_failures (error, failed_at);

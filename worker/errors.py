@@ -37,7 +37,16 @@ class BadJobError(HarvesterError):
 
 
 class StoreError(HarvesterError):
-    """Postgres did not accept a write (connection lost, timeout, server down)."""
+    """Postgres did not take a read or write.
+
+    ``transient`` (the default) means the connection or server failed and the same statement may
+    succeed later; otherwise Postgres refused it (schema, permissions, data) and retrying the same
+    chunk right away is pointless.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class FetchError(HarvesterError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
     stop_any,
+    stop_before_delay,
 )
 from yarl import URL
 
@@ -51,6 +52,9 @@ _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Postgres jsonb refuses the NUL escape; an odd run of backslashes before "u0000" is a real one.
 _NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_PERMANENT_DNS_ERRORS: Final = frozenset(
+    {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+)
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -119,8 +123,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 and seconds == seconds else None  # refuse NaN, negatives
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -145,6 +153,36 @@ def check_json(body: bytes) -> None:
         raise InvalidJSONError(f"body is not valid JSON: {exc}") from exc
     if b"\\u0000" in body and _NUL_ESCAPE.search(body):
         raise InvalidJSONError("body contains \\u0000, which Postgres jsonb cannot store")
+
+
+def map_client_error(exc: BaseException) -> FetchError:
+    """Translate an aiohttp (or resolver) exception into our `FetchError` tree: the one boundary."""
+    if isinstance(exc, TimeoutError):
+        return TimeoutError_("timed out")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        # A name that does not exist will not exist on the next attempt either.
+        gone = getattr(exc.os_error, "errno", None) in _PERMANENT_DNS_ERRORS
+        return ConnectError(f"DNS lookup failed: {exc.os_error}", transient=not gone)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return ConnectError(f"TLS error: {exc}", transient=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(f"cannot connect: {exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return ConnectError(f"connection lost: {type(exc).__name__}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # A body that cannot be decoded will not decode next time; a cut one might be whole.
+        undecodable = "content-encoding" in str(exc).lower()
+        return ProtocolError(f"bad body: {exc}", transient=not undecodable)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProtocolError(f"invalid HTTP response: {exc.message}", transient=False)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidURLError(f"invalid URL: {exc}")
+    if isinstance(exc, aiohttp.ClientOSError):
+        return ConnectError(f"connection error: {exc}")
+    if isinstance(exc, aiohttp.ClientError):
+        return ProtocolError(f"{type(exc).__name__}: {exc}")
+    # IDNA and similar refusals of a host name, raised while it is resolved.
+    return InvalidURLError(f"invalid host: {exc}")
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -197,13 +235,17 @@ class Fetcher:
             raise InvalidURLError(f"URL longer than {self._settings.max_url_length} characters")
         try:
             url = URL(raw.strip())
-        except (ValueError, TypeError) as exc:
+            # .host runs IDNA decoding, which refuses malformed labels (e.g. "xn--a").
+            host = url.host
+            scheme = url.scheme
+            return_url = url.with_fragment(None)
+        except (ValueError, TypeError) as exc:  # UnicodeError is a ValueError
             raise InvalidURLError(f"cannot parse URL: {exc}") from exc
-        if url.scheme not in ("http", "https"):
-            raise InvalidURLError(f"scheme {url.scheme!r} is not http or https")
-        if not url.host:
+        if scheme not in ("http", "https"):
+            raise InvalidURLError(f"scheme {scheme!r} is not http or https")
+        if not host:
             raise InvalidURLError("URL has no host")
-        return url.with_fragment(None)
+        return return_url
 
     def _wait_for(self, exc: FetchError, attempt: int) -> float:
         s = self._settings
@@ -216,10 +258,12 @@ class Fetcher:
     ) -> tuple[int, bytes, int]:
         s = self._settings
         attempts = 1
-        budget = s.retry_max_time - (time.monotonic() - started)
-        if budget <= 0:
+        # The time bound covers the waits too: never sleep past it to try once more.
+        deadline = started + s.retry_max_time
+        first_wait = self._wait_for(first, 1)
+        if time.monotonic() + first_wait >= deadline:
             raise _RetriesExhausted(first, attempts)
-        await self._sleep(self._wait_for(first, 1))
+        await self._sleep(first_wait)
 
         def wait(state: RetryCallState) -> float:
             assert state.outcome is not None
@@ -228,7 +272,10 @@ class Fetcher:
             return self._wait_for(exc, state.attempt_number + 1)
 
         retrying = AsyncRetrying(
-            stop=stop_any(stop_after_attempt(s.max_attempts - 1), stop_after_delay(budget)),
+            stop=stop_any(
+                stop_after_attempt(s.max_attempts - 1),
+                stop_before_delay(deadline - time.monotonic()),
+            ),
             wait=wait,
             retry=retry_if_exception(_is_transient),
             sleep=self._sleep,
@@ -249,26 +296,8 @@ class Fetcher:
                 return await self._follow(target)
             except FetchError:
                 raise
-            except TimeoutError as exc:
-                raise TimeoutError_("timed out") from exc
-            except aiohttp.ClientConnectorDNSError as exc:
-                raise ConnectError(f"DNS lookup failed: {exc.os_error}") from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise ConnectError(f"cannot connect: {exc.os_error}") from exc
-            except aiohttp.ServerDisconnectedError as exc:
-                raise ConnectError("server disconnected") from exc
-            except aiohttp.ClientPayloadError as exc:
-                raise ProtocolError(f"body cut short: {exc}") from exc
-            except aiohttp.ClientResponseError as exc:
-                raise ProtocolError(
-                    f"invalid HTTP response: {exc.message}", transient=False
-                ) from exc
-            except aiohttp.InvalidURL as exc:
-                raise InvalidURLError(f"invalid URL: {exc}") from exc
-            except aiohttp.ClientOSError as exc:
-                raise ConnectError(f"connection error: {exc}") from exc
-            except aiohttp.ClientError as exc:
-                raise ProtocolError(f"{type(exc).__name__}: {exc}") from exc
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise map_client_error(exc) from exc
 
     async def _follow(self, url: URL) -> tuple[int, bytes]:
         seen: set[URL] = set()
@@ -289,7 +318,11 @@ class Fetcher:
                     )
                 self._check_content_type(resp)
                 body = await self._read(resp)
-            check_json(body)
+            try:
+                check_json(body)
+            except InvalidJSONError as exc:
+                exc.status = status
+                raise
             return status, body
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
 

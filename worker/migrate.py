@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import re
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from worker.errors import StoreError
 
 log = logging.getLogger("harvester.migrate")
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# sql/ in the source tree, installed as the package worker.sql (see pyproject.toml).
+SQL_DIR = Path(str(importlib.resources.files("worker.sql")))
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x68617276  # "harv": one migrator at a time across processes
 
@@ -50,6 +52,8 @@ def discover(directory: Path = SQL_DIR) -> list[Migration]:
         if version in found:
             raise StoreError(f"two migrations are numbered {version}")
         found[version] = Migration(version, m.group(2), path.read_text(encoding="utf-8"))
+    if not found:
+        raise StoreError(f"no migrations found in {directory}")
     return [found[v] for v in sorted(found)]
 
 

@@ -27,6 +27,8 @@ def parse_batch(
     problems: list[str] = []
     if len(job_id) > MAX_JOB_ID_LENGTH:
         problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
+    if "\x00" in job_id:
+        problems.append("job id contains a NUL character")
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     unknown = sorted(set(kwargs) - set(_FIELDS))
@@ -52,12 +54,22 @@ def parse_batch(
                 f"'urls' must contain only strings: {len(bad)} item(s) are not, the first at "
                 f"index {first} is {type(urls[first]).__name__}"
             )
+        else:
+            # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
+            nul = [i for i, u in enumerate(urls) if "\x00" in u]
+            if nul:
+                problems.append(
+                    f"'urls' item(s) at index {', '.join(map(str, nul[:5]))} contain a NUL "
+                    "character, which cannot be stored"
+                )
 
     source = kwargs.get("source")
     if source is not None and not isinstance(source, str):
         problems.append(f"'source' must be a string or null, got {type(source).__name__}")
     elif isinstance(source, str) and len(source) > MAX_SOURCE_LENGTH:
         problems.append(f"'source' is longer than {MAX_SOURCE_LENGTH} characters")
+    elif isinstance(source, str) and "\x00" in source:
+        problems.append("'source' contains a NUL character")
 
     if problems:
         raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from worker import store
 from worker.errors import StoreError
@@ -67,6 +67,29 @@ class BatchSummary:
         }
 
 
+class _ByteBudget:
+    """Bounds the body bytes held between fetchers and the database, whatever the batch size.
+
+    A fetcher takes its body's size before queueing it and a writer gives it back once the chunk
+    has landed. One body is always let through, so a body larger than the budget cannot stall.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, n: int) -> None:
+        while self.used and self.used + n > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        self._freed.set()
+
+
 class _Writer:
     """Drains outcomes into chunks and lands them; one per writer task."""
 
@@ -78,6 +101,7 @@ class _Writer:
         settings: Settings,
         failures: Counter[str],
         landed: set[str],
+        budget: _ByteBudget,
     ) -> None:
         self._pool = pool
         self._job_id = job_id
@@ -85,6 +109,7 @@ class _Writer:
         self._settings = settings
         self._failure_kinds = failures
         self._landed = landed
+        self._budget = budget
         self.documents = 0
         self._docs: list[Fetched] = []
         self._fails: list[Failed] = []
@@ -94,7 +119,17 @@ class _Writer:
     async def run(self, queue: asyncio.Queue[object]) -> None:
         s = self._settings
         while True:
-            item = await queue.get()
+            if self._docs or self._fails:
+                # Rows are waiting: land them once they are FLUSH_INTERVAL_S old, even if no
+                # further outcome arrives (the rest of the batch may be slow).
+                try:
+                    async with asyncio.timeout(self._since + FLUSH_INTERVAL_S - time.monotonic()):
+                        item = await queue.get()
+                except TimeoutError:
+                    await self._flush()
+                    continue
+            else:
+                item = await queue.get()
             if item is _DONE:
                 await self._flush()
                 return
@@ -116,9 +151,10 @@ class _Writer:
     async def _flush(self) -> None:
         if not self._docs and not self._fails:
             return
-        docs, fails = self._docs, self._fails
+        docs, fails, held = self._docs, self._fails, self._bytes
         self._docs, self._fails, self._bytes = [], [], 0
         written = await _write(self._pool, self._job_id, self._source, docs, fails)
+        self._budget.give(held)
         self._landed.update(d.url for d in docs)
         self._landed.update(f.url for f in fails)
         self.documents += written.documents
@@ -142,7 +178,7 @@ async def _write(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(WRITE_ATTEMPTS),
         wait=wait_exponential(multiplier=0.2, max=2.0),
-        retry=retry_if_exception_type(StoreError),
+        retry=retry_if_exception(lambda e: isinstance(e, StoreError) and e.transient),
         reraise=True,
     )
     async for attempt in retrying:
@@ -210,7 +246,10 @@ async def run(
     landed: set[str] = set()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
     n_writers = max(1, min(settings.writers, settings.db_pool_max))
-    writers = [_Writer(pool, job_id, source, settings, failures, landed) for _ in range(n_writers)]
+    budget = _ByteBudget(settings.buffer_bytes)
+    writers = [
+        _Writer(pool, job_id, source, settings, failures, landed, budget) for _ in range(n_writers)
+    ]
     feed: Iterator[str] = iter(todo)
     loop = asyncio.get_running_loop()
     stop_at = None if deadline is None else loop.time() + (deadline - time.monotonic())
@@ -219,7 +258,14 @@ async def run(
     async def fetch_loop() -> None:
         # Long-lived coroutines pulling from one iterator: cheaper than a task per URL.
         for url in feed:
-            outcome: Outcome = await fetcher.fetch(url)
+            try:
+                outcome: Outcome = await fetcher.fetch(url)
+            except Exception as exc:
+                # A bug must cost one URL a failure row, never the whole batch.
+                log.exception("fetch.internal_error", extra={"url": url})
+                outcome = Failed(url, "internal", f"{type(exc).__name__}: {exc}"[:500], None, 0)
+            if isinstance(outcome, Fetched):
+                await budget.take(len(outcome.body))
             await queue.put(outcome)
 
     async def fetch_all() -> None:

@@ -37,19 +37,19 @@ CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
 _MOVE_DOCUMENTS = """
 INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
 SELECT job_id, url, source, status, body, elapsed_ms, attempts FROM harvester_stage_documents
-ON CONFLICT (job_id, md5(url)) DO NOTHING
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
 """
 
 _MOVE_FAILURES = """
 INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail)
 SELECT job_id, url, source, error, status, attempts, detail FROM harvester_stage_failures
-ON CONFLICT (job_id, md5(url)) DO NOTHING
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
 """
 
 _INSERT_DOCUMENT = """
 INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (job_id, md5(url)) DO NOTHING
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
 """
 
 _EXISTING = """
@@ -75,6 +75,12 @@ _CONNECTION_ERRORS = (
     OSError,
     TimeoutError,
 )
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry."""
+    transient = isinstance(exc, _CONNECTION_ERRORS)
+    return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
     try:
         rows = await pool.fetch(_EXISTING, job_id)
     except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-        raise StoreError(f"cannot read existing outcomes: {type(exc).__name__}: {exc}") from exc
+        raise _store_error("cannot read existing outcomes", exc) from exc
     return {r["url"] for r in rows}
 
 
@@ -173,7 +179,7 @@ async def write_chunk(
                 # hold). Find it row by row; the rest of the chunk still lands.
                 return await _write_rows(conn, job_id, source, docs, failures)
     except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-        raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+        raise _store_error("write failed", exc) from exc
 
 
 async def _copy_chunk(

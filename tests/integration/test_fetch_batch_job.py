@@ -83,7 +83,7 @@ async def test_job_from_a_plain_arq_client_lands_every_url(
         u("/flaky/c?fails=2&status=503"): ("document", 200, 3),
         u("/status/404"): ("http_status", 404, 1),
         u("/status/500"): ("http_status", 500, 3),
-        u("/invalid-json"): ("invalid_json", None, 1),
+        u("/invalid-json"): ("invalid_json", 200, 1),
         u("/big?size=3000000"): ("too_large", 200, 1),
         "http//missing-colon": ("invalid_url", None, 0),
     }
@@ -121,23 +121,29 @@ async def test_raw_redis_commands_from_the_readme_enqueue_a_job(
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
 ) -> None:
-    """A non-Python service needs only SET and ZADD with a JSON payload."""
-    payload = {
-        "t": 1,
-        "f": "fetch_batch",
-        "a": [],
-        "k": {"urls": [upstream.url("/json/raw")]},
-        "et": 0,
-    }
+    """The README's recipe for non-Python services, command for command, on the default queue."""
+    url = upstream.url("/json/raw")
     now_ms = int(time.time() * 1000)
-    payload["et"] = now_ms
-    assert await redis.set("arq:job:raw-1", json.dumps(payload), nx=True, px=86_400_000)
-    await redis.zadd(TEST_QUEUE, {"raw-1": now_ms})
+    payload = json.dumps(
+        {
+            "t": None,
+            "f": "fetch_batch",
+            "a": [],
+            "k": {"urls": [url], "source": "catalog"},
+            "et": now_ms,
+        }
+    )
+    assert await redis.execute_command("EXISTS", "arq:result:catalog-0001") == 0
+    async with redis.pipeline(transaction=True) as tx:  # MULTI ... EXEC
+        tx.execute_command("SET", "arq:job:catalog-0001", payload, "PX", 86_400_000, "NX")
+        tx.execute_command("ZADD", "arq:queue", "NX", now_ms, "catalog-0001")
+        assert await tx.execute() == [True, 1]
 
-    worker = make_worker()
+    worker = make_worker(queue="arq:queue")
     await worker.async_run()
     assert worker.jobs_complete == 1
-    assert await _outcomes(pool, "raw-1") == {upstream.url("/json/raw"): ("document", 200, 1)}
+    assert await _outcomes(pool, "catalog-0001") == {url: ("document", 200, 1)}
+    assert await redis.execute_command("EXISTS", "arq:result:catalog-0001") == 1
 
 
 async def test_same_job_run_twice_leaves_the_same_rows(
@@ -255,6 +261,33 @@ async def test_pickle_payload_is_never_executed(
     assert "function 'drop_tables' not found" in str(unknown)
 
 
+async def test_a_second_job_reuses_the_first_jobs_connections(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """One session per process: job 2's requests go over connections job 1 opened."""
+    arq_redis = await connect(make_settings())
+    try:
+        await enqueue_urls(
+            arq_redis, [upstream.url(f"/json/a{i}") for i in range(12)], job_id_prefix="first"
+        )
+        await enqueue_urls(
+            arq_redis, [upstream.url(f"/json/b{i}") for i in range(12)], job_id_prefix="second"
+        )
+    finally:
+        await arq_redis.aclose()
+    worker = make_worker(concurrency=3, per_host=3, max_jobs=1)
+    await worker.async_run()
+    assert worker.jobs_complete == 2
+    first = {h.peer_port for h in upstream.hits if h.path.startswith("/json/a")}
+    second = {h.peer_port for h in upstream.hits if h.path.startswith("/json/b")}
+    assert first
+    assert second <= first
+
+
 async def test_concurrency_is_bounded_across_jobs_and_the_session_is_reused(
     services: Services,
     upstream: Upstream,
@@ -289,6 +322,33 @@ async def test_concurrency_is_bounded_across_jobs_and_the_session_is_reused(
     assert len({h.peer_port for h in upstream.hits}) <= 3
     for job_id in [*first, *second]:
         assert await pool.fetchval("SELECT count(*) FROM documents WHERE job_id = $1", job_id) > 0
+
+
+async def test_same_job_id_enqueued_twice_runs_once(
+    services: Services,
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A second enqueue of a queued job id is refused; the job runs once."""
+    client = await _plain_arq_client(services)
+    try:
+        first = await client.enqueue_job(
+            "fetch_batch", _job_id="dup-1", urls=[upstream.url("/json/d")]
+        )
+        second = await client.enqueue_job(
+            "fetch_batch", _job_id="dup-1", urls=[upstream.url("/json/other")]
+        )
+    finally:
+        await client.aclose()
+    assert first is not None
+    assert second is None
+    worker = make_worker()
+    await worker.async_run()
+    assert worker.jobs_complete == 1
+    assert await _outcomes(pool, "dup-1") == {upstream.url("/json/d"): ("document", 200, 1)}
+    assert upstream.counts["/json/other"] == 0
 
 
 async def test_job_results_and_summary_are_json(

@@ -1,0 +1,81 @@
+"""Crash safety: a worker killed again and again, as in Kafka Connect's bounce test."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.faults.conftest import FAULT_QUEUE, Stack, WorkerProcess, outcome_counts
+from tests.helpers import wait_until
+from tests.upstream import Upstream
+from worker.client import enqueue_urls, open_queue
+from worker.settings import load_settings
+
+pytestmark = pytest.mark.faults
+
+# Short settings so that a SIGKILLed job's lock (job timeout + 10 s) expires quickly.
+FAST = {
+    "job_timeout": 6,
+    "request_timeout": 2,
+    "retry_max_time": 2,
+    "concurrency": 4,
+    "per_host": 4,
+    "max_jobs": 2,
+    "shutdown_grace": 1,
+}
+
+
+async def enqueue(stack: Stack, urls: list[str], batch_size: int, prefix: str) -> list[str]:
+    settings = load_settings(
+        redis_url=stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
+    )
+    async with open_queue(settings) as redis:
+        return await enqueue_urls(redis, urls, batch_size=batch_size, job_id_prefix=prefix)
+
+
+async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
+    stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """1,200 URLs in 12 jobs; 3 SIGKILLs and 3 SIGTERMs mid-work; every URL lands exactly once."""
+    total = 1200
+    urls = [upstream.url(f"/slow/{i}?delay=0.02") for i in range(total)]
+    await enqueue(stack, urls, batch_size=100, prefix="bounce")
+    rng = random.Random(20261125)
+    rounds = [signal.SIGKILL] * 3 + [signal.SIGTERM] * 3
+    rng.shuffle(rounds)
+
+    for sig in rounds:
+        before = (await outcome_counts(stack.database_url))[0]
+        worker = spawn_worker(**FAST)
+        await worker.start()
+
+        async def progressed(before: int = before) -> bool:
+            return (await outcome_counts(stack.database_url))[0] >= min(total, before + 40)
+
+        # Kill only once this worker is doing work (a SIGKILLed job's lock may delay that).
+        await wait_until(progressed, timeout=40)
+        # ...at a random point of it: fetching, writing, or between jobs. (This sleep chooses
+        # when the fault is injected; no assertion depends on it.)
+        await asyncio.sleep(rng.uniform(0, 0.4))
+        worker.signal(sig)
+        code = await worker.wait(timeout=30)
+        assert code != 0 if sig == signal.SIGKILL else code == 0, worker.log()[-3000:]
+
+    worker = spawn_worker(**FAST)
+    await worker.start()
+    started = time.monotonic()
+
+    async def all_landed() -> bool:
+        return (await outcome_counts(stack.database_url))[0] == total
+
+    await wait_until(all_landed, timeout=90)
+    recovery = time.monotonic() - started
+    outcomes, documents, dups = await outcome_counts(stack.database_url)
+    assert (outcomes, documents, dups) == (total, total, 0)
+    # Every job finished within a few lock expiries of the last restart.
+    assert recovery < 3 * (FAST["job_timeout"] + 10), recovery

@@ -1,0 +1,83 @@
+"""A job's own limits: arq's timeout and its number of tries never leave a URL without an outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from arq.worker import Worker
+
+from tests.upstream import Upstream
+from worker.client import connect, enqueue_urls
+from worker.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+SHORT = {
+    "job_timeout": 5,
+    "request_timeout": 3,
+    "retry_max_time": 1,
+    "concurrency": 2,
+    "per_host": 2,
+}
+
+
+async def _kinds(pool: asyncpg.Pool, job_id: str) -> dict[str, int]:
+    rows = await pool.fetch(
+        """SELECT 'document' AS kind, count(*) AS n FROM documents WHERE job_id = $1
+           UNION ALL SELECT error, count(*) FROM fetch_failures WHERE job_id = $1 GROUP BY error""",
+        job_id,
+    )
+    return {r["kind"]: r["n"] for r in rows if r["n"]}
+
+
+async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Try 1 stops before the timeout and re-queues; the last try records what is left."""
+    # 2 at a time, 1.5 s each, against a 4 s deadline per try: two tries cannot land them all.
+    urls = [upstream.url(f"/json/{i}") for i in range(10)] + [
+        upstream.url(f"/slow/{i}?delay=1.5") for i in range(12)
+    ]
+    arq_redis = await connect(make_settings())
+    try:
+        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="slow")
+    finally:
+        await arq_redis.aclose()
+    worker = make_worker(job_tries=2, **SHORT)
+    await worker.async_run()
+    assert (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed) == (1, 1, 0)
+    kinds = await _kinds(pool, job_id)
+    assert set(kinds) == {"document", "deadline"}
+    assert kinds["document"] + kinds["deadline"] == 22
+    assert kinds["document"] >= 10 + 2  # each try landed slow URLs before its deadline
+    assert upstream.counts["/json/0"] == 1  # the second try did not fetch landed URLs again
+
+
+async def test_job_started_too_often_records_its_urls_as_abandoned(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Past HARVESTER_JOB_TRIES starts (restarts, crashes), the job closes with a row per URL."""
+    urls = [upstream.url(f"/json/{i}") for i in range(5)]
+    arq_redis = await connect(make_settings())
+    try:
+        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="crashy")
+    finally:
+        await arq_redis.aclose()
+    # As if the job had been started (and interrupted) 3 times already.
+    await redis.set(f"arq:retry:{job_id}", 3)
+    worker = make_worker(job_tries=3)
+    await worker.async_run()
+    assert worker.jobs_complete == 1
+    assert await _kinds(pool, job_id) == {"abandoned": 5}
+    assert upstream.hits == []
