@@ -163,7 +163,11 @@ class HarvesterWorker(Worker):
                 log.warning("worker.close_without_redis", extra={"error": repr(exc)})
             else:
                 return
-        # Redis is gone: skip arq's bookkeeping, but still close the session and the pool.
+        # Redis is gone: skip arq's bookkeeping. Stop running jobs first (they re-run later and
+        # skip what landed), so that closing the session cannot turn fetches into failures.
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self.on_shutdown is not None:
             await self.on_shutdown(self.ctx)
 

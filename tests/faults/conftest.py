@@ -49,7 +49,9 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    pg = EmbeddedPostgres(tmp_path / "postgres")
+    # Durable: an immediate shutdown must not lose commits the worker was told about (with
+    # synchronous_commit=off it would, and the suite caught exactly that).
+    pg = EmbeddedPostgres(tmp_path / "postgres", durable=True)
     rd = EmbeddedRedis(tmp_path / "valkey", durable=True)
     await asyncio.to_thread(pg.start)
     try:
