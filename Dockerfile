@@ -1,4 +1,4 @@
-# The image docker-compose.yml builds. harvester runs from its source tree, where sql/ lives.
+# The image docker-compose.yml builds.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -6,6 +6,6 @@ COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY jobs ./jobs
 COPY sql ./sql
-RUN pip install -e . && useradd --system --no-create-home harvester
+RUN pip install . && useradd --system --no-create-home harvester
 USER harvester
 CMD ["harvester", "worker"]

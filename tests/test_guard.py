@@ -61,3 +61,37 @@ def test_check_refuses_ip_literals_but_defers_names() -> None:
     with pytest.raises(BlockedError):
         policy.check("[::1]")
     policy.check("example.com")
+
+
+class _StubResolver:
+    """Stands in for DNS: answers with fixed addresses (a rebinding attacker's view of DNS)."""
+
+    def __init__(self, addrs: list[str]) -> None:
+        self.addrs = addrs
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict]:
+        return [
+            {"hostname": host, "host": a, "port": port, "family": 0, "proto": 0, "flags": 0}
+            for a in self.addrs
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolver_drops_refused_addresses_and_keeps_the_rest() -> None:
+    """A name resolving to public and private addresses is connected only to the public one."""
+    from worker.guard import GuardedResolver
+
+    resolver = GuardedResolver(_StubResolver(["10.0.0.5", "93.184.216.34"]), AddressPolicy())  # type: ignore[arg-type]
+    kept = await resolver.resolve("api.example.com", 443)
+    assert [r["host"] for r in kept] == ["93.184.216.34"]
+
+
+async def test_resolver_refuses_a_name_that_resolves_only_inside() -> None:
+    """DNS pointing a public-looking name at the metadata address is refused before connecting."""
+    from worker.guard import GuardedResolver
+
+    resolver = GuardedResolver(_StubResolver(["169.254.169.254"]), AddressPolicy())  # type: ignore[arg-type]
+    with pytest.raises(BlockedError, match="not allowed"):
+        await resolver.resolve("rebind.example.com", 80)

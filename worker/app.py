@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from contextlib import AsyncExitStack
 from typing import Any, cast
 
+from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -64,6 +66,15 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     log.info("worker.stopped")
 
 
+def health_check_key(settings: Settings) -> str:
+    """The heartbeat key of the workers on this host (one per container or dyno).
+
+    Per host rather than arq's one key per queue, so a dead worker is not covered up by a live
+    one elsewhere.
+    """
+    return f"{settings.queue}{HEALTH_CHECK_SUFFIX}:{socket.gethostname()}"
+
+
 # arq's own limit on starts of a job is a little above ours: fetch_batch itself closes a job
 # that has been started HARVESTER_JOB_TRIES times, recording its URLs, and arq's limit is only a
 # backstop should that final run be interrupted too.
@@ -92,6 +103,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "poll_delay": settings.poll_delay,
         "keep_result": settings.keep_result,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "health_check_key": health_check_key(settings),
         "ctx": {"settings": settings},
     }
 

@@ -10,8 +10,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
-
 from worker.errors import ConfigError, HarvesterError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
@@ -65,6 +63,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    from worker.app import health_check_key
     from worker.client import open_queue
 
     # A health check must answer quickly: do not ride out a Redis outage here.
@@ -72,12 +71,12 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     async def go() -> bytes | None:
         async with open_queue(settings) as redis:
-            value: bytes | None = await redis.get(settings.queue + HEALTH_CHECK_SUFFIX)
+            value: bytes | None = await redis.get(health_check_key(settings))
             return value
 
     value = asyncio.run(go())
     if value is None:
-        print(f"unhealthy: no worker has reported on {settings.queue!r} recently")
+        print(f"unhealthy: no worker on this host has reported on {settings.queue!r} recently")
         return EXIT_UNHEALTHY
     print(f"healthy: {value.decode(errors='replace')}")
     return 0
@@ -152,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("health", help="exit 0 if a worker on the queue reported recently")
+    p = sub.add_parser("health", help="exit 0 if a worker on this host reported recently")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
