@@ -53,6 +53,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             "concurrency": settings.concurrency,
             "per_host": settings.per_host,
             "max_jobs": settings.max_jobs,
+            "loop": type(asyncio.get_running_loop()).__module__,
         },
     )
 

@@ -238,7 +238,7 @@ class Fetcher:
             # .host runs IDNA decoding, which refuses malformed labels (e.g. "xn--a").
             host = url.host
             scheme = url.scheme
-            return_url = url.with_fragment(None)
+            return_url = url.with_fragment(None) if url.raw_fragment else url
         except (ValueError, TypeError) as exc:  # UnicodeError is a ValueError
             raise InvalidURLError(f"cannot parse URL: {exc}") from exc
         if scheme not in ("http", "https"):
@@ -300,13 +300,13 @@ class Fetcher:
                 raise map_client_error(exc) from exc
 
     async def _follow(self, url: URL) -> tuple[int, bytes]:
-        seen: set[URL] = set()
+        seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         for _hop in range(self._settings.max_redirects + 1):
             self._policy.check(url.host or "")
-            seen.add(url)
             async with self._session.get(url, allow_redirects=False) as resp:
                 status = resp.status
                 if status in _REDIRECTS:
+                    seen.add(url)
                     url = self._next_hop(url, resp, seen)
                     continue
                 if not 200 <= status < 300:
@@ -355,17 +355,26 @@ class Fetcher:
             raise TooLargeError(
                 f"Content-Length {declared} exceeds {limit} bytes", status=resp.status
             )
-        chunks: list[bytes] = []
-        size = 0
-        # Decompressed chunks: aiohttp inflates incrementally, so a bomb is cut at the cap.
-        async for chunk in resp.content.iter_any():
+        # aiohttp inflates incrementally, one bounded piece per read, so counting what each read
+        # returns cuts a bomb or an endless body at the cap without holding more than that.
+        content = resp.content
+        first = await content.readany()
+        if len(first) > limit:
+            raise TooLargeError(
+                f"body exceeds {limit} bytes after decompression", status=resp.status
+            )
+        if content.is_eof():
+            return first  # the common case: the whole body came in one read
+        chunks = [first]
+        size = len(first)
+        while chunk := await content.readany():
             size += len(chunk)
             if size > limit:
                 raise TooLargeError(
                     f"body exceeds {limit} bytes after decompression", status=resp.status
                 )
             chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
 
 
 class _RetriesExhausted(Exception):

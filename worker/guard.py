@@ -49,6 +49,9 @@ _BLOCKED: tuple[Network, ...] = tuple(
 )
 
 
+_VERDICT_CACHE_SIZE = 10_000
+
+
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 form carries (mapped, compatible, 6to4, Teredo, NAT64), if any."""
     if addr.ipv4_mapped is not None:
@@ -72,6 +75,8 @@ class AddressPolicy:
 
     def __init__(self, allowed: Sequence[Network] = ()) -> None:
         self.allowed = tuple(allowed)
+        # host -> refusal message (or None): the check runs on every request, so remember it.
+        self._verdicts: dict[str, str | None] = {}
 
     def is_allowed(self, addr: IPAddress) -> bool:
         if any(addr.version == n.version and addr in n for n in self.allowed):
@@ -87,11 +92,23 @@ class AddressPolicy:
     def check(self, host: str) -> None:
         """Raise `BlockedError` if ``host`` is an IP literal that is not allowed."""
         try:
+            refusal = self._verdicts[host]
+        except KeyError:
+            refusal = self._judge(host)
+            if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+                self._verdicts.clear()
+            self._verdicts[host] = refusal
+        if refusal is not None:
+            raise BlockedError(refusal)
+
+    def _judge(self, host: str) -> str | None:
+        try:
             addr = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            return  # a name: judged on what it resolves to
-        if not self.is_allowed(addr):
-            raise BlockedError(f"address {addr} is not allowed (see HARVESTER_ALLOWED_NETWORKS)")
+            return None  # a name: judged on what it resolves to
+        if self.is_allowed(addr):
+            return None
+        return f"address {addr} is not allowed (see HARVESTER_ALLOWED_NETWORKS)"
 
 
 class GuardedResolver(AbstractResolver):

@@ -80,6 +80,9 @@ class _ByteBudget:
         self._freed = asyncio.Event()
 
     async def take(self, n: int) -> None:
+        if self.used + n <= self.limit:
+            self.used += n  # the usual case, without touching the event
+            return
         while self.used and self.used + n > self.limit:
             self._freed.clear()
             await self._freed.wait()
@@ -87,7 +90,8 @@ class _ByteBudget:
 
     def give(self, n: int) -> None:
         self.used -= n
-        self._freed.set()
+        if not self._freed.is_set():
+            self._freed.set()
 
 
 class _Writer:
@@ -119,7 +123,9 @@ class _Writer:
     async def run(self, queue: asyncio.Queue[object]) -> None:
         s = self._settings
         while True:
-            if self._docs or self._fails:
+            if not queue.empty():
+                item = queue.get_nowait()  # the busy case: no timer, no suspension
+            elif self._docs or self._fails:
                 # Rows are waiting: land them once they are FLUSH_INTERVAL_S old, even if no
                 # further outcome arrives (the rest of the batch may be slow).
                 try:
@@ -266,7 +272,10 @@ async def run(
                 outcome = Failed(url, "internal", f"{type(exc).__name__}: {exc}"[:500], None, 0)
             if isinstance(outcome, Fetched):
                 await budget.take(len(outcome.body))
-            await queue.put(outcome)
+            if queue.full():
+                await queue.put(outcome)
+            else:
+                queue.put_nowait(outcome)
 
     async def fetch_all() -> None:
         nonlocal timed_out

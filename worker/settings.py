@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     # -- fetching ------------------------------------------------------------------------------
     concurrency: int = Field(default=64, ge=1, le=4096)
-    per_host: int = Field(default=32, ge=1, le=4096)
+    per_host: int = Field(default=64, ge=1, le=4096)
     request_timeout: float = Field(default=30.0, gt=0, le=3600)
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     read_timeout: float = Field(default=15.0, gt=0, le=3600)

@@ -1,0 +1,1 @@
+"""harvester's benchmark harness: `make bench` (python -m bench). Not a test: CI never runs it."""

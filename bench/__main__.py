@@ -1,0 +1,333 @@
+"""`make bench`: harvester end to end against the raw aiohttp ceiling and the naive baseline.
+
+Starts its own upstream (nginx if on PATH, else granian), its own Postgres and Valkey (embedded,
+unless --database-url/--redis-url are given), then for each body size measures, interleaved and
+repeated (medians are reported):
+
+  ceiling      raw aiohttp client, harvester's session settings, no Redis, no Postgres
+  harvester    jobs through Redis, `harvester worker --burst`, until every row is committed
+  naive        the seed tutorial's pattern through arq (see bench/naive.py)
+
+plus harvester with 2 worker processes and with batches of 100, 1,000 and 10,000 URLs. Prints a
+table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from bench import upstream as upstream_mod
+from worker.client import enqueue_urls, open_queue
+from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.migrate import migrate
+from worker.settings import load_settings
+
+QUEUE = "harvester:bench"
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Run:
+    name: str
+    size_kb: int
+    batch: int
+    workers: int
+    urls: int
+    seconds: float  # first job start to last job finish: every row committed
+    wall_seconds: float  # process start to exit, start-up included
+    peak_rss_mib: float  # the largest worker process
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def urls_per_s(self) -> float:
+        return self.urls / self.seconds
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Wait for ``proc``; return its exit code and peak RSS in MiB (Linux ru_maxrss is KiB)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+class Bench:
+    def __init__(
+        self, args: argparse.Namespace, up: upstream_mod.Upstream, db: str, rd: str
+    ) -> None:
+        self.args = args
+        self.up = up
+        self.db = db
+        self.rd = rd
+
+    def env(self, **extra: object) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_")}
+        env.update(
+            DATABASE_URL=self.db,
+            REDIS_URL=self.rd,
+            HARVESTER_QUEUE=QUEUE,
+            HARVESTER_ALLOWED_NETWORKS="127.0.0.0/8",
+            HARVESTER_LOG_LEVEL="WARNING",
+        )
+        env.update({f"HARVESTER_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    def urls(self, kb: int, n: int, tag: str) -> list[str]:
+        return [self.up.url(kb, i) + f"&r={tag}" for i in range(n)]
+
+    async def _reset(self) -> None:
+        conn = await asyncpg.connect(self.db)
+        try:
+            await conn.execute("TRUNCATE documents, fetch_failures")
+            await conn.execute("DROP TABLE IF EXISTS naive_documents")
+        finally:
+            await conn.close()
+        r = aioredis.Redis.from_url(self.rd)
+        await r.flushdb()
+        await r.aclose()
+
+    async def _enqueue(self, urls: list[str], batch: int, function: str = "fetch_batch") -> None:
+        settings = load_settings(database_url=self.db, redis_url=self.rd, queue=QUEUE)
+        async with open_queue(settings) as redis:
+            if function == "fetch_batch":
+                await enqueue_urls(redis, urls, batch_size=batch)
+            else:
+                for i in range(0, len(urls), batch):
+                    await redis.enqueue_job(function, urls=urls[i : i + batch])
+
+    async def _count(self, table: str) -> int:
+        conn = await asyncpg.connect(self.db)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+        finally:
+            await conn.close()
+
+    async def _job_window(self) -> float:
+        """Seconds from the first job's start to the last job's finish, from arq's results."""
+        r = aioredis.Redis.from_url(self.rd)
+        try:
+            keys = [k async for k in r.scan_iter("arq:result:*")]
+            results = [orjson.loads(v) for v in await r.mget(keys)] if keys else []
+        finally:
+            await r.aclose()
+        assert results, "no job results"
+        assert all(x["s"] for x in results), "a job failed"
+        return (max(x["ft"] for x in results) - min(x["st"] for x in results)) / 1000
+
+    def ceiling(self, kb: int) -> Run:
+        n, conc = self.args.urls, self.args.concurrency
+        prefix = self.up.url(kb, 0).rsplit("=", 1)[0] + "="
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(conc)],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        code, rss = _wait(proc)
+        assert code == 0
+        data = orjson.loads(out)
+        return Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss)
+
+    def harvester(self, kb: int, batch: int, workers: int = 1, **settings: object) -> Run:
+        asyncio.run(self._reset())
+        n = self.args.urls
+        asyncio.run(self._enqueue(self.urls(kb, n, f"h{time.monotonic_ns()}"), batch))
+        env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
+        started = time.perf_counter()
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "worker", "worker", "--burst"], env=env)
+            for _ in range(workers)
+        ]
+        waited = [_wait(p) for p in procs]
+        wall = time.perf_counter() - started
+        assert all(code == 0 for code, _ in waited), waited
+        landed = asyncio.run(self._count("documents"))
+        assert landed == n, f"{landed} of {n} landed"
+        seconds = asyncio.run(self._job_window())
+        name = "harvester" if workers == 1 else f"harvester x{workers}"
+        return Run(name, kb, batch, workers, n, seconds, wall, max(rss for _, rss in waited))
+
+    def naive(self, kb: int, batch: int) -> Run:
+        asyncio.run(self._reset())
+        n = self.args.urls
+        asyncio.run(
+            self._enqueue(self.urls(kb, n, f"n{time.monotonic_ns()}"), batch, "naive_fetch")
+        )
+        arq = str(Path(sys.executable).with_name("arq"))
+        started = time.perf_counter()
+        proc = subprocess.Popen([arq, "bench.naive.WorkerSettings", "--burst"], env=self.env())
+        code, rss = _wait(proc)
+        wall = time.perf_counter() - started
+        assert code == 0
+        landed = asyncio.run(self._count("naive_documents"))
+        assert landed == n, f"{landed} of {n} landed"
+        seconds = asyncio.run(self._job_window())
+        return Run("naive", kb, batch, 1, n, seconds, wall, rss)
+
+
+def _paired_ratio(a: Run, b: Run) -> float:
+    """Median of per-repetition ratios: runs of one repetition share the machine's load."""
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=True))
+
+
+def ratios(runs: list[Run]) -> dict[str, float]:
+    """harvester runs against the ceiling and the naive baseline of the same body size."""
+    out: dict[str, float] = {}
+    for r in runs:
+        if not r.name.startswith("harvester"):
+            continue
+        for base in ("ceiling", "naive"):
+            ref = next((x for x in runs if x.name == base and x.size_kb == r.size_kb), None)
+            if ref is not None:
+                out[f"{r.size_kb}K {r.name} b{r.batch} / {base}"] = round(_paired_ratio(r, ref), 3)
+    return out
+
+
+def _median(runs: list[Run]) -> Run:
+    by_rate = sorted(runs, key=lambda r: r.urls_per_s)
+    mid = by_rate[len(by_rate) // 2]
+    mid.samples = [round(r.urls_per_s) for r in runs]
+    mid.peak_rss_mib = max(r.peak_rss_mib for r in runs)
+    return mid
+
+
+def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
+    plan: list[tuple[str, Callable[[], Run]]] = []
+    for kb in sizes:
+        plan += [
+            (f"ceiling {kb}", lambda kb=kb: b.ceiling(kb)),
+            (f"harvester {kb} b1000", lambda kb=kb: b.harvester(kb, 1000)),
+            (f"naive {kb} b1000", lambda kb=kb: b.naive(kb, 1000)),
+            (f"harvester2 {kb} b1000", lambda kb=kb: b.harvester(kb, 1000, workers=2)),
+            (f"harvester {kb} b100", lambda kb=kb: b.harvester(kb, 100)),
+            (f"harvester {kb} b10000", lambda kb=kb: b.harvester(kb, 10000)),
+        ]
+    return plan
+
+
+def _table(runs: list[Run]) -> str:
+    lines = [
+        "ratios are medians of per-repetition ratios",
+        f"{'size':>5} {'what':<14} {'batch':>6} {'URLs/s':>8} {'samples':<22} {'s':>6} "
+        f"{'wall s':>6} {'peak RSS':>9}  ratios",
+    ]
+    for kb in sorted({r.size_kb for r in runs}):
+        group = [r for r in runs if r.size_kb == kb]
+        ceiling = next((r for r in group if r.name == "ceiling"), None)
+        naive = next((r for r in group if r.name == "naive"), None)
+        for r in group:
+            shown = []
+            if r.name.startswith("harvester") and ceiling:
+                shown.append(f"{_paired_ratio(r, ceiling):.2f}x ceiling")
+            if r.name.startswith("harvester") and naive:
+                shown.append(f"{_paired_ratio(r, naive):.2f}x naive")
+            lines.append(
+                f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
+                f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
+                f"{r.peak_rss_mib:>6.0f} MiB  {', '.join(shown)}"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--urls", type=int, default=20_000, help="URLs per measurement (20000)")
+    parser.add_argument("--sizes", default="1,16", help="body sizes in KiB (1,16)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (3)")
+    parser.add_argument("--concurrency", type=int, default=64, help="HARVESTER_CONCURRENCY (64)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated plan entries to run (substring)"
+    )
+    parser.add_argument("--upstream", choices=["nginx", "granian"], default=None)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a harvester setting for every harvester run, e.g. --set max_jobs=8 (repeatable)",
+    )
+    args = parser.parse_args()
+    args.settings = dict(item.split("=", 1) for item in args.set)
+    sizes = [int(x) for x in args.sizes.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
+        root = Path(tmp)
+        up = upstream_mod.start(root / "upstream", sizes, prefer=args.upstream)
+        pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
+        rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
+        try:
+            db = args.database_url or pg.start()  # type: ignore[union-attr]
+            rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
+            asyncio.run(migrate(db))
+            bench = Bench(args, up, db, rurl)
+            plan = _plan(bench, sizes)
+            if args.only:
+                wanted = [w.strip() for w in args.only.split(",")]
+                plan = [(k, f) for k, f in plan if any(w in k for w in wanted)]
+            samples: dict[str, list[Run]] = {k: [] for k, _ in plan}
+            for rep in range(args.repeat):
+                for key, fn in plan:
+                    run = fn()
+                    samples[key].append(run)
+                    print(
+                        f"[{rep + 1}/{args.repeat}] {key:<24} {run.urls_per_s:8.0f} URLs/s "
+                        f"rss {run.peak_rss_mib:.0f} MiB",
+                        flush=True,
+                    )
+            runs = [_median(v) for v in samples.values()]
+        finally:
+            up.stop()
+            if rd is not None:
+                rd.stop()
+            if pg is not None:
+                pg.stop("fast")
+
+    print()
+    print(
+        f"upstream: {up.kind}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+        f"{args.urls} URLs per run; medians of {args.repeat}; "
+        f"settings {args.settings or 'defaults'}"
+    )
+    print(_table(runs))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / time.strftime("bench-%Y%m%dT%H%M%S.json")
+    out.write_bytes(
+        orjson.dumps(
+            {
+                "upstream": up.kind,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "urls": args.urls,
+                "repeat": args.repeat,
+                "concurrency": args.concurrency,
+                "settings": args.settings,
+                "runs": [asdict(r) | {"urls_per_s": r.urls_per_s} for r in runs],
+                "ratios": ratios(runs),
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
