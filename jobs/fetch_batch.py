@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from arq import Retry
@@ -24,10 +26,34 @@ def deadline_margin(settings: Settings) -> float:
     return min(15.0, settings.job_timeout * 0.2)
 
 
+def hard_margin(settings: Settings) -> float:
+    """The whole run, writes included, ends this long before arq's own timeout would fail the
+    job: always after the pipeline's deadline, so that one normally wins."""
+    return min(2.0, settings.job_timeout * 0.1)
+
+
 def defer_delay(settings: Settings, job_try: int) -> float:
     """Equal-jitter exponential delay before the next try of a deferred job."""
     ceiling = min(settings.job_retry_max_delay, settings.job_retry_delay * 2.0 ** (job_try - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+
+async def _abandon(
+    ctx: JobContext, urls: Sequence[str], source: str | None, job_try: int
+) -> dict[str, Any]:
+    """Started too often (restarts, crashes, deferrals): close the job, but give every URL still
+    without an outcome a failure row, so nothing is silently lost."""
+    recorded = await pipeline.record_failures(
+        job_id=ctx["job_id"],
+        urls=urls,
+        source=source,
+        pool=ctx["pool"],
+        settings=ctx["settings"],
+        kind="abandoned",
+        detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
+    )
+    log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
+    return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
 
 
 async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -42,31 +68,30 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
         except BadJobError as exc:
             log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - arq logs the trace
             raise
+        loop = asyncio.get_running_loop()
+        # arq fails a job that reaches its timeout for good. The pipeline stops fetching at its
+        # own deadline; this bounds everything else too (writes to a Postgres that hangs rather
+        # than refuses), turning an overrun into a deferral.
+        hard_stop = loop.time() + settings.job_timeout - hard_margin(settings)
         try:
-            if job_try > settings.job_tries:
-                # Started too often (restarts, crashes, deferrals): close the job, but give every
-                # URL still without an outcome a failure row, so nothing is silently lost.
-                recorded = await pipeline.record_failures(
+            async with asyncio.timeout_at(hard_stop):
+                if job_try > settings.job_tries:
+                    return await _abandon(ctx, batch.urls, batch.source, job_try)
+                summary = await pipeline.run(
                     job_id=job_id,
                     urls=batch.urls,
                     source=batch.source,
+                    fetcher=ctx["fetcher"],
                     pool=ctx["pool"],
                     settings=settings,
-                    kind="abandoned",
-                    detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
+                    deadline=started + settings.job_timeout - deadline_margin(settings),
+                    record_unfinished=job_try >= settings.job_tries,
+                    budget=ctx["budget"],
                 )
-                log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
-                return {"job_id": job_id, "abandoned": recorded, "try": job_try}
-            summary = await pipeline.run(
-                job_id=job_id,
-                urls=batch.urls,
-                source=batch.source,
-                fetcher=ctx["fetcher"],
-                pool=ctx["pool"],
-                settings=settings,
-                deadline=started + settings.job_timeout - deadline_margin(settings),
-                record_unfinished=job_try >= settings.job_tries,
-            )
+        except TimeoutError as exc:
+            delay = defer_delay(settings, job_try)
+            log.warning("job.overran", extra={"try": job_try, "defer_s": round(delay, 1)})
+            raise Retry(defer=delay) from exc
         except pipeline.DeadlineError as exc:
             # arq would fail a job that hits its timeout, for good. Stop just before, keep what
             # landed, and run again at once: the next run skips what is already there.

@@ -102,6 +102,12 @@ class Hostile:
             while True:
                 writer.write(frame)
                 await writer.drain()
+        elif path == "/latin1-reason":
+            # A reason phrase in Latin-1: aiohttp keeps its undecodable byte as a surrogate.
+            writer.write(
+                b"HTTP/1.1 404 Non trouv\xe9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
         elif path == "/bad-utf8":
             body = b'{"name": "caf\xe9"}'
             writer.write(self._response(body))

@@ -118,7 +118,7 @@ async def test_bodies_larger_than_the_buffer_still_flow(
     make_fetcher: Callable[[Settings], Fetcher],
 ) -> None:
     """The byte budget between fetchers and writers lets one oversized body through at a time."""
-    s = make_settings(buffer_bytes=64 * 1024, copy_chunk_bytes=16 * 1024, writers=2)
+    s = make_settings(buffer_bytes=160 * 1024, copy_chunk_bytes=16 * 1024, writers=2)
     urls = [upstream.url(f"/big?size=200000&n={i}") for i in range(12)]
     summary = await pipeline.run(
         job_id="p5", urls=urls, source=None, fetcher=make_fetcher(s), pool=pool, settings=s

@@ -25,6 +25,7 @@ from worker.client import JOB_NAME, redis_pool
 from worker.context import WorkerContext
 from worker.errors import HarvesterError
 from worker.fetch import Fetcher, create_session
+from worker.pipeline import ByteBudget
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings, get_settings
 
@@ -45,7 +46,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     except BaseException:
         await stack.aclose()
         raise
-    ctx.update(settings=settings, fetcher=Fetcher(session, settings), pool=pool, exit_stack=stack)
+    ctx.update(
+        settings=settings,
+        fetcher=Fetcher(session, settings),
+        pool=pool,
+        budget=ByteBudget(settings.buffer_bytes),
+        exit_stack=stack,
+    )
     log.info(
         "worker.started",
         extra={
@@ -160,12 +167,14 @@ class HarvesterWorker(Worker):
                 f"Redis unreachable for more than {self._redis_retry_time:.0f} s "
                 f"(HARVESTER_REDIS_RETRY_TIME): {exc!r}"
             ) from exc
-        # A failed poll may have taken a job slot without starting a job; give leaked slots back.
-        await asyncio.sleep(0)
-        running = sum(not t.done() for t in self.tasks.values())
-        while self.job_counter > running:
-            self.job_counter -= 1
-            self.sem.release()
+        # A failed poll may have taken a job slot without starting a job. Give leaked slots back,
+        # but only when no job is running: then, once done-callbacks have run (sleep(0)), every
+        # slot still counted is a leaked one, with no race against a job finishing meanwhile.
+        if all(t.done() for t in self.tasks.values()):
+            await asyncio.sleep(0)
+            while self.job_counter > 0:
+                self.job_counter -= 1
+                self.sem.release()
         await asyncio.sleep(min(1.0, self.poll_delay_s * 10))
 
     async def close(self) -> None:

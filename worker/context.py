@@ -10,6 +10,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from worker.fetch import Fetcher
+from worker.pipeline import ByteBudget
 from worker.settings import Settings
 
 
@@ -20,6 +21,7 @@ class WorkerContext(TypedDict):
     settings: Settings
     fetcher: Fetcher
     pool: asyncpg.Pool
+    budget: ByteBudget
     exit_stack: AsyncExitStack
 
 

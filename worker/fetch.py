@@ -145,6 +145,13 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return (rng or random).uniform(0, ceiling)
 
 
+def clean_detail(text: str, limit: int = 500) -> str:
+    """A failure detail safe to store and show: credentials redacted, no NUL, no lone
+    surrogates (aiohttp keeps undecodable bytes of a reason phrase as surrogates), bounded."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return redact(text)[:limit]
+
+
 def check_json(body: bytes) -> None:
     """Raise `InvalidJSONError` unless ``body`` is JSON that Postgres' jsonb will accept."""
     try:
@@ -215,19 +222,21 @@ class Fetcher:
         try:
             target = self._parse(url)
         except FetchError as exc:
-            return Failed(url, exc.kind, redact(exc.detail), exc.status, 0)
+            return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
             status, body = await self._attempt(target)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return Failed(url, exc.kind, redact(exc.detail), exc.status, attempts)
+                return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, attempts = await self._retry(target, exc, started)
             except _RetriesExhausted as gave_up:
                 last = gave_up.last
-                return Failed(url, last.kind, redact(last.detail), last.status, gave_up.attempts)
+                return Failed(
+                    url, last.kind, clean_detail(last.detail), last.status, gave_up.attempts
+                )
         return Fetched(url, status, body, int((time.monotonic() - started) * 1000), attempts)
 
     def _parse(self, raw: str) -> URL:

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from worker import store
 from worker.errors import StoreError
-from worker.fetch import Failed, Fetched, Fetcher, Outcome
+from worker.fetch import Failed, Fetched, Fetcher, Outcome, clean_detail
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.pipeline")
@@ -67,11 +67,13 @@ class BatchSummary:
         }
 
 
-class _ByteBudget:
+class ByteBudget:
     """Bounds the body bytes held between fetchers and the database, whatever the batch size.
 
-    A fetcher takes its body's size before queueing it and a writer gives it back once the chunk
-    has landed. One body is always let through, so a body larger than the budget cannot stall.
+    One per worker process, shared by its jobs (see `worker.app.startup`), so memory is flat in
+    batch size and in the number of running jobs. A fetcher takes its body's size before queueing
+    it and a writer gives it back once the chunk has landed. When nothing is held, one body is
+    always let through, so a body larger than the budget cannot stall.
     """
 
     def __init__(self, limit: int) -> None:
@@ -94,6 +96,28 @@ class _ByteBudget:
             self._freed.set()
 
 
+class _Lease:
+    """One run's share of the process's `ByteBudget`, returned whole when the run ends however
+    it ends (a cancelled job must not keep bytes the other jobs are waiting for)."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    async def take(self, n: int) -> None:
+        await self._budget.take(n)
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+        self._budget.give(n)
+
+    def release(self) -> None:
+        if self.held:
+            self._budget.give(self.held)
+            self.held = 0
+
+
 class _Writer:
     """Drains outcomes into chunks and lands them; one per writer task."""
 
@@ -105,7 +129,7 @@ class _Writer:
         settings: Settings,
         failures: Counter[str],
         landed: set[str],
-        budget: _ByteBudget,
+        budget: _Lease,
     ) -> None:
         self._pool = pool
         self._job_id = job_id
@@ -234,6 +258,7 @@ async def run(
     settings: Settings,
     deadline: float | None = None,
     record_unfinished: bool = False,
+    budget: ByteBudget | None = None,
 ) -> BatchSummary:
     """Fetch ``urls`` and land one outcome per distinct URL for ``job_id``.
 
@@ -252,9 +277,9 @@ async def run(
     landed: set[str] = set()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
     n_writers = max(1, min(settings.writers, settings.db_pool_max))
-    budget = _ByteBudget(settings.buffer_bytes)
+    lease = _Lease(budget if budget is not None else ByteBudget(settings.buffer_bytes))
     writers = [
-        _Writer(pool, job_id, source, settings, failures, landed, budget) for _ in range(n_writers)
+        _Writer(pool, job_id, source, settings, failures, landed, lease) for _ in range(n_writers)
     ]
     feed: Iterator[str] = iter(todo)
     loop = asyncio.get_running_loop()
@@ -269,9 +294,11 @@ async def run(
             except Exception as exc:
                 # A bug must cost one URL a failure row, never the whole batch.
                 log.exception("fetch.internal_error", extra={"url": url})
-                outcome = Failed(url, "internal", f"{type(exc).__name__}: {exc}"[:500], None, 0)
+                outcome = Failed(
+                    url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0
+                )
             if isinstance(outcome, Fetched):
-                await budget.take(len(outcome.body))
+                await lease.take(len(outcome.body))
             if queue.full():
                 await queue.put(outcome)
             else:
@@ -300,6 +327,8 @@ async def run(
         if store_errors is not None:
             raise store_errors.exceptions[0] from group
         raise
+    finally:
+        lease.release()
 
     if timed_out:
         unfinished = [u for u in todo if u not in landed]

@@ -77,8 +77,8 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=1, le=1000)
     db_command_timeout: float = Field(default=60.0, gt=0, le=3600)
     copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
-    copy_chunk_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
-    buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
+    copy_chunk_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+    buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
     writers: int = Field(default=2, ge=1, le=64)
     write_queue_size: int = Field(default=512, ge=1, le=1_000_000)
 
@@ -129,11 +129,12 @@ class Settings(BaseSettings):
                 f"HARVESTER_REQUEST_TIMEOUT ({self.job_timeout} <= "
                 f"{self.retry_max_time} + {self.request_timeout}), or a slow URL could never land"
             )
-        if self.buffer_bytes < self.copy_chunk_bytes * (self.writers + 1):
+        needed = self.copy_chunk_bytes * (self.writers * self.max_jobs + 1)
+        if self.buffer_bytes < needed:
             raise ValueError(
-                "HARVESTER_BUFFER_BYTES must hold a chunk per writer and one more: at least "
-                "HARVESTER_COPY_CHUNK_BYTES x (HARVESTER_WRITERS + 1) "
-                f"= {self.copy_chunk_bytes * (self.writers + 1)}"
+                "HARVESTER_BUFFER_BYTES must hold a chunk per writer of every running job and one "
+                "more: at least HARVESTER_COPY_CHUNK_BYTES x (HARVESTER_WRITERS x "
+                f"HARVESTER_MAX_JOBS + 1) = {needed}"
             )
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")

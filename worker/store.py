@@ -187,6 +187,9 @@ async def write_chunk(
                 return await _write_rows(conn, job_id, source, docs, failures)
     except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
         raise _store_error("write failed", exc) from exc
+    except (UnicodeError, ValueError, TypeError) as exc:
+        # asyncpg could not encode a row: a bug on our side, never worth failing a job for good.
+        raise StoreError(f"write failed: {type(exc).__name__}: {exc}", transient=False) from exc
 
 
 async def _copy_direct(

@@ -27,6 +27,8 @@ FAST = {
     "per_host": 4,
     "max_jobs": 2,
     "shutdown_grace": 1,
+    # Small chunks, so kills land mid-COPY as well as mid-fetch.
+    "copy_chunk_rows": 20,
 }
 
 

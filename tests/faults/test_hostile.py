@@ -55,6 +55,7 @@ async def test_one_batch_of_every_misbehaviour(
         hostile.url("/reset/r2?fails=99"): ("connect", None),
         hostile.url("/endless"): ("too_large", 1),
         hostile.url("/bad-utf8"): ("invalid_json", 1),
+        hostile.url("/latin1-reason"): ("http_status", 1),
         upstream.url("/gzip-bomb"): ("too_large", 1),
         upstream.url("/nul"): ("invalid_json", 1),
         upstream.url("/html"): ("content_type", 1),

@@ -68,7 +68,7 @@ async def test_backend_killed_mid_write_leaves_no_partial_chunk(
             rows = await admin.fetch(
                 """SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
                    WHERE application_name = 'harvester' AND state = 'active'
-                     AND query LIKE '%INSERT INTO documents%'"""
+                     AND (query LIKE 'COPY "documents"%' OR query LIKE '%INSERT INTO documents%')"""
             )
             killed.extend(r["ok"] for r in rows)
             return any(killed)

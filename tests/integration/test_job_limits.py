@@ -81,3 +81,42 @@ async def test_job_started_too_often_records_its_urls_as_abandoned(
     assert worker.jobs_complete == 1
     assert await _kinds(pool, job_id) == {"abandoned": 5}
     assert upstream.hits == []
+
+
+async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(
+    services,  # type: ignore[no-untyped-def]
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A write that hangs (a lock, not a refusal) is cut before arq's timeout and retried later."""
+    import asyncio
+
+    from tests.helpers import wait_until
+
+    urls = [upstream.url(f"/json/{i}") for i in range(5)]
+    arq_redis = await connect(make_settings())
+    try:
+        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="hung")
+    finally:
+        await arq_redis.aclose()
+    admin = await asyncpg.connect(services.database_url)
+    tx = admin.transaction()
+    await tx.start()
+    await admin.execute("LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
+    worker = make_worker(job_retry_delay=0.5, **SHORT)
+    run = asyncio.create_task(worker.async_run())
+    try:
+
+        async def deferred() -> bool:
+            return worker.jobs_retried >= 1
+
+        await wait_until(deferred, timeout=20)
+    finally:
+        await tx.rollback()
+        await admin.close()
+    await run
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+    assert await _kinds(pool, job_id) == {"document": 5}
