@@ -87,6 +87,9 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
                     deadline=started + settings.job_timeout - deadline_margin(settings),
                     record_unfinished=job_try >= settings.job_tries,
                     budget=ctx["budget"],
+                    # Oldest job first when slots are scarce: jobs finish one after another
+                    # instead of in waves (see worker/slots.py).
+                    priority=int(ctx["enqueue_time"].timestamp() * 1000),
                 )
         except TimeoutError as exc:
             delay = defer_delay(settings, job_try)

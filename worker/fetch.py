@@ -47,6 +47,7 @@ from worker.errors import (
 from worker.guard import AddressPolicy, GuardedResolver
 from worker.logs import redact
 from worker.settings import Settings
+from worker.slots import PrioritySemaphore
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -209,15 +210,19 @@ class Fetcher:
         self._session = session
         self._settings = settings
         self._policy = AddressPolicy(settings.allowed_networks)
-        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # In-flight requests of the whole process, handed out oldest job first (worker.slots).
+        self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
 
     @property
     def session(self) -> aiohttp.ClientSession:
         return self._session
 
-    async def fetch(self, url: str) -> Outcome:
-        """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults."""
+    async def fetch(self, url: str, priority: int = 0) -> Outcome:
+        """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
+
+        When slots are scarce, fetches with a lower ``priority`` value go first.
+        """
         started = time.monotonic()
         try:
             target = self._parse(url)
@@ -225,13 +230,13 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body = await self._attempt(target)
+            status, body = await self._attempt(target, priority)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
-                status, body, attempts = await self._retry(target, exc, started)
+                status, body, attempts = await self._retry(target, exc, started, priority)
             except _RetriesExhausted as gave_up:
                 last = gave_up.last
                 return Failed(
@@ -263,7 +268,7 @@ class Fetcher:
         return backoff_delay(attempt, s.retry_base_delay, s.retry_max_delay)
 
     async def _retry(
-        self, target: URL, first: FetchError, started: float
+        self, target: URL, first: FetchError, started: float, priority: int
     ) -> tuple[int, bytes, int]:
         s = self._settings
         attempts = 1
@@ -294,13 +299,13 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body = await self._attempt(target)
+                    status, body = await self._attempt(target, priority)
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, attempts
 
-    async def _attempt(self, target: URL) -> tuple[int, bytes]:
-        async with self._semaphore:
+    async def _attempt(self, target: URL, priority: int) -> tuple[int, bytes]:
+        async with self._slots.slot(priority):
             try:
                 return await self._follow(target)
             except FetchError:

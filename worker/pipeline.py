@@ -259,6 +259,7 @@ async def run(
     deadline: float | None = None,
     record_unfinished: bool = False,
     budget: ByteBudget | None = None,
+    priority: int = 0,
 ) -> BatchSummary:
     """Fetch ``urls`` and land one outcome per distinct URL for ``job_id``.
 
@@ -290,7 +291,7 @@ async def run(
         # Long-lived coroutines pulling from one iterator: cheaper than a task per URL.
         for url in feed:
             try:
-                outcome: Outcome = await fetcher.fetch(url)
+                outcome: Outcome = await fetcher.fetch(url, priority)
             except Exception as exc:
                 # A bug must cost one URL a failure row, never the whole batch.
                 log.exception("fetch.internal_error", extra={"url": url})

@@ -1,0 +1,74 @@
+"""A semaphore that hands free slots to the most urgent waiter first (lowest priority value).
+
+harvester gives each job's fetches the job's start order as priority. With a plain FIFO
+semaphore, jobs started together progress together and finish together, so the process idles
+in their common tail and in the poll before the next wave of jobs; oldest-job-first makes jobs
+finish one after another while the younger ones keep every slot busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from types import TracebackType
+
+
+class PrioritySemaphore:
+    """Like `asyncio.Semaphore`, but ``acquire(priority)`` waiters are served lowest first."""
+
+    def __init__(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("value must be at least 1")
+        self._value = value
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def free(self) -> int:
+        return self._value
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self._value > 0 and not self._waiters:
+            self._value -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # The slot was handed to us as we were cancelled: pass it on.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)  # the slot goes straight to this waiter
+                return
+        self._value += 1
+
+    def slot(self, priority: int = 0) -> _Slot:
+        """``async with semaphore.slot(priority):``"""
+        return _Slot(self, priority)
+
+
+class _Slot:
+    __slots__ = ("_priority", "_semaphore")
+
+    def __init__(self, semaphore: PrioritySemaphore, priority: int) -> None:
+        self._semaphore = semaphore
+        self._priority = priority
+
+    async def __aenter__(self) -> None:
+        await self._semaphore.acquire(self._priority)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._semaphore.release()
