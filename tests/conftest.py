@@ -18,11 +18,13 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.upstream import Upstream
 from worker import store
 from worker.app import create_worker
+from worker.client import connect
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.fetch import Fetcher, create_session
 from worker.migrate import migrate
@@ -130,6 +132,16 @@ async def redis(services: Services) -> AsyncIterator[aioredis.Redis]:
     """A plain Redis client on a flushed database."""
     client = aioredis.Redis.from_url(services.redis_url)
     await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def arq_queue(redis: aioredis.Redis, settings: Settings) -> AsyncIterator[ArqRedis]:
+    """harvester's JSON arq client on the flushed test queue, for enqueueing in tests."""
+    client = await connect(settings)
     try:
         yield client
     finally:

@@ -149,6 +149,17 @@ async def outcome_counts(database_url: str) -> tuple[int, int, int]:
     return row["outcomes"], row["documents"], row["dups"]
 
 
+async def reach(stack: Stack, n: int, timeout: float) -> None:
+    """Wait until at least ``n`` (job, url) outcomes have landed (Postgres may be down meanwhile)."""
+    from tests.helpers import wait_until
+
+    async def reached() -> bool:
+        counts = await try_outcome_counts(stack.database_url)
+        return counts is not None and counts[0] >= n
+
+    await wait_until(reached, timeout=timeout)
+
+
 async def try_outcome_counts(database_url: str) -> tuple[int, int, int] | None:
     """`outcome_counts`, or None while Postgres is down."""
     try:

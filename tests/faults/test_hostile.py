@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.hostile import Hostile
 from tests.upstream import Upstream, gzip_bomb
-from worker.client import connect, enqueue_urls
+from worker.client import enqueue_urls
 from worker.fetch import Failed, Fetcher
 from worker.settings import Settings
 
@@ -43,7 +44,7 @@ async def test_one_batch_of_every_misbehaviour(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """Slow-loris, resets, truncation, bombs, bad encodings, bad redirects, next to good URLs."""
     expected = {
@@ -68,11 +69,7 @@ async def test_one_batch_of_every_misbehaviour(
         upstream.url("/redirect-to?location=http://10.0.0.1/"): ("blocked", 1),
     }
     good = [upstream.url(f"/json/good{i}") for i in range(5)]
-    arq_redis = await connect(make_settings())
-    try:
-        [job_id] = await enqueue_urls(arq_redis, [*expected, *good], job_id_prefix="hostile")
-    finally:
-        await arq_redis.aclose()
+    [job_id] = await enqueue_urls(arq_queue, [*expected, *good], job_id_prefix="hostile")
     worker = make_worker(**HOSTILE_SETTINGS)
     await worker.async_run()
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)

@@ -8,20 +8,12 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts, try_outcome_counts
+from tests.faults.conftest import Stack, WorkerProcess, outcome_counts, reach
 from tests.faults.test_bounce import FAST, enqueue
 from tests.helpers import wait_until
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.faults
-
-
-async def _reach(stack: Stack, n: int, timeout: float) -> None:
-    async def reached() -> bool:
-        counts = await try_outcome_counts(stack.database_url)
-        return counts is not None and counts[0] >= n
-
-    await wait_until(reached, timeout=timeout)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -35,9 +27,9 @@ async def test_postgres_restart_mid_batch_loses_and_duplicates_nothing(
     )
     worker = spawn_worker(**FAST)
     await worker.start()
-    await _reach(stack, 40, timeout=30)
+    await reach(stack, 40, timeout=30)
     await stack.restart_postgres(mode)
-    await _reach(stack, total, timeout=90)
+    await reach(stack, total, timeout=90)
     assert worker.running, worker.log()[-3000:]
     assert (await outcome_counts(stack.database_url)) == (total, total, 0)
 
@@ -74,7 +66,7 @@ async def test_backend_killed_mid_write_leaves_no_partial_chunk(
             return any(killed)
 
         await wait_until(killed_a_writer, timeout=30)
-        await _reach(stack, total, timeout=60)
+        await reach(stack, total, timeout=60)
     finally:
         await admin.close()
     assert worker.running
@@ -106,7 +98,7 @@ async def test_postgres_down_for_a_minute_defers_the_job_and_the_worker_stays_up
         assert worker.running, worker.log()[-3000:]
     finally:
         await asyncio.to_thread(stack.pg.start)
-    await _reach(stack, total, timeout=120)
+    await reach(stack, total, timeout=120)
     assert worker.running
     assert (await outcome_counts(stack.database_url)) == (total, total, 0)
     assert worker.log().count("job.deferred") >= 3  # retried with backoff, not failed

@@ -7,19 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts
+from tests.faults.conftest import Stack, WorkerProcess, outcome_counts, reach
 from tests.faults.test_bounce import FAST, enqueue
-from tests.helpers import wait_until
 from tests.upstream import Upstream
 
 pytestmark = pytest.mark.faults
-
-
-async def _reach(stack: Stack, n: int, timeout: float) -> None:
-    async def reached() -> bool:
-        return (await outcome_counts(stack.database_url))[0] >= n
-
-    await wait_until(reached, timeout=timeout)
 
 
 async def test_worker_rides_out_redis_restarts_of_1_and_15_seconds(
@@ -31,12 +23,12 @@ async def test_worker_rides_out_redis_restarts_of_1_and_15_seconds(
     worker = spawn_worker(**FAST)
     await worker.start()
 
-    await _reach(stack, 40, timeout=30)
+    await reach(stack, 40, timeout=30)
     await stack.restart_redis(down_for=1)
     progress = (await outcome_counts(stack.database_url))[0]
-    await _reach(stack, progress + 40, timeout=30)
+    await reach(stack, progress + 40, timeout=30)
     await stack.restart_redis(down_for=15)
-    await _reach(stack, total, timeout=90)
+    await reach(stack, total, timeout=90)
 
     assert worker.running, worker.log()[-3000:]
     assert (await outcome_counts(stack.database_url)) == (total, total, 0)
@@ -50,7 +42,7 @@ async def test_outage_longer_than_the_budget_exits_non_zero_and_loses_nothing(
     await enqueue(stack, [upstream.url(f"/slow/{i}?delay=0.1") for i in range(total)], 50, "outage")
     worker = spawn_worker(**FAST, redis_retry_time=3)
     await worker.start()
-    await _reach(stack, 20, timeout=30)
+    await reach(stack, 20, timeout=30)
 
     await asyncio.to_thread(stack.redis.stop)
     code = await worker.wait(timeout=60)
@@ -60,5 +52,5 @@ async def test_outage_longer_than_the_budget_exits_non_zero_and_loses_nothing(
 
     again = spawn_worker(**FAST)
     await again.start()
-    await _reach(stack, total, timeout=90)
+    await reach(stack, total, timeout=90)
     assert (await outcome_counts(stack.database_url)) == (total, total, 0)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.upstream import Upstream
-from worker.client import connect, enqueue_urls
-from worker.settings import Settings
+from worker.client import enqueue_urls
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +38,14 @@ async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """Try 1 stops before the timeout and re-queues; the last try records what is left."""
     # 2 at a time, 1.5 s each, against a 4 s deadline per try: two tries cannot land them all.
     urls = [upstream.url(f"/json/{i}") for i in range(10)] + [
         upstream.url(f"/slow/{i}?delay=1.5") for i in range(12)
     ]
-    arq_redis = await connect(make_settings())
-    try:
-        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="slow")
-    finally:
-        await arq_redis.aclose()
+    [job_id] = await enqueue_urls(arq_queue, urls, job_id_prefix="slow")
     worker = make_worker(job_tries=2, **SHORT)
     await worker.async_run()
     assert (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed) == (1, 1, 0)
@@ -65,15 +61,11 @@ async def test_job_started_too_often_records_its_urls_as_abandoned(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """Past HARVESTER_JOB_TRIES starts (restarts, crashes), the job closes with a row per URL."""
     urls = [upstream.url(f"/json/{i}") for i in range(5)]
-    arq_redis = await connect(make_settings())
-    try:
-        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="crashy")
-    finally:
-        await arq_redis.aclose()
+    [job_id] = await enqueue_urls(arq_queue, urls, job_id_prefix="crashy")
     # As if the job had been started (and interrupted) 3 times already.
     await redis.set(f"arq:retry:{job_id}", 3)
     worker = make_worker(job_tries=3)
@@ -89,7 +81,7 @@ async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """A write that hangs (a lock, not a refusal) is cut before arq's timeout and retried later."""
     import asyncio
@@ -97,11 +89,7 @@ async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(
     from tests.helpers import wait_until
 
     urls = [upstream.url(f"/json/{i}") for i in range(5)]
-    arq_redis = await connect(make_settings())
-    try:
-        [job_id] = await enqueue_urls(arq_redis, urls, job_id_prefix="hung")
-    finally:
-        await arq_redis.aclose()
+    [job_id] = await enqueue_urls(arq_queue, urls, job_id_prefix="hung")
     admin = await asyncpg.connect(services.database_url)
     tx = admin.transaction()
     await tx.start()
