@@ -16,22 +16,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import TEST_QUEUE, Services, _with_database
+from tests.helpers import worker_env
 from tests.upstream import Upstream
 
 
 def _env(services: Services, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("HARVESTER_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update(
-        DATABASE_URL=services.database_url,
-        REDIS_URL=services.redis_url,
-        HARVESTER_QUEUE=TEST_QUEUE,
-        HARVESTER_ALLOWED_NETWORKS="127.0.0.0/8",
-        HARVESTER_RETRY_BASE_DELAY="0",
-    )
+    env = worker_env(services.database_url, services.redis_url, TEST_QUEUE)
     env.update(extra)
     return env
 

@@ -4,7 +4,6 @@ workers run as the Procfile runs them (``harvester worker`` in a subprocess)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.helpers import worker_env
 from worker.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.migrate import migrate
 
@@ -109,19 +109,7 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
     made: list[WorkerProcess] = []
 
     def factory(**settings: object) -> WorkerProcess:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("HARVESTER_") and k not in ("DATABASE_URL", "REDIS_URL")
-        }
-        env.update(
-            DATABASE_URL=stack.database_url,
-            REDIS_URL=stack.redis_url,
-            HARVESTER_QUEUE=FAULT_QUEUE,
-            HARVESTER_ALLOWED_NETWORKS="127.0.0.0/8",
-            HARVESTER_RETRY_BASE_DELAY="0",
-        )
-        env.update({f"HARVESTER_{k.upper()}": str(v) for k, v in settings.items()})
+        env = worker_env(stack.database_url, stack.redis_url, FAULT_QUEUE, **settings)
         w = WorkerProcess(env, tmp_path / "worker.log")
         made.append(w)
         return w

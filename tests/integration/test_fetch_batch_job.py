@@ -266,19 +266,15 @@ async def test_a_second_job_reuses_the_first_jobs_connections(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """One session per process: job 2's requests go over connections job 1 opened."""
-    arq_redis = await connect(make_settings())
-    try:
-        await enqueue_urls(
-            arq_redis, [upstream.url(f"/json/a{i}") for i in range(12)], job_id_prefix="first"
-        )
-        await enqueue_urls(
-            arq_redis, [upstream.url(f"/json/b{i}") for i in range(12)], job_id_prefix="second"
-        )
-    finally:
-        await arq_redis.aclose()
+    await enqueue_urls(
+        arq_queue, [upstream.url(f"/json/a{i}") for i in range(12)], job_id_prefix="first"
+    )
+    await enqueue_urls(
+        arq_queue, [upstream.url(f"/json/b{i}") for i in range(12)], job_id_prefix="second"
+    )
     worker = make_worker(concurrency=3, per_host=3, max_jobs=1)
     await worker.async_run()
     assert worker.jobs_complete == 2
@@ -294,25 +290,21 @@ async def test_concurrency_is_bounded_across_jobs_and_the_session_is_reused(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
+    arq_queue: ArqRedis,
 ) -> None:
     """Two concurrent jobs share one semaphore and one session's keep-alive connections."""
-    arq_redis = await connect(make_settings())
-    try:
-        first = await enqueue_urls(
-            arq_redis, [upstream.url(f"/slow/a{i}?delay=0.05") for i in range(24)], batch_size=24
-        )
-        worker = make_worker(concurrency=3, per_host=3, max_jobs=2)
-        await worker.async_run()
-        ports_first_job = {h.peer_port for h in upstream.hits}
-        upstream.hits.clear()
-        second = await enqueue_urls(
-            arq_redis, [upstream.url(f"/slow/b{i}?delay=0.05") for i in range(24)], batch_size=12
-        )
-        worker2 = make_worker(concurrency=3, per_host=3, max_jobs=2)
-        await worker2.async_run()
-    finally:
-        await arq_redis.aclose()
+    first = await enqueue_urls(
+        arq_queue, [upstream.url(f"/slow/a{i}?delay=0.05") for i in range(24)], batch_size=24
+    )
+    worker = make_worker(concurrency=3, per_host=3, max_jobs=2)
+    await worker.async_run()
+    ports_first_job = {h.peer_port for h in upstream.hits}
+    upstream.hits.clear()
+    second = await enqueue_urls(
+        arq_queue, [upstream.url(f"/slow/b{i}?delay=0.05") for i in range(24)], batch_size=12
+    )
+    worker2 = make_worker(concurrency=3, per_host=3, max_jobs=2)
+    await worker2.async_run()
     assert worker.jobs_complete == 1
     assert worker2.jobs_complete == 2
     assert upstream.max_in_flight == 3
