@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
     copy_chunk_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
-    writers: int = Field(default=2, ge=1, le=64)
+    writers: int = Field(default=1, ge=1, le=64)
     write_queue_size: int = Field(default=512, ge=1, le=1_000_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
