@@ -32,7 +32,6 @@ from tenacity import (
 from yarl import URL
 
 from worker.errors import (
-    BlockedError,
     ConnectError,
     ContentTypeError,
     FetchError,
@@ -214,10 +213,6 @@ class Fetcher:
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        return self._session
-
     async def fetch(self, url: str, priority: int = 0) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
@@ -396,16 +391,3 @@ class _RetriesExhausted(Exception):
         super().__init__(last.detail)
         self.last = last
         self.attempts = attempts
-
-
-__all__ = [
-    "BlockedError",
-    "Failed",
-    "Fetched",
-    "Fetcher",
-    "Outcome",
-    "backoff_delay",
-    "check_json",
-    "create_session",
-    "parse_retry_after",
-]

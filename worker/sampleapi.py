@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import socket
 from collections.abc import AsyncIterator
@@ -107,9 +106,3 @@ def demo_urls(base: str, count: int) -> list[str]:
             urls.append(f"{base}/items/{n}")
     urls.append("not a url")
     return urls
-
-
-async def main(port: int) -> None:  # pragma: no cover - manual use
-    async with serve(port=port) as base:
-        print(f"sample API on {base}", flush=True)
-        await asyncio.Event().wait()

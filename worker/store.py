@@ -17,7 +17,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from worker.errors import StoreError
-from worker.fetch import Failed, Fetched
+from worker.fetch import Failed, Fetched, clean_detail
 from worker.settings import Settings
 
 _DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
@@ -192,6 +192,30 @@ async def write_chunk(
         raise StoreError(f"write failed: {type(exc).__name__}: {exc}", transient=False) from exc
 
 
+async def _copy_documents(
+    conn: Conn, table: str, job_id: str, source: str | None, docs: Sequence[Fetched]
+) -> None:
+    await conn.copy_records_to_table(
+        table, records=_doc_records(job_id, source, docs), columns=_DOC_COLUMNS
+    )
+
+
+async def _copy_failures(
+    conn: Conn, table: str, job_id: str, source: str | None, failures: Sequence[Failed]
+) -> None:
+    await conn.copy_records_to_table(
+        table, records=_fail_records(job_id, source, failures), columns=_FAIL_COLUMNS
+    )
+
+
+async def _stage_failures(
+    conn: Conn, job_id: str, source: str | None, failures: Sequence[Failed]
+) -> int:
+    """Land failures through staging, skipping those already there; return rows added."""
+    await _copy_failures(conn, "harvester_stage_failures", job_id, source, failures)
+    return _inserted(await conn.execute(_MOVE_FAILURES))
+
+
 async def _copy_direct(
     conn: Conn,
     job_id: str,
@@ -204,15 +228,9 @@ async def _copy_direct(
     # (staging costs a second TOAST compression). A conflict aborts it; see write_chunk.
     async with conn.transaction():
         if docs:
-            await conn.copy_records_to_table(
-                "documents", records=_doc_records(job_id, source, docs), columns=_DOC_COLUMNS
-            )
+            await _copy_documents(conn, "documents", job_id, source, docs)
         if failures:
-            await conn.copy_records_to_table(
-                "fetch_failures",
-                records=_fail_records(job_id, source, failures),
-                columns=_FAIL_COLUMNS,
-            )
+            await _copy_failures(conn, "fetch_failures", job_id, source, failures)
     return Written(len(docs), len(failures))
 
 
@@ -226,19 +244,10 @@ async def _copy_chunk(
     n_docs = n_fail = 0
     async with conn.transaction():
         if docs:
-            await conn.copy_records_to_table(
-                "harvester_stage_documents",
-                records=_doc_records(job_id, source, docs),
-                columns=_DOC_COLUMNS,
-            )
+            await _copy_documents(conn, "harvester_stage_documents", job_id, source, docs)
             n_docs = _inserted(await conn.execute(_MOVE_DOCUMENTS))
         if failures:
-            await conn.copy_records_to_table(
-                "harvester_stage_failures",
-                records=_fail_records(job_id, source, failures),
-                columns=_FAIL_COLUMNS,
-            )
-            n_fail = _inserted(await conn.execute(_MOVE_FAILURES))
+            n_fail = await _stage_failures(conn, job_id, source, failures)
     return Written(n_docs, n_fail)
 
 
@@ -267,17 +276,10 @@ async def _write_rows(
                     )
                     n_docs += _inserted(status)
             except asyncpg.DataError as exc:
-                detail = f"Postgres refused the body: {exc}"
-                refused.append(Failed(d.url, "invalid_json", detail[:500], d.status, d.attempts))
+                detail = clean_detail(f"Postgres refused the body: {exc}")
+                refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
         all_failures = [*failures, *refused]
-        n_fail = 0
-        if all_failures:
-            await conn.copy_records_to_table(
-                "harvester_stage_failures",
-                records=_fail_records(job_id, source, all_failures),
-                columns=_FAIL_COLUMNS,
-            )
-            n_fail = _inserted(await conn.execute(_MOVE_FAILURES))
+        n_fail = await _stage_failures(conn, job_id, source, all_failures) if all_failures else 0
     return Written(n_docs, n_fail, tuple(refused))
 
 

@@ -71,7 +71,6 @@ async def test_backend_killed_mid_write_leaves_no_partial_chunk(
         await admin.close()
     assert worker.running
     assert (await outcome_counts(stack.database_url)) == (total, total, 0)
-    assert "write failed" not in worker.log() or "job.deferred" in worker.log()
 
 
 async def test_postgres_down_for_a_minute_defers_the_job_and_the_worker_stays_up(
