@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from email.utils import formatdate
 
 import pytest
 
-from tests.upstream import Upstream
+from tests.upstream import Feed, Upstream
 from worker.errors import InvalidJSONError
-from worker.fetch import Failed, Fetched, Fetcher, backoff_delay, check_json, parse_retry_after
+from worker.fetch import (
+    Failed,
+    Fetched,
+    Fetcher,
+    NotModified,
+    Validators,
+    backoff_delay,
+    check_json,
+    parse_retry_after,
+)
 from worker.settings import Settings
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -288,3 +299,80 @@ async def test_in_flight_requests_never_exceed_concurrency(
     )
     assert all(isinstance(o, Fetched) for o in outs)
     assert upstream.max_in_flight == 4
+
+
+# -- conditional requests, politeness ------------------------------------------------------------
+
+
+async def test_user_agent_names_harvester_and_is_configurable(
+    upstream: Upstream, make_fetcher: FetcherFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """Requests carry harvester's User-Agent by default, or HARVESTER_USER_AGENT's."""
+    await make_fetcher(make_settings()).fetch(upstream.url("/json/ua1"))
+    await make_fetcher(make_settings(user_agent="acme-sync/2 (ops@acme.example)")).fetch(
+        upstream.url("/json/ua2")
+    )
+    agents = [h.headers.get("User-Agent") for h in upstream.hits]
+    assert agents[0] is not None
+    assert agents[0].startswith("harvester/")
+    assert agents[1] == "acme-sync/2 (ops@acme.example)"
+
+
+async def test_conditional_request_sends_validators_and_reads_304(
+    upstream: Upstream, make_fetcher: FetcherFactory, settings: Settings
+) -> None:
+    """With validators, If-None-Match / If-Modified-Since are sent and a 304 is NotModified."""
+    upstream.feeds["c"] = Feed(etag=True, last_modified=True, max_age=120)
+    fetcher = make_fetcher(settings)
+    first = await fetcher.fetch(upstream.url("/feed/c"), validators=Validators())
+    assert isinstance(first, Fetched)
+    assert first.meta is not None
+    assert (first.meta.etag, first.meta.fresh_for) == ('"v1"', 120)
+    again = await fetcher.fetch(
+        upstream.url("/feed/c"), validators=Validators(first.meta.etag, first.meta.last_modified)
+    )
+    assert isinstance(again, NotModified)
+    assert again.meta.etag == '"v1"'
+    sent = upstream.hits[-1].headers
+    assert sent["If-None-Match"] == '"v1"'
+    assert sent["If-Modified-Since"] == first.meta.last_modified
+    assert "If-None-Match" not in upstream.hits[0].headers
+
+
+async def test_a_304_without_validators_is_a_failure(
+    upstream: Upstream, make_fetcher: FetcherFactory, settings: Settings
+) -> None:
+    """An unconditional request answered 304 has no body to land: it fails as http_status."""
+    outcome = await make_fetcher(settings).fetch(upstream.url("/status/304"))
+    assert isinstance(outcome, Failed)
+    assert (outcome.kind, outcome.status) == ("http_status", 304)
+
+
+async def test_429_with_retry_after_slows_the_host_for_other_fetches(
+    upstream: Upstream, make_fetcher: FetcherFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """A 429 + Retry-After on one URL holds back a different URL to the same host (another
+    job's fetch, sharing the process's fetcher) until the pause is over."""
+    fetcher = make_fetcher(make_settings(max_attempts=1))
+    throttled = await fetcher.fetch(upstream.url("/retry-after/t?seconds=1"), priority=1)
+    assert isinstance(throttled, Failed)
+    assert throttled.retry_after == 1.0
+    told_at = upstream.hits[-1].at
+    other = await fetcher.fetch(upstream.url("/json/other-job"), priority=2)
+    assert isinstance(other, Fetched)
+    assert upstream.hits[-1].at - told_at >= 0.9
+
+
+async def test_host_rps_spaces_requests_across_concurrent_fetches(
+    upstream: Upstream, make_fetcher: FetcherFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """HARVESTER_HOST_RPS=20: ten concurrent fetches to one host span at least 9/20 s."""
+    fetcher = make_fetcher(make_settings(host_rps=20))
+    outcomes = await asyncio.gather(
+        *(fetcher.fetch(upstream.url(f"/json/paced-{i}")) for i in range(10))
+    )
+    assert all(isinstance(o, Fetched) for o in outcomes)
+    times = sorted(h.at for h in upstream.hits)
+    assert times[-1] - times[0] >= 9 / 20 * 0.9
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.04

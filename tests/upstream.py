@@ -13,6 +13,9 @@ Routes (all on one loopback port):
   /invalid-json, /nul, /html, /empty a body harvester must refuse, each a different way
   /redirect/{n}                      n redirects, then JSON; /loop redirects to itself
   /redirect-to?location=L            one redirect to L
+  /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
+                                     (`Feed`): versioned body, ETag / Last-Modified honoured
+                                     with 304, Cache-Control max-age, or a failure status
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 import orjson
 from aiohttp import web
@@ -40,6 +44,22 @@ class Hit:
     path: str
     at: float
     peer_port: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Feed:
+    """How /feed/{name} answers: change ``version`` to change the body."""
+
+    version: int = 1
+    etag: bool = False
+    last_modified: bool = False
+    max_age: int | None = None
+    status: int | None = None  # answer this status instead of the body
+    retry_after: str | None = None
+
+    def body(self, name: str) -> bytes:
+        return orjson.dumps({"name": name, "version": self.version})
 
 
 @dataclass
@@ -50,6 +70,7 @@ class Upstream:
     max_in_flight: int = 0
     base: str = ""
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    feeds: dict[str, Feed] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -77,6 +98,7 @@ class Upstream:
         r.add_get("/redirect/{n}", self._redirect)
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
+        r.add_get("/feed/{name}", self._feed)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -91,7 +113,9 @@ class Upstream:
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.hits.append(Hit(request.path_qs, time.monotonic(), peer[1] if peer else 0))
+        self.hits.append(
+            Hit(request.path_qs, time.monotonic(), peer[1] if peer else 0, dict(request.headers))
+        )
         self.counts[request.path] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -193,3 +217,27 @@ class Upstream:
 
     async def _redirect_to(self, request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["location"])
+
+    async def _feed(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        feed = self.feeds.setdefault(name, Feed())
+        if feed.status is not None:
+            headers = {"Retry-After": feed.retry_after} if feed.retry_after else {}
+            return web.Response(status=feed.status, text="scripted failure", headers=headers)
+        headers = {"Content-Type": "application/json"}
+        if feed.max_age is not None:
+            headers["Cache-Control"] = f"public, max-age={feed.max_age}"
+        fresh = False
+        if feed.etag:
+            headers["ETag"] = f'"v{feed.version}"'
+            fresh = request.headers.get("If-None-Match") == headers["ETag"]
+        if feed.last_modified:
+            # One day per version, from a fixed epoch: a stable date for each version.
+            headers["Last-Modified"] = formatdate(
+                1_700_000_000 + 86_400 * feed.version, usegmt=True
+            )
+            fresh = fresh or request.headers.get("If-Modified-Since") == headers["Last-Modified"]
+        if fresh:
+            del headers["Content-Type"]
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=feed.body(name), headers=headers)

@@ -45,6 +45,8 @@ from worker.errors import (
 )
 from worker.guard import AddressPolicy, GuardedResolver
 from worker.logs import redact
+from worker.pacing import HostPacer
+from worker.schedule import fresh_for
 from worker.settings import Settings
 from worker.slots import PrioritySemaphore
 
@@ -56,19 +58,67 @@ _PERMANENT_DNS_ERRORS: Final = frozenset(
     {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 )
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
+# A server answering these with Retry-After is asking the whole host to slow down.
+_HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class Validators:
+    """What a scheduled source's last response said, sent back to make a request conditional."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """Cache headers of a response to a conditional request: the next request's validators and
+    how long the server says the content stays fresh (seconds, or None if it does not say)."""
+
+    etag: str | None
+    last_modified: str | None
+    fresh_for: float | None
+
+    @classmethod
+    def of(cls, resp: aiohttp.ClientResponse) -> ResponseMeta:
+        h = resp.headers
+        return cls(
+            etag=h.get("ETag"),
+            last_modified=h.get("Last-Modified"),
+            fresh_for=fresh_for(h.get("Cache-Control"), h.get("Expires"), h.get("Date")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Fetched:
-    """A URL landed as JSON."""
+    """A URL landed as JSON. ``meta`` is set for conditional requests only."""
 
     url: str
     status: int
     body: bytes
     elapsed_ms: int
     attempts: int
+    meta: ResponseMeta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """A conditional request answered 304: the stored content is still current."""
+
+    url: str
+    elapsed_ms: int
+    attempts: int
+    meta: ResponseMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +130,10 @@ class Failed:
     detail: str
     status: int | None
     attempts: int
+    retry_after: float | None = None
 
 
-Outcome = Fetched | Failed
+Outcome = Fetched | Failed | NotModified
 
 
 def create_session(settings: Settings) -> aiohttp.ClientSession:
@@ -197,7 +248,8 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 class Fetcher:
-    """Fetches URLs through one shared session, bounded by a per-process semaphore."""
+    """Fetches URLs through one shared session, bounded by a per-process semaphore and paced
+    per host by a `HostPacer` that every job of the process shares."""
 
     def __init__(
         self,
@@ -212,11 +264,16 @@ class Fetcher:
         # In-flight requests of the whole process, handed out oldest job first (worker.slots).
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
+        self.pacer = HostPacer(settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep)
 
-    async def fetch(self, url: str, priority: int = 0) -> Outcome:
+    async def fetch(
+        self, url: str, priority: int = 0, validators: Validators | None = None
+    ) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
-        When slots are scarce, fetches with a lower ``priority`` value go first.
+        When slots are scarce, fetches with a lower ``priority`` value go first. With
+        ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
+        `Fetched` carries the response's cache headers in ``meta``.
         """
         started = time.monotonic()
         try:
@@ -225,19 +282,21 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body = await self._attempt(target, priority)
+            status, body, meta = await self._attempt(target, priority, validators)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts)
+                return _failed(url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
-                status, body, attempts = await self._retry(target, exc, started, priority)
-            except _RetriesExhausted as gave_up:
-                last = gave_up.last
-                return Failed(
-                    url, last.kind, clean_detail(last.detail), last.status, gave_up.attempts
+                status, body, meta, attempts = await self._retry(
+                    target, exc, started, priority, validators
                 )
-        return Fetched(url, status, body, int((time.monotonic() - started) * 1000), attempts)
+            except _RetriesExhausted as gave_up:
+                return _failed(url, gave_up.last, gave_up.attempts)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        if status == 304 and meta is not None:
+            return NotModified(url, elapsed_ms, attempts, meta)
+        return Fetched(url, status, body, elapsed_ms, attempts, meta)
 
     def _parse(self, raw: str) -> URL:
         if len(raw) > self._settings.max_url_length:
@@ -263,8 +322,13 @@ class Fetcher:
         return backoff_delay(attempt, s.retry_base_delay, s.retry_max_delay)
 
     async def _retry(
-        self, target: URL, first: FetchError, started: float, priority: int
-    ) -> tuple[int, bytes, int]:
+        self,
+        target: URL,
+        first: FetchError,
+        started: float,
+        priority: int,
+        validators: Validators | None,
+    ) -> tuple[int, bytes, ResponseMeta | None, int]:
         s = self._settings
         attempts = 1
         # The time bound covers the waits too: never sleep past it to try once more.
@@ -294,30 +358,45 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body = await self._attempt(target, priority)
+                    status, body, meta = await self._attempt(target, priority, validators)
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
-        return status, body, attempts
+        return status, body, meta, attempts
 
-    async def _attempt(self, target: URL, priority: int) -> tuple[int, bytes]:
+    async def _attempt(
+        self, target: URL, priority: int, validators: Validators | None
+    ) -> tuple[int, bytes, ResponseMeta | None]:
+        host = target.host or ""
+        # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
+        await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                return await self._follow(target)
-            except FetchError:
+                return await self._follow(target, validators)
+            except FetchError as exc:
+                if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
+                    self.pacer.pause(host, exc.retry_after)
                 raise
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise map_client_error(exc) from exc
 
-    async def _follow(self, url: URL) -> tuple[int, bytes]:
+    async def _follow(
+        self, url: URL, validators: Validators | None
+    ) -> tuple[int, bytes, ResponseMeta | None]:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
+        headers = validators.headers() if validators is not None else None
+        meta: ResponseMeta | None = None
         for _hop in range(self._settings.max_redirects + 1):
             self._policy.check(url.host or "")
-            async with self._session.get(url, allow_redirects=False) as resp:
+            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
                 status = resp.status
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
                     continue
+                if validators is not None:
+                    meta = ResponseMeta.of(resp)
+                    if status == 304:
+                        return status, b"", meta
                 if not 200 <= status < 300:
                     raise HTTPStatusError(
                         f"HTTP {status} {resp.reason or ''}".strip(),
@@ -332,7 +411,7 @@ class Fetcher:
             except InvalidJSONError as exc:
                 exc.status = status
                 raise
-            return status, body
+            return status, body, meta
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
 
     def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:
@@ -384,6 +463,10 @@ class Fetcher:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _failed(url: str, exc: FetchError, attempts: int) -> Failed:
+    return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts, exc.retry_after)
 
 
 class _RetriesExhausted(Exception):

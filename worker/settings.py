@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
     max_redirects: int = Field(default=5, ge=0, le=30)
     user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1, max_length=512)
+    # Requests per second to any one host, for all jobs of a process; 0 means no pacing.
+    host_rps: float = Field(default=0.0, ge=0, le=100_000)
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
 
     # -- batches and jobs ----------------------------------------------------------------------
@@ -81,6 +83,17 @@ class Settings(BaseSettings):
     buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
     writers: int = Field(default=1, ge=1, le=64)
     write_queue_size: int = Field(default=512, ge=1, le=1_000_000)
+
+    # -- scheduled sources, replay, retention ---------------------------------------------------
+    sources_poll_seconds: int = Field(default=60, ge=1, le=3600)
+    sources_batch_size: int = Field(default=500, ge=1, le=100_000)
+    sources_claim_limit: int = Field(default=10_000, ge=1, le=1_000_000)
+    sources_store_unchanged: bool = False
+    sources_max_delay: float = Field(default=86_400.0, ge=1, le=30 * 86_400)
+    replay_after: float = Field(default=0.0, ge=0, le=30 * 86_400)  # 0: the replay cron is off
+    replay_max: int = Field(default=3, ge=1, le=100)
+    retention_days: float | None = Field(default=None, gt=0, le=100 * 365)
+    retention_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -135,6 +148,14 @@ class Settings(BaseSettings):
                 "HARVESTER_BUFFER_BYTES must hold a chunk per writer of every running job and one "
                 "more: at least HARVESTER_COPY_CHUNK_BYTES x (HARVESTER_WRITERS x "
                 f"HARVESTER_MAX_JOBS + 1) = {needed}"
+            )
+        if not (
+            60 % self.sources_poll_seconds == 0
+            or (3600 % self.sources_poll_seconds == 0 and self.sources_poll_seconds % 60 == 0)
+        ):
+            raise ValueError(
+                "HARVESTER_SOURCES_POLL_SECONDS must divide a minute (1, 2, 5, 10, 15, 20, 30) "
+                f"or be whole minutes that divide an hour, got {self.sources_poll_seconds}"
             )
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")

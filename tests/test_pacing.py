@@ -1,0 +1,85 @@
+"""HostPacer: per-host spacing of request starts and host-wide pauses, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+from worker.pacing import HostPacer
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_requests_to_a_host_are_spaced_by_the_rate() -> None:
+    """At 4 requests/s, the fifth request to a host starts a second after the first."""
+    t = FakeTime()
+    pacer = HostPacer(4.0, clock=t.clock, sleep=t.sleep)
+    starts = []
+    for _ in range(5):
+        await pacer.wait("a.example")
+        starts.append(t.now)
+    assert [round(s - starts[0], 3) for s in starts] == [0, 0.25, 0.5, 0.75, 1.0]
+
+
+async def test_hosts_are_paced_independently() -> None:
+    """A busy host does not delay another."""
+    t = FakeTime()
+    pacer = HostPacer(1.0, clock=t.clock, sleep=t.sleep)
+    await pacer.wait("a.example")
+    await pacer.wait("b.example")
+    assert t.sleeps == []
+
+
+async def test_a_pause_holds_every_request_to_that_host() -> None:
+    """After pause(host, 5), requests to the host wait 5 s; other hosts go at once."""
+    t = FakeTime()
+    pacer = HostPacer(clock=t.clock, sleep=t.sleep)
+    pacer.pause("a.example", 5)
+    await pacer.wait("b.example")
+    assert t.sleeps == []
+    await pacer.wait("a.example")
+    assert t.sleeps == [5]
+    await pacer.wait("a.example")  # the pause is over
+    assert t.sleeps == [5]
+
+
+async def test_a_pause_is_capped() -> None:
+    """A hostile Retry-After cannot park a host for longer than the cap."""
+    t = FakeTime()
+    pacer = HostPacer(pause_cap=30, clock=t.clock, sleep=t.sleep)
+    pacer.pause("a.example", 10**9)
+    assert pacer.paused_for("a.example") == 30
+
+
+async def test_a_pause_begun_while_waiting_is_honoured() -> None:
+    """A request already waiting for its pacing slot also waits out a pause that starts meanwhile."""
+    pacer = HostPacer(10.0, pause_cap=60)
+    await pacer.wait("a.example")
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.ensure_future(pacer.wait("a.example"))  # its slot is 0.1 s away
+    pacer.pause("a.example", 0.3)
+    started = loop.time()
+    await waiter
+    assert loop.time() - started >= 0.25
+
+
+async def test_no_rate_and_no_pause_never_touches_the_clock() -> None:
+    """Without pacing configured, wait() is free."""
+
+    def clock() -> float:
+        raise AssertionError("clock read")
+
+    pacer = HostPacer(clock=clock)
+    await pacer.wait("a.example")
