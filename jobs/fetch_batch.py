@@ -11,7 +11,7 @@ from typing import Any
 
 from arq import Retry
 
-from worker import pipeline
+from worker import pipeline, sources
 from worker.context import JobContext
 from worker.errors import BadJobError, StoreError
 from worker.logs import bound_job
@@ -57,7 +57,8 @@ async def _abandon(
 
 
 async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """arq entry point. Payload: ``urls: list[str]``, optional ``source: str``."""
+    """arq entry point. Payload: ``urls: list[str]``, optional ``source: str`` and
+    ``scheduled: bool`` (a poll of registered sources, as the poll_sources cron enqueues)."""
     settings = ctx["settings"]
     job_id = ctx["job_id"]
     job_try = ctx["job_try"]
@@ -77,6 +78,9 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             async with asyncio.timeout_at(hard_stop):
                 if job_try > settings.job_tries:
                     return await _abandon(ctx, batch.urls, batch.source, job_try)
+                states = (
+                    await sources.load_states(ctx["pool"], batch.urls) if batch.scheduled else None
+                )
                 summary = await pipeline.run(
                     job_id=job_id,
                     urls=batch.urls,
@@ -90,6 +94,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
                     # Oldest job first when slots are scarce: jobs finish one after another
                     # instead of in waves (see worker/slots.py).
                     priority=int(ctx["enqueue_time"].timestamp() * 1000),
+                    sources=states,
                 )
         except TimeoutError as exc:
             delay = defer_delay(settings, job_try)

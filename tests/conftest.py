@@ -120,7 +120,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """The store's pool on an empty documents / fetch_failures pair."""
     p = await store.create_pool(settings)
-    await p.execute("TRUNCATE documents, fetch_failures RESTART IDENTITY")
+    await p.execute("TRUNCATE documents, fetch_failures, sources, replays RESTART IDENTITY")
     try:
         yield p
     finally:
@@ -178,12 +178,17 @@ async def make_fetcher() -> AsyncIterator[Callable[[Settings], Fetcher]]:
 async def make_worker(
     make_settings: Callable[..., Settings], pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> AsyncIterator[Callable[..., Worker]]:
-    """arq workers in burst mode with harvester's real start-up and shutdown."""
+    """arq workers in burst mode with harvester's real start-up and shutdown. Cron tasks are
+    off, so a run that spans a tick does only the jobs a test enqueued."""
     workers: list[Worker] = []
 
     def factory(**overrides: Any) -> Worker:
         w = create_worker(
-            make_settings(**overrides), burst=True, poll_delay=0, handle_signals=False
+            make_settings(**overrides),
+            burst=True,
+            poll_delay=0,
+            handle_signals=False,
+            cron_jobs=[],
         )
         workers.append(w)
         return w

@@ -71,7 +71,7 @@ async def test_migrate_creates_the_schema_once(services: Services) -> None:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
     assert first.returncode == 0, first.stderr
-    assert "applied 3 migration(s)" in first.stdout
+    assert "applied 5 migration(s)" in first.stdout
     assert "001_documents" in first.stdout
     assert second.returncode == 0
     assert "applied 0 migration(s)" in second.stdout

@@ -14,12 +14,16 @@ from contextlib import AsyncExitStack
 from typing import Any, cast
 
 from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
+from arq.cron import CronJob, cron
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from jobs.fetch_batch import fetch_batch
+from jobs.poll_sources import poll_sources
+from jobs.replay_failures import replay_failures
+from jobs.retention import apply_retention
 from worker import store
 from worker.client import JOB_NAME, redis_pool
 from worker.context import WorkerContext
@@ -89,6 +93,60 @@ def health_check_key(settings: Settings) -> str:
 ARQ_EXTRA_TRIES = 3
 
 
+REPLAY_EVERY_MIN = 5
+RETENTION_MINUTE = 17  # once an hour, off the top of the hour
+
+
+def _every(seconds: int) -> tuple[set[int] | None, set[int]]:
+    """arq cron (minute, second) fields for "every ``seconds``" (a divisor of a minute, or
+    whole minutes that divide an hour; see `Settings`)."""
+    if seconds < 60:
+        return None, set(range(0, 60, seconds))
+    return set(range(0, 60, seconds // 60)), {0}
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """The scheduled tasks: source polling always; replay and retention when configured.
+
+    arq's ``unique`` cron (the default) gives each tick one job id, so when several workers run
+    only one of them runs a given tick.
+    """
+    # arq locks every job for the longest timeout of any function (+10 s): a cron timeout above
+    # the job timeout would make a killed worker's fetch_batch jobs wait that long to re-run.
+    common: dict[str, Any] = {"timeout": settings.job_timeout, "max_tries": 1}
+    minute, second = _every(settings.sources_poll_seconds)
+    jobs = [
+        cron(
+            poll_sources,  # type: ignore[arg-type]  # arq types ctx as dict[Any, Any]
+            name="poll_sources",
+            minute=minute,
+            second=second,
+            **common,
+        )
+    ]
+    if settings.replay_after > 0:
+        jobs.append(
+            cron(
+                replay_failures,  # type: ignore[arg-type]
+                name="replay_failures",
+                minute=set(range(0, 60, REPLAY_EVERY_MIN)),
+                second=30,
+                **common,
+            )
+        )
+    if settings.retention_days is not None:
+        jobs.append(
+            cron(
+                apply_retention,  # type: ignore[arg-type]
+                name="apply_retention",
+                minute=RETENTION_MINUTE,
+                second=45,
+                **common,
+            )
+        )
+    return jobs
+
+
 def worker_settings(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `arq.worker.Worker`, from our settings."""
     return {
@@ -100,6 +158,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
                 max_tries=settings.job_tries + ARQ_EXTRA_TRIES,
             )
         ],
+        "cron_jobs": cron_jobs(settings),
         "queue_name": settings.queue,
         "redis_pool": redis_pool(settings),
         "job_completion_wait": settings.shutdown_grace,

@@ -9,15 +9,17 @@ from worker.errors import BadJobError
 
 MAX_SOURCE_LENGTH = 200
 MAX_JOB_ID_LENGTH = 256
-_FIELDS = ("urls", "source")
+_FIELDS = ("urls", "source", "scheduled")
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A validated batch: URLs as enqueued, and an optional source label."""
+    """A validated batch: URLs as enqueued, an optional source label, and whether it is a poll
+    of registered sources (conditional requests, change detection)."""
 
     urls: tuple[str, ...]
     source: str | None
+    scheduled: bool = False
 
 
 def parse_batch(
@@ -33,7 +35,9 @@ def parse_batch(
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     unknown = sorted(set(kwargs) - set(_FIELDS))
     if unknown:
-        problems.append(f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: urls, source")
+        problems.append(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: urls, source, scheduled"
+        )
 
     urls = kwargs.get("urls")
     if "urls" not in kwargs:
@@ -71,7 +75,15 @@ def parse_batch(
     elif isinstance(source, str) and "\x00" in source:
         problems.append("'source' contains a NUL character")
 
+    scheduled = kwargs.get("scheduled", False)
+    if not isinstance(scheduled, bool):
+        problems.append(f"'scheduled' must be true or false, got {type(scheduled).__name__}")
+
     if problems:
         raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))
     assert isinstance(urls, list)
-    return Batch(urls=tuple(urls), source=source if isinstance(source, str) else None)
+    return Batch(
+        urls=tuple(urls),
+        source=source if isinstance(source, str) else None,
+        scheduled=scheduled is True,
+    )

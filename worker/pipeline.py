@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from worker import store
 from worker.errors import StoreError
 from worker.fetch import Failed, Fetched, Fetcher, Outcome, clean_detail
+from worker.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.pipeline")
@@ -43,6 +44,8 @@ class BatchSummary:
     documents: int
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    unchanged: int = 0  # scheduled polls whose body had not changed: no row
+    not_modified: int = 0  # scheduled polls answered 304: no row
 
     @property
     def failed(self) -> int:
@@ -50,7 +53,7 @@ class BatchSummary:
 
     @property
     def urls_per_second(self) -> float:
-        done = self.documents + self.failed
+        done = self.documents + self.failed + self.unchanged + self.not_modified
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,6 +65,8 @@ class BatchSummary:
             "already_done": self.already_done,
             "documents": self.documents,
             "failures": dict(sorted(self.failures.items())),
+            "unchanged": self.unchanged,
+            "not_modified": self.not_modified,
             "seconds": round(self.seconds, 3),
             "urls_per_second": round(self.urls_per_second, 1),
         }
@@ -130,6 +135,7 @@ class _Writer:
         failures: Counter[str],
         landed: set[str],
         budget: _Lease,
+        polls: Counter[str],
     ) -> None:
         self._pool = pool
         self._job_id = job_id
@@ -138,9 +144,11 @@ class _Writer:
         self._failure_kinds = failures
         self._landed = landed
         self._budget = budget
+        self._polls = polls
         self.documents = 0
         self._docs: list[Fetched] = []
         self._fails: list[Failed] = []
+        self._updates: list[SourceUpdate] = []
         self._bytes = 0
         self._since = 0.0
 
@@ -149,7 +157,7 @@ class _Writer:
         while True:
             if not queue.empty():
                 item = queue.get_nowait()  # the busy case: no timer, no suspension
-            elif self._docs or self._fails:
+            elif self._docs or self._fails or self._updates:
                 # Rows are waiting: land them once they are FLUSH_INTERVAL_S old, even if no
                 # further outcome arrives (the rest of the batch may be slow).
                 try:
@@ -163,30 +171,37 @@ class _Writer:
             if item is _DONE:
                 await self._flush()
                 return
+            if isinstance(item, Polled):
+                self._updates.append(item.update)
+                item = item.row
             if isinstance(item, Fetched):
                 self._docs.append(item)
                 self._bytes += len(item.body)
-            else:
-                assert isinstance(item, Failed)
+            elif isinstance(item, Failed):
                 self._fails.append(item)
-            if len(self._docs) + len(self._fails) == 1:
+            pending = len(self._docs) + len(self._fails) + len(self._updates)
+            if pending == 1:
                 self._since = time.monotonic()
             if (
-                len(self._docs) + len(self._fails) >= s.copy_chunk_rows
+                pending >= s.copy_chunk_rows
                 or self._bytes >= s.copy_chunk_bytes
                 or time.monotonic() - self._since >= FLUSH_INTERVAL_S
             ):
                 await self._flush()
 
     async def _flush(self) -> None:
-        if not self._docs and not self._fails:
+        if not self._docs and not self._fails and not self._updates:
             return
-        docs, fails, held = self._docs, self._fails, self._bytes
-        self._docs, self._fails, self._bytes = [], [], 0
-        written = await _write(self._pool, self._job_id, self._source, docs, fails)
+        docs, fails, updates, held = self._docs, self._fails, self._updates, self._bytes
+        self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
+        written = await _write(self._pool, self._job_id, self._source, docs, fails, updates)
         self._budget.give(held)
         self._landed.update(d.url for d in docs)
         self._landed.update(f.url for f in fails)
+        for u in updates:
+            self._landed.add(u.url)
+            if u.outcome in (UNCHANGED, NOT_MODIFIED) and not u.document:
+                self._polls[u.outcome] += 1
         self.documents += written.documents
         refused_urls = {f.url for f in written.refused}
         for f in (*fails, *written.refused):
@@ -203,6 +218,7 @@ async def _write(
     source: str | None,
     docs: Sequence[Fetched],
     fails: Sequence[Failed],
+    updates: Sequence[SourceUpdate] = (),
 ) -> store.Written:
     """`store.write_chunk`, retried a few times: a chunk is atomic, so a retry cannot duplicate."""
     retrying = AsyncRetrying(
@@ -213,7 +229,7 @@ async def _write(
     )
     async for attempt in retrying:
         with attempt:
-            written = await store.write_chunk(pool, job_id, source, docs, fails)
+            written = await store.write_chunk(pool, job_id, source, docs, fails, updates)
     return written
 
 
@@ -260,6 +276,7 @@ async def run(
     record_unfinished: bool = False,
     budget: ByteBudget | None = None,
     priority: int = 0,
+    sources: Mapping[str, SourceState] | None = None,
 ) -> BatchSummary:
     """Fetch ``urls`` and land one outcome per distinct URL for ``job_id``.
 
@@ -268,6 +285,9 @@ async def run(
     fetched lands; the URLs left then raise `DeadlineError` or, with ``record_unfinished``,
     land as failures of kind ``deadline``. Raises `StoreError` if Postgres cannot take the
     rows; everything a URL can do wrong becomes a failure row instead.
+
+    URLs found in ``sources`` are polls of registered sources: fetched conditionally, landed
+    only when changed, and their source state updated with their rows (`worker.polling`).
     """
     started = time.monotonic()
     distinct = list(dict.fromkeys(urls))
@@ -275,12 +295,14 @@ async def run(
     todo = [u for u in distinct if u not in done]
 
     failures: Counter[str] = Counter()
+    polls: Counter[str] = Counter()
     landed: set[str] = set()
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
     n_writers = max(1, min(settings.writers, settings.db_pool_max))
     lease = _Lease(budget if budget is not None else ByteBudget(settings.buffer_bytes))
     writers = [
-        _Writer(pool, job_id, source, settings, failures, landed, lease) for _ in range(n_writers)
+        _Writer(pool, job_id, source, settings, failures, landed, lease, polls)
+        for _ in range(n_writers)
     ]
     feed: Iterator[str] = iter(todo)
     loop = asyncio.get_running_loop()
@@ -290,20 +312,27 @@ async def run(
     async def fetch_loop() -> None:
         # Long-lived coroutines pulling from one iterator: cheaper than a task per URL.
         for url in feed:
+            state = sources.get(url) if sources else None
             try:
-                outcome: Outcome = await fetcher.fetch(url, priority)
+                outcome: Outcome = await fetcher.fetch(
+                    url, priority, state.validators if state is not None else None
+                )
             except Exception as exc:
                 # A bug must cost one URL a failure row, never the whole batch.
                 log.exception("fetch.internal_error", extra={"url": url})
                 outcome = Failed(
                     url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0
                 )
-            if isinstance(outcome, Fetched):
-                await lease.take(len(outcome.body))
+            item: Outcome | Polled = outcome
+            if state is not None:
+                item = settle(state, outcome, settings)
+            body = item.row if isinstance(item, Polled) else item
+            if isinstance(body, Fetched):
+                await lease.take(len(body.body))
             if queue.full():
-                await queue.put(outcome)
+                await queue.put(item)
             else:
-                queue.put_nowait(outcome)
+                queue.put_nowait(item)
 
     async def fetch_all() -> None:
         nonlocal timed_out
@@ -355,4 +384,6 @@ async def run(
         documents=sum(w.documents for w in writers),
         failures=dict(failures),
         seconds=time.monotonic() - started,
+        unchanged=polls[UNCHANGED],
+        not_modified=polls[NOT_MODIFIED],
     )

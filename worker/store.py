@@ -1,8 +1,10 @@
 """Loading: the asyncpg pool and idempotent chunked writes of documents and failures.
 
-A chunk is COPYed into per-connection temporary staging tables, then moved with
-``INSERT ... ON CONFLICT DO NOTHING`` in the same transaction, so a chunk lands whole or not at
-all and a re-run of a job adds no row. asyncpg errors are translated to `StoreError` here.
+A chunk is COPYed straight into the tables in one transaction, with the source states of a
+scheduled poll; if some of its rows are there already (a retried write), it goes through
+per-connection temporary staging tables and ``INSERT ... ON CONFLICT DO NOTHING`` instead. So a
+chunk lands whole or not at all and a re-run of a job adds no row. asyncpg errors are
+translated to `StoreError` here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from worker.errors import StoreError
 from worker.fetch import Failed, Fetched, clean_detail
+from worker.polling import SourceUpdate
 from worker.settings import Settings
 
 _DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
@@ -54,6 +57,30 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
 """
 
+# A poll's source states, one statement per chunk, in the chunk's transaction: a document and
+# the content hash that says it is current land together or not at all.
+_UPDATE_SOURCES = """
+UPDATE sources AS s SET
+    last_polled_at = now(),
+    last_status = v.status,
+    last_outcome = v.outcome,
+    last_error = v.error,
+    etag = v.etag,
+    last_modified = v.last_modified,
+    content_hash = v.content_hash,
+    document_job_id = CASE WHEN v.document THEN $1 ELSE s.document_job_id END,
+    consecutive_failures = v.failures,
+    last_success_at = CASE WHEN v.ok THEN now() ELSE s.last_success_at END,
+    next_due_at = now() + make_interval(secs => v.delay),
+    poll_job_id = NULL,
+    claimed_until = NULL
+FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[],
+            $8::bytea[], $9::boolean[], $10::boolean[], $11::integer[], $12::float8[])
+    AS v(id, outcome, status, error, etag, last_modified, content_hash, ok, document, failures,
+         delay)
+WHERE s.id = v.id
+"""
+
 _EXISTING = """
 SELECT url FROM documents WHERE job_id = $1
 UNION ALL
@@ -68,7 +95,7 @@ ACQUIRE_TIMEOUT_S = 60.0
 Conn = Union["asyncpg.Connection[Any]", "PoolConnectionProxy[Any]"]
 
 # Errors that mean "the connection or server went away", worth retrying the whole chunk.
-_CONNECTION_ERRORS = (
+CONNECTION_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
@@ -79,9 +106,13 @@ _CONNECTION_ERRORS = (
 )
 
 
-def _store_error(what: str, exc: BaseException) -> StoreError:
+# Everything asyncpg or the socket can raise at us; modules that query Postgres catch this.
+DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
+
+
+def store_error(what: str, exc: BaseException) -> StoreError:
     """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry."""
-    transient = isinstance(exc, _CONNECTION_ERRORS)
+    transient = isinstance(exc, CONNECTION_ERRORS)
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
 
 
@@ -132,7 +163,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
                 "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
             },
         )
-    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
         raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
     assert pool is not None
     return pool
@@ -142,8 +173,8 @@ async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
     """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run)."""
     try:
         rows = await pool.fetch(_EXISTING, job_id)
-    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-        raise _store_error("cannot read existing outcomes", exc) from exc
+    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+        raise store_error("cannot read existing outcomes", exc) from exc
     return {r["url"] for r in rows}
 
 
@@ -170,23 +201,31 @@ async def write_chunk(
     source: str | None,
     docs: Sequence[Fetched],
     failures: Sequence[Failed],
+    updates: Sequence[SourceUpdate] = (),
 ) -> Written:
-    """Land one chunk atomically. A body Postgres refuses becomes a failure, not a failed chunk."""
+    """Land one chunk atomically, with the source ``updates`` of a scheduled poll. A body
+    Postgres refuses becomes a failure, not a failed chunk."""
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 try:
-                    return await _copy_direct(conn, job_id, source, docs, failures)
+                    async with conn.transaction():
+                        written = await _copy_direct(conn, job_id, source, docs, failures)
+                        await _update_sources(conn, job_id, updates)
+                        return written
                 except asyncpg.UniqueViolationError:
                     # Some rows are there already (a retried write whose commit did land):
                     # go through staging, where ON CONFLICT skips them.
-                    return await _copy_chunk(conn, job_id, source, docs, failures)
+                    async with conn.transaction():
+                        written = await _copy_chunk(conn, job_id, source, docs, failures)
+                        await _update_sources(conn, job_id, updates)
+                        return written
             except asyncpg.DataError:
                 # Some body passed our JSON check but not Postgres' (e.g. a number jsonb cannot
                 # hold). Find it row by row; the rest of the chunk still lands.
-                return await _write_rows(conn, job_id, source, docs, failures)
-    except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-        raise _store_error("write failed", exc) from exc
+                return await _write_rows(conn, job_id, source, docs, failures, updates)
+    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+        raise store_error("write failed", exc) from exc
     except (UnicodeError, ValueError, TypeError) as exc:
         # asyncpg could not encode a row: a bug on our side, never worth failing a job for good.
         raise StoreError(f"write failed: {type(exc).__name__}: {exc}", transient=False) from exc
@@ -226,11 +265,10 @@ async def _copy_direct(
     # The fast path: the pipeline already skips URLs that have an outcome, so a chunk almost
     # never conflicts, and COPY straight into the tables parses and compresses each body once
     # (staging costs a second TOAST compression). A conflict aborts it; see write_chunk.
-    async with conn.transaction():
-        if docs:
-            await _copy_documents(conn, "documents", job_id, source, docs)
-        if failures:
-            await _copy_failures(conn, "fetch_failures", job_id, source, failures)
+    if docs:
+        await _copy_documents(conn, "documents", job_id, source, docs)
+    if failures:
+        await _copy_failures(conn, "fetch_failures", job_id, source, failures)
     return Written(len(docs), len(failures))
 
 
@@ -242,13 +280,32 @@ async def _copy_chunk(
     failures: Sequence[Failed],
 ) -> Written:
     n_docs = n_fail = 0
-    async with conn.transaction():
-        if docs:
-            await _copy_documents(conn, "harvester_stage_documents", job_id, source, docs)
-            n_docs = _inserted(await conn.execute(_MOVE_DOCUMENTS))
-        if failures:
-            n_fail = await _stage_failures(conn, job_id, source, failures)
+    if docs:
+        await _copy_documents(conn, "harvester_stage_documents", job_id, source, docs)
+        n_docs = _inserted(await conn.execute(_MOVE_DOCUMENTS))
+    if failures:
+        n_fail = await _stage_failures(conn, job_id, source, failures)
     return Written(n_docs, n_fail)
+
+
+async def _update_sources(conn: Conn, job_id: str, updates: Sequence[SourceUpdate]) -> None:
+    if not updates:
+        return
+    await conn.execute(
+        _UPDATE_SOURCES,
+        job_id,
+        [u.source_id for u in updates],
+        [u.outcome for u in updates],
+        [u.status for u in updates],
+        [u.error for u in updates],
+        [u.etag for u in updates],
+        [u.last_modified for u in updates],
+        [u.content_hash for u in updates],
+        [u.ok for u in updates],
+        [u.document for u in updates],
+        [u.consecutive_failures for u in updates],
+        [u.delay_s for u in updates],
+    )
 
 
 async def _write_rows(
@@ -257,6 +314,7 @@ async def _write_rows(
     source: str | None,
     docs: Sequence[Fetched],
     failures: Sequence[Failed],
+    updates: Sequence[SourceUpdate] = (),
 ) -> Written:
     refused: list[Failed] = []
     n_docs = 0
@@ -280,6 +338,10 @@ async def _write_rows(
                 refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
         all_failures = [*failures, *refused]
         n_fail = await _stage_failures(conn, job_id, source, all_failures) if all_failures else 0
+        if refused:
+            why = {f.url: f.detail for f in refused}
+            updates = [u.refused(why[u.url]) if u.url in why else u for u in updates]
+        await _update_sources(conn, job_id, updates)
     return Written(n_docs, n_fail, tuple(refused))
 
 

@@ -1,0 +1,21 @@
+"""The `poll_sources` cron task: enqueue the registered sources that are due."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jobs.cron import skip_when_store_down
+from worker import sources
+from worker.context import WorkerContext
+
+log = logging.getLogger("harvester.jobs")
+
+
+@skip_when_store_down
+async def poll_sources(ctx: WorkerContext) -> dict[str, Any]:
+    """Claim due sources and enqueue them as scheduled `fetch_batch` jobs."""
+    done = await sources.enqueue_due(ctx["pool"], ctx["redis"], ctx["settings"])
+    if done.sources:
+        log.info("sources.enqueued", extra={"sources": done.sources, "jobs": len(done.jobs)})
+    return {"sources": done.sources, "jobs": list(done.jobs)}

@@ -1,0 +1,29 @@
+"""The retention cron job: delete rows older than HARVESTER_RETENTION_DAYS."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jobs.cron import skip_when_store_down
+from worker import retention
+from worker.context import WorkerContext
+
+log = logging.getLogger("harvester.jobs")
+
+
+@skip_when_store_down
+async def apply_retention(ctx: WorkerContext) -> dict[str, Any]:
+    """arq cron entry point: delete expired documents and failures in small batches.
+
+    Off (a no-op) when HARVESTER_RETENTION_DAYS is unset.
+    """
+    settings = ctx["settings"]
+    if settings.retention_days is None:
+        return {"disabled": True}
+    result = await retention.delete_expired(
+        ctx["pool"], days=settings.retention_days, batch_rows=settings.retention_batch_rows
+    )
+    summary = {"documents": result.documents, "failures": result.failures}
+    log.info("retention.done", extra=summary)
+    return summary

@@ -1,0 +1,94 @@
+"""settle(): what a poll of a registered source records, for each way it can end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worker.fetch import Failed, Fetched, NotModified, ResponseMeta
+from worker.polling import CHANGED, NOT_MODIFIED, UNCHANGED, SourceState, content_hash, settle
+from worker.settings import Settings
+
+BODY = b'{"v": 1}'
+
+
+def state(**kw: object) -> SourceState:
+    values: dict[str, object] = {
+        "id": 7,
+        "url": "https://api.example/x",
+        "interval_s": 600,
+        "etag": '"v1"',
+        "last_modified": None,
+        "content_hash": content_hash(BODY),
+        "consecutive_failures": 0,
+    }
+    values.update(kw)
+    return SourceState(**values)  # type: ignore[arg-type]
+
+
+def meta(etag: str | None = '"v1"', fresh: float | None = None) -> ResponseMeta:
+    return ResponseMeta(etag=etag, last_modified=None, fresh_for=fresh)
+
+
+def test_not_modified_lands_nothing_and_keeps_the_content(settings: Settings) -> None:
+    """A 304 records not_modified, no row, keeps the hash, resets failures."""
+    polled = settle(
+        state(consecutive_failures=3), NotModified("u", 5, 1, meta(etag=None)), settings
+    )
+    assert polled.row is None
+    u = polled.update
+    assert (u.outcome, u.ok, u.status, u.document) == (NOT_MODIFIED, True, 304, False)
+    assert u.etag == '"v1"'  # a 304 without ETag keeps the one we had
+    assert u.content_hash == content_hash(BODY)
+    assert (u.consecutive_failures, u.delay_s) == (0, 600)
+
+
+def test_same_body_is_unchanged_and_lands_nothing(settings: Settings) -> None:
+    """A 200 whose body hashes like the last one records unchanged and lands no document."""
+    polled = settle(state(), Fetched("u", 200, BODY, 5, 1, meta()), settings)
+    assert polled.row is None
+    assert (polled.update.outcome, polled.update.document) == (UNCHANGED, False)
+
+
+def test_same_body_lands_when_configured_to_store_unchanged(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """HARVESTER_SOURCES_STORE_UNCHANGED=true lands every 200 as a document."""
+    fetched = Fetched("u", 200, BODY, 5, 1, meta())
+    polled = settle(state(), fetched, make_settings(sources_store_unchanged=True))
+    assert polled.row is fetched
+    assert (polled.update.outcome, polled.update.document) == (UNCHANGED, True)
+
+
+def test_changed_body_lands_with_its_new_validators(settings: Settings) -> None:
+    """A new body lands as a document; the new ETag, hash and freshness are recorded."""
+    fetched = Fetched("u", 200, b'{"v": 2}', 5, 1, meta(etag='"v2"', fresh=3600))
+    polled = settle(state(), fetched, settings)
+    assert polled.row is fetched
+    u = polled.update
+    assert (u.outcome, u.document, u.etag) == (CHANGED, True, '"v2"')
+    assert u.content_hash == content_hash(b'{"v": 2}')
+    assert u.delay_s == 3600  # max-age pushed the next poll later
+
+
+def test_first_poll_is_a_change(settings: Settings) -> None:
+    """A source never fetched before lands its first body."""
+    polled = settle(state(etag=None, content_hash=None), Fetched("u", 200, BODY, 5, 1), settings)
+    assert polled.row is not None
+    assert polled.update.outcome == CHANGED
+
+
+def test_failure_backs_off_and_keeps_the_last_good_state(settings: Settings) -> None:
+    """A failure lands its failure row, counts up, doubles the delay, keeps validators."""
+    failed = Failed("u", "http_status", "HTTP 500", 500, 3)
+    polled = settle(state(consecutive_failures=2), failed, settings)
+    assert polled.row is failed
+    u = polled.update
+    assert (u.outcome, u.ok, u.consecutive_failures) == ("http_status", False, 3)
+    assert u.delay_s == 600 * 2**3
+    assert (u.etag, u.content_hash) == ('"v1"', content_hash(BODY))
+
+
+def test_failure_retry_after_pushes_the_next_poll(settings: Settings) -> None:
+    """A 429 with a long Retry-After is not polled again before it."""
+    failed = Failed("u", "http_status", "HTTP 429", 429, 1, retry_after=5000.0)
+    assert settle(state(), failed, settings).update.delay_s == 5000

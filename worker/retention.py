@@ -1,0 +1,92 @@
+"""Retention: delete documents and failures older than a cutoff, a small batch at a time.
+
+Each batch is one short ``DELETE ... WHERE id IN (SELECT id ... LIMIT n)`` transaction, so
+retention never holds locks on many rows for long and never blocks the writers. A document that
+is a registered source's current content (``sources.document_job_id``) is kept whatever its age:
+it is what that source's next poll compares against.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from worker.store import DB_ERRORS, store_error
+
+log = logging.getLogger("harvester.retention")
+
+
+# One clock for the whole run: rows that age past the cutoff while it runs wait for the next.
+_CUTOFF = "SELECT now() - make_interval(secs => $1::float8)"
+
+_DELETE_DOCUMENTS = """
+DELETE FROM documents WHERE id IN (
+    SELECT d.id FROM documents d
+    WHERE d.fetched_at < $1
+      AND NOT EXISTS (
+          SELECT 1 FROM sources s
+          WHERE s.document_job_id = d.job_id
+            AND harvester_url_key(s.url) = harvester_url_key(d.url)
+      )
+    LIMIT $2
+)
+"""
+
+_DELETE_FAILURES = """
+DELETE FROM fetch_failures WHERE id IN (
+    SELECT id FROM fetch_failures WHERE failed_at < $1 LIMIT $2
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """Rows deleted by one retention run."""
+
+    documents: int
+    failures: int
+
+
+def _deleted(status: str) -> int:
+    # "DELETE <n>"
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _delete_batches(
+    pool: asyncpg.Pool, sql: str, cutoff: datetime, batch_rows: int, what: str
+) -> int:
+    total = 0
+    while True:
+        try:
+            n = _deleted(await pool.execute(sql, cutoff, batch_rows))
+        except DB_ERRORS as exc:
+            raise store_error(f"cannot delete expired {what}", exc) from exc
+        total += n
+        if n < batch_rows:
+            return total
+
+
+async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) -> RetentionResult:
+    """Delete documents fetched and failures recorded more than ``days`` ago; return the counts.
+
+    Raises `StoreError` when Postgres fails; batches already deleted stay deleted, and the next
+    run carries on from there.
+    """
+    if days <= 0:
+        raise ValueError("days must be positive")
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    try:
+        cutoff: datetime = await pool.fetchval(_CUTOFF, days * 86_400.0)
+    except DB_ERRORS as exc:
+        raise store_error("cannot compute the retention cutoff", exc) from exc
+    documents = await _delete_batches(pool, _DELETE_DOCUMENTS, cutoff, batch_rows, "documents")
+    failures = await _delete_batches(pool, _DELETE_FAILURES, cutoff, batch_rows, "failures")
+    log.info(
+        "retention.deleted",
+        extra={"documents": documents, "failures": failures, "cutoff": cutoff.isoformat()},
+    )
+    return RetentionResult(documents=documents, failures=failures)
