@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from worker.cliutil import read_urls
 from worker.errors import ConfigError, HarvesterError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
@@ -82,13 +83,6 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_urls(stream: TextIO) -> Iterator[str]:
-    for line in stream:
-        url = line.strip()
-        if url and not url.startswith("#"):
-            yield url
-
-
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from worker.client import enqueue_urls, open_queue
 
@@ -98,7 +92,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         async with open_queue(settings) as redis:
             return await enqueue_urls(
                 redis,
-                _read_urls(stream),
+                read_urls(stream),
                 batch_size=args.batch_size,
                 source=args.source,
                 job_id_prefix=args.job_id_prefix,
@@ -117,7 +111,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
-    return run_demo(Path(args.dir), count=args.urls, batch_size=args.batch_size)
+    return run_demo(
+        Path(args.dir), count=args.urls, batch_size=args.batch_size, n_sources=args.sources
+    )
 
 
 def _positive(text: str) -> int:
@@ -128,6 +124,8 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker import cli_failures, cli_sources
+
     parser = argparse.ArgumentParser(
         prog="harvester", description="Fetch batches of JSON URLs from arq jobs into Postgres."
     )
@@ -157,8 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
     p.add_argument("--urls", type=_positive, default=5000, help="how many URLs (5000)")
     p.add_argument("--batch-size", type=_positive, default=500, help="URLs per job (500)")
+    p.add_argument(
+        "--sources", type=int, default=300, help="scheduled sources to poll twice (300; 0: none)"
+    )
     p.add_argument("--dir", default=".harvester/demo", help="where the servers keep their files")
     p.set_defaults(func=cmd_demo)
+    cli_sources.add_parser(sub)
+    cli_failures.add_parser(sub)
     return parser
 
 

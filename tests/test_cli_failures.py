@@ -1,0 +1,85 @@
+"""``harvester failures list|replay``, run as a user runs them: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from tests.conftest import TEST_QUEUE, Services
+from tests.test_cli import _env, _harvester
+
+
+async def _fail(pool: asyncpg.Pool, job_id: str, url: str, error: str, age_s: float) -> None:
+    await pool.execute(
+        """INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, failed_at)
+           VALUES ($1, $2, 'cli', $3, NULL, 2, now() - make_interval(secs => $4::float8))""",
+        job_id,
+        url,
+        error,
+        age_s,
+    )
+
+
+async def test_failures_list_prints_a_table_or_json_lines(
+    services: Services, pool: asyncpg.Pool
+) -> None:
+    """`failures list` filters like list_failures; --json prints one object a line."""
+    await _fail(pool, "job-a", "http://x/recent", "timeout", 60)
+    await _fail(pool, "job-b", "http://x/old", "invalid_json", 7200)
+    env = _env(services)
+
+    as_json = await _harvester("failures", "list", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(r["url"], r["job_id"], r["error"], r["attempts"]) for r in rows] == [
+        ("http://x/recent", "job-a", "timeout", 2),
+        ("http://x/old", "job-b", "invalid_json", 2),
+    ]
+    assert rows[0]["replayed_by"] is None
+
+    table = await _harvester("failures", "list", "--since", "30m", env=env)
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == [
+        "id",
+        "failed_at",
+        "job_id",
+        "error",
+        "status",
+        "attempts",
+        "replayed_by",
+        "url",
+    ]
+    assert len(lines) == 1
+    assert "http://x/recent" in lines[0]
+
+    bad = await _harvester("failures", "list", "--since", "yesterday-ish", env=env)
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr
+
+
+async def test_failures_replay_enqueues_and_prints_the_new_jobs(
+    services: Services, pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    """`failures replay --dry-run` changes nothing; without it the job ids are printed."""
+    await _fail(pool, "job-a", "http://x/1", "timeout", 60)
+    await _fail(pool, "job-a", "http://x/2", "invalid_json", 60)
+    env = _env(services)
+
+    dry = await _harvester("failures", "replay", "--kind", "timeout", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay 1 URL(s) in 1 job(s)" in dry.stdout
+    assert await pool.fetchval("SELECT count(*) FROM replays") == 0
+
+    run = await _harvester("failures", "replay", "--kind", "timeout", env=env)
+    assert run.returncode == 0, run.stderr
+    job_ids = run.stdout.split()
+    assert len(job_ids) == 1
+    assert "replayed 1 URL(s) in 1 job(s)" in run.stderr
+    payload = json.loads(await redis.get(f"arq:job:{job_ids[0]}"))
+    assert payload["k"] == {"urls": ["http://x/1"], "source": "cli"}
+    assert await redis.zscore(TEST_QUEUE, job_ids[0]) is not None
+    linked = dict(await pool.fetch("SELECT url, replayed_by FROM fetch_failures"))
+    assert linked == {"http://x/1": job_ids[0], "http://x/2": None}

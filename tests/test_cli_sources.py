@@ -1,0 +1,77 @@
+"""``harvester sources ...`` as an operator runs it: in a subprocess, against real Postgres."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from tests.conftest import Services
+from tests.test_cli import _env, _harvester
+
+
+async def test_sources_commands_manage_the_table(services: Services, pool: asyncpg.Pool) -> None:
+    """add (arguments and a file on stdin), list (table and JSON), disable, enable, remove."""
+    env = _env(services)
+    added = await _harvester(
+        "sources",
+        "add",
+        "https://api.example/a",
+        "--every",
+        "15m",
+        "--source",
+        "cat",
+        "--from-file",
+        "-",
+        env=env,
+        stdin="# comment\nhttps://api.example/b\n\nhttps://api.example/a\n",
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == "added 2, updated 0 source(s), every 15m"
+
+    listed = await _harvester("sources", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = listed.stdout.splitlines()
+    assert header.split() == [
+        "id",
+        "name",
+        "every",
+        "on",
+        "next_due",
+        "last_polled",
+        "outcome",
+        "fails",
+        "url",
+    ]
+    assert [line.split()[-1] for line in lines] == [
+        "https://api.example/a",
+        "https://api.example/b",
+    ]
+    assert all(" cat " in line and " 15m " in line for line in lines)
+
+    off = await _harvester("sources", "disable", "https://api.example/b", env=env)
+    assert off.stdout.strip() == "disabled 1 source(s)"
+    rows = [
+        json.loads(x)
+        for x in (await _harvester("sources", "list", "--json", env=env)).stdout.splitlines()
+    ]
+    assert {r["url"]: r["enabled"] for r in rows} == {
+        "https://api.example/a": True,
+        "https://api.example/b": False,
+    }
+    first_id = str(rows[0]["id"])
+    assert (await _harvester("sources", "enable", "https://api.example/b", env=env)).returncode == 0
+    gone = await _harvester("sources", "remove", first_id, env=env)
+    assert gone.stdout.startswith("removed 1 source(s)")
+    assert await pool.fetchval("SELECT array_agg(url) FROM sources") == ["https://api.example/b"]
+    missing = await _harvester("sources", "remove", "https://api.example/zzz", env=env)
+    assert missing.returncode == 1
+
+
+async def test_sources_add_refuses_a_bad_interval(services: Services) -> None:
+    """--every that is not a duration is a usage error naming the value."""
+    bad = await _harvester(
+        "sources", "add", "https://api.example/a", "--every", "soon", env=_env(services)
+    )
+    assert bad.returncode == 2
+    assert "'soon' is not a duration" in bad.stderr
