@@ -2,7 +2,9 @@
 
 Starts embedded Postgres and Valkey under ``.harvester/demo``, migrates, serves a local sample
 API, enqueues a few thousand URLs as JSON jobs, runs ``harvester worker --burst`` as a separate
-process (as a Procfile would), then prints what landed and stops everything it started.
+process (as a Procfile would), then prints what landed. Then it registers scheduled sources and
+polls them twice, as the worker's cron would, to show conditional requests and change
+detection. It stops everything it started.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from pathlib import Path
 
 import asyncpg
 
-from worker import client, sampleapi
+from worker import client, sampleapi, sources
 from worker.embedded import embedded_stack
 from worker.migrate import migrate
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 QUERY = (
     "SELECT url, status, attempts, body->>'name' AS name FROM documents "
@@ -26,7 +28,51 @@ QUERY = (
 )
 
 
-async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int) -> int:
+async def _worker(env: dict[str, str]) -> tuple[int, float]:
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "worker", "--burst", env=env
+    )
+    return await proc.wait(), time.monotonic() - started
+
+
+async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: int) -> int:
+    """Register ``n`` sample feeds and poll them twice; print what each poll did."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            urls = [f"{base}/feeds/{i}" for i in range(n)]
+            await sources.add(pool, urls, every=900, name="demo-feeds")
+            print(f"\nregistered {n} scheduled sources (harvester sources add ... --every 15m)")
+            for round_ in (1, 2):
+                if round_ == 2:
+                    await conn.execute("UPDATE sources SET next_due_at = now()")  # skip the wait
+                docs_before = await conn.fetchval("SELECT count(*) FROM documents")
+                async with client.open_queue(settings) as redis:
+                    # What the poll_sources cron task does every minute inside the worker.
+                    claimed = await sources.enqueue_due(pool, redis, settings)
+                code, elapsed = await _worker(env)
+                if code != 0:
+                    return code
+                docs = await conn.fetchval("SELECT count(*) FROM documents") - docs_before
+                outcomes = await conn.fetch(
+                    "SELECT last_outcome, count(*) AS n FROM sources GROUP BY 1 ORDER BY 1"
+                )
+                summary = ", ".join(f"{r['last_outcome']} {r['n']}" for r in outcomes)
+                print(
+                    f"  poll {round_}: {claimed.sources} sources in {len(claimed.jobs)} jobs, "
+                    f"{elapsed:.2f} s; {summary}; {docs} new documents"
+                )
+        finally:
+            await pool.close()
+        print("  see them with: harvester sources list   (or SELECT * FROM sources)")
+    finally:
+        await conn.close()
+    return 0
+
+
+async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int, n_sources: int) -> int:
     env = {
         **os.environ,
         "DATABASE_URL": stack_db,
@@ -45,17 +91,17 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int) -> 
         async with client.open_queue(settings) as redis:
             job_ids = await client.enqueue_urls(redis, urls, batch_size=batch_size, source="demo")
         print(f"enqueued {len(urls)} URLs in {len(job_ids)} jobs; starting the worker", flush=True)
-
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker", "worker", "--burst", env=env
-        )
-        code = await proc.wait()
-        elapsed = time.monotonic() - started
+        code, elapsed = await _worker(env)
+        if code == 0:
+            code = await _report(settings, urls, elapsed)
+        if code == 0 and n_sources:
+            code = await _poll_sources(settings, env, base, n_sources)
     if code != 0:
-        print(f"worker exited with {code}", file=sys.stderr)
-        return code
+        print(f"demo failed with exit code {code}", file=sys.stderr)
+    return code
 
+
+async def _report(settings: Settings, urls: list[str], elapsed: float) -> int:
     conn = await asyncpg.connect(settings.database_url)
     try:
         docs = await conn.fetchval("SELECT count(*) FROM documents")
@@ -87,8 +133,8 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int) -> 
     return 0
 
 
-def run_demo(root: Path, count: int = 5000, batch_size: int = 500) -> int:
+def run_demo(root: Path, count: int = 5000, batch_size: int = 500, n_sources: int = 300) -> int:
     """Run the demo under ``root``; return the process exit code."""
     print(f"starting embedded Postgres and Valkey under {root}", flush=True)
     with embedded_stack(root) as stack:
-        return asyncio.run(_run(stack.database_url, stack.redis_url, count, batch_size))
+        return asyncio.run(_run(stack.database_url, stack.redis_url, count, batch_size, n_sources))

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 _FLAKY_SEEN = web.AppKey("flaky_seen", set[int])
+_FEED_POLLS = web.AppKey("feed_polls", dict[int, int])
 
 
 def item(n: int) -> dict[str, object]:
@@ -51,6 +52,26 @@ async def _flaky(request: web.Request) -> web.Response:
     return await _item(request)
 
 
+async def _feed(request: web.Request) -> web.Response:
+    # A pollable source, three kinds by n: n % 3 == 0 sends an ETag and answers 304 to a
+    # matching If-None-Match; 1 sends the same body without validators (found unchanged by
+    # its hash); 2 changes on every request.
+    n = int(request.match_info["n"])
+    polls = request.app[_FEED_POLLS]
+    polls[n] = polls.get(n, 0) + 1
+    body = {**item(n), "feed": True}
+    if n % 3 == 2:
+        body["version"] = polls[n]
+    raw = orjson.dumps(body)
+    headers = {"Cache-Control": "max-age=60"}
+    if n % 3 == 0:
+        etag = '"' + hashlib.sha256(raw).hexdigest()[:16] + '"'
+        headers["ETag"] = etag
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+    return web.Response(body=raw, content_type="application/json", headers=headers)
+
+
 async def _huge(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
@@ -66,11 +87,13 @@ async def _huge(request: web.Request) -> web.StreamResponse:
 def make_app() -> web.Application:
     app = web.Application()
     app[_FLAKY_SEEN] = set()
+    app[_FEED_POLLS] = {}
     app.router.add_get("/items/{n:\\d+}", _item)
     app.router.add_get("/missing/{n:\\d+}", _missing)
     app.router.add_get("/broken/{n:\\d+}", _broken)
     app.router.add_get("/flaky/{n:\\d+}", _flaky)
     app.router.add_get("/huge/{n:\\d+}", _huge)
+    app.router.add_get("/feeds/{n:\\d+}", _feed)
     return app
 
 
