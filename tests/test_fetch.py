@@ -18,6 +18,7 @@ from worker.fetch import (
     Fetcher,
     NotModified,
     Validators,
+    _validator,
     backoff_delay,
     check_json,
     parse_retry_after,
@@ -376,3 +377,18 @@ async def test_host_rps_spaces_requests_across_concurrent_fetches(
     assert times[-1] - times[0] >= 9 / 20 * 0.9
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.04
+
+
+async def test_validators_that_cannot_be_stored_are_dropped(
+    upstream: Upstream, make_fetcher: FetcherFactory, settings: Settings
+) -> None:
+    """An ETag with non-ASCII bytes is not kept (it could not be stored or sent back)."""
+    upstream.feeds["bad-etag"] = Feed(etag=True)
+    fetcher = make_fetcher(settings)
+    good = await fetcher.fetch(upstream.url("/feed/bad-etag"), validators=Validators())
+    assert isinstance(good, Fetched)
+    assert good.meta is not None
+    assert good.meta.etag == '"v1"'
+    assert _validator('"caf\udce9"') is None
+    assert _validator("x" * 2000) is None
+    assert _validator("Wed, 21 Oct 2015 07:28:00 GMT") == "Wed, 21 Oct 2015 07:28:00 GMT"

@@ -83,3 +83,19 @@ async def test_no_rate_and_no_pause_never_touches_the_clock() -> None:
 
     pacer = HostPacer(clock=clock)
     await pacer.wait("a.example")
+
+
+async def test_cancelled_waiters_book_nothing() -> None:
+    """Fifty waiters cancelled in line (their jobs hit a deadline) do not push back the next
+    request: it starts one interval after the last request that did start."""
+    pacer = HostPacer(10.0)
+    await pacer.wait("a.example")
+    waiters = [asyncio.ensure_future(pacer.wait("a.example")) for _ in range(50)]
+    await asyncio.sleep(0)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pacer.wait("a.example")
+    assert loop.time() - started < 0.5  # 50 booked slots would have been 5 s

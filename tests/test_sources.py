@@ -8,10 +8,12 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from worker import sources
+from worker import sources, store
 from worker.client import redis_pool
+from worker.polling import SourceUpdate
 from worker.settings import Settings
 
 
@@ -113,3 +115,44 @@ async def test_a_run_cut_short_leaves_its_sources_due(
         await dead.aclose()
     assert await pool.fetchval("SELECT count(*) FROM sources WHERE poll_job_id IS NULL") == 2
     assert (await sources.enqueue_due(pool, arq_queue, settings)).sources == 2
+
+
+async def test_a_finished_poll_that_left_its_sources_claimed_is_enqueued_anew(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, settings: Settings
+) -> None:
+    """When the job a claim named has finished (its result kept) but the sources were never
+    settled, the next claim gets a new job id instead of a silent no-op; while it is still
+    queued, a re-claim reuses it."""
+    await sources.add(pool, ["https://api.example/s1"], every=60, name=None)
+    (first,) = (await sources.enqueue_due(pool, arq_queue, settings)).jobs
+    await pool.execute("UPDATE sources SET poll_job_id = NULL, claimed_until = NULL")  # rolled back
+    assert (await sources.enqueue_due(pool, arq_queue, settings)).jobs == (first,)
+    assert len(await arq_queue.queued_jobs()) == 1
+
+    # The job ran and finished without settling its source (e.g. its last try ran out of time).
+    await arq_queue.zrem(settings.queue, first)
+    await arq_queue.delete(job_key_prefix + first)
+    await arq_queue.set(result_key_prefix + first, b"{}")
+    await pool.execute("UPDATE sources SET claimed_until = now() - interval '1s'")
+    (second,) = (await sources.enqueue_due(pool, arq_queue, settings)).jobs
+    assert second == f"{first}-1"
+    assert [j.job_id for j in await arq_queue.queued_jobs()] == [second]
+
+
+async def test_a_poll_that_lost_its_claim_does_not_overwrite_the_state(
+    pool: asyncpg.Pool,
+) -> None:
+    """A chunk of job A updates no source that job B has claimed since."""
+    await pool.execute(
+        "INSERT INTO sources (url, poll_job_id, claimed_until) VALUES "
+        "('https://api.example/mine', 'A', now() + interval '1h'), "
+        "('https://api.example/stolen', 'B', now() + interval '1h')"
+    )
+    ids = dict(await pool.fetch("SELECT url, id FROM sources"))  # type: ignore[arg-type]
+    updates = [
+        SourceUpdate(ids[u], u, "changed", True, 200, None, None, None, b"h", True, 0, 60.0)
+        for u in ("https://api.example/mine", "https://api.example/stolen")
+    ]
+    await store.write_chunk(pool, "A", None, [], [], updates)
+    rows = dict(await pool.fetch("SELECT url, poll_job_id FROM sources"))  # type: ignore[arg-type]
+    assert rows == {"https://api.example/mine": None, "https://api.example/stolen": "B"}

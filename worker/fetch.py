@@ -58,6 +58,7 @@ _PERMANENT_DNS_ERRORS: Final = frozenset(
     {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 )
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
+_MAX_VALIDATOR: Final = 1024
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
@@ -93,10 +94,23 @@ class ResponseMeta:
     def of(cls, resp: aiohttp.ClientResponse) -> ResponseMeta:
         h = resp.headers
         return cls(
-            etag=h.get("ETag"),
-            last_modified=h.get("Last-Modified"),
+            etag=_validator(h.get("ETag")),
+            last_modified=_validator(h.get("Last-Modified")),
             fresh_for=fresh_for(h.get("Cache-Control"), h.get("Expires"), h.get("Date")),
         )
+
+
+def _validator(value: str | None) -> str | None:
+    # Stored and sent back as is: only a short printable ASCII value can be (aiohttp keeps
+    # undecodable header bytes as surrogates, which Postgres text cannot hold).
+    if (
+        value is None
+        or len(value) > _MAX_VALIDATOR
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        return None
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,10 @@ class HostPacer:
     """Spaces request starts to one host ``1 / rps`` apart and holds a host back while it has
     asked us to (a 429 or 503 with ``Retry-After``).
 
-    ``wait(host)`` reserves the host's next start time and sleeps until it; with no rate set and
-    no pause in force it returns at once without touching the clock. A pause is capped at
-    ``pause_cap`` seconds, so a hostile ``Retry-After`` cannot park a host for days.
+    Requests to one host wait in line on a lock, and only the one at the head sleeps, so a
+    waiter that is cancelled (its job hit a deadline) books nothing for later ones. With no rate
+    set and no pause in force, ``wait`` returns at once without touching the clock. A pause is
+    capped at ``pause_cap`` seconds, so a hostile ``Retry-After`` cannot park a host for days.
     """
 
     def __init__(
@@ -40,8 +41,9 @@ class HostPacer:
         self._pause_cap = pause_cap
         self._clock = clock
         self._sleep = sleep
-        self._next: dict[str, float] = {}
+        self._next: dict[str, float] = {}  # earliest start of the host's next request
         self._paused_until: dict[str, float] = {}
+        self._lines: dict[str, asyncio.Lock] = {}
 
     def paused_for(self, host: str) -> float:
         """Seconds left of ``host``'s pause (0 when it is not paused)."""
@@ -50,7 +52,10 @@ class HostPacer:
 
     def pause(self, host: str, seconds: float) -> None:
         """Hold every request to ``host`` back for ``seconds`` (capped), from now."""
-        until = self._clock() + min(max(seconds, 0.0), self._pause_cap)
+        now = self._clock()
+        if len(self._paused_until) > _PRUNE_AT:
+            self._paused_until = {h: t for h, t in self._paused_until.items() if t > now}
+        until = now + min(max(seconds, 0.0), self._pause_cap)
         if until > self._paused_until.get(host, 0.0):
             self._paused_until[host] = until
 
@@ -58,20 +63,21 @@ class HostPacer:
         """Return when a request to ``host`` may start."""
         if not self._interval and not self._paused_until:
             return  # the common case: no pacing configured and no host has asked for a pause
-        now = self._clock()
-        start = now
-        if self._interval:
-            start = max(now, self._next.get(host, 0.0))
-            self._next[host] = start + self._interval
-            if len(self._next) > _PRUNE_AT:
-                self._prune(now)
-        while True:
-            start = max(start, self._pause_end(host, now))
-            if start <= now:
-                return
-            await self._sleep(start - now)
-            # A pause may have begun while we slept: look again before going.
-            now = self._clock()
+        line = self._lines.get(host)
+        if line is None:
+            if len(self._lines) > _PRUNE_AT:
+                self._prune()
+            line = self._lines[host] = asyncio.Lock()
+        async with line:
+            while True:
+                now = self._clock()
+                start = max(now, self._next.get(host, 0.0), self._pause_end(host, now))
+                if start <= now:
+                    break
+                # Look again after sleeping: a pause may have begun meanwhile.
+                await self._sleep(start - now)
+            if self._interval:
+                self._next[host] = now + self._interval
 
     def _pause_end(self, host: str, now: float) -> float:
         until = self._paused_until.get(host)
@@ -82,5 +88,7 @@ class HostPacer:
             return now
         return until
 
-    def _prune(self, now: float) -> None:
+    def _prune(self) -> None:
+        now = self._clock()
         self._next = {h: t for h, t in self._next.items() if t > now}
+        self._lines = {h: lock for h, lock in self._lines.items() if lock.locked()}

@@ -18,8 +18,10 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
 
 from worker.client import JOB_NAME
+from worker.errors import StoreError
 from worker.polling import SourceState
 from worker.settings import Settings
 from worker.store import DB_ERRORS, store_error
@@ -27,6 +29,7 @@ from worker.store import DB_ERRORS, store_error
 # How long a claimed source is left to its poll job before another cron run may claim it again
 # (a job lost with its queue); at least this, and several job timeouts.
 CLAIM_LEASE_MIN_S = 3600.0
+_MAX_REENQUEUE = 100
 
 _DUE = """
 SELECT id, url, name, next_due_at FROM sources
@@ -128,20 +131,36 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
             for name, rows in by_name.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    job_id = poll_job_id(chunk)
-                    await conn.execute(
-                        _CLAIM, [r["id"] for r in chunk], job_id, claim_lease(settings)
-                    )
-                    # Enqueued before the claim commits: should the commit not happen, the
-                    # sources stay due and the next run's enqueue of this same id is a no-op.
                     kwargs: dict[str, Any] = {"urls": [r["url"] for r in chunk], "scheduled": True}
                     if name is not None:
                         kwargs["source"] = name
-                    await redis.enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
+                    # Enqueued before the claim commits: should the commit not happen, the
+                    # sources stay due and the next run's enqueue of this same id is a no-op.
+                    job_id = await _enqueue(redis, poll_job_id(chunk), kwargs)
+                    await conn.execute(
+                        _CLAIM, [r["id"] for r in chunk], job_id, claim_lease(settings)
+                    )
                     jobs.append(job_id)
     except DB_ERRORS as exc:
         raise store_error("cannot claim due sources", exc) from exc
     return Enqueued(len(due), tuple(jobs))
+
+
+async def _enqueue(redis: ArqRedis, job_id: str, kwargs: dict[str, Any]) -> str:
+    """Enqueue a poll as ``job_id``; return the id of the job that will run it.
+
+    arq refuses an id it knows. If that job is still waiting or running (an earlier run enqueued
+    it, then its claim rolled back), it is this poll. If it has finished (its result is kept for
+    a day) without settling the sources, e.g. its last try ran out of time, a new id is used.
+    """
+    for n in range(_MAX_REENQUEUE):
+        candidate = job_id if n == 0 else f"{job_id}-{n}"
+        if await redis.enqueue_job(JOB_NAME, _job_id=candidate, **kwargs) is not None:
+            return candidate
+        status = await Job(candidate, redis, _queue_name=redis.default_queue_name).status()
+        if status in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress):
+            return candidate
+    raise StoreError(f"cannot enqueue poll {job_id}: {_MAX_REENQUEUE} ids already used")
 
 
 async def load_states(pool: asyncpg.Pool, urls: Sequence[str]) -> dict[str, SourceState]:

@@ -78,7 +78,9 @@ FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7:
             $8::bytea[], $9::boolean[], $10::boolean[], $11::integer[], $12::float8[])
     AS v(id, outcome, status, error, etag, last_modified, content_hash, ok, document, failures,
          delay)
-WHERE s.id = v.id
+-- Only while this job holds the claim (or none is held): a poll that outlived its claim must not
+-- overwrite the state a newer poll of the same source recorded.
+WHERE s.id = v.id AND (s.poll_job_id IS NULL OR s.poll_job_id = $1)
 """
 
 _EXISTING = """
