@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from worker.cliutil import read_urls
+from worker.cliutil import positive, read_urls
 from worker.errors import ConfigError, HarvesterError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
@@ -116,13 +116,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from worker import cli_failures, cli_sources
 
@@ -140,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="enqueue URLs (one a line) as fetch_batch jobs")
     p.add_argument("file", help="a file of URLs, or - for standard input")
-    p.add_argument("--batch-size", type=_positive, default=1000, help="URLs per job (1000)")
+    p.add_argument("--batch-size", type=positive, default=1000, help="URLs per job (1000)")
     p.add_argument("--source", default=None, help="a label stored with every row")
     p.add_argument(
         "--job-id-prefix",
@@ -153,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
-    p.add_argument("--urls", type=_positive, default=5000, help="how many URLs (5000)")
-    p.add_argument("--batch-size", type=_positive, default=500, help="URLs per job (500)")
+    p.add_argument("--urls", type=positive, default=5000, help="how many URLs (5000)")
+    p.add_argument("--batch-size", type=positive, default=500, help="URLs per job (500)")
     p.add_argument(
         "--sources", type=int, default=300, help="scheduled sources to poll twice (300; 0: none)"
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from worker.cliutil import format_table
+from worker.cliutil import format_table, format_when, positive, with_pool
 from worker.schedule import parse_duration
 
 if TYPE_CHECKING:  # worker.replay pulls in asyncpg and aiohttp: only when a command runs
@@ -36,13 +36,6 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def _as_json(row: FailureRow) -> bytes:
     return orjson.dumps(dataclasses.asdict(row))  # failed_at as RFC 3339
 
@@ -51,7 +44,7 @@ def _table(rows: list[FailureRow]) -> str:
     cells = [
         [
             str(r.id),
-            r.failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            format_when(r.failed_at),
             r.job_id,
             r.error,
             "" if r.status is None else str(r.status),
@@ -65,22 +58,13 @@ def _table(rows: list[FailureRow]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from worker import store
     from worker.replay import list_failures
-    from worker.settings import get_settings
 
-    settings = get_settings()
-
-    async def go() -> list[FailureRow]:
-        pool = await store.create_pool(settings)
-        try:
-            return await list_failures(
-                pool, job_id=args.job, kind=args.kind, since=args.since, limit=args.limit
-            )
-        finally:
-            await store.close_pool(pool)
-
-    rows = asyncio.run(go())
+    rows = with_pool(
+        lambda pool: list_failures(
+            pool, job_id=args.job, kind=args.kind, since=args.since, limit=args.limit
+        )
+    )
     if args.json:
         out = sys.stdout.buffer
         for row in rows:
@@ -157,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--since", type=parse_since, default=None, help="a duration (2h, 1d) or an ISO-8601 time"
     )
-    p.add_argument("--limit", type=_positive, default=100, help="rows to show (100)")
+    p.add_argument("--limit", type=positive, default=100, help="rows to show (100)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(func=cmd_list)
 
@@ -172,9 +156,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--since", type=parse_since, default=None, help="a duration (2h, 1d) or an ISO-8601 time"
     )
     p.add_argument("--job", default=None, help="only failures of this job id")
-    p.add_argument("--batch-size", type=_positive, default=None, help="URLs per new job (1000)")
+    p.add_argument("--batch-size", type=positive, default=None, help="URLs per new job (1000)")
     p.add_argument(
-        "--limit", type=_positive, default=10_000, help="failure rows to replay at most (10000)"
+        "--limit", type=positive, default=10_000, help="failure rows to replay at most (10000)"
     )
     p.add_argument(
         "--dry-run", action="store_true", help="say what would be replayed, change nothing"

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
-from worker.cliutil import format_table, read_urls
+from worker.cliutil import format_table, format_when, positive, read_urls, with_pool
 from worker.schedule import format_duration, parse_duration
 
 if TYPE_CHECKING:  # asyncpg and aiohttp load only when a command runs
-    import asyncpg
+    pass
 
 T = TypeVar("T")
 
@@ -29,29 +27,11 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-    from worker import store
-    from worker.settings import get_settings
-
-    async def go() -> T:
-        pool = await store.create_pool(get_settings())
-        try:
-            return await work(pool)
-        finally:
-            await store.close_pool(pool)
-
-    return asyncio.run(go())
-
-
 def _read_file(path: str) -> list[str]:
     if path == "-":
         return list(read_urls(sys.stdin))
     with open(path, encoding="utf-8") as fh:
         return list(read_urls(fh))
-
-
-def _when(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -63,7 +43,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not urls:
         print("harvester: no URLs given (pass URLs or --from-file)", file=sys.stderr)
         return 2
-    added, updated = _with_pool(
+    added, updated = with_pool(
         lambda pool: sources.add(pool, urls, every=args.every, name=args.source)
     )
     print(f"added {added}, updated {updated} source(s), every {format_duration(args.every)}")
@@ -73,7 +53,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from worker import sources
 
-    rows = _with_pool(lambda pool: sources.list_sources(pool, name=args.source, limit=args.limit))
+    rows = with_pool(lambda pool: sources.list_sources(pool, name=args.source, limit=args.limit))
     if args.json:
         for r in rows:
             sys.stdout.buffer.write(orjson.dumps(r.as_dict()) + b"\n")
@@ -84,8 +64,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             r.name or "",
             format_duration(r.interval_s),
             "yes" if r.enabled else "no",
-            _when(r.next_due_at),
-            _when(r.last_polled_at),
+            format_when(r.next_due_at),
+            format_when(r.last_polled_at),
             r.last_outcome or "",
             str(r.consecutive_failures),
             r.url,
@@ -100,7 +80,7 @@ def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
     def cmd(args: argparse.Namespace) -> int:
         from worker import sources
 
-        n = _with_pool(lambda pool: sources.set_enabled(pool, args.targets, enabled))
+        n = with_pool(lambda pool: sources.set_enabled(pool, args.targets, enabled))
         print(f"{'enabled' if enabled else 'disabled'} {n} source(s)")
         return 0 if n else 1
 
@@ -110,7 +90,7 @@ def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
 def cmd_remove(args: argparse.Namespace) -> int:
     from worker import sources
 
-    n = _with_pool(lambda pool: sources.remove(pool, args.targets))
+    n = with_pool(lambda pool: sources.remove(pool, args.targets))
     print(f"removed {n} source(s); their documents stay")
     return 0 if n else 1
 
@@ -131,7 +111,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     ls = cmds.add_parser("list", help="show registered sources and their last poll")
     ls.add_argument("--source", default=None, help="only sources of this name")
-    ls.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
+    ls.add_argument("--limit", type=positive, default=1000, help="at most this many (1000)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=cmd_list)
 

@@ -1,9 +1,45 @@
-"""Small helpers the ``harvester`` subcommands share: URL files and plain-text tables."""
+"""Small helpers the ``harvester`` subcommands share: arguments, a pool, URL files, tables."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TextIO
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+if TYPE_CHECKING:  # asyncpg loads only when a command that needs it runs
+    import asyncpg
+
+T = TypeVar("T")
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Run ``work`` with the store's pool for the configured database, closed afterwards."""
+    from worker import store
+    from worker.settings import get_settings
+
+    async def go() -> T:
+        pool = await store.create_pool(get_settings())
+        try:
+            return await work(pool)
+        finally:
+            await store.close_pool(pool)
+
+    return asyncio.run(go())
+
+
+def format_when(moment: datetime | None) -> str:
+    """A timestamp as a table shows it: UTC, to the second; empty for None."""
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
