@@ -38,37 +38,34 @@ async def _worker(env: dict[str, str]) -> tuple[int, float]:
 
 async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: int) -> int:
     """Register ``n`` sample feeds and poll them twice; print what each poll did."""
-    conn = await asyncpg.connect(settings.database_url)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    assert pool is not None
     try:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-        try:
-            urls = [f"{base}/feeds/{i}" for i in range(n)]
-            await sources.add(pool, urls, every=900, name="demo-feeds")
-            print(f"\nregistered {n} scheduled sources (harvester sources add ... --every 15m)")
-            for round_ in (1, 2):
-                if round_ == 2:
-                    await conn.execute("UPDATE sources SET next_due_at = now()")  # skip the wait
-                docs_before = await conn.fetchval("SELECT count(*) FROM documents")
-                async with client.open_queue(settings) as redis:
-                    # What the poll_sources cron task does every minute inside the worker.
-                    claimed = await sources.enqueue_due(pool, redis, settings)
-                code, elapsed = await _worker(env)
-                if code != 0:
-                    return code
-                docs = await conn.fetchval("SELECT count(*) FROM documents") - docs_before
-                outcomes = await conn.fetch(
-                    "SELECT last_outcome, count(*) AS n FROM sources GROUP BY 1 ORDER BY 1"
-                )
-                summary = ", ".join(f"{r['last_outcome']} {r['n']}" for r in outcomes)
-                print(
-                    f"  poll {round_}: {claimed.sources} sources in {len(claimed.jobs)} jobs, "
-                    f"{elapsed:.2f} s; {summary}; {docs} new documents"
-                )
-        finally:
-            await pool.close()
-        print("  see them with: harvester sources list   (or SELECT * FROM sources)")
+        urls = [f"{base}/feeds/{i}" for i in range(n)]
+        await sources.add(pool, urls, every=900, name="demo-feeds")
+        print(f"\nregistered {n} scheduled sources (harvester sources add ... --every 15m)")
+        for round_ in (1, 2):
+            if round_ == 2:
+                await pool.execute("UPDATE sources SET next_due_at = now()")  # skip the wait
+            docs_before = await pool.fetchval("SELECT count(*) FROM documents")
+            async with client.open_queue(settings) as redis:
+                # What the poll_sources cron task does every minute inside the worker.
+                claimed = await sources.enqueue_due(pool, redis, settings)
+            code, elapsed = await _worker(env)
+            if code != 0:
+                return code
+            docs = await pool.fetchval("SELECT count(*) FROM documents") - docs_before
+            outcomes = await pool.fetch(
+                "SELECT last_outcome, count(*) AS n FROM sources GROUP BY 1 ORDER BY 1"
+            )
+            summary = ", ".join(f"{r['last_outcome']} {r['n']}" for r in outcomes)
+            print(
+                f"  poll {round_}: {claimed.sources} sources in {len(claimed.jobs)} jobs, "
+                f"{elapsed:.2f} s; {summary}; {docs} new documents"
+            )
     finally:
-        await conn.close()
+        await pool.close()
+    print("  see them with: harvester sources list   (or SELECT * FROM sources)")
     return 0
 
 

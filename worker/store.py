@@ -10,7 +10,7 @@ translated to `StoreError` here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -211,17 +211,11 @@ async def write_chunk(
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 try:
-                    async with conn.transaction():
-                        written = await _copy_direct(conn, job_id, source, docs, failures)
-                        await _update_sources(conn, job_id, updates)
-                        return written
+                    return await _land(conn, _copy_direct, job_id, source, docs, failures, updates)
                 except asyncpg.UniqueViolationError:
                     # Some rows are there already (a retried write whose commit did land):
                     # go through staging, where ON CONFLICT skips them.
-                    async with conn.transaction():
-                        written = await _copy_chunk(conn, job_id, source, docs, failures)
-                        await _update_sources(conn, job_id, updates)
-                        return written
+                    return await _land(conn, _copy_chunk, job_id, source, docs, failures, updates)
             except asyncpg.DataError:
                 # Some body passed our JSON check but not Postgres' (e.g. a number jsonb cannot
                 # hold). Find it row by row; the rest of the chunk still lands.
@@ -231,6 +225,25 @@ async def write_chunk(
     except (UnicodeError, ValueError, TypeError) as exc:
         # asyncpg could not encode a row: a bug on our side, never worth failing a job for good.
         raise StoreError(f"write failed: {type(exc).__name__}: {exc}", transient=False) from exc
+
+
+_Copy = Callable[[Conn, str, str | None, Sequence[Fetched], Sequence[Failed]], Awaitable[Written]]
+
+
+async def _land(
+    conn: Conn,
+    copy: _Copy,
+    job_id: str,
+    source: str | None,
+    docs: Sequence[Fetched],
+    failures: Sequence[Failed],
+    updates: Sequence[SourceUpdate],
+) -> Written:
+    """One transaction: the chunk's rows by ``copy``, then the source states of its polls."""
+    async with conn.transaction():
+        written = await copy(conn, job_id, source, docs, failures)
+        await _update_sources(conn, job_id, updates)
+    return written
 
 
 async def _copy_documents(
