@@ -72,7 +72,6 @@ async def test_job_from_a_plain_arq_client_lands_every_url(
     services: Services,
     upstream: Upstream,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
 ) -> None:
     """Documents for good URLs; the right failure kind for each bad one; a summary result."""
@@ -190,7 +189,6 @@ async def test_bad_payloads_fail_cleanly_and_the_worker_goes_on(
     services: Services,
     upstream: Upstream,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
     kwargs: dict,
     message: str,
@@ -227,7 +225,6 @@ async def test_pickle_payload_is_never_executed(
     services: Services,
     upstream: Upstream,
     redis: aioredis.Redis,
-    pool: asyncpg.Pool,
     make_worker: Callable[..., Worker],
     tmp_path: Path,
 ) -> None:
@@ -263,8 +260,6 @@ async def test_pickle_payload_is_never_executed(
 
 async def test_a_second_job_reuses_the_first_jobs_connections(
     upstream: Upstream,
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
     arq_queue: ArqRedis,
 ) -> None:
@@ -305,7 +300,6 @@ async def test_same_job_id_enqueued_twice_runs_once(
     services: Services,
     upstream: Upstream,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
 ) -> None:
     """A second enqueue of a queued job id is refused; the job runs once."""
@@ -331,7 +325,6 @@ async def test_same_job_id_enqueued_twice_runs_once(
 async def test_job_results_and_summary_are_json(
     services: Services,
     upstream: Upstream,
-    pool: asyncpg.Pool,
     redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
 ) -> None:

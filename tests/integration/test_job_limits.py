@@ -36,7 +36,6 @@ async def _kinds(pool: asyncpg.Pool, job_id: str) -> dict[str, int]:
 async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
     upstream: Upstream,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
     arq_queue: ArqRedis,
 ) -> None:
@@ -79,7 +78,6 @@ async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(
     services,  # type: ignore[no-untyped-def]
     upstream: Upstream,
     pool: asyncpg.Pool,
-    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
     arq_queue: ArqRedis,
 ) -> None:
