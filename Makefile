@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/harvester demo
 
+# A temporary directory of this run's own: pytest prunes old runs under its shared default
+# (/tmp/pytest-of-$USER), which would pull the embedded servers' data from under a second,
+# concurrent session.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@tmp=$$(mktemp -d /tmp/harvester-test.XXXXXX); \
+	$(BIN)/python -m pytest --basetemp=$$tmp $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
