@@ -11,7 +11,7 @@ from typing import Any
 
 from arq import Retry
 
-from worker import pipeline, sources
+from worker import metrics, pipeline, sources
 from worker.context import JobContext
 from worker.errors import BadJobError, StoreError
 from worker.logs import bound_job
@@ -53,6 +53,7 @@ async def _abandon(
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
     )
     log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
+    metrics.record_job("abandoned")
     return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
 
 
@@ -68,6 +69,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             batch = parse_batch(args, kwargs, max_urls=settings.max_batch_urls, job_id=job_id)
         except BadJobError as exc:
             log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - arq logs the trace
+            metrics.record_job("rejected")
             raise
         loop = asyncio.get_running_loop()
         # arq fails a job that reaches its timeout for good. The pipeline stops fetching at its
@@ -99,6 +101,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
         except TimeoutError as exc:
             delay = defer_delay(settings, job_try)
             log.warning("job.overran", extra={"try": job_try, "defer_s": round(delay, 1)})
+            metrics.record_job("overran")
             raise Retry(defer=delay) from exc
         except pipeline.DeadlineError as exc:
             # arq would fail a job that hits its timeout, for good. Stop just before, keep what
@@ -106,6 +109,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             log.warning(
                 "job.continued", extra={"try": job_try, "landed": exc.landed, "left": exc.remaining}
             )
+            metrics.record_job("continued")
             raise Retry(defer=0) from exc
         except StoreError as exc:
             # Postgres is down or refusing writes: the whole job is worth another try later.
@@ -114,7 +118,9 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
                 "job.deferred",
                 extra={"reason": str(exc), "try": job_try, "defer_s": round(delay, 1)},
             )
+            metrics.record_job("deferred")
             raise Retry(defer=delay) from exc
         result = summary.as_dict()
         log.info("job.done", extra={k: v for k, v in result.items() if k != "job_id"})
+        metrics.record_job("complete")
         return result

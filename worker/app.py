@@ -24,7 +24,7 @@ from jobs.fetch_batch import fetch_batch
 from jobs.poll_sources import poll_sources
 from jobs.replay_failures import replay_failures
 from jobs.retention import apply_retention
-from worker import store
+from worker import metrics, store
 from worker.client import JOB_NAME, redis_pool
 from worker.context import WorkerContext
 from worker.errors import HarvesterError
@@ -34,8 +34,6 @@ from worker.serialization import deserialize, serialize
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("harvester.worker")
-
-HEALTH_CHECK_INTERVAL_S = 30
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -47,6 +45,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         stack.push_async_callback(session.close)
         pool = await store.create_pool(settings)
         stack.push_async_callback(store.close_pool, pool)
+        if settings.metrics_port is not None:
+            runner = await metrics.serve(
+                metrics.metrics_app(ctx.get("redis"), settings.queue),
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+            stack.push_async_callback(runner.cleanup)
     except BaseException:
         await stack.aclose()
         raise
@@ -64,6 +69,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             "concurrency": settings.concurrency,
             "per_host": settings.per_host,
             "max_jobs": settings.max_jobs,
+            "metrics_port": settings.metrics_port,
             "loop": type(asyncio.get_running_loop()).__module__,
         },
     )
@@ -169,7 +175,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "max_jobs": settings.max_jobs,
         "poll_delay": settings.poll_delay,
         "keep_result": settings.keep_result,
-        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "health_check_interval": settings.health_check_interval,
         "health_check_key": health_check_key(settings),
         "ctx": {"settings": settings},
     }

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from worker import store
+from worker import metrics, store
 from worker.errors import StoreError
 from worker.fetch import Failed, Fetched, Fetcher, Outcome, clean_detail
 from worker.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
@@ -227,9 +227,11 @@ async def _write(
         retry=retry_if_exception(lambda e: isinstance(e, StoreError) and e.transient),
         reraise=True,
     )
+    started = time.monotonic()
     async for attempt in retrying:
         with attempt:
             written = await store.write_chunk(pool, job_id, source, docs, fails, updates)
+    metrics.record_write(written.documents, written.failures, time.monotonic() - started)
     return written
 
 
@@ -323,6 +325,7 @@ async def run(
                 outcome = Failed(
                     url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0
                 )
+            metrics.record_fetch(outcome)
             item: Outcome | Polled = outcome
             if state is not None:
                 item = settle(state, outcome, settings)

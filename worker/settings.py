@@ -10,7 +10,14 @@ import ipaddress
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -94,6 +101,15 @@ class Settings(BaseSettings):
     replay_max: int = Field(default=3, ge=1, le=100)
     retention_days: float | None = Field(default=None, gt=0, le=100 * 365)
     retention_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+
+    # -- operations ------------------------------------------------------------------------------
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
+    metrics_host: str = "127.0.0.1"
+    health_check_interval: int = Field(default=10, ge=1, le=3600)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_token: SecretStr | None = None
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

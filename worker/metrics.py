@@ -1,0 +1,131 @@
+"""Prometheus metrics of a harvester process, and the small HTTP server that exposes them.
+
+The metrics live in one registry per process (`REGISTRY`). The worker serves it on
+``HARVESTER_METRICS_PORT`` when that is set; ``harvester api`` serves its own on ``/metrics``.
+Recording is cheap on the busy path: label children are bound once and cached.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Final
+
+from aiohttp import web
+from arq.connections import ArqRedis
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from worker.fetch import Failed, Fetched, NotModified, Outcome
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+FETCHES: Final = Counter(
+    "harvester_fetches",
+    "URLs fetched, by outcome (document, not_modified, or a failure kind) and HTTP status class",
+    ["outcome", "status_class"],
+    registry=REGISTRY,
+)
+RETRIES: Final = Counter(
+    "harvester_fetch_retries", "Attempts beyond the first, over all URLs", registry=REGISTRY
+)
+FETCHED_BYTES: Final = Counter(
+    "harvester_fetched_bytes", "Body bytes fetched (after decompression)", registry=REGISTRY
+)
+FETCH_SECONDS: Final = Histogram(
+    "harvester_fetch_seconds",
+    "Time from a URL's first attempt to its outcome, retries included",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ROWS_WRITTEN: Final = Counter(
+    "harvester_rows_written", "Rows landed in Postgres, by table", ["table"], registry=REGISTRY
+)
+WRITE_SECONDS: Final = Histogram(
+    "harvester_write_seconds",
+    "Time to land one chunk (retries included)",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+JOBS: Final = Counter(
+    "harvester_jobs",
+    "fetch_batch runs by result: complete, continued, deferred, overran, abandoned, rejected",
+    ["result"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH: Final = Gauge(
+    "harvester_queue_depth", "Jobs in the arq queue (read at scrape time)", registry=REGISTRY
+)
+
+
+@cache
+def _fetch_child(outcome: str, status_class: str) -> Counter:
+    return FETCHES.labels(outcome=outcome, status_class=status_class)
+
+
+def _status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "none"
+
+
+def record_fetch(outcome: Outcome) -> None:
+    """Count one URL's outcome."""
+    if isinstance(outcome, Fetched):
+        _fetch_child("document", _status_class(outcome.status)).inc()
+        FETCHED_BYTES.inc(len(outcome.body))
+        FETCH_SECONDS.observe(outcome.elapsed_ms / 1000)
+    elif isinstance(outcome, NotModified):
+        _fetch_child("not_modified", "3xx").inc()
+        FETCH_SECONDS.observe(outcome.elapsed_ms / 1000)
+    else:
+        assert isinstance(outcome, Failed)
+        _fetch_child(outcome.kind, _status_class(outcome.status)).inc()
+    if outcome.attempts > 1:
+        RETRIES.inc(outcome.attempts - 1)
+
+
+def record_write(documents: int, failures: int, seconds: float) -> None:
+    """Count one landed chunk."""
+    if documents:
+        ROWS_WRITTEN.labels(table="documents").inc(documents)
+    if failures:
+        ROWS_WRITTEN.labels(table="fetch_failures").inc(failures)
+    WRITE_SECONDS.observe(seconds)
+
+
+def record_job(result: str) -> None:
+    """Count one run of a fetch_batch job."""
+    JOBS.labels(result=result).inc()
+
+
+async def exposition(redis: ArqRedis | None, queue: str) -> bytes:
+    """The registry in Prometheus text format, the queue depth read just now."""
+    if redis is not None:
+        QUEUE_DEPTH.set(await redis.zcard(queue))
+    return generate_latest(REGISTRY)
+
+
+def metrics_app(redis: ArqRedis | None, queue: str) -> web.Application:
+    """An aiohttp app serving ``GET /metrics``."""
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await exposition(redis, queue)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start ``app`` on ``host:port``; clean it up with ``await runner.cleanup()``."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
