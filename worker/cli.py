@@ -108,6 +108,15 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from worker import api
+
+    settings = get_settings()
+    _install_uvloop(settings)
+    api.run(settings, args.host or settings.api_host, args.port or settings.api_port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
@@ -117,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from worker import cli_failures, cli_sources
+    from worker import cli_failures, cli_sources, cli_status
 
     parser = argparse.ArgumentParser(
         prog="harvester", description="Fetch batches of JSON URLs from arq jobs into Postgres."
@@ -145,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 if a worker on this host reported recently")
     p.set_defaults(func=cmd_health)
 
+    p = sub.add_parser("api", help="serve the HTTP intake (POST /batches, GET /batches/ID, ...)")
+    p.add_argument("--host", default=None, help="bind address (HARVESTER_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=positive, default=None, help="port (HARVESTER_API_PORT, 8080)")
+    p.set_defaults(func=cmd_api)
+
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
     p.add_argument("--urls", type=positive, default=5000, help="how many URLs (5000)")
     p.add_argument("--batch-size", type=positive, default=500, help="URLs per job (500)")
@@ -153,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dir", default=".harvester/demo", help="where the servers keep their files")
     p.set_defaults(func=cmd_demo)
+    cli_status.add_parser(sub)
     cli_sources.add_parser(sub)
     cli_failures.add_parser(sub)
     return parser

@@ -1,0 +1,202 @@
+"""`harvester api` over real HTTP: auth, bad bodies, the batch lifecycle, health, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from arq.connections import ArqRedis
+from arq.worker import Worker
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Services
+from tests.test_cli import _env, _harvester
+from tests.upstream import Upstream
+from worker.api import check_exposure, create_app
+from worker.client import enqueue_urls
+from worker.embedded import free_port
+from worker.errors import ConfigError
+from worker.metrics import REGISTRY
+from worker.settings import Settings
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def api(
+    make_settings: Callable[..., Settings], arq_queue: ArqRedis, pool: object
+) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """The API on a loopback port, and a client session for it."""
+    settings = make_settings(api_token=TOKEN, api_max_body_bytes=64 * 1024)
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield session, str(server.make_url(""))
+    finally:
+        await server.close()
+
+
+async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, str]) -> None:
+    """No token or a wrong one is 401 with WWW-Authenticate; health and metrics are open."""
+    session, base = api
+    body = {"urls": ["https://api.example/a"]}
+    async with session.post(f"{base}/batches", json=body) as r:
+        assert r.status == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert "bearer token" in (await r.json())["error"]
+    wrong = {"Authorization": "Bearer nope"}
+    async with session.post(f"{base}/batches", json=body, headers=wrong) as r:
+        assert r.status == 401
+    async with session.get(f"{base}/batches/x", headers=wrong) as r:
+        assert r.status == 401
+    async with session.get(f"{base}/healthz") as r:
+        assert r.status == 200
+        assert await r.json() == {"status": "ok", "redis": "ok", "postgres": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b'["a"]', "application/json", 400, "must be a JSON object"),
+        (b'{"urls": ["x"]}', "text/plain", 415, "application/json"),
+        (b"{}", "application/json", 422, "'urls' is required"),
+        (b'{"urls": [1]}', "application/json", 422, "only strings"),
+        (b'{"urls": ["x"], "extra": 1}', "application/json", 422, "unknown field(s) 'extra'"),
+        (b'{"urls": ["x"], "job_id": 5}', "application/json", 422, "'job_id' must be"),
+        (b'{"urls": ["' + b"x" * 70_000 + b'"]}', "application/json", 413, "over 65536 bytes"),
+    ],
+)
+async def test_bad_bodies_get_clear_4xx(
+    api: tuple[aiohttp.ClientSession, str],
+    arq_queue: ArqRedis,
+    body: bytes,
+    content_type: str,
+    status: int,
+    message: str,
+) -> None:
+    """Each way a body can be wrong has its status and a message saying what was wrong;
+    nothing is enqueued."""
+    session, base = api
+    headers = {**AUTH, "Content-Type": content_type}
+    async with session.post(f"{base}/batches", data=body, headers=headers) as r:
+        assert r.status == status
+        assert message in (await r.json())["error"]
+    assert await arq_queue.queued_jobs() == []
+
+
+async def test_a_batch_goes_from_queued_to_complete_with_its_summary(
+    api: tuple[aiohttp.ClientSession, str],
+    arq_queue: ArqRedis,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+) -> None:
+    """POST is 202 with the job id and a Location; GET shows queued, then after a worker ran
+    it, complete with rows landed and the summary; a second POST of the id is 409."""
+    session, base = api
+    urls = [upstream.url("/json/a1"), upstream.url("/json/a2"), upstream.url("/status/404")]
+    batch = {"urls": urls, "source": "api-test", "job_id": "api-1"}
+    async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 202
+        assert r.headers["Location"] == "/batches/api-1"
+        assert await r.json() == {"job_id": "api-1", "urls": 3, "status_url": "/batches/api-1"}
+    (queued,) = await arq_queue.queued_jobs()
+    assert queued.kwargs == {"urls": urls, "source": "api-test"}
+    async with session.get(f"{base}/batches/api-1", headers=AUTH) as r:
+        assert (await r.json())["status"] == "queued"
+    async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 409
+
+    await make_worker().main()
+    async with session.get(f"{base}/batches/api-1", headers=AUTH) as r:
+        data = await r.json()
+    assert data["status"] == "complete"
+    assert data["success"] is True
+    assert data["landed"] == {"documents": 2, "failures": 1}
+    assert data["summary"]["documents"] == 2
+    assert data["summary"]["failures"] == {"http_status": 1}
+    async with session.get(f"{base}/batches/nope", headers=AUTH) as r:
+        assert r.status == 404
+
+
+async def test_metrics_and_openapi(api: tuple[aiohttp.ClientSession, str]) -> None:
+    """/metrics parses as Prometheus text with the API's counters and the queue depth;
+    /openapi.json describes every route."""
+    session, base = api
+    labels = {"route": "/batches/{job_id}", "status": "401"}
+    before = REGISTRY.get_sample_value("harvester_api_requests_total", labels) or 0.0
+    async with session.get(f"{base}/batches/x") as r:
+        assert r.status == 401
+    async with session.get(f"{base}/metrics") as r:
+        text = await r.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("harvester_queue_depth", ())] == 0
+    key = ("harvester_api_requests_total", (("route", "/batches/{job_id}"), ("status", "401")))
+    assert samples[key] == before + 1
+    async with session.get(f"{base}/openapi.json") as r:
+        doc = await r.json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/batches",
+        "/batches/{job_id}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    }
+
+
+def test_no_token_only_on_loopback(make_settings: Callable[..., Settings]) -> None:
+    """Without HARVESTER_API_TOKEN the API binds loopback only; with one, anywhere."""
+    settings = make_settings()
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_exposure(settings, host)
+    with pytest.raises(ConfigError, match="HARVESTER_API_TOKEN is required"):
+        check_exposure(settings, "0.0.0.0")
+    check_exposure(make_settings(api_token=TOKEN), "0.0.0.0")
+
+
+async def test_api_command_refuses_to_expose_itself_without_a_token(services: Services) -> None:
+    """`harvester api --host 0.0.0.0` without a token exits 2 and says why."""
+    run = await _harvester("api", "--host", "0.0.0.0", env=_env(services))
+    assert run.returncode == 2
+    assert "HARVESTER_API_TOKEN is required" in run.stderr
+
+
+async def test_worker_metrics_count_fetches_rows_and_jobs(
+    make_worker: Callable[..., Worker], arq_queue: ArqRedis, upstream: Upstream
+) -> None:
+    """A worker with HARVESTER_METRICS_PORT serves its counters, and a run moves each by what
+    it did: 4 documents, 1 failure after 1 retry, 5 rows, 1 job."""
+    port = free_port()
+    wanted = {
+        ("harvester_fetches_total", (("outcome", "document"), ("status_class", "2xx"))): 4,
+        ("harvester_fetches_total", (("outcome", "http_status"), ("status_class", "5xx"))): 1,
+        ("harvester_fetch_retries_total", ()): 1,
+        ("harvester_fetch_seconds_count", ()): 4,
+        ("harvester_rows_written_total", (("table", "documents"),)): 4,
+        ("harvester_rows_written_total", (("table", "fetch_failures"),)): 1,
+        ("harvester_jobs_total", (("result", "complete"),)): 1,
+    }
+    # The registry is per process and other tests count into it too: compare before and after.
+    before = {k: REGISTRY.get_sample_value(k[0], dict(k[1])) or 0.0 for k in wanted}
+    urls = [upstream.url(f"/json/m{i}") for i in range(4)] + [upstream.url("/status/500")]
+    await enqueue_urls(arq_queue, urls, job_id_prefix="metrics")
+    worker = make_worker(metrics_port=port, max_attempts=2)
+    await worker.main()  # the server stays up until the worker is closed
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    after = {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for f in text_string_to_metric_families(text)
+        for x in f.samples
+    }
+    assert {k: after[k] - before[k] for k in wanted} == wanted
+    assert after[("harvester_queue_depth", ())] == 0

@@ -1,0 +1,63 @@
+"""`harvester status`, checked on a real worker's data."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+
+import asyncpg
+from arq.connections import ArqRedis
+from arq.worker import Worker
+
+from tests.conftest import Services
+from tests.test_cli import _env, _harvester
+from tests.upstream import Upstream
+from worker.client import enqueue_urls
+from worker.settings import Settings
+from worker.status import gather
+
+
+async def test_status_reports_a_workers_jobs_failures_and_queue(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    settings: Settings,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+    services: Services,
+) -> None:
+    """After a worker ran two jobs: their summaries, the failure kinds, the URLs landed this
+    minute and the worker's heartbeat show; a job enqueued afterwards shows as queued."""
+    urls = [upstream.url(f"/json/s{i}") for i in range(8)] + [upstream.url("/status/404")]
+    await enqueue_urls(arq_queue, urls, batch_size=5, job_id_prefix="st")
+    worker = make_worker()
+    await worker.main()  # burst: runs both jobs, keeps its heartbeat until closed
+    await enqueue_urls(arq_queue, [upstream.url("/json/later")], job_id_prefix="later")
+
+    status = await gather(settings, arq_queue, pool)
+    assert (status.queued, status.ready, status.deferred) == (1, 1, 0)
+    assert status.oldest_ready_age_s is not None
+    assert status.oldest_ready_age_s >= 0
+    assert status.in_progress == []
+    assert status.failures_last_hour == {"http_status": 1}
+    assert sum(n for _, n in status.urls_per_minute) == 9
+    assert len(status.workers) == 1
+    assert status.workers[0].host == socket.gethostname()
+    assert "queued=2" in status.workers[0].heartbeat  # its first beat saw both jobs
+    jobs = {j.job_id: j for j in status.recent_jobs}
+    assert set(jobs) == {"st-0", "st-1"}
+    assert jobs["st-0"].success is True
+    assert jobs["st-0"].summary is not None
+    assert jobs["st-0"].summary["documents"] == 5
+    assert jobs["st-1"].summary["failures"] == {"http_status": 1}
+
+    env = _env(services)
+    as_json = await _harvester("status", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["queued"] == 1
+    assert {j["job_id"] for j in data["recent_jobs"]} == {"st-0", "st-1"}
+    screen = await _harvester("status", env={**env, "COLUMNS": "160"})
+    assert screen.returncode == 0, screen.stderr
+    for text in ("queued 1 (ready 1, deferred 0)", "recent jobs", "st-0", "http_status", "workers"):
+        assert text in screen.stdout, screen.stdout

@@ -1,0 +1,334 @@
+"""`harvester api`: an HTTP intake for services that cannot talk to Redis (aiohttp.web).
+
+    POST /batches          {"urls": [...], "source"?: str, "job_id"?: str} -> 202 {"job_id", ...}
+    GET  /batches/{job_id} status, what has landed so far, and the summary once done
+    GET  /healthz          200 when Redis and Postgres answer, else 503
+    GET  /metrics          Prometheus text (this process, plus the queue depth)
+    GET  /openapi.json     the OpenAPI 3.1 document of the above
+
+Everything under /batches needs ``Authorization: Bearer $HARVESTER_API_TOKEN``. Without a token
+the API refuses to start unless bound to loopback. Payloads are validated by the same code as
+the job (`worker.payload`), so the API refuses what the worker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from aiohttp import web
+from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
+from redis.exceptions import RedisError
+
+from worker import metrics, store
+from worker.client import JOB_NAME, redis_pool
+from worker.errors import BadJobError, ConfigError
+from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
+from worker.serialization import deserialize
+from worker.settings import Settings
+from worker.store import DB_ERRORS
+
+log = logging.getLogger("harvester.api")
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+REDIS: Final = web.AppKey("redis", ArqRedis)
+POOL: Final = web.AppKey("pool", asyncpg.Pool)
+
+REQUESTS: Final = Counter(
+    "harvester_api_requests",
+    "API requests by route and status",
+    ["route", "status"],
+    registry=metrics.REGISTRY,
+)
+
+HEALTH_TIMEOUT_S: Final = 2.0
+_OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
+_LANDED = """
+SELECT (SELECT count(*) FROM documents WHERE job_id = $1) AS documents,
+       (SELECT count(*) FROM fetch_failures WHERE job_id = $1) AS failures
+"""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: object, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Refuse to serve without a token anywhere but on loopback."""
+    if settings.api_token is None and not is_loopback(host):
+        raise ConfigError(
+            f"HARVESTER_API_TOKEN is required to bind the API to {host!r}; "
+            "without a token it only listens on loopback"
+        )
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _authorised(request, handler)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    REQUESTS.labels(route=route, status=str(response.status)).inc()
+    return response
+
+
+async def _authorised(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer token, then turn aiohttp's HTTP errors into JSON ones."""
+    settings = request.app[SETTINGS]
+    if request.path not in _OPEN_PATHS and settings.api_token is not None:
+        expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return _error(
+            413,
+            f"request body over {settings.api_max_body_bytes} bytes (HARVESTER_API_MAX_BODY_BYTES)",
+        )
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Enqueue a batch; 202 with its job id."""
+    if request.content_type != "application/json":
+        return _error(415, "send the batch as application/json")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(
+            400, 'body must be a JSON object: {"urls": [...], "source": ..., "job_id": ...}'
+        )
+    job_id = body.pop("job_id", None)
+    if job_id is not None and (not isinstance(job_id, str) or not job_id.strip()):
+        return _error(422, "'job_id' must be a non-empty string")
+    settings = request.app[SETTINGS]
+    try:
+        batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
+    except BadJobError as exc:
+        return _error(422, str(exc))
+    kwargs: dict[str, Any] = {"urls": list(batch.urls)}
+    if batch.source is not None:
+        kwargs["source"] = batch.source
+    if batch.scheduled:
+        kwargs["scheduled"] = True
+    job = await request.app[REDIS].enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
+    if job is None:
+        return _error(409, f"job {job_id!r} already exists (queued, running or finished)")
+    location = f"/batches/{job.job_id}"
+    log.info("api.enqueued", extra={"job_id": job.job_id, "urls": len(batch.urls)})
+    return _json(
+        {"job_id": job.job_id, "urls": len(batch.urls), "status_url": location},
+        status=202,
+        Location=location,
+    )
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    """A batch's status, rows landed so far and, once done, its summary."""
+    job_id = request.match_info["job_id"]
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        return _error(404, "no such job")
+    redis = request.app[REDIS]
+    job = Job(job_id, redis, _queue_name=request.app[SETTINGS].queue, _deserializer=deserialize)
+    status = await job.status()
+    landed = await request.app[POOL].fetchrow(_LANDED, job_id)
+    assert landed is not None
+    if status == JobStatus.not_found and not (landed["documents"] or landed["failures"]):
+        return _error(404, f"no job {job_id!r} (unknown, or its result has expired)")
+    data: dict[str, Any] = {
+        "job_id": job_id,
+        "status": status.value,
+        "landed": {"documents": landed["documents"], "failures": landed["failures"]},
+    }
+    if status == JobStatus.complete:
+        info = await job.result_info()
+        if info is not None:
+            data["success"] = info.success
+            data["summary"] = info.result if info.success else {"error": str(info.result)}
+    return _json(data)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when Redis and Postgres answer within HEALTH_TIMEOUT_S, else 503."""
+    checks: dict[str, str] = {}
+    probes = {
+        "redis": request.app[REDIS].ping(),
+        "postgres": request.app[POOL].fetchval("SELECT 1"),
+    }
+    for name, probe in probes.items():
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await probe
+            checks[name] = "ok"
+        except (RedisError, *DB_ERRORS) as exc:
+            checks[name] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return _json({"status": "ok" if healthy else "unavailable", **checks}, 200 if healthy else 503)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = await metrics.exposition(request.app[REDIS], request.app[SETTINGS].queue)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return _json(openapi(request.app[SETTINGS]))
+
+
+def openapi(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of this API."""
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        if schema is None:
+            return {"description": desc}
+        return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "harvester", "version": "0.1.0"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+                "Batch": {
+                    "type": "object",
+                    "required": ["urls"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "urls": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "minItems": 1,
+                            "maxItems": settings.max_batch_urls,
+                        },
+                        "source": {"type": ["string", "null"], "maxLength": 200},
+                        "job_id": {"type": "string", "maxLength": MAX_JOB_ID_LENGTH},
+                        "scheduled": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/batches": {
+                "post": {
+                    "summary": "Enqueue a batch of URLs as a fetch_batch job",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
+                        },
+                    },
+                    "responses": {
+                        "202": resp("Enqueued", {"type": "object"}),
+                        "400": resp("Not JSON", error),
+                        "401": resp("Missing or wrong token", error),
+                        "409": resp("job_id already used", error),
+                        "413": resp("Body too large", error),
+                        "415": resp("Not application/json", error),
+                        "422": resp("Invalid batch", error),
+                    },
+                }
+            },
+            "/batches/{job_id}": {
+                "get": {
+                    "summary": "Status, rows landed so far, and the summary once complete",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": resp("The batch", {"type": "object"}),
+                        "401": resp("Missing or wrong token", error),
+                        "404": resp("Unknown job", error),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Redis and Postgres reachable",
+                    "responses": {"200": resp("Healthy"), "503": resp("Unavailable")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": resp("Text exposition")},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": resp("OpenAPI")}}
+            },
+        },
+    }
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API application; its Redis client and Postgres pool live as long as it does."""
+    app = web.Application(middlewares=[_middleware], client_max_size=settings.api_max_body_bytes)
+    app[SETTINGS] = settings
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        app[POOL] = await store.create_pool(settings)
+        app[REDIS] = redis_pool(settings)
+        try:
+            yield
+        finally:
+            await app[REDIS].aclose()
+            await store.close_pool(app[POOL])
+
+    app.cleanup_ctx.append(resources)
+    r = app.router
+    r.add_post("/batches", post_batch)
+    r.add_get("/batches/{job_id}", get_batch)
+    r.add_get("/healthz", healthz)
+    r.add_get("/metrics", get_metrics)
+    r.add_get("/openapi.json", get_openapi)
+    return app
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
+    check_exposure(settings, host)
+    log.info(
+        "api.started", extra={"host": host, "port": port, "auth": settings.api_token is not None}
+    )
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
