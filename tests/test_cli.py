@@ -102,6 +102,26 @@ async def test_enqueue_then_worker_burst_lands_the_urls(
     assert {r["job_id"] for r in rows} == set(job_ids)
 
 
+async def test_enqueue_shows_progress_on_a_terminal_and_is_quiet_when_piped(
+    services: Services, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Reading a file with stderr on a terminal draws a progress bar that reaches 100%; piped,
+    stderr stays empty and stdout carries only the job ids."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(f"https://api.example/{i}\n" for i in range(3000)))
+    tty = await _harvester(
+        "enqueue", str(urls), "--batch-size", "1000", env=_env(services, TTY_COMPATIBLE="1")
+    )
+    assert tty.returncode == 0, tty.stderr
+    assert "enqueueing" in tty.stderr
+    assert "100%" in tty.stderr
+    assert len(tty.stdout.split()) == 3
+    piped = await _harvester("enqueue", str(urls), "--batch-size", "1000", env=_env(services))
+    assert piped.returncode == 0
+    assert piped.stderr == ""
+    assert len(piped.stdout.split()) == 3
+
+
 async def test_arq_cli_runs_the_settings_class(
     services: Services, upstream: Upstream, pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:

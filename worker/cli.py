@@ -1,4 +1,5 @@
-"""The ``harvester`` command: migrate, worker, enqueue, demo."""
+"""The ``harvester`` command: migrate, worker, enqueue, health, api, demo, and the subcommand
+modules it adds (status, sources, failures)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from worker.cliutil import positive, read_urls
 from worker.errors import ConfigError, HarvesterError, StoreError
@@ -88,7 +89,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
     settings = get_settings()
 
-    async def go(stream: TextIO) -> list[str]:
+    async def go(stream: Iterable[str]) -> list[str]:
         async with open_queue(settings) as redis:
             return await enqueue_urls(
                 redis,
@@ -102,10 +103,32 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         job_ids = asyncio.run(go(sys.stdin))
     else:
         with open(args.file, encoding="utf-8") as fh:
-            job_ids = asyncio.run(go(fh))
+            job_ids = _with_progress(fh, Path(args.file).stat().st_size, go)
     for job_id in job_ids:
         print(job_id)
     return 0
+
+
+def _with_progress(
+    fh: TextIO, size: int, go: Callable[[Iterable[str]], Coroutine[Any, Any, list[str]]]
+) -> list[str]:
+    """Run ``go`` on the file's lines, with a progress bar on stderr when that is a terminal
+    (quiet when piped or redirected, so scripts see only the job ids)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return asyncio.run(go(fh))
+    with Progress(console=console) as progress:
+        task = progress.add_task("enqueueing", total=size)
+
+        def lines() -> Iterator[str]:
+            for line in fh:
+                progress.advance(task, len(line.encode()))
+                yield line
+
+        return asyncio.run(go(lines()))
 
 
 def cmd_api(args: argparse.Namespace) -> int:

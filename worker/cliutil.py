@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # asyncpg loads only when a command that needs it runs
     import asyncpg
@@ -51,8 +51,9 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def read_urls(stream: TextIO) -> Iterator[str]:
-    """URLs from a file of one URL a line; blank lines and ``#`` comments are skipped."""
+def read_urls(stream: Iterable[str]) -> Iterator[str]:
+    """URLs from the lines of a file of one URL a line; blank lines and ``#`` comments are
+    skipped."""
     for line in stream:
         url = line.strip()
         if url and not url.startswith("#"):
