@@ -8,4 +8,6 @@ COPY jobs ./jobs
 COPY sql ./sql
 RUN pip install . && useradd --system --no-create-home harvester
 USER harvester
+# 8080: harvester api; 9100: worker metrics when HARVESTER_METRICS_PORT=9100.
+EXPOSE 8080 9100
 CMD ["harvester", "worker"]
