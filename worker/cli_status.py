@@ -27,9 +27,9 @@ def render(s: Status) -> Group:
         f"oldest ready job waiting {oldest}, ",
         f"in progress {len(s.in_progress)}, ",
         (f"{s.urls_per_second:.1f} URLs/s", "bold"),
-        " over the last 5 minutes",
+        " over the last minute",
     )
-    workers = Table(title="workers (arq heartbeat)", title_justify="left", expand=False)
+    workers = Table(title="workers", title_justify="left", expand=False)
     for col in ("host", "heartbeat", "expires in"):
         workers.add_column(col)
     for w in s.workers:
@@ -37,13 +37,13 @@ def render(s: Status) -> Group:
     if not s.workers:
         workers.add_row("[red]none reporting[/red]", "", "")
 
-    rate = Table(title="URLs landed per minute", title_justify="left")
+    rate = Table(title="URLs landed", title_justify="left")
     rate.add_column("minute (UTC)")
     rate.add_column("URLs", justify="right")
     for minute, n in s.urls_per_minute:
         rate.add_row(minute, str(n))
 
-    fails = Table(title="failures in the last hour", title_justify="left")
+    fails = Table(title="failures, last hour", title_justify="left")
     fails.add_column("kind")
     fails.add_column("count", justify="right")
     for kind, n in s.failures_last_hour.items():

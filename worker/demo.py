@@ -10,6 +10,7 @@ detection. It stops everything it started.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import sys
 import time
@@ -17,23 +18,16 @@ from pathlib import Path
 
 import asyncpg
 
-from worker import client, sampleapi, sources
+from worker import client, sampleapi, sources, store
 from worker.embedded import embedded_stack
 from worker.migrate import migrate
 from worker.settings import Settings, load_settings
 
+LANDED = "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM fetch_failures)"
 QUERY = (
     "SELECT url, status, attempts, body->>'name' AS name FROM documents "
     "ORDER BY fetched_at DESC LIMIT 3;"
 )
-
-
-async def _worker(env: dict[str, str]) -> tuple[int, float]:
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "worker", "--burst", env=env
-    )
-    return await proc.wait(), time.monotonic() - started
 
 
 async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: int) -> int:
@@ -51,7 +45,7 @@ async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: i
             async with client.open_queue(settings) as redis:
                 # What the poll_sources cron task does every minute inside the worker.
                 claimed = await sources.enqueue_due(pool, redis, settings)
-            code, elapsed = await _worker(env)
+            code, elapsed, _ = await _worker(env, settings)
             if code != 0:
                 return code
             docs = await pool.fetchval("SELECT count(*) FROM documents") - docs_before
@@ -88,14 +82,48 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int, n_s
         async with client.open_queue(settings) as redis:
             job_ids = await client.enqueue_urls(redis, urls, batch_size=batch_size, source="demo")
         print(f"enqueued {len(urls)} URLs in {len(job_ids)} jobs; starting the worker", flush=True)
-        code, elapsed = await _worker(env)
+        code, elapsed, screen = await _worker(env, settings, status_after=len(urls) // 4)
         if code == 0:
             code = await _report(settings, urls, elapsed)
+        if code == 0 and screen:
+            print("\n$ harvester status   # taken while the worker was running")
+            print(screen, end="")
         if code == 0 and n_sources:
             code = await _poll_sources(settings, env, base, n_sources)
     if code != 0:
         print(f"demo failed with exit code {code}", file=sys.stderr)
     return code
+
+
+async def _worker(
+    env: dict[str, str], settings: Settings, status_after: int | None = None
+) -> tuple[int, float, str]:
+    """Run ``harvester worker --burst``; return its exit code, wall time and, if
+    ``status_after`` is given, what `harvester status` showed once that many URLs were in."""
+    from rich.console import Console
+
+    from worker.cli_status import render
+    from worker.status import gather
+
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "worker", "--burst", env=env
+    )
+    screen = ""
+    pool = await store.create_pool(settings)
+    try:
+        async with client.open_queue(settings) as redis:
+            while status_after is not None and proc.returncode is None:
+                if await pool.fetchval(LANDED) >= status_after:
+                    console = Console(width=110, file=io.StringIO(), force_terminal=False)
+                    console.print(render(await gather(settings, redis, pool)))
+                    screen = console.file.getvalue()  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await store.close_pool(pool)
+    code = await proc.wait()
+    return code, time.monotonic() - started, screen
 
 
 async def _report(settings: Settings, urls: list[str], elapsed: float) -> int:

@@ -42,6 +42,11 @@ SELECT extract(epoch FROM m)::bigint AS minute, sum(n)::bigint AS n FROM (
 ) o GROUP BY m ORDER BY m
 """
 
+_LAST_MINUTE = """
+SELECT (SELECT count(*) FROM documents WHERE fetched_at > now() - interval '1 minute')
+     + (SELECT count(*) FROM fetch_failures WHERE failed_at > now() - interval '1 minute')
+"""
+
 _FAILURES = """
 SELECT error, count(*) AS n FROM fetch_failures WHERE failed_at > now() - interval '1 hour'
 GROUP BY error ORDER BY n DESC, error
@@ -87,7 +92,7 @@ class Status:
     in_progress: list[str]
     workers: list[Worker]
     urls_per_minute: list[tuple[str, int]]  # (minute, URLs landed), oldest first
-    urls_per_second: float  # over the last RATE_MINUTES full minutes
+    urls_per_second: float  # over the last 60 seconds
     failures_last_hour: dict[str, int]
     recent_jobs: list[RecentJob]
     sources: dict[str, int] = field(default_factory=dict)
@@ -150,9 +155,7 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
         async with pool.acquire() as conn:
             recent = [r["job_id"] for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)]
             per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
-            this_minute = await conn.fetchval(
-                "SELECT extract(epoch FROM date_trunc('minute', now()))::bigint"
-            )
+            last_minute = await conn.fetchval(_LAST_MINUTE)
             failures = {r["error"]: r["n"] for r in await conn.fetch(_FAILURES)}
             src = await conn.fetchrow(_SOURCES)
     except DB_ERRORS as exc:
@@ -169,10 +172,7 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
         urls_per_minute=[
             (datetime.fromtimestamp(r["minute"], UTC).strftime("%H:%M"), r["n"]) for r in per_minute
         ],
-        # The current minute is still filling: the rate counts the full minutes before it.
-        urls_per_second=round(
-            sum(r["n"] for r in per_minute if r["minute"] < this_minute) / (60 * RATE_MINUTES), 1
-        ),
+        urls_per_second=round(last_minute / 60, 1),
         failures_last_hour=failures,
         recent_jobs=await _recent_jobs(redis, recent),
         sources=dict(src) if src is not None else {},
