@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import socket
+import sys
 from collections.abc import Callable
 
 import asyncpg
@@ -61,3 +64,23 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     assert screen.returncode == 0, screen.stderr
     for text in ("queued 1 (ready 1, deferred 0)", "recent jobs", "st-0", "http_status", "workers"):
         assert text in screen.stdout, screen.stdout
+
+
+async def test_status_watch_refreshes_until_interrupted(services: Services, redis: object) -> None:
+    """--watch redraws the screen every --interval until SIGINT, then exits 0."""
+    env = {**_env(services), "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "status", "--watch", "--interval", "0.2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(30):
+            while seen.count(b"queued ") < 3:  # the first screen and two refreshes
+                seen += await proc.stdout.read(4096)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+    assert b"recent jobs" in seen
