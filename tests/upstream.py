@@ -216,7 +216,8 @@ class Upstream:
         raise web.HTTPFound("/loop")
 
     async def _redirect_to(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query["location"])
+        # Sent raw, as a hostile server would: not normalised by yarl on the way out.
+        return web.Response(status=302, headers={"Location": request.query["location"]})
 
     async def _feed(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

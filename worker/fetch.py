@@ -32,6 +32,7 @@ from tenacity import (
 from yarl import URL
 
 from worker.errors import (
+    BlockedError,
     ConnectError,
     ContentTypeError,
     FetchError,
@@ -43,7 +44,12 @@ from worker.errors import (
     TimeoutError_,
     TooLargeError,
 )
-from worker.guard import AddressPolicy, GuardedResolver
+from worker.guard import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    guarded_socket_factory,
+)
 from worker.logs import redact
 from worker.pacing import HostPacer
 from worker.schedule import fresh_for
@@ -150,15 +156,23 @@ class Failed:
 Outcome = Fetched | Failed | NotModified
 
 
+def address_policy(settings: Settings) -> AddressPolicy:
+    """The SSRF policy the settings ask for."""
+    return AddressPolicy(settings.allowed_networks, allow_zone_ids=settings.allow_ipv6_zone_ids)
+
+
 def create_session(settings: Settings) -> aiohttp.ClientSession:
     """The process's one `ClientSession`: bounded connector, explicit timeouts, SSRF guard.
 
     Must be called inside a running event loop; close it with ``await session.close()``.
     """
+    policy = address_policy(settings)
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
         limit_per_host=settings.per_host,
-        resolver=GuardedResolver(DefaultResolver(), AddressPolicy(settings.allowed_networks)),
+        resolver=GuardedResolver(DefaultResolver(), policy),
+        # The last word of the SSRF guard: every address is judged as its socket is created.
+        socket_factory=guarded_socket_factory(policy),
         ttl_dns_cache=60,
         enable_cleanup_closed=True,
     )
@@ -231,6 +245,10 @@ def map_client_error(exc: BaseException) -> FetchError:
     """Translate an aiohttp (or resolver) exception into our `FetchError` tree: the one boundary."""
     if isinstance(exc, TimeoutError):
         return TimeoutError_("timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, BlockedAddressError
+    ):
+        return BlockedError(str(exc.os_error))
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         # A name that does not exist will not exist on the next attempt either.
         gone = getattr(exc.os_error, "errno", None) in _PERMANENT_DNS_ERRORS
@@ -274,7 +292,7 @@ class Fetcher:
     ) -> None:
         self._session = session
         self._settings = settings
-        self._policy = AddressPolicy(settings.allowed_networks)
+        self._policy = address_policy(settings)
         # In-flight requests of the whole process, handed out oldest job first (worker.slots).
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
@@ -400,7 +418,8 @@ class Fetcher:
         headers = validators.headers() if validators is not None else None
         meta: ResponseMeta | None = None
         for _hop in range(self._settings.max_redirects + 1):
-            self._policy.check(url.host or "")
+            # The host as it goes on the wire (punycode, a zone id still percent-encoded).
+            self._policy.check(url.raw_host or "")
             async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
                 status = resp.status
                 if status in _REDIRECTS:

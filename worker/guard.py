@@ -1,23 +1,40 @@
-"""The SSRF guard: which addresses harvester may connect to, and a resolver that enforces it.
+"""The SSRF guard: which addresses harvester may connect to, judged where it matters.
 
-The check runs on the addresses a host name resolves to (so DNS rebinding and odd spellings of
-an IP such as ``2130706433`` or ``0x7f.1`` are judged by what they resolve to), and on IP
-literals before any connection is made. Redirects are followed by `worker.fetch` hop by hop, so
-every hop passes through here too.
+Three checks, each on what the next step will actually use:
+
+1. **The URL's host, before the request** (`AddressPolicy.check`): an IP literal is judged at
+   once; a host that is neither a valid IP address nor a valid host name is refused (never waved
+   through to be "judged later"); an IPv6 literal with a zone id (``[fe80::1%25eth0]``) is
+   refused unless HARVESTER_ALLOW_IPV6_ZONE_IDS is set. Every redirect hop passes here too.
+2. **Every address DNS returns** (`GuardedResolver`): addresses the policy refuses are dropped, so
+   a name that points inside (DNS rebinding, ``localtest.me``) is refused before connecting.
+3. **Every socket, as it is created** (`guarded_socket_factory`): the address a socket is about
+   to connect to is parsed the way the kernel will parse it (``getaddrinfo`` with
+   ``AI_NUMERICHOST``) and judged, zone id included. This is the authority: whatever path an
+   address took (a literal, DNS, anything an HTTP library's heuristics call a literal), nothing
+   reaches ``connect()`` without passing the policy.
+
+The policy refuses loopback, private, link-local (cloud metadata), CGNAT, multicast, reserved,
+documentation and site-local ranges and a few host-local cloud endpoints, and IPv6 forms that
+carry such an IPv4 address (mapped, translated, compatible, 6to4, Teredo, NAT64), unless
+HARVESTER_ALLOWED_NETWORKS opens a range.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from urllib.parse import unquote
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from worker.errors import BlockedError
+from worker.errors import BlockedError, FetchError, InvalidURLError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+AddrInfo = tuple[int, int, int, str, tuple[str, int] | tuple[str, int, int, int]]
 
 # Ranges refused unless HARVESTER_ALLOWED_NETWORKS opens them. `is_global` covers most of these;
 # they are listed so the policy reads plainly and survives changes in the stdlib's tables.
@@ -28,6 +45,7 @@ _BLOCKED: tuple[Network, ...] = tuple(
         "10.0.0.0/8",  # private
         "100.64.0.0/10",  # CGNAT
         "127.0.0.0/8",  # loopback
+        "168.63.129.16/32",  # Azure's host-local endpoint (wireserver)
         "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
         "172.16.0.0/12",  # private
         "192.0.0.0/24",  # IETF protocol assignments
@@ -40,20 +58,42 @@ _BLOCKED: tuple[Network, ...] = tuple(
         "240.0.0.0/4",  # reserved, broadcast
         "::/128",  # unspecified
         "::1/128",  # loopback
-        "fc00::/7",  # unique local
+        "fc00::/7",  # unique local (includes fd00:ec2::254, AWS metadata over IPv6)
         "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed by some stacks)
         "ff00::/8",  # multicast
         "2001:db8::/32",  # documentation
         "100::/64",  # discard
     )
 )
 
+_NAT64: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated, ::ffff:0:a.b.c.d
+
+# A host name as it reaches the wire (yarl gives IDNA names as punycode): dot-separated labels of
+# letters, digits, hyphens and underscores (seen in real names, if not in the RFCs).
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?\Z)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?\Z"
+)
 
 _VERDICT_CACHE_SIZE = 10_000
 
 
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form carries (mapped, compatible, 6to4, Teredo, NAT64), if any."""
+class BlockedAddressError(OSError):
+    """A socket was about to connect to an address the policy refuses.
+
+    An `OSError` so that the connection machinery handles it as a failed connect attempt (and
+    closes the socket); `worker.fetch.map_client_error` turns it into a `BlockedError`.
+    """
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries (mapped, translated, compatible, 6to4, Teredo,
+    NAT64), if any."""
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     if addr.sixtofour is not None:
@@ -61,28 +101,30 @@ def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if addr.teredo is not None:
         return addr.teredo[1]
     packed = addr.packed
-    if packed[:12] == bytes(12) and addr != ipaddress.IPv6Address("::1") and int(addr) > 0xFFFF:
-        return ipaddress.IPv4Address(packed[12:])  # deprecated IPv4-compatible ::a.b.c.d
-    if addr in ipaddress.ip_network("64:ff9b::/96") or addr in ipaddress.ip_network(
-        "64:ff9b:1::/48"
-    ):
+    if addr in _SIIT or any(addr in n for n in _NAT64):
         return ipaddress.IPv4Address(packed[12:])
+    if packed[:12] == bytes(12) and int(addr) > 0xFFFF:
+        return ipaddress.IPv4Address(packed[12:])  # deprecated IPv4-compatible ::a.b.c.d
     return None
 
 
 class AddressPolicy:
-    """Decides whether an IP address may be connected to."""
+    """Decides whether an address may be connected to, and whether a URL's host is acceptable."""
 
-    def __init__(self, allowed: Sequence[Network] = ()) -> None:
+    def __init__(self, allowed: Sequence[Network] = (), *, allow_zone_ids: bool = False) -> None:
         self.allowed = tuple(allowed)
-        # host -> refusal message (or None): the check runs on every request, so remember it.
-        self._verdicts: dict[str, str | None] = {}
+        self.allow_zone_ids = allow_zone_ids
+        # host -> refusal (or None): the check runs on every request, so remember it.
+        self._verdicts: dict[str, FetchError | None] = {}
 
     def is_allowed(self, addr: IPAddress) -> bool:
+        """True if ``addr`` (without regard to any zone id) may be connected to."""
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+            addr = ipaddress.IPv6Address(addr.packed)  # judge the address, not its zone
         if any(addr.version == n.version and addr in n for n in self.allowed):
             return True
         if isinstance(addr, ipaddress.IPv6Address):
-            inner = _embedded_ipv4(addr)
+            inner = embedded_ipv4(addr)
             if inner is not None:
                 return self.is_allowed(inner)
         if any(addr.version == n.version and addr in n for n in _BLOCKED):
@@ -90,7 +132,9 @@ class AddressPolicy:
         return addr.is_global
 
     def check(self, host: str) -> None:
-        """Raise `BlockedError` if ``host`` is an IP literal that is not allowed."""
+        """Raise `BlockedError` or `InvalidURLError` unless ``host`` (a URL's raw host: an IP
+        literal, bracketed or not, or a name) may be requested. Names pass here; what they
+        resolve to is judged by the resolver and the socket factory."""
         try:
             refusal = self._verdicts[host]
         except KeyError:
@@ -99,16 +143,69 @@ class AddressPolicy:
                 self._verdicts.clear()
             self._verdicts[host] = refusal
         if refusal is not None:
-            raise BlockedError(refusal)
+            raise type(refusal)(refusal.detail)
 
-    def _judge(self, host: str) -> str | None:
+    def _judge(self, host: str) -> FetchError | None:
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if ":" in literal or "%" in literal or "[" in literal:
+            return self._judge_ipv6(literal)
+        if literal.rstrip(".").replace(".", "").isdigit():
+            # All digits and dots: a dotted quad, or a legacy form (2130706433, 127.1) that some
+            # resolvers map onto an address. Judge the canonical form; refuse the rest.
+            try:
+                addr = ipaddress.IPv4Address(literal.rstrip("."))
+            except ValueError:
+                return InvalidURLError(f"{host!r} is not a canonical IPv4 address")
+            return self._verdict(addr)
+        if not _HOST_NAME.match(literal):
+            return InvalidURLError(f"{host!r} is neither an IP address nor a valid host name")
+        return None
+
+    def _judge_ipv6(self, literal: str) -> FetchError | None:
+        text = unquote(literal)  # yarl keeps a zone id's "%" encoded as "%25"
         try:
-            addr = ipaddress.ip_address(host.strip("[]"))
+            addr = ipaddress.IPv6Address(text)
         except ValueError:
-            return None  # a name: judged on what it resolves to
+            return InvalidURLError(f"[{literal}] is not a valid IPv6 address")
+        if addr.scope_id is not None and not self.allow_zone_ids:
+            return BlockedError(
+                f"IPv6 zone ids are refused ([{literal}]; see HARVESTER_ALLOW_IPV6_ZONE_IDS)"
+            )
+        return self._verdict(addr)
+
+    def _verdict(self, addr: IPAddress) -> FetchError | None:
         if self.is_allowed(addr):
             return None
-        return f"address {addr} is not allowed (see HARVESTER_ALLOWED_NETWORKS)"
+        return BlockedError(f"address {addr} is not allowed (see HARVESTER_ALLOWED_NETWORKS)")
+
+    def check_sockaddr(self, family: int, host: str) -> None:
+        """Raise `BlockedAddressError` unless a socket of ``family`` may connect to ``host``,
+        read as the kernel will read it (numeric only, zone id included)."""
+        try:
+            infos = socket.getaddrinfo(
+                host, None, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+            )
+        except (OSError, UnicodeError) as exc:
+            raise BlockedAddressError(f"refused to connect to {host!r}: not an address") from exc
+        for *_, sockaddr in infos:
+            addr = ipaddress.ip_address(sockaddr[0])
+            zone = sockaddr[3] if len(sockaddr) > 3 else 0
+            if zone and not self.allow_zone_ids:
+                raise BlockedAddressError(f"refused to connect to {host!r}: IPv6 zone id")
+            if not self.is_allowed(addr):
+                raise BlockedAddressError(f"refused to connect to {addr}: address not allowed")
+
+
+def guarded_socket_factory(policy: AddressPolicy) -> Callable[[AddrInfo], socket.socket]:
+    """A socket factory for aiohttp's connector that judges every address before a socket for
+    it exists (aiohttp calls it for each address it is about to connect to)."""
+
+    def factory(addr_info: AddrInfo) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        policy.check_sockaddr(family, address[0])
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
 
 
 class GuardedResolver(AbstractResolver):
@@ -125,11 +222,21 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        kept = [r for r in results if self._policy.is_allowed(ipaddress.ip_address(r["host"]))]
+        kept = [r for r in results if self._allowed(r["host"])]
         if not kept:
             addrs = ", ".join(sorted({r["host"] for r in results}))
             raise BlockedError(f"{host} resolves only to addresses that are not allowed ({addrs})")
         return kept
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False  # not an address at all: never connect to it
+        zoned = isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
+        if zoned and not self._policy.allow_zone_ids:
+            return False
+        return self._policy.is_allowed(addr)
 
     async def close(self) -> None:
         await self._inner.close()

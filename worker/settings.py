@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # Requests per second to any one host, for all jobs of a process; 0 means no pacing.
     host_rps: float = Field(default=0.0, ge=0, le=100_000)
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+    # IPv6 literals with a zone id ([fe80::1%25eth0]) name an interface, not just an address.
+    allow_ipv6_zone_ids: bool = False
 
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
