@@ -71,6 +71,12 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - arq logs the trace
             metrics.record_job("rejected")
             raise
+        # Owned here rather than left to arq, whose start line cuts the arguments before any
+        # redaction could see them: counts, never URLs.
+        log.info(
+            "job.started",
+            extra={"try": job_try, "urls": len(batch.urls), "source": batch.source},
+        )
         loop = asyncio.get_running_loop()
         # arq fails a job that reaches its timeout for good. The pipeline stops fetching at its
         # own deadline; this bounds everything else too (writes to a Postgres that hangs rather

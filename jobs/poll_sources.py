@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.cron import skip_when_store_down
+from jobs.cron import cron_task
 from worker import sources
 from worker.context import WorkerContext
 
 log = logging.getLogger("harvester.jobs")
 
 
-@skip_when_store_down
+@cron_task
 async def poll_sources(ctx: WorkerContext) -> dict[str, Any]:
     """Claim due sources and enqueue them as scheduled `fetch_batch` jobs."""
     done = await sources.enqueue_due(ctx["pool"], ctx["redis"], ctx["settings"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.cron import skip_when_store_down
+from jobs.cron import cron_task
 from worker import replay
 from worker.context import WorkerContext
 
@@ -15,7 +15,7 @@ log = logging.getLogger("harvester.jobs")
 CRON_LIMIT = 10_000
 
 
-@skip_when_store_down
+@cron_task
 async def replay_failures(ctx: WorkerContext) -> dict[str, Any]:
     """arq cron entry point: replay transient failures older than HARVESTER_REPLAY_AFTER.
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from jobs.cron import skip_when_store_down
+from jobs.cron import cron_task
 from worker import retention
 from worker.context import WorkerContext
 
 log = logging.getLogger("harvester.jobs")
 
 
-@skip_when_store_down
+@cron_task
 async def apply_retention(ctx: WorkerContext) -> dict[str, Any]:
     """arq cron entry point: delete expired documents and failures in small batches.
 

@@ -7,6 +7,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
+from jobs.cron import cron_name
+from worker.settings import Settings
+
 
 def worker_env(database_url: str, redis_url: str, queue: str, **settings: object) -> dict[str, str]:
     """The environment for a harvester subprocess: this one minus any harvester settings, plus
@@ -34,3 +37,8 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+def cron_ctx(task: str, settings: Settings, **resources: object) -> dict[str, object]:
+    """The ctx arq gives a cron task on one of its ticks, with ``resources`` (pool, redis)."""
+    return {"settings": settings, "job_id": f"{cron_name(settings.queue, task)}:1", **resources}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from arq.connections import ArqRedis
 
 from jobs.poll_sources import poll_sources
+from tests.helpers import cron_ctx
 from worker import store
 from worker.app import create_worker, cron_jobs
 from worker.settings import Settings
@@ -14,9 +15,10 @@ from worker.settings import Settings
 
 def test_cron_tasks_follow_configuration(make_settings: Callable[..., Settings]) -> None:
     """Source polling always runs; replay and retention only when configured."""
-    assert [c.name for c in cron_jobs(make_settings())] == ["poll_sources"]
+    q = "cron:harvester:test:"
+    assert [c.name for c in cron_jobs(make_settings())] == [f"{q}poll_sources"]
     names = [c.name for c in cron_jobs(make_settings(replay_after=600, retention_days=30))]
-    assert names == ["poll_sources", "replay_failures", "apply_retention"]
+    assert names == [f"{q}poll_sources", f"{q}replay_failures", f"{q}apply_retention"]
 
 
 def test_poll_interval_becomes_cron_fields(make_settings: Callable[..., Settings]) -> None:
@@ -46,6 +48,6 @@ async def test_a_cron_tick_without_postgres_is_skipped_not_failed(
     """poll_sources on a Postgres that is gone logs and returns; it does not raise."""
     pool = await store.create_pool(settings)
     await store.close_pool(pool)  # a pool that cannot hand out connections any more
-    ctx = {"pool": pool, "redis": arq_queue, "settings": settings}
+    ctx = cron_ctx("poll_sources", settings, pool=pool, redis=arq_queue)
     result = await poll_sources(ctx)  # type: ignore[arg-type]
     assert "cannot claim due sources" in result["skipped"]

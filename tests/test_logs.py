@@ -6,7 +6,7 @@ import logging
 
 import orjson
 
-from worker.logs import JSONFormatter, KeyValueFormatter, bound_job, redact
+from worker.logs import ArqLineFilter, JSONFormatter, KeyValueFormatter, bound_job, redact
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
@@ -47,3 +47,59 @@ def test_redact_hides_token_like_query_parameters() -> None:
     assert "f00d" not in out
     assert "page=2" in out
     assert "api_key=***" in out
+
+
+def test_redact_hides_passwords_holding_at_signs_and_more_token_parameters() -> None:
+    """A password with "@" is hidden whole; jwt, code, sid and fragment tokens lose values."""
+    out = redact(
+        "http://dave:p@ss@word@h/x http://h/cb?code=c0de&state=ok&jwt=j.w.t&sid=5e55#id_token=i"
+    )
+    for secret in ("p@ss", "word@h", "c0de", "j.w.t", "5e55", "=i"):
+        assert secret not in out, (secret, out)
+    assert "http://***@h/x" in out
+    assert "state=ok" in out
+
+
+def test_lines_cannot_be_forged_or_drive_a_terminal() -> None:
+    """Newlines, ESC, C1 controls and bidi overrides in messages and fields are escaped."""
+    evil = "x\n2026-01-01T00:00:00Z INFO job.done forged=1 \x1b]8;;http://e\x07 \x9b2J \u202e"
+    line = KeyValueFormatter().format(_record("job.x", source=evil, job=evil))
+    assert "\n" not in line
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in line
+    assert "\\x1b" in line
+    data = orjson.loads(JSONFormatter().format(_record("e", source=evil)))
+    assert "\x1b" not in data["source"]
+    assert "\u202e" not in data["source"]
+
+
+def test_arqs_job_start_line_is_dropped_and_bad_jobs_lose_their_traceback() -> None:
+    """arq's start line (arguments cut before redaction) never reaches the log; a malformed
+    job is one warning line with its reason."""
+    start = logging.LogRecord(
+        "arq.worker",
+        logging.INFO,
+        __file__,
+        1,
+        "%6.2fs → %s(%s)%s",
+        (0.1, "j:fetch_batch", "urls=['http://u:longpass", ""),
+        None,
+    )
+    assert not ArqLineFilter().filter(start)
+    failure = RuntimeError("unable to deserialize job")
+    failure.__cause__ = ValueError("'f' must be a function name")
+    bad = logging.LogRecord(
+        "arq.worker",
+        logging.ERROR,
+        __file__,
+        1,
+        "deserializing job %s failed",
+        ("j1",),
+        (RuntimeError, failure, None),
+    )
+    assert ArqLineFilter().filter(bad)
+    line = KeyValueFormatter().format(bad)
+    assert "Traceback" not in line
+    assert "job.invalid" in line
+    assert "job_id=j1" in line
+    assert "'f' must be a function name" in line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import BadJobError
-from worker.payload import parse_batch
+from worker.payload import job_id_problems, parse_batch
 
 
 def test_valid_payload() -> None:
@@ -29,7 +29,10 @@ def test_valid_payload() -> None:
         ((), {"urls": ["u"], "priority": 1}, "unknown field\\(s\\) 'priority'"),
         ((["u"],), {}, "keyword arguments only"),
         ((), {"urls": ["http://a", "http://b\x00"]}, "index 1 contain a NUL"),
-        ((), {"urls": ["u"], "source": "a\x00"}, "'source' contains a NUL"),
+        ((), {"urls": ["u"], "source": "a\x00"}, "'source' contains a control character"),
+        ((), {"urls": ["u"], "source": "x\nINFO job.done forged=1"}, "control character"),
+        ((), {"urls": ["u"], "source": "\x1b]8;;http://evil\x1b\\"}, "control character"),
+        ((), {"urls": ["u"], "source": "abc\u202edef"}, "control character"),
     ],
 )
 def test_bad_payloads_say_what_is_wrong(args: tuple, kwargs: dict, message: str) -> None:
@@ -42,3 +45,18 @@ def test_overlong_job_id_is_refused() -> None:
     """Job ids are bounded, since they are stored in every row."""
     with pytest.raises(BadJobError, match="job id is longer"):
         parse_batch((), {"urls": ["u"]}, max_urls=5, job_id="x" * 300)
+
+
+@pytest.mark.parametrize("job_id", ["a\nb", "[/x]\x1b[2J", "id\x00", "r\u2067tl"])
+def test_job_ids_with_control_characters_are_refused(job_id: str) -> None:
+    """A job id that could forge a log line or drive a terminal is refused by the worker."""
+    with pytest.raises(BadJobError, match="control character"):
+        parse_batch((), {"urls": ["u"]}, max_urls=5, job_id=job_id)
+
+
+@pytest.mark.parametrize("job_id", ["cron:arq:queue:poll_sources:1", "poll-abc", "replay-1"])
+def test_intakes_refuse_reserved_job_ids_the_worker_runs(job_id: str) -> None:
+    """Intakes refuse harvester's own id prefixes; the worker accepts them (its own jobs)."""
+    assert any("reserved" in p for p in job_id_problems(job_id))
+    assert job_id_problems(job_id, intake=False) == []
+    parse_batch((), {"urls": ["u"]}, max_urls=5, job_id=job_id)

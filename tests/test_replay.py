@@ -16,6 +16,7 @@ from arq.worker import Worker
 
 from jobs.replay_failures import replay_failures as replay_cron
 from tests.conftest import TEST_QUEUE
+from tests.helpers import cron_ctx
 from tests.upstream import Upstream
 from worker.replay import (
     OUTBOX_GRACE_S,
@@ -210,7 +211,7 @@ async def test_cron_replays_transient_failures_at_most_replay_max_times(
 ) -> None:
     """Each replay's own failures are replayed again until the generation reaches replay_max."""
     settings = make_settings(replay_after=60, replay_max=2)
-    ctx: Any = {"pool": pool, "redis": arq_queue, "settings": settings}
+    ctx: Any = cron_ctx("replay_failures", settings, pool=pool, redis=arq_queue)
     await _fail(pool, "original", "http://x/1", error="connect")
 
     generations = []
@@ -243,7 +244,9 @@ async def test_cron_is_off_when_replay_after_is_zero(
 ) -> None:
     """HARVESTER_REPLAY_AFTER=0 turns the cron job into a no-op."""
     await _fail(pool, "j", "http://x/1")
-    ctx: Any = {"pool": pool, "redis": arq_queue, "settings": make_settings(replay_after=0)}
+    ctx: Any = cron_ctx(
+        "replay_failures", make_settings(replay_after=0), pool=pool, redis=arq_queue
+    )
     assert await replay_cron(ctx) == {"disabled": True}
     assert (await _replayed_by(pool)) == {"http://x/1": None}
 

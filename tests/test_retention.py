@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from jobs.retention import apply_retention
+from tests.helpers import cron_ctx
 from worker.retention import delete_expired
 from worker.settings import Settings
 
@@ -88,10 +89,12 @@ async def test_cron_job_uses_the_settings_and_is_off_by_default(
 ) -> None:
     """apply_retention does nothing without HARVESTER_RETENTION_DAYS, and deletes with it."""
     await _doc(pool, "old", "http://x/1", 3 * DAY)
-    off: Any = {"pool": pool, "settings": make_settings()}
+    off: Any = cron_ctx("apply_retention", make_settings(), pool=pool)
     assert await apply_retention(off) == {"disabled": True}
     assert await pool.fetchval("SELECT count(*) FROM documents") == 1
 
-    on: Any = {"pool": pool, "settings": make_settings(retention_days=2, retention_batch_rows=10)}
+    on: Any = cron_ctx(
+        "apply_retention", make_settings(retention_days=2, retention_batch_rows=10), pool=pool
+    )
     assert await apply_retention(on) == {"documents": 1, "failures": 0}
     assert await pool.fetchval("SELECT count(*) FROM documents") == 0

@@ -15,11 +15,14 @@ from typing import Any, cast
 
 from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.cron import CronJob, cron
+from arq.jobs import serialize_result
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
+from jobs.cron import cron_name
 from jobs.fetch_batch import fetch_batch
 from jobs.poll_sources import poll_sources
 from jobs.replay_failures import replay_failures
@@ -29,8 +32,9 @@ from worker.client import JOB_NAME, redis_pool
 from worker.context import WorkerContext
 from worker.errors import HarvesterError
 from worker.fetch import Fetcher, create_session
+from worker.logs import tame_arq_logs
 from worker.pipeline import ByteBudget
-from worker.serialization import deserialize, serialize
+from worker.serialization import job_deserializer, serialize
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("harvester.worker")
@@ -114,8 +118,10 @@ def _every(seconds: int) -> tuple[set[int] | None, set[int]]:
 def cron_jobs(settings: Settings) -> list[CronJob]:
     """The scheduled tasks: source polling always; replay and retention when configured.
 
-    arq's ``unique`` cron (the default) gives each tick one job id, so when several workers run
-    only one of them runs a given tick.
+    arq's ``unique`` cron (the default) gives each tick one job id, ``<name>:<tick ms>``, so when
+    several workers run only one of them runs a given tick. Names carry the queue
+    (``cron:<queue>:poll_sources``): job ids are global to a Redis database, and two deployments
+    sharing one must not take each other's ticks.
     """
     # arq locks every job for the longest timeout of any function (+10 s): a cron timeout above
     # the job timeout would make a killed worker's fetch_batch jobs wait that long to re-run.
@@ -124,7 +130,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
     jobs = [
         cron(
             poll_sources,  # type: ignore[arg-type]  # arq types ctx as dict[Any, Any]
-            name="poll_sources",
+            name=cron_name(settings.queue, "poll_sources"),
             minute=minute,
             second=second,
             **common,
@@ -134,7 +140,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         jobs.append(
             cron(
                 replay_failures,  # type: ignore[arg-type]
-                name="replay_failures",
+                name=cron_name(settings.queue, "replay_failures"),
                 minute=set(range(0, 60, REPLAY_EVERY_MIN)),
                 second=30,
                 **common,
@@ -144,7 +150,7 @@ def cron_jobs(settings: Settings) -> list[CronJob]:
         jobs.append(
             cron(
                 apply_retention,  # type: ignore[arg-type]
-                name="apply_retention",
+                name=cron_name(settings.queue, "apply_retention"),
                 minute=RETENTION_MINUTE,
                 second=45,
                 **common,
@@ -171,7 +177,7 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "on_startup": startup,
         "on_shutdown": shutdown,
         "job_serializer": serialize,
-        "job_deserializer": deserialize,
+        "job_deserializer": job_deserializer(settings.max_job_bytes),
         "max_jobs": settings.max_jobs,
         "poll_delay": settings.poll_delay,
         "keep_result": settings.keep_result,
@@ -221,6 +227,35 @@ class HarvesterWorker(Worker):
             # The rows are in Postgres or the job never started; either way arq runs it again
             # once its in-progress key expires, and a re-run skips what already landed.
             log.warning("job.redis_lost", extra={"job_id": job_id, "error": repr(exc)})
+        except Exception as exc:
+            # arq re-raises a job task's error in its poll loop, which would end the process and
+            # leave the job queued for the next worker to die on. Whatever got past every other
+            # check costs this one job: it fails, with the error as its result.
+            log.exception("job.crashed", extra={"job_id": job_id, "error": repr(exc)})
+            await self._fail_crashed(job_id, exc)
+
+    async def _fail_crashed(self, job_id: str, exc: Exception) -> None:
+        self.jobs_failed += 1
+        now = timestamp_ms()
+        result = serialize_result(
+            "?",
+            (),
+            {},
+            0,
+            0,
+            False,
+            exc,
+            now,
+            now,
+            job_id,
+            self.queue_name,
+            job_id,
+            serializer=self.job_serializer,
+        )
+        try:
+            await asyncio.shield(self.finish_failed_job(job_id, result))
+        except _REDIS_ERRORS as redis_exc:
+            log.warning("job.redis_lost", extra={"job_id": job_id, "error": repr(redis_exc)})
 
     async def _on_redis_error(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -261,6 +296,7 @@ class HarvesterWorker(Worker):
 
 def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:
     """A worker for ``settings``; ``overrides`` go to `arq.worker.Worker` (burst=True, ...)."""
+    tame_arq_logs()
     kwargs = {**worker_settings(settings), **overrides}
     return HarvesterWorker(redis_retry_time=settings.redis_retry_time, **kwargs)
 
@@ -268,5 +304,6 @@ def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:
 def __getattr__(name: str) -> Any:
     # `arq worker.app.WorkerSettings` looks the class up here; build it from the environment.
     if name == "WorkerSettings":
+        tame_arq_logs()
         return type("WorkerSettings", (), worker_settings(get_settings()))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,13 @@
 
 ``log.info("job.done", extra={"documents": 10})`` renders as
 ``2026-01-01T00:00:00Z INFO job.done job_id=abc documents=10`` (or one JSON object a line
-with ``HARVESTER_LOG_FORMAT=json``). URLs' credentials are redacted before anything is written.
+with ``HARVESTER_LOG_FORMAT=json``). URLs' credentials are redacted before anything is written,
+and characters that are not printable (newlines, terminal escapes) are written as escapes, so
+text from a job cannot forge a log line or drive an operator's terminal.
+
+arq's own lines pass through `ArqLineFilter`: its job-start line is dropped (arq cuts the job's
+arguments to 80 characters before any redaction could see them; harvester's jobs log
+``job.started`` themselves), and expected refusals (a malformed job) lose their traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from worker.errors import HarvesterError
+
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
@@ -25,19 +33,42 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     "asctime",
     "taskName",
 }
-# user:password@ in any URL, and the password in DSNs such as postgresql://u:p@h/db.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
-# Query parameters that commonly carry credentials: ?api_key=..., &access_token=..., &sig=...
+# user:password@ in any URL, and the password in DSNs such as postgresql://u:p@h/db. Up to the
+# last "@" of the authority, so a password holding "@" is hidden whole.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
+# Query (or fragment) parameters that commonly carry credentials: ?api_key=, &access_token=,
+# &sig=, ?jwt=, ?code= (OAuth), ?sid=, #id_token=...
 _SECRET_PARAM = re.compile(
-    r"(?P<key>[?&;](?:[\w.-]*(?:token|key|secret|password|passwd|pwd|auth|signature|sig|"
-    r"credential|session)[\w.-]*)=)[^&#\s'\"]*",
+    r"(?P<key>[?&;#](?:[\w.-]*(?:token|key|secret|password|passwd|pass|pwd|auth|signature|sig|"
+    r"credential|session|jwt|code|sid|ticket|otp|assertion)[\w.-]*)=)[^&#\s'\"]*",
     re.IGNORECASE,
 )
 
 
 def redact(text: str) -> str:
-    """Hide credentials in every URL in ``text``: userinfo and token-like query parameters."""
+    """Hide credentials in every URL in ``text``: userinfo and token-like query parameters.
+
+    Always redact before cutting text short: a cut can remove the "@" that marks userinfo.
+    """
     return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (newlines, ESC, C1 controls, bidi
+    overrides) written as an escape such as ``\\x1b`` or ``\\u202e``."""
+    if text.isprintable():
+        return text  # the usual case, checked in C
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def safe(text: str) -> str:
+    """``text`` fit for a log line or a terminal: credentials redacted, then escaped."""
+    return printable(redact(text))
 
 
 @contextmanager
@@ -54,16 +85,16 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     job_id = job_id_var.get()
     if job_id is not None:
-        fields["job_id"] = job_id
+        fields["job_id"] = safe(job_id)
     for key, value in vars(record).items():
         if key not in _RESERVED and not key.startswith("_"):
-            fields[key] = redact(value) if isinstance(value, str) else value
+            fields[key] = safe(value) if isinstance(value, str) else value
     return fields
 
 
 def _render(value: object) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
-    return redact(text if " " not in text else orjson.dumps(text).decode())
+    return safe(text if " " not in text else orjson.dumps(text).decode())
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -71,11 +102,13 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [f"{stamp}Z", record.levelname, redact(record.getMessage())]
+        parts = [f"{stamp}Z", record.levelname, safe(record.getMessage())]
         parts += [f"{k}={_render(v)}" for k, v in _fields(record).items()]
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + redact(self.formatException(record.exc_info))
+            # A traceback spans lines on purpose; each line is escaped on its own.
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "\n" + "\n".join(safe(t) for t in trace)
         return line
 
 
@@ -87,18 +120,56 @@ class JSONFormatter(logging.Formatter):
             "ts": record.created,
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": redact(record.getMessage()),
+            "event": safe(record.getMessage()),
             **_fields(record),
         }
         if record.exc_info:
             data["exception"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(data, default=lambda o: redact(str(o))).decode()
+        return orjson.dumps(data, default=lambda o: safe(str(o))).decode()
+
+
+# arq's formats, as arq 0.26-0.28 writes them.
+_ARQ_JOB_START = "%6.2fs → %s(%s)%s"
+_ARQ_BAD_JOB = "deserializing job %s failed"
+_ARQ_JOB_FAILED = "%6.2fs ! %s failed, %s: %s"
+
+
+class ArqLineFilter(logging.Filter):
+    """Makes arq's own log lines fit harvester's log (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _ARQ_JOB_START:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.msg == _ARQ_BAD_JOB and exc is not None:
+            # A job that is not a valid arq job: one line with the reason, not a traceback.
+            record.msg, record.levelno, record.levelname = "job.invalid", logging.WARNING, "WARNING"
+            args = record.args if isinstance(record.args, tuple) else ()
+            record.__dict__["job_id"] = str(args[0]) if args else "?"
+            record.__dict__["reason"] = str(exc.__cause__ or exc)
+            record.args, record.exc_info, record.exc_text = (), None, None
+        elif record.msg == _ARQ_JOB_FAILED and _expected(exc):
+            record.exc_info, record.exc_text = None, None  # the message says what was wrong
+        return True
+
+
+def tame_arq_logs() -> None:
+    """Put `ArqLineFilter` on arq's worker logger, once (its records are changed before any
+    handler sees them)."""
+    logger = logging.getLogger("arq.worker")
+    if not any(isinstance(f, ArqLineFilter) for f in logger.filters):
+        logger.addFilter(ArqLineFilter())
+
+
+def _expected(exc: BaseException | None) -> bool:
+    return isinstance(exc, HarvesterError)
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Install harvester's formatter on the root logger (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else KeyValueFormatter())
+    tame_arq_logs()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

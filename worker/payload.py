@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from worker.errors import BadJobError
 
 MAX_SOURCE_LENGTH = 200
 MAX_JOB_ID_LENGTH = 256
 _FIELDS = ("urls", "source", "scheduled")
+# Job ids harvester gives its own jobs: cron ticks, source polls and replays. Intakes refuse
+# them, so no caller can take (and so silence) one of harvester's own jobs.
+RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
+
+
+def has_control(text: str) -> bool:
+    """True if ``text`` holds a control, format or other non-printing character (Unicode
+    category C: newlines, ESC, NUL, bidi overrides...)."""
+    return not text.isprintable() and any(unicodedata.category(c)[0] == "C" for c in text)
+
+
+def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:
+    """What is wrong with a job id. An intake (API, CLI, client) also refuses reserved ids;
+    the worker runs harvester's own jobs, so it does not."""
+    problems = []
+    if not job_id.strip():
+        problems.append("job id is empty")
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
+    if has_control(job_id):
+        problems.append("job id contains a control character")
+    if intake and job_id.startswith(RESERVED_JOB_ID_PREFIXES):
+        problems.append(
+            f"job ids starting with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))} are "
+            "reserved for harvester's own jobs"
+        )
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +55,7 @@ def parse_batch(
     args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
 ) -> Batch:
     """Validate a job's arguments, or raise `BadJobError` saying what was wrong."""
-    problems: list[str] = []
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
-    if "\x00" in job_id:
-        problems.append("job id contains a NUL character")
+    problems = job_id_problems(job_id, intake=False)
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     unknown = sorted(set(kwargs) - set(_FIELDS))
@@ -72,8 +97,8 @@ def parse_batch(
         problems.append(f"'source' must be a string or null, got {type(source).__name__}")
     elif isinstance(source, str) and len(source) > MAX_SOURCE_LENGTH:
         problems.append(f"'source' is longer than {MAX_SOURCE_LENGTH} characters")
-    elif isinstance(source, str) and "\x00" in source:
-        problems.append("'source' contains a NUL character")
+    elif isinstance(source, str) and has_control(source):
+        problems.append("'source' contains a control character (a newline, ESC, NUL...)")
 
     scheduled = kwargs.get("scheduled", False)
     if not isinstance(scheduled, bool):

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
 
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The largest job a worker reads from Redis (its JSON, URLs included).
+    max_job_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     max_url_length: int = Field(default=8192, ge=64, le=1_000_000)
     job_timeout: float = Field(default=120.0, ge=5, le=86_400)
     max_jobs: int = Field(default=4, ge=1, le=1000)
