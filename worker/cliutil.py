@@ -43,8 +43,11 @@ def format_when(moment: datetime | None) -> str:
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """``columns`` and ``rows`` as aligned lines, trailing spaces trimmed."""
-    lines = [list(columns), *(list(r) for r in rows)]
+    """``columns`` and ``rows`` as aligned lines, trailing spaces trimmed. Cells are shown
+    safe for a terminal: credentials redacted, control characters escaped."""
+    from worker.logs import safe
+
+    lines = [list(columns), *([safe(c) for c in r] for r in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
