@@ -51,3 +51,14 @@ async def test_a_cron_tick_without_postgres_is_skipped_not_failed(
     ctx = cron_ctx("poll_sources", settings, pool=pool, redis=arq_queue)
     result = await poll_sources(ctx)  # type: ignore[arg-type]
     assert "cannot claim due sources" in result["skipped"]
+
+
+def test_two_deployments_on_one_redis_get_their_own_cron_ticks(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Job ids are global to a Redis database: cron names (and so tick ids) carry the queue,
+    so a second deployment's tick never takes the id of the first's."""
+    (a,) = cron_jobs(make_settings(queue="team-a"))
+    (b,) = cron_jobs(make_settings(queue="team-b"))
+    assert a.name == "cron:team-a:poll_sources"
+    assert b.name == "cron:team-b:poll_sources"

@@ -19,6 +19,7 @@ from worker.settings import Settings, get_settings
 log = logging.getLogger("harvester.cli")
 
 EXIT_UNHEALTHY = 1
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
@@ -85,7 +86,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.client import enqueue_urls, open_queue
+    from worker.client import JobIdTakenError, enqueue_urls, open_queue
 
     settings = get_settings()
 
@@ -99,11 +100,17 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 job_id_prefix=args.job_id_prefix,
             )
 
-    if args.file == "-":
-        job_ids = asyncio.run(go(sys.stdin))
-    else:
-        with open(args.file, encoding="utf-8") as fh:
-            job_ids = _with_progress(fh, Path(args.file).stat().st_size, go)
+    try:
+        if args.file == "-":
+            job_ids = asyncio.run(go(sys.stdin))
+        else:
+            with open(args.file, encoding="utf-8") as fh:
+                job_ids = _with_progress(fh, Path(args.file).stat().st_size, go)
+    except JobIdTakenError as exc:
+        for job_id in exc.enqueued:
+            print(job_id)
+        print(f"harvester: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     for job_id in job_ids:
         print(job_id)
     return 0

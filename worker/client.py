@@ -11,14 +11,18 @@ import logging
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from arq.connections import ArqRedis
+from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.errors import BadJobError, HarvesterError
+from worker.payload import has_control, job_id_problems
 from worker.serialization import deserialize, serialize
 from worker.settings import Settings
 
@@ -47,15 +51,16 @@ def redis_pool(settings: Settings) -> ArqRedis:
     Built directly rather than with `arq.create_pool` so that it has a socket timeout (a hung
     Redis cannot stall the worker) and retries commands through a restart. Connects lazily.
     """
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.connect_timeout,
-        socket_keepalive=True,
-        retry=redis_retry(settings),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "retry": redis_retry(settings),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+        "health_check_interval": 30,
+    }
+    if not settings.redis_url.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
+    pool = ConnectionPool.from_url(settings.redis_url, **options)
     redis = ArqRedis(
         pool,
         job_serializer=serialize,
@@ -88,6 +93,47 @@ async def open_queue(settings: Settings) -> AsyncIterator[ArqRedis]:
         await redis.aclose()
 
 
+class JobIdTakenError(HarvesterError):
+    """A job id is already used by a different batch (queued, running, or its result kept).
+
+    ``enqueued`` holds the ids of the jobs enqueued before the conflict.
+    """
+
+    def __init__(self, message: str, enqueued: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.enqueued = enqueued or []
+
+
+async def enqueue_batch(
+    redis: ArqRedis, kwargs: dict[str, Any], *, job_id: str | None = None
+) -> tuple[str, bool]:
+    """Enqueue one `fetch_batch` job; return (its id, whether it is new).
+
+    An id arq already knows is fine when it holds this same batch (enqueueing is then an
+    idempotent no-op, and False says so); when it holds another, `JobIdTakenError`.
+    """
+    for _ in range(2):
+        job = await redis.enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
+        if job is not None:
+            return job.job_id, True
+        assert job_id is not None  # arq refuses only ids it was given
+        try:
+            existing = await Job(
+                job_id, redis, _queue_name=redis.default_queue_name, _deserializer=deserialize
+            ).info()
+        except DeserializationError:
+            existing = None
+        if existing is None:
+            continue  # gone between the two reads (its result expired): try again
+        if existing.function == JOB_NAME and existing.kwargs == kwargs:
+            return job_id, False
+        break
+    raise JobIdTakenError(
+        f"job id {job_id!r} is already used by a different batch (job ids are idempotency "
+        "keys: choose a new one, or wait until its result expires)"
+    )
+
+
 def _batches(urls: Iterable[str], size: int) -> Iterable[list[str]]:
     it = iter(urls)
     while chunk := list(itertools.islice(it, size)):
@@ -106,20 +152,27 @@ async def enqueue_urls(
 
     With ``job_id_prefix`` the ids are ``<prefix>-<n>``, so enqueueing the same file twice
     enqueues nothing new (the job id is the idempotency key); without, arq picks random ids.
+    Raises `BadJobError` for a prefix or source no job may carry, before enqueueing anything,
+    and `JobIdTakenError` when an id holds a different batch.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    problems = job_id_problems(f"{job_id_prefix}-0") if job_id_prefix is not None else []
+    if source is not None and has_control(source):
+        problems.append("source contains a control character")
+    if problems:
+        raise BadJobError("; ".join(problems))
     job_ids: list[str] = []
     for n, chunk in enumerate(_batches(urls, batch_size)):
         wanted = f"{job_id_prefix}-{n}" if job_id_prefix else None
-        if source is None:
-            job = await redis.enqueue_job(JOB_NAME, _job_id=wanted, urls=chunk)
-        else:
-            job = await redis.enqueue_job(JOB_NAME, _job_id=wanted, urls=chunk, source=source)
-        if job is None:
-            assert wanted is not None
-            log.info("enqueue.duplicate", extra={"job_id": wanted})
-            job_ids.append(wanted)
-        else:
-            job_ids.append(job.job_id)
+        kwargs: dict[str, Any] = (
+            {"urls": chunk} if source is None else {"urls": chunk, "source": source}
+        )
+        try:
+            job_id, new = await enqueue_batch(redis, kwargs, job_id=wanted)
+        except JobIdTakenError as exc:
+            raise JobIdTakenError(str(exc), job_ids) from None
+        if not new:
+            log.info("enqueue.duplicate", extra={"job_id": job_id, "same_batch": True})
+        job_ids.append(job_id)
     return job_ids

@@ -19,7 +19,8 @@ from arq.worker import Worker
 
 from tests.conftest import TEST_QUEUE, Services
 from tests.upstream import Upstream
-from worker.client import connect, enqueue_urls
+from worker.client import JobIdTakenError, connect, enqueue_urls
+from worker.errors import BadJobError
 from worker.serialization import RemoteJobError, deserialize
 from worker.settings import Settings
 
@@ -344,3 +345,36 @@ async def test_job_results_and_summary_are_json(
     assert data["r"]["documents"] == 1
     assert data["r"]["job_id"] == job.job_id
     assert uuid.UUID(job.job_id)
+
+
+async def test_an_id_already_holding_the_same_batch_is_a_no_op_and_another_batch_is_refused(
+    arq_queue: ArqRedis,
+) -> None:
+    """Enqueueing the same batch under the same ids again enqueues nothing and succeeds; a
+    different batch under a taken id is refused, naming the id, with the ids enqueued
+    before it."""
+    first = await enqueue_urls(
+        arq_queue, ["http://a/1", "http://a/2"], batch_size=1, job_id_prefix="same"
+    )
+    again = await enqueue_urls(
+        arq_queue, ["http://a/1", "http://a/2"], batch_size=1, job_id_prefix="same"
+    )
+    assert first == again == ["same-0", "same-1"]
+    assert len(await arq_queue.queued_jobs()) == 2
+    with pytest.raises(
+        JobIdTakenError, match="'same-1' is already used by a different batch"
+    ) as caught:
+        await enqueue_urls(
+            arq_queue, ["http://a/1", "http://b/other"], batch_size=1, job_id_prefix="same"
+        )
+    assert caught.value.enqueued == ["same-0"]
+    assert len(await arq_queue.queued_jobs()) == 2
+
+
+@pytest.mark.parametrize("prefix", ["poll-squat", "replay-x", "cron:arq:queue:poll_sources"])
+async def test_intakes_refuse_harvesters_own_job_ids(arq_queue: ArqRedis, prefix: str) -> None:
+    """A caller cannot take the id of a source poll, a replay or a cron tick: refused before
+    anything is enqueued."""
+    with pytest.raises(BadJobError, match="reserved for harvester's own jobs"):
+        await enqueue_urls(arq_queue, ["http://a/1"], job_id_prefix=prefix)
+    assert await arq_queue.queued_jobs() == []

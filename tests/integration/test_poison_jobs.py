@@ -18,8 +18,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from arq.jobs import Job
-from arq.worker import Worker
+from arq.worker import Worker, func
 
+from jobs.poll_sources import poll_sources
 from tests.conftest import TEST_QUEUE
 from tests.upstream import Upstream
 from worker.app import create_worker
@@ -144,3 +145,28 @@ async def test_an_error_outside_arqs_own_handling_costs_the_job_not_the_worker(
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 1)
     assert await pool.fetchval("SELECT count(*) FROM documents WHERE job_id = 'lands'") == 1
     assert await redis.zcard(TEST_QUEUE) == 0
+
+
+async def test_a_cron_task_enqueued_by_hand_is_refused(
+    redis: aioredis.Redis,
+    pool: asyncpg.Pool,
+    arq_queue: Any,
+    make_worker: Callable[..., Worker],
+) -> None:
+    """Anyone who can write raw jobs could run poll_sources (or retention) on demand under any
+    id; a cron task now runs only as one of its own ticks."""
+    now = int(time.time() * 1000)
+    job = {"t": None, "f": f"cron:{TEST_QUEUE}:poll_sources", "a": [], "k": {}, "et": now}
+    await _put(redis, "on-demand", orjson.dumps(job), now)
+    await pool.execute("INSERT INTO sources (url) VALUES ('http://127.0.0.1:9/feed')")
+    worker = make_worker()
+    # Registered as in production (under its cron name), without ticking during the test.
+    name = f"cron:{TEST_QUEUE}:poll_sources"
+    worker.functions[name] = func(poll_sources, name=name)  # type: ignore[arg-type]
+    await worker.main()
+    info = await Job(
+        "on-demand", arq_queue, _queue_name=TEST_QUEUE, _deserializer=deserialize
+    ).result_info()
+    assert info is not None
+    assert "runs only on its schedule" in str(info.result)
+    assert await pool.fetchval("SELECT count(*) FROM sources WHERE poll_job_id IS NOT NULL") == 0
