@@ -197,3 +197,12 @@ async def test_health_reflects_the_workers_heartbeat(
     after = await _harvester("health", env=env)
     assert after.returncode == 0, after.stdout + after.stderr
     assert "healthy: " in after.stdout
+
+
+async def test_a_database_url_with_a_bad_port_is_a_configuration_error(services: Services) -> None:
+    """DATABASE_URL=...:notaport exits 2 with one line naming the variable, no traceback."""
+    env = _env(services, DATABASE_URL="postgresql://postgres@:notaport/db")
+    result = await _harvester("migrate", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "DATABASE_URL: the port 'notaport' is not a number" in result.stderr
+    assert "Traceback" not in result.stderr

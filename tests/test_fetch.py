@@ -39,6 +39,15 @@ def test_parse_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(None) is None
 
 
+@pytest.mark.parametrize(
+    "value", ["Fri, 31 Dec 2020 23:59:59 +99999999999999999", "inf", "1e400", "nan"]
+)
+def test_absurd_retry_after_values_are_ignored(value: str) -> None:
+    """A date with an absurd zone offset used to raise OverflowError (the URL then landed as
+    `internal`); it, and infinite delays, now read as no Retry-After."""
+    assert parse_retry_after(value) is None
+
+
 def test_backoff_is_jittered_exponential_and_capped() -> None:
     """Delays stay within [0, min(cap, base*2**(n-1))] and are 0 when backoff is off."""
     rng = random.Random(1)
@@ -189,6 +198,18 @@ async def test_retry_after_is_capped(
     assert isinstance(out, Fetched)
     first, second = upstream.hits_for("/retry-after/r2")
     assert second.at - first.at < 5
+
+
+async def test_a_429_with_an_absurd_retry_after_date_is_retried_not_internal(
+    upstream: Upstream, settings: Settings, make_fetcher: FetcherFactory
+) -> None:
+    """A Retry-After date that overflows is ignored: the 429 is retried as usual and lands."""
+    from urllib.parse import quote
+
+    absurd = quote("Fri, 31 Dec 2020 23:59:59 +99999999999999999")
+    out = await make_fetcher(settings).fetch(upstream.url(f"/retry-after/r4?seconds={absurd}"))
+    assert isinstance(out, Fetched), out
+    assert out.attempts == 2
 
 
 async def test_retry_never_waits_past_the_time_budget(

@@ -51,6 +51,12 @@ def test_reads_conventional_urls_and_prefixed_names(monkeypatch: pytest.MonkeyPa
         ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
         ("REDIS_URL", "http://x", "REDIS_URL"),
         ("HARVESTER_PER_HOST", "1000", "HARVESTER_PER_HOST"),
+        ("DATABASE_URL", "postgresql://u@db:notaport/h", "DATABASE_URL: the port 'notaport'"),
+        ("DATABASE_URL", "postgresql://u@:notaport", "DATABASE_URL: the port 'notaport'"),
+        ("DATABASE_URL", "postgresql://u@db:99999/h", "DATABASE_URL: the port '99999'"),
+        ("DATABASE_URL", "postgresql://a:5432,b:x/h", "DATABASE_URL: the port 'x'"),
+        ("REDIS_URL", "redis://cache:port/0", "REDIS_URL: the port 'port'"),
+        ("REDIS_URL", "redis://cache:6379/zero", "REDIS_URL: the database number 'zero'"),
     ],
 )
 def test_invalid_values_are_refused_by_name(
@@ -68,3 +74,29 @@ def test_pool_min_above_max_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARVESTER_DB_POOL_MAX", "2")
     with pytest.raises(ConfigError, match="HARVESTER_DB_POOL_MIN"):
         load_settings()
+
+
+def test_urls_with_several_hosts_ipv6_and_sockets_are_accepted() -> None:
+    """The DSN forms libpq and redis-py take pass validation."""
+    for url in (
+        "postgresql://u:p@db1:5432,db2:5433/h?sslmode=verify-full",
+        "postgresql://u@[2001:db8::1]:5432/h",
+        "postgresql:///h?host=/run/postgresql",
+    ):
+        assert load_settings(database_url=url).database_url == url
+    for url in (
+        "redis://:pw@[::1]:6380/2",
+        "rediss://cache/1?ssl_cert_reqs=none",
+        "unix:///s?db=3",
+    ):
+        assert load_settings(redis_url=url).redis_url == url
+
+
+def test_configuration_errors_read_as_one_clean_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No "configuration: Value error," noise: the variable, then what is wrong with it."""
+    monkeypatch.setenv("HARVESTER_DB_POOL_MIN", "9")
+    monkeypatch.setenv("HARVESTER_DB_POOL_MAX", "2")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("invalid configuration: HARVESTER_DB_POOL_MIN must not")
+    assert "Value error" not in str(caught.value)

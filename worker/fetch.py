@@ -9,6 +9,7 @@ bounded by attempts and by time, with jittered exponential backoff that honours 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import socket
@@ -207,13 +208,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         pass
     else:
-        return seconds if seconds >= 0 and seconds == seconds else None  # refuse NaN, negatives
+        return seconds if 0 <= seconds < math.inf else None  # refuse NaN, inf, negatives
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        # A date whose zone offset is absurd ("+99999999999999999") overflows in the stdlib.
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
+    return max(0.0, when - now)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:

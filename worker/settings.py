@@ -7,8 +7,10 @@ Nothing else in harvester reads ``os.environ``: every knob is a field here, name
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -135,6 +137,7 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
+        _check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
         return value
 
     @field_validator("redis_url")
@@ -142,6 +145,11 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith("unix://"):
+            _check_hosts(value, several=False)
+            db = urlsplit(value).path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"the database number {db!r} is not a number")
         return value
 
     @model_validator(mode="after")
@@ -182,6 +190,24 @@ class Settings(BaseSettings):
         return self
 
 
+_URL_PARTS = re.compile(r"[/?#]")
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?")
+
+
+def _check_hosts(url: str, *, several: bool) -> None:
+    """Refuse a URL whose host:port part cannot be read (``host:notaport``, port 99999)."""
+    netloc = _URL_PARTS.split(url.split("://", 1)[1], maxsplit=1)[0]
+    hosts = netloc.rsplit("@", 1)[-1]
+    entries = hosts.split(",") if several else [hosts]
+    for entry in entries:
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None:
+            raise ValueError(f"cannot read the host and port {entry!r}")
+        port = match.group(2)
+        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+
+
 def _variable_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
     if field in ("database_url", "DATABASE_URL", "HARVESTER_DATABASE_URL"):
@@ -202,8 +228,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = _variable_name(err["loc"]) if err["loc"] else "configuration"
-            problems.append(f"{name}: {err['msg']}")
+            # pydantic prefixes our own messages with "Value error, ": drop it.
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_variable_name(err['loc'])}: {message}" if err["loc"] else message)
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
