@@ -75,3 +75,27 @@ async def test_sources_add_refuses_a_bad_interval(services: Services) -> None:
     )
     assert bad.returncode == 2
     assert "'soon' is not a duration" in bad.stderr
+
+
+async def test_sources_add_refuses_urls_that_cannot_be_polled(
+    services: Services, pool: asyncpg.Pool
+) -> None:
+    """ "not a url", ftp:// and file:// are refused with a message naming them and exit 2;
+    nothing is registered, not even the good URL given with them."""
+    env = _env(services)
+    result = await _harvester(
+        "sources",
+        "add",
+        "https://api.example/ok",
+        "not a url",
+        "ftp://x/y",
+        "file:///etc/passwd",
+        "--every",
+        "15m",
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "3 URL(s) cannot be polled" in result.stderr
+    assert "'ftp://x/y' scheme 'ftp' is not http or https" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert await pool.fetchval("SELECT count(*) FROM sources") == 0

@@ -43,6 +43,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not urls:
         print("harvester: no URLs given (pass URLs or --from-file)", file=sys.stderr)
         return 2
+    sources.check_urls(urls)  # before connecting: a typo is not a database problem
     added, updated = with_pool(
         lambda pool: sources.add(pool, urls, every=args.every, name=args.source)
     )

@@ -83,6 +83,27 @@ _HOST_NAME = re.compile(
 _VERDICT_CACHE_SIZE = 10_000
 
 
+def host_problem(host: str) -> str | None:
+    """What makes ``host`` (a URL's raw host) unusable as written, whatever the policy: None for
+    a valid host name, IPv4 address or (bracketed or not) IPv6 address."""
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in literal or "%" in literal or "[" in literal:
+        try:
+            ipaddress.IPv6Address(unquote(literal))
+        except ValueError:
+            return f"[{literal}] is not a valid IPv6 address"
+        return None
+    if literal.rstrip(".").replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(literal.rstrip("."))
+        except ValueError:
+            return f"{host!r} is not a canonical IPv4 address"
+        return None
+    if not _HOST_NAME.match(literal):
+        return f"{host!r} is neither an IP address nor a valid host name"
+    return None
+
+
 class BlockedAddressError(OSError):
     """A socket was about to connect to an address the policy refuses.
 
@@ -146,32 +167,22 @@ class AddressPolicy:
             raise type(refusal)(refusal.detail)
 
     def _judge(self, host: str) -> FetchError | None:
+        problem = host_problem(host)
+        if problem is not None:
+            return InvalidURLError(problem)
         literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if ":" in literal or "%" in literal or "[" in literal:
-            return self._judge_ipv6(literal)
-        if literal.rstrip(".").replace(".", "").isdigit():
-            # All digits and dots: a dotted quad, or a legacy form (2130706433, 127.1) that some
-            # resolvers map onto an address. Judge the canonical form; refuse the rest.
-            try:
-                addr = ipaddress.IPv4Address(literal.rstrip("."))
-            except ValueError:
-                return InvalidURLError(f"{host!r} is not a canonical IPv4 address")
+        if ":" in literal:
+            addr = ipaddress.IPv6Address(unquote(literal))  # yarl keeps "%" as "%25"
+            if addr.scope_id is not None and not self.allow_zone_ids:
+                return BlockedError(
+                    f"IPv6 zone ids are refused ([{literal}]; see HARVESTER_ALLOW_IPV6_ZONE_IDS)"
+                )
             return self._verdict(addr)
-        if not _HOST_NAME.match(literal):
-            return InvalidURLError(f"{host!r} is neither an IP address nor a valid host name")
-        return None
-
-    def _judge_ipv6(self, literal: str) -> FetchError | None:
-        text = unquote(literal)  # yarl keeps a zone id's "%" encoded as "%25"
-        try:
-            addr = ipaddress.IPv6Address(text)
-        except ValueError:
-            return InvalidURLError(f"[{literal}] is not a valid IPv6 address")
-        if addr.scope_id is not None and not self.allow_zone_ids:
-            return BlockedError(
-                f"IPv6 zone ids are refused ([{literal}]; see HARVESTER_ALLOW_IPV6_ZONE_IDS)"
-            )
-        return self._verdict(addr)
+        if literal.rstrip(".").replace(".", "").isdigit():
+            # All digits and dots, and canonical (host_problem refused legacy forms such as
+            # 2130706433 or 127.1 that some resolvers map onto an address).
+            return self._verdict(ipaddress.IPv4Address(literal.rstrip(".")))
+        return None  # a name: judged on what it resolves to, and at connect
 
     def _verdict(self, addr: IPAddress) -> FetchError | None:
         if self.is_allowed(addr):

@@ -7,7 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from yarl import URL
+
 from worker.errors import BadJobError
+from worker.guard import host_problem
 
 MAX_SOURCE_LENGTH = 200
 MAX_JOB_ID_LENGTH = 256
@@ -21,6 +24,23 @@ def has_control(text: str) -> bool:
     """True if ``text`` holds a control, format or other non-printing character (Unicode
     category C: newlines, ESC, NUL, bidi overrides...)."""
     return not text.isprintable() and any(unicodedata.category(c)[0] == "C" for c in text)
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` unfetchable as written (None if it is an absolute http(s) URL with a
+    valid host). Whether its address is allowed is the SSRF guard's call, at fetch time."""
+    if has_control(url) or url != url.strip():
+        return "contains spaces or control characters"
+    try:
+        parsed = URL(url)
+        scheme, host = parsed.scheme, parsed.raw_host
+    except (ValueError, TypeError) as exc:
+        return f"cannot be parsed ({exc})"
+    if scheme not in ("http", "https"):
+        return f"scheme {scheme or '(none)'!r} is not http or https"
+    if not host:
+        return "has no host"
+    return host_problem(host)
 
 
 def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:

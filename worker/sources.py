@@ -21,7 +21,8 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
 from worker.client import JOB_NAME
-from worker.errors import StoreError
+from worker.errors import BadJobError, StoreError
+from worker.payload import url_problem
 from worker.polling import SourceState
 from worker.settings import Settings
 from worker.store import DB_ERRORS, store_error
@@ -186,11 +187,27 @@ async def load_states(pool: asyncpg.Pool, urls: Sequence[str]) -> dict[str, Sour
 # -- management (harvester sources ...) --------------------------------------------------------
 
 
+def check_urls(urls: Iterable[str]) -> list[str]:
+    """The distinct URLs of ``urls`` (stripped, blanks dropped), or `BadJobError` naming those
+    that cannot be polled (not http(s), no host, spaces...)."""
+    unique = list(dict.fromkeys(u.strip() for u in urls if u.strip()))
+    bad = [(u, p) for u in unique if (p := url_problem(u)) is not None]
+    if bad:
+        shown = "; ".join(f"{u!r} {p}" for u, p in bad[:5])
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise BadJobError(f"{len(bad)} URL(s) cannot be polled: {shown}{more}")
+    return unique
+
+
 async def add(
     pool: asyncpg.Pool, urls: Iterable[str], *, every: float, name: str | None
 ) -> tuple[int, int]:
-    """Register ``urls`` (or update their interval and name); return (added, updated)."""
-    unique = list(dict.fromkeys(u.strip() for u in urls if u.strip()))
+    """Register ``urls`` (or update their interval and name); return (added, updated).
+
+    Raises `BadJobError` naming the URLs that cannot be polled (not http(s), no host...),
+    before anything is registered.
+    """
+    unique = check_urls(urls)
     if not unique:
         return 0, 0
     rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)))
