@@ -21,7 +21,7 @@ from worker.errors import ConfigError
 from worker.metrics import REGISTRY
 from worker.settings import Settings
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -161,6 +161,29 @@ def test_no_token_only_on_loopback(make_settings: Callable[..., Settings]) -> No
     with pytest.raises(ConfigError, match="HARVESTER_API_TOKEN is required"):
         check_exposure(settings, "0.0.0.0")
     check_exposure(make_settings(api_token=TOKEN), "0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("", "is empty"),
+        ("   ", "leading or trailing whitespace"),
+        (" " + TOKEN, "leading or trailing whitespace"),
+        (TOKEN + "\n", "leading or trailing whitespace"),
+        ("x" * 15, "at least 16 characters"),
+    ],
+)
+def test_a_weak_token_is_refused_at_load(
+    make_settings: Callable[..., Settings], token: str, problem: str
+) -> None:
+    """An empty, padded or short HARVESTER_API_TOKEN is refused when settings load, naming the
+    variable and never echoing the token."""
+    with pytest.raises(ConfigError, match="HARVESTER_API_TOKEN") as caught:
+        make_settings(api_token=token)
+    assert problem in str(caught.value)
+    if token.strip():
+        assert token.strip() not in str(caught.value)
+    assert make_settings(api_token="x" * 16).api_token is not None
 
 
 async def test_api_command_refuses_to_expose_itself_without_a_token(services: Services) -> None:

@@ -24,6 +24,9 @@ from worker.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# A bearer token is the API's only credential: short ones can be guessed over the network.
+MIN_API_TOKEN_LENGTH = 16
+
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
 
@@ -124,6 +127,24 @@ class Settings(BaseSettings):
                 return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
             except ValueError as exc:
                 raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Messages never quote the value: it is a secret.
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token:
+            raise ValueError(
+                "is empty; unset it for a loopback-only API without a token, or set at least "
+                f"{MIN_API_TOKEN_LENGTH} characters"
+            )
+        if token != token.strip():
+            raise ValueError("has leading or trailing whitespace")
+        if len(token) < MIN_API_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
         return value
 
     @field_validator("database_url")
