@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 import pytest
+import yarl
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from arq.connections import ArqRedis
 from arq.worker import Worker
@@ -25,19 +32,72 @@ TOKEN = "t0ken-for-the-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+StartAPI = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def api(
+async def start_api(
     make_settings: Callable[..., Settings], arq_queue: ArqRedis, pool: object
-) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
-    """The API on a loopback port, and a client session for it."""
-    settings = make_settings(api_token=TOKEN, api_max_body_bytes=64 * 1024)
-    server = TestServer(create_app(settings), host="127.0.0.1")
-    await server.start_server()
+) -> AsyncIterator[StartAPI]:
+    """Start the API on a loopback port (settings overrides as keywords, a token unless given;
+    ``routes`` adds test-only routes) and return its base URL; everything stops after the test."""
+    servers: list[TestServer] = []
+
+    async def start(routes: Sequence[web.RouteDef] = (), **overrides: Any) -> str:
+        values: dict[str, Any] = {"api_token": TOKEN, "api_max_body_bytes": 64 * 1024}
+        app = create_app(make_settings(**{**values, **overrides}))
+        app.router.add_routes(routes)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
     try:
-        async with aiohttp.ClientSession() as session:
-            yield session, str(server.make_url(""))
+        yield start
     finally:
-        await server.close()
+        for server in servers:
+            await server.close()
+
+
+@pytest.fixture
+async def api(start_api: StartAPI) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """The API on a loopback port, and a client session for it."""
+    base = await start_api()
+    async with aiohttp.ClientSession() as session:
+        yield session, base
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, noted, closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.netloc.rpartition('@')[0]}@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}"))
+
+
+async def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes (one request with ``Connection: close``); the status and body back."""
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, str]) -> None:
@@ -68,6 +128,7 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
         (b'{"urls": [1]}', "application/json", 422, "only strings"),
         (b'{"urls": ["x"], "extra": 1}', "application/json", 422, "unknown field(s) 'extra'"),
         (b'{"urls": ["x"], "job_id": 5}', "application/json", 422, "'job_id' must be"),
+        (b'{"urls": ["x"], "job_id": "' + b"j" * 257 + b'"}', "application/json", 422, "256"),
         (b'{"urls": ["' + b"x" * 70_000 + b'"]}', "application/json", 413, "over 65536 bytes"),
     ],
 )
@@ -223,3 +284,78 @@ async def test_worker_metrics_count_fetches_rows_and_jobs(
     }
     assert {k: after[k] - before[k] for k in wanted} == wanted
     assert after[("harvester_queue_depth", ())] == 0
+
+
+async def test_a_non_utf8_authorization_header_is_401(
+    api: tuple[aiohttp.ClientSession, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Authorization bytes that are not UTF-8 are a wrong token (401), not a 500."""
+    _, base = api
+    status, body = await _exchange(
+        base,
+        b"GET /batches/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 401
+    assert "bearer token" in orjson.loads(body)["error"]
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("path", ["/batches/a%00b", "/batches/a%0Ab", "/batches/a%7Fb"])
+async def test_a_job_id_with_a_control_character_is_404(
+    api: tuple[aiohttp.ClientSession, str], caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """GET of a job id with a control character (NUL, which Postgres refuses) is 404."""
+    session, base = api
+    async with session.get(yarl.URL(base + path, encoded=True), headers=AUTH) as r:
+        assert r.status == 404
+        assert "no job with that id" in (await r.json())["error"]
+    _no_tracebacks(caplog)
+
+
+async def test_redis_down_is_a_json_503_without_traceback(
+    start_api: StartAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis unreachable, POST and GET under /batches and /metrics answer a one-line JSON
+    503 naming Redis, and log no traceback."""
+    redis_url = f"redis://127.0.0.1:{_closed_port()}/0"
+    base = await start_api(redis_url=redis_url, redis_retry_time=0)
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        for method, path in [("POST", "/batches"), ("GET", "/batches/x"), ("GET", "/metrics")]:
+            async with session.request(method, f"{base}{path}", json=batch) as r:
+                assert r.status == 503, path
+                error = (await r.json())["error"]
+            assert "Redis is unavailable" in error
+            assert "\n" not in error
+    _no_tracebacks(caplog)
+
+
+async def test_postgres_down_is_a_json_503_without_traceback(
+    start_api: StartAPI, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Postgres unreachable, GET /batches/{id} answers a one-line JSON 503 naming
+    Postgres, and logs no traceback."""
+    database_url = _with_port(services.database_url, _closed_port())
+    base = await start_api(database_url=database_url, db_pool_min=0)
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{base}/batches/x") as r:
+        assert r.status == 503
+        error = (await r.json())["error"]
+    assert "Postgres is unavailable" in error
+    assert "\n" not in error
+    _no_tracebacks(caplog)
+
+
+async def test_a_request_that_fails_is_counted(start_api: StartAPI) -> None:
+    """A handler that raises is a JSON 500, counted under its route and status 500."""
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    base = await start_api(routes=[web.get("/boom", boom)])
+    labels = {"route": "/boom", "status": "500"}
+    before = REGISTRY.get_sample_value("harvester_api_requests_total", labels) or 0.0
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{base}/boom") as r:
+        assert r.status == 500
+        assert (await r.json()) == {"error": "internal error"}
+    assert REGISTRY.get_sample_value("harvester_api_requests_total", labels) == before + 1

@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -30,11 +31,11 @@ from redis.exceptions import RedisError
 
 from worker import metrics, store
 from worker.client import JOB_NAME, redis_pool
-from worker.errors import BadJobError, ConfigError
+from worker.errors import BadJobError, ConfigError, StoreError
 from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
 from worker.serialization import deserialize
 from worker.settings import Settings
-from worker.store import DB_ERRORS
+from worker.store import DB_ERRORS, store_error
 
 log = logging.getLogger("harvester.api")
 
@@ -69,6 +70,14 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
 
 
+def _control_character(text: str) -> str | None:
+    """The first control, format, surrogate, private-use or unassigned character, as U+XXXX."""
+    for char in text:
+        if unicodedata.category(char).startswith("C"):
+            return f"U+{ord(char):04X}"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses."""
     if host == "localhost":
@@ -90,23 +99,25 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await _authorised(request, handler)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    REQUESTS.labels(route=route, status=str(response.status)).inc()
-    return response
+    """Count every request by route and status, whatever became of it."""
+    status = "499"  # nginx's "client closed request": only a cancelled handler keeps it
+    try:
+        response = await _answer(request, handler)
+        status = str(response.status)
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(route=route, status=status).inc()
 
 
-async def _authorised(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the bearer token, then turn aiohttp's HTTP errors into JSON ones."""
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer token, run the handler, and turn every way it can fail into a JSON
+    answer: aiohttp's HTTP errors as they are, Redis or Postgres down as 503, a bug as 500."""
     settings = request.app[SETTINGS]
-    if request.path not in _OPEN_PATHS and settings.api_token is not None:
-        expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+    refusal = _refusal(request, settings)
+    if refusal is not None:
+        return refusal
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -116,6 +127,37 @@ async def _authorised(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except web.HTTPException as exc:
         return _error(exc.status, exc.reason)
+    except RedisError as exc:
+        return _unavailable("Redis", exc)
+    except StoreError as exc:
+        return _unavailable("Postgres", exc)
+    except Exception:
+        log.exception("api.error", extra={"method": request.method, "path": request.path})
+        return _error(500, "internal error")
+
+
+def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
+    """The answer to a request that may not proceed, or None."""
+    if request.path in _OPEN_PATHS or settings.api_token is None:
+        return None
+    expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: give them back
+    # as they came, so such a header is just a wrong token.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(given, expected):
+        return None
+    response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _unavailable(backend: str, exc: Exception) -> web.Response:
+    """A 503 for an outage: one log line (no traceback, it is not a bug) and a short answer."""
+    log.warning(
+        "api.backend_unavailable",
+        extra={"backend": backend, "error": f"{type(exc).__name__}: {exc}"},
+    )
+    return _error(503, f"{backend} is unavailable; try again later")
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -157,13 +199,17 @@ async def post_batch(request: web.Request) -> web.Response:
 
 async def get_batch(request: web.Request) -> web.Response:
     """A batch's status, rows landed so far and, once done, its summary."""
-    job_id = request.match_info["job_id"]
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        return _error(404, "no such job")
+    job_id = request.match_info["job_id"]  # percent-decoded by aiohttp
+    if len(job_id) > MAX_JOB_ID_LENGTH or _control_character(job_id) is not None:
+        # No job can have such an id, and Postgres refuses NUL in text: do not ask it.
+        return _error(404, "no job with that id (unknown, or not a possible job id)")
     redis = request.app[REDIS]
     job = Job(job_id, redis, _queue_name=request.app[SETTINGS].queue, _deserializer=deserialize)
     status = await job.status()
-    landed = await request.app[POOL].fetchrow(_LANDED, job_id)
+    try:
+        landed = await request.app[POOL].fetchrow(_LANDED, job_id)
+    except DB_ERRORS as exc:
+        raise store_error("cannot count the rows landed", exc) from exc
     assert landed is not None
     if status == JobStatus.not_found and not (landed["documents"] or landed["failures"]):
         return _error(404, f"no job {job_id!r} (unknown, or its result has expired)")
