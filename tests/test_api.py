@@ -128,7 +128,12 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
         (b'{"urls": [1]}', "application/json", 422, "only strings"),
         (b'{"urls": ["x"], "extra": 1}', "application/json", 422, "unknown field(s) 'extra'"),
         (b'{"urls": ["x"], "job_id": 5}', "application/json", 422, "'job_id' must be"),
+        (b'{"urls": ["x"], "job_id": "a\\nb"}', "application/json", 422, "U+000A"),
+        (b'{"urls": ["x"], "job_id": "a\\u200bb"}', "application/json", 422, "U+200B"),
         (b'{"urls": ["x"], "job_id": "' + b"j" * 257 + b'"}', "application/json", 422, "256"),
+        (b'{"urls": ["x"], "job_id": "cron:x"}', "application/json", 422, "reserved"),
+        (b'{"urls": ["x"], "job_id": "poll-x"}', "application/json", 422, "reserved"),
+        (b'{"urls": ["x"], "job_id": "replay-x"}', "application/json", 422, "reserved"),
         (b'{"urls": ["' + b"x" * 70_000 + b'"]}', "application/json", 413, "over 65536 bytes"),
     ],
 )
@@ -284,6 +289,26 @@ async def test_worker_metrics_count_fetches_rows_and_jobs(
     }
     assert {k: after[k] - before[k] for k in wanted} == wanted
     assert after[("harvester_queue_depth", ())] == 0
+
+
+async def test_a_job_id_with_url_syntax_round_trips(
+    api: tuple[aiohttp.ClientSession, str], arq_queue: ArqRedis
+) -> None:
+    """A job id with a space, '/', '%', '?' and '#' is percent-encoded in Location and
+    status_url, and GET on that Location finds the job."""
+    session, base = api
+    job_id = "a b/c%d?e#f"
+    batch = {"urls": ["https://api.example/a"], "job_id": job_id}
+    async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 202
+        location = r.headers["Location"]
+        assert location == "/batches/a%20b%2Fc%25d%3Fe%23f"
+        assert (await r.json())["status_url"] == location
+    url = yarl.URL(base + location, encoded=True)
+    async with session.get(url, headers=AUTH) as r:
+        assert r.status == 200
+        data = await r.json()
+    assert (data["job_id"], data["status"]) == (job_id, "queued")
 
 
 async def test_a_non_utf8_authorization_header_is_401(

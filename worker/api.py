@@ -20,6 +20,7 @@ import logging
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -49,6 +50,11 @@ REQUESTS: Final = Counter(
     ["route", "status"],
     registry=metrics.REGISTRY,
 )
+
+# Ids of harvester's own jobs: arq's cron ("cron:<name>:<time>"), polls of scheduled sources
+# (`worker.sources.poll_job_id`) and replays (`worker.replay`). A client taking one could
+# block or impersonate them.
+RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
 
 HEALTH_TIMEOUT_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
@@ -160,6 +166,25 @@ def _unavailable(backend: str, exc: Exception) -> web.Response:
     return _error(503, f"{backend} is unavailable; try again later")
 
 
+def _job_id_problem(job_id: object) -> str | None:
+    """What is wrong with a client's ``job_id`` (None: nothing, or none given)."""
+    if job_id is None:
+        return None
+    if not isinstance(job_id, str) or not job_id.strip():
+        return "'job_id' must be a non-empty string"
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        return f"'job_id' is longer than {MAX_JOB_ID_LENGTH} characters"
+    char = _control_character(job_id)
+    if char is not None:
+        return f"'job_id' must not contain control or format characters, found {char}"
+    if job_id.startswith(RESERVED_JOB_ID_PREFIXES):
+        return (
+            f"'job_id' may not start with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))}: "
+            "those are reserved for harvester's own jobs"
+        )
+    return None
+
+
 async def post_batch(request: web.Request) -> web.Response:
     """Enqueue a batch; 202 with its job id."""
     if request.content_type != "application/json":
@@ -173,8 +198,9 @@ async def post_batch(request: web.Request) -> web.Response:
             400, 'body must be a JSON object: {"urls": [...], "source": ..., "job_id": ...}'
         )
     job_id = body.pop("job_id", None)
-    if job_id is not None and (not isinstance(job_id, str) or not job_id.strip()):
-        return _error(422, "'job_id' must be a non-empty string")
+    problem = _job_id_problem(job_id)
+    if problem is not None:
+        return _error(422, problem)
     settings = request.app[SETTINGS]
     try:
         batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
@@ -188,7 +214,8 @@ async def post_batch(request: web.Request) -> web.Response:
     job = await request.app[REDIS].enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
     if job is None:
         return _error(409, f"job {job_id!r} already exists (queued, running or finished)")
-    location = f"/batches/{job.job_id}"
+    # Never a header from raw input: the id may hold anything a URL path cannot.
+    location = f"/batches/{quote(job.job_id, safe='')}"
     log.info("api.enqueued", extra={"job_id": job.job_id, "urls": len(batch.urls)})
     return _json(
         {"job_id": job.job_id, "urls": len(batch.urls), "status_url": location},
