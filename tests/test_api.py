@@ -384,3 +384,60 @@ async def test_a_request_that_fails_is_counted(start_api: StartAPI) -> None:
         assert r.status == 500
         assert (await r.json()) == {"error": "internal error"}
     assert REGISTRY.get_sample_value("harvester_api_requests_total", labels) == before + 1
+
+
+async def test_without_a_token_only_loopback_hosts_are_served(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """Without a token a foreign Host (DNS rebinding) is 403 everywhere but /healthz; loopback
+    names and addresses, with or without a port, are served."""
+    base = await start_api(api_token=None)
+    port = urlsplit(base).port
+    evil = {"Host": "evil.example"}
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/batches", json=batch, headers=evil) as r:
+            assert r.status == 403
+            assert "Host" in (await r.json())["error"]
+        for path in ("/batches/x", "/metrics", "/openapi.json"):
+            async with session.get(f"{base}{path}", headers=evil) as r:
+                assert r.status == 403, path
+        async with session.get(f"{base}/healthz", headers=evil) as r:
+            assert r.status == 200
+        for host in (f"127.0.0.1:{port}", "127.0.0.2", f"localhost:{port}", "LocalHost", "[::1]"):
+            async with session.get(f"{base}/batches/x", headers={"Host": host}) as r:
+                assert r.status == 404, host
+        for host in ("evil.example:80", "127.0.0.1.evil.example", "[::2]:80", "localhost:x"):
+            async with session.get(f"{base}/batches/x", headers={"Host": host}) as r:
+                assert r.status == 403, host
+    assert await arq_queue.queued_jobs() == []
+
+
+async def test_without_a_token_a_foreign_origin_cannot_post(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """Without a token a POST with a non-loopback Origin is 403 and enqueues nothing; a
+    loopback Origin is accepted."""
+    base = await start_api(api_token=None)
+    port = urlsplit(base).port
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession() as session:
+        for origin in ("http://evil.example", "null", f"http://evil.example:{port}"):
+            async with session.post(f"{base}/batches", json=batch, headers={"Origin": origin}) as r:
+                assert r.status == 403, origin
+                assert "Origin" in (await r.json())["error"]
+        assert await arq_queue.queued_jobs() == []
+        origin = f"http://localhost:{port}"
+        async with session.post(f"{base}/batches", json=batch, headers={"Origin": origin}) as r:
+            assert r.status == 202
+    assert len(await arq_queue.queued_jobs()) == 1
+
+
+async def test_with_a_token_the_host_is_not_checked(
+    api: tuple[aiohttp.ClientSession, str],
+) -> None:
+    """With a token any Host is served (a proxy or load balancer names the service)."""
+    session, base = api
+    headers = {**AUTH, "Host": "harvester.internal.example"}
+    async with session.get(f"{base}/batches/x", headers=headers) as r:
+        assert r.status == 404

@@ -20,7 +20,7 @@ import logging
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 import orjson
@@ -58,6 +58,7 @@ RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
 
 HEALTH_TIMEOUT_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _LANDED = """
 SELECT (SELECT count(*) FROM documents WHERE job_id = $1) AS documents,
        (SELECT count(*) FROM fetch_failures WHERE job_id = $1) AS failures
@@ -144,7 +145,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
     """The answer to a request that may not proceed, or None."""
-    if request.path in _OPEN_PATHS or settings.api_token is None:
+    if settings.api_token is None:
+        return _foreign_site(request)
+    if request.path in _OPEN_PATHS:
         return None
     expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
     # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: give them back
@@ -155,6 +158,51 @@ def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
     response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def _foreign_site(request: web.Request) -> web.Response | None:
+    """Without a token, loopback is the only protection, and a web page can get around it by
+    DNS rebinding (its own name, re-pointed at 127.0.0.1): the browser then sends that name as
+    Host, and its origin as Origin. Refuse both unless they name loopback."""
+    if request.path == "/healthz":
+        return None
+    if not _is_loopback_host(request.headers.get("Host", "")):
+        return _error(
+            403,
+            "without HARVESTER_API_TOKEN the Host header must name loopback "
+            "(localhost, 127.0.0.1 or [::1])",
+        )
+    origin = request.headers.get("Origin")
+    if request.method in _SAFE_METHODS or origin is None or _is_loopback_origin(origin):
+        return None
+    return _error(
+        403,
+        "without HARVESTER_API_TOKEN a browser's Origin must be loopback "
+        "(http://localhost, http://127.0.0.1 or http://[::1])",
+    )
+
+
+def _is_loopback_host(host: str) -> bool:
+    """A Host header naming loopback: ``localhost``, ``127.0.0.1``, ``[::1]``, with or
+    without a port."""
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+    if port and not (port.isascii() and port.isdigit()):
+        return False
+    return is_loopback(name.lower())
+
+
+def _is_loopback_origin(origin: str) -> bool:
+    try:
+        url = urlsplit(origin)
+        return url.scheme in ("http", "https") and is_loopback(url.hostname or "")
+    except ValueError:
+        return False
 
 
 def _unavailable(backend: str, exc: Exception) -> web.Response:
