@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -13,20 +16,21 @@ import orjson
 import pytest
 import yarl
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Services
+from tests.conftest import TEST_QUEUE, Services
+from tests.helpers import worker_env
 from tests.test_cli import _env, _harvester
 from tests.upstream import Upstream
-from worker.api import check_exposure, create_app
+from worker.api import check_exposure, create_app, serve
+from worker.cli import main
 from worker.client import enqueue_urls
 from worker.embedded import free_port
 from worker.errors import ConfigError
 from worker.metrics import REGISTRY
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
 TOKEN = "t0ken-for-the-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -41,22 +45,16 @@ async def start_api(
 ) -> AsyncIterator[StartAPI]:
     """Start the API on a loopback port (settings overrides as keywords, a token unless given;
     ``routes`` adds test-only routes) and return its base URL; everything stops after the test."""
-    servers: list[TestServer] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(routes: Sequence[web.RouteDef] = (), **overrides: Any) -> str:
-        values: dict[str, Any] = {"api_token": TOKEN, "api_max_body_bytes": 64 * 1024}
-        app = create_app(make_settings(**{**values, **overrides}))
-        app.router.add_routes(routes)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
+        async def start(routes: Sequence[web.RouteDef] = (), **overrides: Any) -> str:
+            values: dict[str, Any] = {"api_token": TOKEN, "api_max_body_bytes": 64 * 1024}
+            app = create_app(make_settings(**{**values, **overrides}))
+            app.router.add_routes(routes)
+            port = await stack.enter_async_context(serve(app, "127.0.0.1", 0))
+            return f"http://127.0.0.1:{port}"
 
-    try:
         yield start
-    finally:
-        for server in servers:
-            await server.close()
 
 
 @pytest.fixture
@@ -441,3 +439,74 @@ async def test_with_a_token_the_host_is_not_checked(
     headers = {**AUTH, "Host": "harvester.internal.example"}
     async with session.get(f"{base}/batches/x", headers=headers) as r:
         assert r.status == 404
+
+
+_PROBE = """
+import logging, os, signal, socket, sys
+from worker import api
+from worker.settings import load_settings
+
+port = int(sys.argv[1])
+
+class Probe(logging.Handler):
+    def emit(self, record):
+        if record.getMessage() == "api.started":
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                print("listening", flush=True)
+            except OSError as exc:
+                print("not listening:", exc, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+logger = logging.getLogger("harvester.api")
+logger.setLevel(logging.INFO)
+logger.addHandler(Probe())
+api.run(load_settings(), "127.0.0.1", port)
+print("stopped", flush=True)
+"""
+
+
+async def test_api_started_is_logged_once_the_port_listens(services: Services) -> None:
+    """`api.run` logs api.started only when a client can already connect, then stops cleanly
+    (exit 0) on SIGTERM."""
+    env = worker_env(services.database_url, services.redis_url, TEST_QUEUE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROBE, str(free_port()), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().splitlines() == ["listening", "stopped"], err.decode()
+    assert proc.returncode == 0
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_3(
+    services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`harvester api --port P` with P taken prints one line naming the port and
+    HARVESTER_API_PORT, and exits 3 without a traceback."""
+    for name, value in worker_env(services.database_url, services.redis_url, TEST_QUEUE).items():
+        if name.startswith("HARVESTER_") or name.endswith("_URL"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HARVESTER_UVLOOP", "false")  # main() would install it for the session
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # main() configures logging
+    get_settings.cache_clear()
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            code = main(["api", "--port", str(port)])
+    finally:
+        get_settings.cache_clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"harvester: port {port} is in use (HARVESTER_API_PORT)\n" in err
+    assert "Traceback" not in err

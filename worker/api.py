@@ -14,11 +14,14 @@ the job (`worker.payload`), so the API refuses what the worker would.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import logging
+import signal
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -32,7 +35,7 @@ from redis.exceptions import RedisError
 
 from worker import metrics, store
 from worker.client import JOB_NAME, redis_pool
-from worker.errors import BadJobError, ConfigError, StoreError
+from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
 from worker.serialization import deserialize
 from worker.settings import Settings
@@ -446,10 +449,60 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def run(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
+@asynccontextmanager
+async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+    """Serve ``app`` (from `create_app`) on host:port until the block exits; yield the bound
+    port. Logs ``api.started`` once the socket listens; raises `ListenError` if it cannot."""
+    settings = app[SETTINGS]
     check_exposure(settings, host)
-    log.info(
-        "api.started", extra={"host": host, "port": port, "auth": settings.api_token is not None}
-    )
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # opens the Redis client and the Postgres pool
+    server: asyncio.Server | None = None
+    try:
+        assert runner.server is not None
+        server = await _listen(runner.server, host, port)
+        bound = int(server.sockets[0].getsockname()[1])
+        log.info(
+            "api.started",
+            extra={"host": host, "port": bound, "auth": settings.api_token is not None},
+        )
+        yield bound
+    finally:
+        if server is not None:
+            server.close()  # no new connections
+        await runner.cleanup()  # finishes requests in flight, then closes Redis and Postgres
+        if server is not None:
+            await server.wait_closed()
+
+
+async def _listen(server: web.Server, host: str, port: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(server, host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"port {port} is in use (HARVESTER_API_PORT)") from exc
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(HARVESTER_API_HOST, HARVESTER_API_PORT)"
+        ) from exc
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then finish requests in flight and exit."""
+    asyncio.run(_serve_until_stopped(settings, host, port))
+
+
+async def _serve_until_stopped(settings: Settings, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with serve(create_app(settings), host, port):
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("api.stopped")
