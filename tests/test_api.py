@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,7 @@ from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import TEST_QUEUE, Services
-from tests.helpers import worker_env
+from tests.helpers import wait_until, worker_env
 from tests.test_cli import _env, _harvester
 from tests.upstream import Upstream
 from worker.api import check_exposure, create_app, serve
@@ -510,3 +511,139 @@ def test_a_port_in_use_is_one_clear_line_and_exit_3(
     assert code == 3
     assert f"harvester: port {port} is in use (HARVESTER_API_PORT)\n" in err
     assert "Traceback" not in err
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection (FIN or reset); what it sent until then."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One kept-alive GET on an open connection; its status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+def _dropped(reason: str) -> float:
+    labels = {"reason": reason}
+    return REGISTRY.get_sample_value("harvester_api_connections_dropped_total", labels) or 0.0
+
+
+async def test_a_client_slow_with_its_headers_is_disconnected(start_api: StartAPI) -> None:
+    """Headers not complete within HARVESTER_API_HEADER_TIMEOUT, on a new connection (even
+    trickled a byte at a time) or for the next request on a kept-alive one: the server
+    closes the connection."""
+    port = urlsplit(await start_api(api_header_timeout=0.5)).port
+    before = _dropped("header_timeout")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        started = time.monotonic()
+        writer.write(b"GET /batches/x HT")  # half a request line, then nothing
+        await writer.drain()
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        assert time.monotonic() - started >= 0.45
+    finally:
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    sent_all = False
+
+    async def trickle() -> None:
+        nonlocal sent_all
+        with contextlib.suppress(ConnectionError):
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.02)  # pacing the client, not waiting on the server
+            sent_all = True
+
+    sender = asyncio.create_task(trickle())
+    try:
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        assert not sent_all  # closed while still sending: 243 bytes take over 4.8 s
+    finally:
+        sender.cancel()
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await _get(reader, writer, "/healthz") == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.")  # the next request stalls
+        await writer.drain()
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+    finally:
+        writer.close()
+    assert _dropped("header_timeout") == before + 3
+
+
+async def test_a_slow_body_gets_408(start_api: StartAPI, arq_queue: ArqRedis) -> None:
+    """A POST body not received within HARVESTER_API_BODY_TIMEOUT is answered 408 with a JSON
+    error naming the setting, and nothing is enqueued."""
+    port = urlsplit(await start_api(api_body_timeout=0.5)).port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /batches HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"urls": ['  # and the other 90 bytes never come
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        body = await asyncio.wait_for(reader.readuntil(b"}"), 10)
+        assert "HARVESTER_API_BODY_TIMEOUT" in orjson.loads(body)["error"]
+    finally:
+        writer.close()
+    assert await arq_queue.queued_jobs() == []
+
+
+async def test_connections_over_the_cap_are_closed(start_api: StartAPI) -> None:
+    """With HARVESTER_API_MAX_CONNECTIONS open, another connection is closed at once, unserved;
+    the open ones keep being served, and once one closes a new one is served again."""
+    port = urlsplit(await start_api(api_max_connections=3, api_header_timeout=60)).port
+    before = _dropped("over_limit")
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        for reader, writer in held:
+            assert await _get(reader, writer, "/healthz") == 200  # open, and kept alive
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            with contextlib.suppress(ConnectionError):  # the server may be gone already
+                await writer.drain()
+            assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        finally:
+            writer.close()
+        assert _dropped("over_limit") == before + 1
+        assert await _get(*held[0], "/healthz") == 200
+        held.pop()[1].close()
+
+        async def served() -> bool:
+            try:
+                status, _ = await _exchange(
+                    f"http://127.0.0.1:{port}",
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+            except (ConnectionError, IndexError):  # closed unserved: not yet
+                return False
+            return status == 200
+
+        await wait_until(served)
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -34,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from redis.exceptions import RedisError
 
 from worker import metrics, store
+from worker.api_connections import ConnectionGuard
 from worker.client import JOB_NAME, redis_pool
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
@@ -46,6 +47,7 @@ log = logging.getLogger("harvester.api")
 SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", ArqRedis)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
+CONNECTIONS: Final = web.AppKey("connections", ConnectionGuard)
 
 REQUESTS: Final = Counter(
     "harvester_api_requests",
@@ -109,13 +111,17 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count every request by route and status, whatever became of it."""
+    """Count every request by route and status, whatever became of it, and tell the
+    connection guard when the app has a request (no header deadline while it handles it)."""
+    connections = request.app[CONNECTIONS]
+    connections.request_started(request.protocol)
     status = "499"  # nginx's "client closed request": only a cancelled handler keeps it
     try:
         response = await _answer(request, handler)
         status = str(response.status)
         return response
     finally:
+        connections.request_finished(request.protocol)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         REQUESTS.labels(route=route, status=status).inc()
@@ -240,8 +246,18 @@ async def post_batch(request: web.Request) -> web.Response:
     """Enqueue a batch; 202 with its job id."""
     if request.content_type != "application/json":
         return _error(415, "send the batch as application/json")
+    timeout = request.app[SETTINGS].api_body_timeout
     try:
-        body = orjson.loads(await request.read())
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        response = _error(
+            408, f"request body not received within {timeout:g} s (HARVESTER_API_BODY_TIMEOUT)"
+        )
+        response.force_close()  # the rest of the body may still be on its way
+        return response
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _error(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -429,6 +445,9 @@ def create_app(settings: Settings) -> web.Application:
     """The API application; its Redis client and Postgres pool live as long as it does."""
     app = web.Application(middlewares=[_middleware], client_max_size=settings.api_max_body_bytes)
     app[SETTINGS] = settings
+    app[CONNECTIONS] = ConnectionGuard(
+        max_connections=settings.api_max_connections, header_timeout=settings.api_header_timeout
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await store.create_pool(settings)
@@ -460,7 +479,8 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int
     server: asyncio.Server | None = None
     try:
         assert runner.server is not None
-        server = await _listen(runner.server, host, port)
+        factory = app[CONNECTIONS].protocol_factory(runner.server)
+        server = await _listen(factory, host, port)
         bound = int(server.sockets[0].getsockname()[1])
         log.info(
             "api.started",
@@ -475,10 +495,10 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int
             await server.wait_closed()
 
 
-async def _listen(server: web.Server, host: str, port: int) -> asyncio.Server:
+async def _listen(factory: Callable[[], asyncio.Protocol], host: str, port: int) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     try:
-        return await loop.create_server(server, host, port)
+        return await loop.create_server(factory, host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ListenError(f"port {port} is in use (HARVESTER_API_PORT)") from exc

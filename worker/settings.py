@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_token: SecretStr | None = None
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
+    # Slow clients: the headers of each request (and the wait for the next one on a kept-alive
+    # connection) and a request body get a deadline; open connections are capped.
+    api_header_timeout: float = Field(default=10.0, gt=0, le=600)
+    api_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    api_max_connections: int = Field(default=256, ge=1, le=100_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
