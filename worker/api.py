@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from worker import metrics, store
 from worker.api_connections import ConnectionGuard
+from worker.api_openapi import openapi
 from worker.client import JOB_NAME, redis_pool
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
@@ -345,100 +346,6 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_openapi(request: web.Request) -> web.Response:
     return _json(openapi(request.app[SETTINGS]))
-
-
-def openapi(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document of this API."""
-    error = {"$ref": "#/components/schemas/Error"}
-
-    def resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-        if schema is None:
-            return {"description": desc}
-        return {"description": desc, "content": {"application/json": {"schema": schema}}}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "harvester", "version": "0.1.0"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-                "Batch": {
-                    "type": "object",
-                    "required": ["urls"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "urls": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 1,
-                            "maxItems": settings.max_batch_urls,
-                        },
-                        "source": {"type": ["string", "null"], "maxLength": 200},
-                        "job_id": {"type": "string", "maxLength": MAX_JOB_ID_LENGTH},
-                        "scheduled": {"type": "boolean"},
-                    },
-                },
-            },
-        },
-        "paths": {
-            "/batches": {
-                "post": {
-                    "summary": "Enqueue a batch of URLs as a fetch_batch job",
-                    "security": [{"bearer": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
-                        },
-                    },
-                    "responses": {
-                        "202": resp("Enqueued", {"type": "object"}),
-                        "400": resp("Not JSON", error),
-                        "401": resp("Missing or wrong token", error),
-                        "409": resp("job_id already used", error),
-                        "413": resp("Body too large", error),
-                        "415": resp("Not application/json", error),
-                        "422": resp("Invalid batch", error),
-                    },
-                }
-            },
-            "/batches/{job_id}": {
-                "get": {
-                    "summary": "Status, rows landed so far, and the summary once complete",
-                    "security": [{"bearer": []}],
-                    "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": resp("The batch", {"type": "object"}),
-                        "401": resp("Missing or wrong token", error),
-                        "404": resp("Unknown job", error),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Redis and Postgres reachable",
-                    "responses": {"200": resp("Healthy"), "503": resp("Unavailable")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": resp("Text exposition")},
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": resp("OpenAPI")}}
-            },
-        },
-    }
 
 
 def create_app(settings: Settings) -> web.Application:
