@@ -443,11 +443,21 @@ async def test_with_a_token_the_host_is_not_checked(
 
 
 _PROBE = """
-import logging, os, signal, socket, sys
+import asyncio, logging, os, signal, socket, sys, threading, urllib.request
+import uvloop
 from worker import api
 from worker.settings import load_settings
 
 port = int(sys.argv[1])
+
+def get_then_stop():
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            print(r.status, flush=True)
+    except OSError as exc:
+        print("request failed:", exc, flush=True)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 class Probe(logging.Handler):
     def emit(self, record):
@@ -457,19 +467,20 @@ class Probe(logging.Handler):
                 print("listening", flush=True)
             except OSError as exc:
                 print("not listening:", exc, flush=True)
-            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Thread(target=get_then_stop).start()
 
 logger = logging.getLogger("harvester.api")
 logger.setLevel(logging.INFO)
 logger.addHandler(Probe())
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as `harvester api` runs
 api.run(load_settings(), "127.0.0.1", port)
 print("stopped", flush=True)
 """
 
 
 async def test_api_started_is_logged_once_the_port_listens(services: Services) -> None:
-    """`api.run` logs api.started only when a client can already connect, then stops cleanly
-    (exit 0) on SIGTERM."""
+    """`api.run` (on uvloop, as the CLI runs it) logs api.started only when a client can
+    already connect, serves requests, and stops cleanly (exit 0) on SIGTERM."""
     env = worker_env(services.database_url, services.redis_url, TEST_QUEUE)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _PROBE, str(free_port()), env=env,
@@ -481,7 +492,7 @@ async def test_api_started_is_logged_once_the_port_listens(services: Services) -
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert out.decode().splitlines() == ["listening", "stopped"], err.decode()
+    assert out.decode().splitlines() == ["listening", "200", "stopped"], err.decode()
     assert proc.returncode == 0
 
 

@@ -7,8 +7,13 @@
     GET  /openapi.json     the OpenAPI 3.1 document of the above
 
 Everything under /batches needs ``Authorization: Bearer $HARVESTER_API_TOKEN``. Without a token
-the API refuses to start unless bound to loopback. Payloads are validated by the same code as
-the job (`worker.payload`), so the API refuses what the worker would.
+the API refuses to start unless bound to loopback, and then serves only requests whose Host (and
+a POST's Origin) name loopback, against DNS rebinding. Payloads are validated by the same code as
+the job (`worker.payload`), so the API refuses what the worker would. Every failure is a JSON
+answer (an outage of Redis or Postgres a 503), and every request is counted.
+
+`serve` listens through `worker.api_connections.ConnectionGuard` (deadlines on headers, a cap
+on connections); `run` is `harvester api`: serve until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
