@@ -1,4 +1,5 @@
-"""`harvester api` over real HTTP: auth, bad bodies, the batch lifecycle, health, metrics."""
+"""`harvester api` over real HTTP and raw sockets: auth, bad bodies and job ids, the batch
+lifecycle, health, metrics, outages, DNS rebinding, slow clients, start-up and shutdown."""
 
 from __future__ import annotations
 
