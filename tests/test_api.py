@@ -1,43 +1,103 @@
-"""`harvester api` over real HTTP: auth, bad bodies, the batch lifecycle, health, metrics."""
+"""`harvester api` over real HTTP and raw sockets: auth, bad bodies and job ids, the batch
+lifecycle, health, metrics, outages, DNS rebinding, slow clients, start-up and shutdown."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 import pytest
-from aiohttp.test_utils import TestServer
+import yarl
+from aiohttp import web
 from arq.connections import ArqRedis
 from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Services
+from tests.conftest import TEST_QUEUE, Services
+from tests.helpers import wait_until, worker_env
 from tests.test_cli import _env, _harvester
 from tests.upstream import Upstream
-from worker.api import check_exposure, create_app
+from worker.api import check_exposure, create_app, serve
+from worker.cli import main
 from worker.client import enqueue_urls
 from worker.embedded import free_port
 from worker.errors import ConfigError
 from worker.metrics import REGISTRY
-from worker.settings import Settings
+from worker.settings import Settings, get_settings
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+StartAPI = Callable[..., Awaitable[str]]
+
+
 @pytest.fixture
-async def api(
+async def start_api(
     make_settings: Callable[..., Settings], arq_queue: ArqRedis, pool: object
-) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+) -> AsyncIterator[StartAPI]:
+    """Start the API on a loopback port (settings overrides as keywords, a token unless given;
+    ``routes`` adds test-only routes) and return its base URL; everything stops after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(routes: Sequence[web.RouteDef] = (), **overrides: Any) -> str:
+            values: dict[str, Any] = {"api_token": TOKEN, "api_max_body_bytes": 64 * 1024}
+            app = create_app(make_settings(**{**values, **overrides}))
+            app.router.add_routes(routes)
+            port = await stack.enter_async_context(serve(app, "127.0.0.1", 0))
+            return f"http://127.0.0.1:{port}"
+
+        yield start
+
+
+@pytest.fixture
+async def api(start_api: StartAPI) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
     """The API on a loopback port, and a client session for it."""
-    settings = make_settings(api_token=TOKEN, api_max_body_bytes=64 * 1024)
-    server = TestServer(create_app(settings), host="127.0.0.1")
-    await server.start_server()
+    base = await start_api()
+    async with aiohttp.ClientSession() as session:
+        yield session, base
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, noted, closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.netloc.rpartition('@')[0]}@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{port}"))
+
+
+async def _exchange(base: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes (one request with ``Connection: close``); the status and body back."""
+    url = urlsplit(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
-        async with aiohttp.ClientSession() as session:
-            yield session, str(server.make_url(""))
+        writer.write(request)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
     finally:
-        await server.close()
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, str]) -> None:
@@ -68,6 +128,12 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
         (b'{"urls": [1]}', "application/json", 422, "only strings"),
         (b'{"urls": ["x"], "extra": 1}', "application/json", 422, "unknown field(s) 'extra'"),
         (b'{"urls": ["x"], "job_id": 5}', "application/json", 422, "'job_id' must be"),
+        (b'{"urls": ["x"], "job_id": "a\\nb"}', "application/json", 422, "U+000A"),
+        (b'{"urls": ["x"], "job_id": "a\\u200bb"}', "application/json", 422, "U+200B"),
+        (b'{"urls": ["x"], "job_id": "' + b"j" * 257 + b'"}', "application/json", 422, "256"),
+        (b'{"urls": ["x"], "job_id": "cron:x"}', "application/json", 422, "reserved"),
+        (b'{"urls": ["x"], "job_id": "poll-x"}', "application/json", 422, "reserved"),
+        (b'{"urls": ["x"], "job_id": "replay-x"}', "application/json", 422, "reserved"),
         (b'{"urls": ["' + b"x" * 70_000 + b'"]}', "application/json", 413, "over 65536 bytes"),
     ],
 )
@@ -163,6 +229,29 @@ def test_no_token_only_on_loopback(make_settings: Callable[..., Settings]) -> No
     check_exposure(make_settings(api_token=TOKEN), "0.0.0.0")
 
 
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("", "is empty"),
+        ("   ", "leading or trailing whitespace"),
+        (" " + TOKEN, "leading or trailing whitespace"),
+        (TOKEN + "\n", "leading or trailing whitespace"),
+        ("x" * 15, "at least 16 characters"),
+    ],
+)
+def test_a_weak_token_is_refused_at_load(
+    make_settings: Callable[..., Settings], token: str, problem: str
+) -> None:
+    """An empty, padded or short HARVESTER_API_TOKEN is refused when settings load, naming the
+    variable and never echoing the token."""
+    with pytest.raises(ConfigError, match="HARVESTER_API_TOKEN") as caught:
+        make_settings(api_token=token)
+    assert problem in str(caught.value)
+    if token.strip():
+        assert token.strip() not in str(caught.value)
+    assert make_settings(api_token="x" * 16).api_token is not None
+
+
 async def test_api_command_refuses_to_expose_itself_without_a_token(services: Services) -> None:
     """`harvester api --host 0.0.0.0` without a token exits 2 and says why."""
     run = await _harvester("api", "--host", "0.0.0.0", env=_env(services))
@@ -200,3 +289,373 @@ async def test_worker_metrics_count_fetches_rows_and_jobs(
     }
     assert {k: after[k] - before[k] for k in wanted} == wanted
     assert after[("harvester_queue_depth", ())] == 0
+
+
+async def test_a_job_id_with_url_syntax_round_trips(
+    api: tuple[aiohttp.ClientSession, str], arq_queue: ArqRedis
+) -> None:
+    """A job id with a space, '/', '%', '?' and '#' is percent-encoded in Location and
+    status_url, and GET on that Location finds the job."""
+    session, base = api
+    job_id = "a b/c%d?e#f"
+    batch = {"urls": ["https://api.example/a"], "job_id": job_id}
+    async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 202
+        location = r.headers["Location"]
+        assert location == "/batches/a%20b%2Fc%25d%3Fe%23f"
+        assert (await r.json())["status_url"] == location
+    url = yarl.URL(base + location, encoded=True)
+    async with session.get(url, headers=AUTH) as r:
+        assert r.status == 200
+        data = await r.json()
+    assert (data["job_id"], data["status"]) == (job_id, "queued")
+
+
+async def test_a_non_utf8_authorization_header_is_401(
+    api: tuple[aiohttp.ClientSession, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Authorization bytes that are not UTF-8 are a wrong token (401), not a 500."""
+    _, base = api
+    status, body = await _exchange(
+        base,
+        b"GET /batches/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 401
+    assert "bearer token" in orjson.loads(body)["error"]
+    _no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("path", ["/batches/a%00b", "/batches/a%0Ab", "/batches/a%7Fb"])
+async def test_a_job_id_with_a_control_character_is_404(
+    api: tuple[aiohttp.ClientSession, str], caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """GET of a job id with a control character (NUL, which Postgres refuses) is 404."""
+    session, base = api
+    async with session.get(yarl.URL(base + path, encoded=True), headers=AUTH) as r:
+        assert r.status == 404
+        assert "no job with that id" in (await r.json())["error"]
+    _no_tracebacks(caplog)
+
+
+async def test_redis_down_is_a_json_503_without_traceback(
+    start_api: StartAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis unreachable, POST and GET under /batches and /metrics answer a one-line JSON
+    503 naming Redis, and log no traceback."""
+    redis_url = f"redis://127.0.0.1:{_closed_port()}/0"
+    base = await start_api(redis_url=redis_url, redis_retry_time=0)
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        for method, path in [("POST", "/batches"), ("GET", "/batches/x"), ("GET", "/metrics")]:
+            async with session.request(method, f"{base}{path}", json=batch) as r:
+                assert r.status == 503, path
+                error = (await r.json())["error"]
+            assert "Redis is unavailable" in error
+            assert "\n" not in error
+    _no_tracebacks(caplog)
+
+
+async def test_postgres_down_is_a_json_503_without_traceback(
+    start_api: StartAPI, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Postgres unreachable, GET /batches/{id} answers a one-line JSON 503 naming
+    Postgres, and logs no traceback."""
+    database_url = _with_port(services.database_url, _closed_port())
+    base = await start_api(database_url=database_url, db_pool_min=0)
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{base}/batches/x") as r:
+        assert r.status == 503
+        error = (await r.json())["error"]
+    assert "Postgres is unavailable" in error
+    assert "\n" not in error
+    _no_tracebacks(caplog)
+
+
+async def test_a_request_that_fails_is_counted(start_api: StartAPI) -> None:
+    """A handler that raises is a JSON 500, counted under its route and status 500."""
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    base = await start_api(routes=[web.get("/boom", boom)])
+    labels = {"route": "/boom", "status": "500"}
+    before = REGISTRY.get_sample_value("harvester_api_requests_total", labels) or 0.0
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{base}/boom") as r:
+        assert r.status == 500
+        assert (await r.json()) == {"error": "internal error"}
+    assert REGISTRY.get_sample_value("harvester_api_requests_total", labels) == before + 1
+
+
+async def test_without_a_token_only_loopback_hosts_are_served(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """Without a token a foreign Host (DNS rebinding) is 403 everywhere but /healthz; loopback
+    names and addresses, with or without a port, are served."""
+    base = await start_api(api_token=None)
+    port = urlsplit(base).port
+    evil = {"Host": "evil.example"}
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/batches", json=batch, headers=evil) as r:
+            assert r.status == 403
+            assert "Host" in (await r.json())["error"]
+        for path in ("/batches/x", "/metrics", "/openapi.json"):
+            async with session.get(f"{base}{path}", headers=evil) as r:
+                assert r.status == 403, path
+        async with session.get(f"{base}/healthz", headers=evil) as r:
+            assert r.status == 200
+        for host in (f"127.0.0.1:{port}", "127.0.0.2", f"localhost:{port}", "LocalHost", "[::1]"):
+            async with session.get(f"{base}/batches/x", headers={"Host": host}) as r:
+                assert r.status == 404, host
+        for host in ("evil.example:80", "127.0.0.1.evil.example", "[::2]:80", "localhost:x"):
+            async with session.get(f"{base}/batches/x", headers={"Host": host}) as r:
+                assert r.status == 403, host
+    assert await arq_queue.queued_jobs() == []
+
+
+async def test_without_a_token_a_foreign_origin_cannot_post(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """Without a token a POST with a non-loopback Origin is 403 and enqueues nothing; a
+    loopback Origin is accepted."""
+    base = await start_api(api_token=None)
+    port = urlsplit(base).port
+    batch = {"urls": ["https://api.example/a"]}
+    async with aiohttp.ClientSession() as session:
+        for origin in ("http://evil.example", "null", f"http://evil.example:{port}"):
+            async with session.post(f"{base}/batches", json=batch, headers={"Origin": origin}) as r:
+                assert r.status == 403, origin
+                assert "Origin" in (await r.json())["error"]
+        assert await arq_queue.queued_jobs() == []
+        origin = f"http://localhost:{port}"
+        async with session.post(f"{base}/batches", json=batch, headers={"Origin": origin}) as r:
+            assert r.status == 202
+    assert len(await arq_queue.queued_jobs()) == 1
+
+
+async def test_with_a_token_the_host_is_not_checked(
+    api: tuple[aiohttp.ClientSession, str],
+) -> None:
+    """With a token any Host is served (a proxy or load balancer names the service)."""
+    session, base = api
+    headers = {**AUTH, "Host": "harvester.internal.example"}
+    async with session.get(f"{base}/batches/x", headers=headers) as r:
+        assert r.status == 404
+
+
+_PROBE = """
+import asyncio, logging, os, signal, socket, sys, threading, urllib.request
+import uvloop
+from worker import api
+from worker.settings import load_settings
+
+port = int(sys.argv[1])
+
+def get_then_stop():
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            print(r.status, flush=True)
+    except OSError as exc:
+        print("request failed:", exc, flush=True)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+class Probe(logging.Handler):
+    def emit(self, record):
+        if record.getMessage() == "api.started":
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                print("listening", flush=True)
+            except OSError as exc:
+                print("not listening:", exc, flush=True)
+            threading.Thread(target=get_then_stop).start()
+
+logger = logging.getLogger("harvester.api")
+logger.setLevel(logging.INFO)
+logger.addHandler(Probe())
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as `harvester api` runs
+api.run(load_settings(), "127.0.0.1", port)
+print("stopped", flush=True)
+"""
+
+
+async def test_api_started_is_logged_once_the_port_listens(services: Services) -> None:
+    """`api.run` (on uvloop, as the CLI runs it) logs api.started only when a client can
+    already connect, serves requests, and stops cleanly (exit 0) on SIGTERM."""
+    env = worker_env(services.database_url, services.redis_url, TEST_QUEUE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PROBE, str(free_port()), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert out.decode().splitlines() == ["listening", "200", "stopped"], err.decode()
+    assert proc.returncode == 0
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_3(
+    services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`harvester api --port P` with P taken prints one line naming the port and
+    HARVESTER_API_PORT, and exits 3 without a traceback."""
+    for name, value in worker_env(services.database_url, services.redis_url, TEST_QUEUE).items():
+        if name.startswith("HARVESTER_") or name.endswith("_URL"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HARVESTER_UVLOOP", "false")  # main() would install it for the session
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # main() configures logging
+    get_settings.cache_clear()
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            code = main(["api", "--port", str(port)])
+    finally:
+        get_settings.cache_clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"harvester: port {port} is in use (HARVESTER_API_PORT)\n" in err
+    assert "Traceback" not in err
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection (FIN or reset); what it sent until then."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """One kept-alive GET on an open connection; its status (the body is read and dropped)."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+def _dropped(reason: str) -> float:
+    labels = {"reason": reason}
+    return REGISTRY.get_sample_value("harvester_api_connections_dropped_total", labels) or 0.0
+
+
+async def test_a_client_slow_with_its_headers_is_disconnected(start_api: StartAPI) -> None:
+    """Headers not complete within HARVESTER_API_HEADER_TIMEOUT, on a new connection (even
+    trickled a byte at a time) or for the next request on a kept-alive one: the server
+    closes the connection."""
+    port = urlsplit(await start_api(api_header_timeout=0.5)).port
+    before = _dropped("header_timeout")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        started = time.monotonic()
+        writer.write(b"GET /batches/x HT")  # half a request line, then nothing
+        await writer.drain()
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        assert time.monotonic() - started >= 0.45
+    finally:
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    sent_all = False
+
+    async def trickle() -> None:
+        nonlocal sent_all
+        with contextlib.suppress(ConnectionError):
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 200:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.02)  # pacing the client, not waiting on the server
+            sent_all = True
+
+    sender = asyncio.create_task(trickle())
+    try:
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        assert not sent_all  # closed while still sending: 243 bytes take over 4.8 s
+    finally:
+        sender.cancel()
+        writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        assert await _get(reader, writer, "/healthz") == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.")  # the next request stalls
+        await writer.drain()
+        assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+    finally:
+        writer.close()
+    assert _dropped("header_timeout") == before + 3
+
+
+async def test_a_slow_body_gets_408(start_api: StartAPI, arq_queue: ArqRedis) -> None:
+    """A POST body not received within HARVESTER_API_BODY_TIMEOUT is answered 408 with a JSON
+    error naming the setting, and nothing is enqueued."""
+    port = urlsplit(await start_api(api_body_timeout=0.5)).port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /batches HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"urls": ['  # and the other 90 bytes never come
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 408 ")
+        body = await asyncio.wait_for(reader.readuntil(b"}"), 10)
+        assert "HARVESTER_API_BODY_TIMEOUT" in orjson.loads(body)["error"]
+    finally:
+        writer.close()
+    assert await arq_queue.queued_jobs() == []
+
+
+async def test_connections_over_the_cap_are_closed(start_api: StartAPI) -> None:
+    """With HARVESTER_API_MAX_CONNECTIONS open, another connection is closed at once, unserved;
+    the open ones keep being served, and once one closes a new one is served again."""
+    port = urlsplit(await start_api(api_max_connections=3, api_header_timeout=60)).port
+    before = _dropped("over_limit")
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        for reader, writer in held:
+            assert await _get(reader, writer, "/healthz") == 200  # open, and kept alive
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            with contextlib.suppress(ConnectionError):  # the server may be gone already
+                await writer.drain()
+            assert await asyncio.wait_for(_until_closed(reader), 10) == b""
+        finally:
+            writer.close()
+        assert _dropped("over_limit") == before + 1
+        assert await _get(*held[0], "/healthz") == 200
+        held.pop()[1].close()
+
+        async def served() -> bool:
+            try:
+                status, _ = await _exchange(
+                    f"http://127.0.0.1:{port}",
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+            except (ConnectionError, IndexError):  # closed unserved: not yet
+                return False
+            return status == 200
+
+        await wait_until(served)
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -96,6 +96,6 @@ def test_docker_compose_config_accepts_the_file(repo_root: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "POSTGRES_PASSWORD": "x", "HARVESTER_API_TOKEN": "y"},
+        env={**os.environ, "POSTGRES_PASSWORD": "x", "HARVESTER_API_TOKEN": "y" * 16},
     )
     assert run.returncode == 0, run.stderr

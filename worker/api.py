@@ -7,18 +7,28 @@
     GET  /openapi.json     the OpenAPI 3.1 document of the above
 
 Everything under /batches needs ``Authorization: Bearer $HARVESTER_API_TOKEN``. Without a token
-the API refuses to start unless bound to loopback. Payloads are validated by the same code as
-the job (`worker.payload`), so the API refuses what the worker would.
+the API refuses to start unless bound to loopback, and then serves only requests whose Host (and
+a POST's Origin) name loopback, against DNS rebinding. Payloads are validated by the same code as
+the job (`worker.payload`), so the API refuses what the worker would. Every failure is a JSON
+answer (an outage of Redis or Postgres a 503), and every request is counted.
+
+`serve` listens through `worker.api_connections.ConnectionGuard` (deadlines on headers, a cap
+on connections); `run` is `harvester api`: serve until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import logging
+import signal
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final
+from urllib.parse import quote, urlsplit
 
 import asyncpg
 import orjson
@@ -29,18 +39,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from redis.exceptions import RedisError
 
 from worker import metrics, store
+from worker.api_connections import ConnectionGuard
+from worker.api_openapi import openapi
 from worker.client import JOB_NAME, redis_pool
-from worker.errors import BadJobError, ConfigError
+from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
 from worker.serialization import deserialize
 from worker.settings import Settings
-from worker.store import DB_ERRORS
+from worker.store import DB_ERRORS, store_error
 
 log = logging.getLogger("harvester.api")
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", ArqRedis)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
+CONNECTIONS: Final = web.AppKey("connections", ConnectionGuard)
 
 REQUESTS: Final = Counter(
     "harvester_api_requests",
@@ -49,8 +62,14 @@ REQUESTS: Final = Counter(
     registry=metrics.REGISTRY,
 )
 
+# Ids of harvester's own jobs: arq's cron ("cron:<name>:<time>"), polls of scheduled sources
+# (`worker.sources.poll_job_id`) and replays (`worker.replay`). A client taking one could
+# block or impersonate them.
+RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
+
 HEALTH_TIMEOUT_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _LANDED = """
 SELECT (SELECT count(*) FROM documents WHERE job_id = $1) AS documents,
        (SELECT count(*) FROM fetch_failures WHERE job_id = $1) AS failures
@@ -67,6 +86,14 @@ def _json(data: object, status: int = 200, **headers: str) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
+
+
+def _control_character(text: str) -> str | None:
+    """The first control, format, surrogate, private-use or unassigned character, as U+XXXX."""
+    for char in text:
+        if unicodedata.category(char).startswith("C"):
+            return f"U+{ord(char):04X}"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -90,23 +117,29 @@ def check_exposure(settings: Settings, host: str) -> None:
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await _authorised(request, handler)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    REQUESTS.labels(route=route, status=str(response.status)).inc()
-    return response
+    """Count every request by route and status, whatever became of it, and tell the
+    connection guard when the app has a request (no header deadline while it handles it)."""
+    connections = request.app[CONNECTIONS]
+    connections.request_started(request.protocol)
+    status = "499"  # nginx's "client closed request": only a cancelled handler keeps it
+    try:
+        response = await _answer(request, handler)
+        status = str(response.status)
+        return response
+    finally:
+        connections.request_finished(request.protocol)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(route=route, status=status).inc()
 
 
-async def _authorised(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the bearer token, then turn aiohttp's HTTP errors into JSON ones."""
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer token, run the handler, and turn every way it can fail into a JSON
+    answer: aiohttp's HTTP errors as they are, Redis or Postgres down as 503, a bug as 500."""
     settings = request.app[SETTINGS]
-    if request.path not in _OPEN_PATHS and settings.api_token is not None:
-        expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+    refusal = _refusal(request, settings)
+    if refusal is not None:
+        return refusal
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -116,14 +149,121 @@ async def _authorised(request: web.Request, handler: Handler) -> web.StreamRespo
         )
     except web.HTTPException as exc:
         return _error(exc.status, exc.reason)
+    except RedisError as exc:
+        return _unavailable("Redis", exc)
+    except StoreError as exc:
+        return _unavailable("Postgres", exc)
+    except Exception:
+        log.exception("api.error", extra={"method": request.method, "path": request.path})
+        return _error(500, "internal error")
+
+
+def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
+    """The answer to a request that may not proceed, or None."""
+    if settings.api_token is None:
+        return _foreign_site(request)
+    if request.path in _OPEN_PATHS:
+        return None
+    expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
+    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: give them back
+    # as they came, so such a header is just a wrong token.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(given, expected):
+        return None
+    response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _foreign_site(request: web.Request) -> web.Response | None:
+    """Without a token, loopback is the only protection, and a web page can get around it by
+    DNS rebinding (its own name, re-pointed at 127.0.0.1): the browser then sends that name as
+    Host, and its origin as Origin. Refuse both unless they name loopback."""
+    if request.path == "/healthz":
+        return None
+    if not _is_loopback_host(request.headers.get("Host", "")):
+        return _error(
+            403,
+            "without HARVESTER_API_TOKEN the Host header must name loopback "
+            "(localhost, 127.0.0.1 or [::1])",
+        )
+    origin = request.headers.get("Origin")
+    if request.method in _SAFE_METHODS or origin is None or _is_loopback_origin(origin):
+        return None
+    return _error(
+        403,
+        "without HARVESTER_API_TOKEN a browser's Origin must be loopback "
+        "(http://localhost, http://127.0.0.1 or http://[::1])",
+    )
+
+
+def _is_loopback_host(host: str) -> bool:
+    """A Host header naming loopback: ``localhost``, ``127.0.0.1``, ``[::1]``, with or
+    without a port."""
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+    if port and not (port.isascii() and port.isdigit()):
+        return False
+    return is_loopback(name.lower())
+
+
+def _is_loopback_origin(origin: str) -> bool:
+    try:
+        url = urlsplit(origin)
+        return url.scheme in ("http", "https") and is_loopback(url.hostname or "")
+    except ValueError:
+        return False
+
+
+def _unavailable(backend: str, exc: Exception) -> web.Response:
+    """A 503 for an outage: one log line (no traceback, it is not a bug) and a short answer."""
+    log.warning(
+        "api.backend_unavailable",
+        extra={"backend": backend, "error": f"{type(exc).__name__}: {exc}"},
+    )
+    return _error(503, f"{backend} is unavailable; try again later")
+
+
+def _job_id_problem(job_id: object) -> str | None:
+    """What is wrong with a client's ``job_id`` (None: nothing, or none given)."""
+    if job_id is None:
+        return None
+    if not isinstance(job_id, str) or not job_id.strip():
+        return "'job_id' must be a non-empty string"
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        return f"'job_id' is longer than {MAX_JOB_ID_LENGTH} characters"
+    char = _control_character(job_id)
+    if char is not None:
+        return f"'job_id' must not contain control or format characters, found {char}"
+    if job_id.startswith(RESERVED_JOB_ID_PREFIXES):
+        return (
+            f"'job_id' may not start with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))}: "
+            "those are reserved for harvester's own jobs"
+        )
+    return None
 
 
 async def post_batch(request: web.Request) -> web.Response:
     """Enqueue a batch; 202 with its job id."""
     if request.content_type != "application/json":
         return _error(415, "send the batch as application/json")
+    timeout = request.app[SETTINGS].api_body_timeout
     try:
-        body = orjson.loads(await request.read())
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        response = _error(
+            408, f"request body not received within {timeout:g} s (HARVESTER_API_BODY_TIMEOUT)"
+        )
+        response.force_close()  # the rest of the body may still be on its way
+        return response
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return _error(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
@@ -131,8 +271,9 @@ async def post_batch(request: web.Request) -> web.Response:
             400, 'body must be a JSON object: {"urls": [...], "source": ..., "job_id": ...}'
         )
     job_id = body.pop("job_id", None)
-    if job_id is not None and (not isinstance(job_id, str) or not job_id.strip()):
-        return _error(422, "'job_id' must be a non-empty string")
+    problem = _job_id_problem(job_id)
+    if problem is not None:
+        return _error(422, problem)
     settings = request.app[SETTINGS]
     try:
         batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
@@ -146,7 +287,8 @@ async def post_batch(request: web.Request) -> web.Response:
     job = await request.app[REDIS].enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
     if job is None:
         return _error(409, f"job {job_id!r} already exists (queued, running or finished)")
-    location = f"/batches/{job.job_id}"
+    # Never a header from raw input: the id may hold anything a URL path cannot.
+    location = f"/batches/{quote(job.job_id, safe='')}"
     log.info("api.enqueued", extra={"job_id": job.job_id, "urls": len(batch.urls)})
     return _json(
         {"job_id": job.job_id, "urls": len(batch.urls), "status_url": location},
@@ -157,13 +299,17 @@ async def post_batch(request: web.Request) -> web.Response:
 
 async def get_batch(request: web.Request) -> web.Response:
     """A batch's status, rows landed so far and, once done, its summary."""
-    job_id = request.match_info["job_id"]
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        return _error(404, "no such job")
+    job_id = request.match_info["job_id"]  # percent-decoded by aiohttp
+    if len(job_id) > MAX_JOB_ID_LENGTH or _control_character(job_id) is not None:
+        # No job can have such an id, and Postgres refuses NUL in text: do not ask it.
+        return _error(404, "no job with that id (unknown, or not a possible job id)")
     redis = request.app[REDIS]
     job = Job(job_id, redis, _queue_name=request.app[SETTINGS].queue, _deserializer=deserialize)
     status = await job.status()
-    landed = await request.app[POOL].fetchrow(_LANDED, job_id)
+    try:
+        landed = await request.app[POOL].fetchrow(_LANDED, job_id)
+    except DB_ERRORS as exc:
+        raise store_error("cannot count the rows landed", exc) from exc
     assert landed is not None
     if status == JobStatus.not_found and not (landed["documents"] or landed["failures"]):
         return _error(404, f"no job {job_id!r} (unknown, or its result has expired)")
@@ -207,104 +353,13 @@ async def get_openapi(request: web.Request) -> web.Response:
     return _json(openapi(request.app[SETTINGS]))
 
 
-def openapi(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document of this API."""
-    error = {"$ref": "#/components/schemas/Error"}
-
-    def resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-        if schema is None:
-            return {"description": desc}
-        return {"description": desc, "content": {"application/json": {"schema": schema}}}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "harvester", "version": "0.1.0"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-                "Batch": {
-                    "type": "object",
-                    "required": ["urls"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "urls": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 1,
-                            "maxItems": settings.max_batch_urls,
-                        },
-                        "source": {"type": ["string", "null"], "maxLength": 200},
-                        "job_id": {"type": "string", "maxLength": MAX_JOB_ID_LENGTH},
-                        "scheduled": {"type": "boolean"},
-                    },
-                },
-            },
-        },
-        "paths": {
-            "/batches": {
-                "post": {
-                    "summary": "Enqueue a batch of URLs as a fetch_batch job",
-                    "security": [{"bearer": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
-                        },
-                    },
-                    "responses": {
-                        "202": resp("Enqueued", {"type": "object"}),
-                        "400": resp("Not JSON", error),
-                        "401": resp("Missing or wrong token", error),
-                        "409": resp("job_id already used", error),
-                        "413": resp("Body too large", error),
-                        "415": resp("Not application/json", error),
-                        "422": resp("Invalid batch", error),
-                    },
-                }
-            },
-            "/batches/{job_id}": {
-                "get": {
-                    "summary": "Status, rows landed so far, and the summary once complete",
-                    "security": [{"bearer": []}],
-                    "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": resp("The batch", {"type": "object"}),
-                        "401": resp("Missing or wrong token", error),
-                        "404": resp("Unknown job", error),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Redis and Postgres reachable",
-                    "responses": {"200": resp("Healthy"), "503": resp("Unavailable")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": resp("Text exposition")},
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": resp("OpenAPI")}}
-            },
-        },
-    }
-
-
 def create_app(settings: Settings) -> web.Application:
     """The API application; its Redis client and Postgres pool live as long as it does."""
     app = web.Application(middlewares=[_middleware], client_max_size=settings.api_max_body_bytes)
     app[SETTINGS] = settings
+    app[CONNECTIONS] = ConnectionGuard(
+        max_connections=settings.api_max_connections, header_timeout=settings.api_header_timeout
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await store.create_pool(settings)
@@ -325,10 +380,61 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def run(settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
+@asynccontextmanager
+async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+    """Serve ``app`` (from `create_app`) on host:port until the block exits; yield the bound
+    port. Logs ``api.started`` once the socket listens; raises `ListenError` if it cannot."""
+    settings = app[SETTINGS]
     check_exposure(settings, host)
-    log.info(
-        "api.started", extra={"host": host, "port": port, "auth": settings.api_token is not None}
-    )
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()  # opens the Redis client and the Postgres pool
+    server: asyncio.Server | None = None
+    try:
+        assert runner.server is not None
+        factory = app[CONNECTIONS].protocol_factory(runner.server)
+        server = await _listen(factory, host, port)
+        bound = int(server.sockets[0].getsockname()[1])
+        log.info(
+            "api.started",
+            extra={"host": host, "port": bound, "auth": settings.api_token is not None},
+        )
+        yield bound
+    finally:
+        if server is not None:
+            server.close()  # no new connections
+        await runner.cleanup()  # finishes requests in flight, then closes Redis and Postgres
+        if server is not None:
+            await server.wait_closed()
+
+
+async def _listen(factory: Callable[[], asyncio.Protocol], host: str, port: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(factory, host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"port {port} is in use (HARVESTER_API_PORT)") from exc
+        raise ListenError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            "(HARVESTER_API_HOST, HARVESTER_API_PORT)"
+        ) from exc
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then finish requests in flight and exit."""
+    asyncio.run(_serve_until_stopped(settings, host, port))
+
+
+async def _serve_until_stopped(settings: Settings, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with serve(create_app(settings), host, port):
+            await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("api.stopped")

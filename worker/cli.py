@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker.cliutil import positive, read_urls
-from worker.errors import ConfigError, HarvesterError, StoreError
+from worker.errors import ConfigError, HarvesterError, ListenError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
 
@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StoreError as exc:
         print(f"harvester: Postgres is unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ListenError as exc:
+        print(f"harvester: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except HarvesterError as exc:
         print(f"harvester: {exc}", file=sys.stderr)

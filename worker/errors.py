@@ -5,6 +5,7 @@
     ├── ConfigError            invalid settings; the process refuses to start
     ├── BadJobError            a malformed job payload; the job fails at once, never retried
     ├── StoreError             Postgres could not take a write; the whole job is retried later
+    ├── ListenError            a server (`harvester api`) cannot listen: port in use, bad address
     └── FetchError             one URL could not be landed; becomes a `fetch_failures` row
         ├── InvalidURLError        kind "invalid_url"    not an absolute http(s) URL
         ├── BlockedError           kind "blocked"        address not allowed (SSRF guard)
@@ -47,6 +48,10 @@ class StoreError(HarvesterError):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class ListenError(HarvesterError):
+    """A server cannot listen on its address; the message names the setting to change."""
 
 
 class FetchError(HarvesterError):

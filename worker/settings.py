@@ -26,6 +26,9 @@ from worker.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# A bearer token is the API's only credential: short ones can be guessed over the network.
+MIN_API_TOKEN_LENGTH = 16
+
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
 
@@ -116,6 +119,11 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_token: SecretStr | None = None
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
+    # Slow clients: the headers of each request (and the wait for the next one on a kept-alive
+    # connection) and a request body get a deadline; open connections are capped.
+    api_header_timeout: float = Field(default=10.0, gt=0, le=600)
+    api_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    api_max_connections: int = Field(default=256, ge=1, le=100_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -130,6 +138,24 @@ class Settings(BaseSettings):
                 return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
             except ValueError as exc:
                 raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _check_api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Messages never quote the value: it is a secret.
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not token:
+            raise ValueError(
+                "is empty; unset it for a loopback-only API without a token, or set at least "
+                f"{MIN_API_TOKEN_LENGTH} characters"
+            )
+        if token != token.strip():
+            raise ValueError("has leading or trailing whitespace")
+        if len(token) < MIN_API_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
         return value
 
     @field_validator("database_url")
