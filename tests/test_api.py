@@ -162,7 +162,8 @@ async def test_a_batch_goes_from_queued_to_complete_with_its_summary(
     upstream: Upstream,
 ) -> None:
     """POST is 202 with the job id and a Location; GET shows queued, then after a worker ran
-    it, complete with rows landed and the summary; a second POST of the id is 409."""
+    it, complete with rows landed and the summary. POSTing the same batch under the id again
+    is a 200 no-op marked duplicate; another batch under it is 409 and names the id."""
     session, base = api
     urls = [upstream.url("/json/a1"), upstream.url("/json/a2"), upstream.url("/status/404")]
     batch = {"urls": urls, "source": "api-test", "job_id": "api-1"}
@@ -175,7 +176,13 @@ async def test_a_batch_goes_from_queued_to_complete_with_its_summary(
     async with session.get(f"{base}/batches/api-1", headers=AUTH) as r:
         assert (await r.json())["status"] == "queued"
     async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 200
+        assert (await r.json())["duplicate"] is True
+    other = {**batch, "urls": [upstream.url("/json/other")]}
+    async with session.post(f"{base}/batches", json=other, headers=AUTH) as r:
         assert r.status == 409
+        assert "'api-1' is already used by a different batch" in (await r.json())["error"]
+    assert len(await arq_queue.queued_jobs()) == 1
 
     await make_worker().main()
     async with session.get(f"{base}/batches/api-1", headers=AUTH) as r:

@@ -24,7 +24,6 @@ import hmac
 import ipaddress
 import logging
 import signal
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -41,9 +40,9 @@ from redis.exceptions import RedisError
 from worker import metrics, store
 from worker.api_connections import ConnectionGuard
 from worker.api_openapi import openapi
-from worker.client import JOB_NAME, redis_pool
+from worker.client import JobIdTakenError, enqueue_batch, redis_pool
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
-from worker.payload import MAX_JOB_ID_LENGTH, parse_batch
+from worker.payload import MAX_JOB_ID_LENGTH, has_control, job_id_problems, parse_batch
 from worker.serialization import deserialize
 from worker.settings import Settings
 from worker.store import DB_ERRORS, store_error
@@ -61,11 +60,6 @@ REQUESTS: Final = Counter(
     ["route", "status"],
     registry=metrics.REGISTRY,
 )
-
-# Ids of harvester's own jobs: arq's cron ("cron:<name>:<time>"), polls of scheduled sources
-# (`worker.sources.poll_job_id`) and replays (`worker.replay`). A client taking one could
-# block or impersonate them.
-RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
 
 HEALTH_TIMEOUT_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
@@ -86,14 +80,6 @@ def _json(data: object, status: int = 200, **headers: str) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
-
-
-def _control_character(text: str) -> str | None:
-    """The first control, format, surrogate, private-use or unassigned character, as U+XXXX."""
-    for char in text:
-        if unicodedata.category(char).startswith("C"):
-            return f"U+{ord(char):04X}"
-    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -235,17 +221,8 @@ def _job_id_problem(job_id: object) -> str | None:
         return None
     if not isinstance(job_id, str) or not job_id.strip():
         return "'job_id' must be a non-empty string"
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        return f"'job_id' is longer than {MAX_JOB_ID_LENGTH} characters"
-    char = _control_character(job_id)
-    if char is not None:
-        return f"'job_id' must not contain control or format characters, found {char}"
-    if job_id.startswith(RESERVED_JOB_ID_PREFIXES):
-        return (
-            f"'job_id' may not start with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))}: "
-            "those are reserved for harvester's own jobs"
-        )
-    return None
+    problems = job_id_problems(job_id)
+    return f"'job_id': {'; '.join(problems)}" if problems else None
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -284,23 +261,24 @@ async def post_batch(request: web.Request) -> web.Response:
         kwargs["source"] = batch.source
     if batch.scheduled:
         kwargs["scheduled"] = True
-    job = await request.app[REDIS].enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
-    if job is None:
-        return _error(409, f"job {job_id!r} already exists (queued, running or finished)")
+    try:
+        new_id, new = await enqueue_batch(request.app[REDIS], kwargs, job_id=job_id)
+    except JobIdTakenError as exc:
+        return _error(409, str(exc))
     # Never a header from raw input: the id may hold anything a URL path cannot.
-    location = f"/batches/{quote(job.job_id, safe='')}"
-    log.info("api.enqueued", extra={"job_id": job.job_id, "urls": len(batch.urls)})
-    return _json(
-        {"job_id": job.job_id, "urls": len(batch.urls), "status_url": location},
-        status=202,
-        Location=location,
-    )
+    location = f"/batches/{quote(new_id, safe='')}"
+    body = {"job_id": new_id, "urls": len(batch.urls), "status_url": location}
+    if not new:
+        # The same batch under the same id: enqueueing is idempotent, nothing was added.
+        return _json({**body, "duplicate": True}, status=200, Location=location)
+    log.info("api.enqueued", extra={"job_id": new_id, "urls": len(batch.urls)})
+    return _json(body, status=202, Location=location)
 
 
 async def get_batch(request: web.Request) -> web.Response:
     """A batch's status, rows landed so far and, once done, its summary."""
     job_id = request.match_info["job_id"]  # percent-decoded by aiohttp
-    if len(job_id) > MAX_JOB_ID_LENGTH or _control_character(job_id) is not None:
+    if len(job_id) > MAX_JOB_ID_LENGTH or has_control(job_id):
         # No job can have such an id, and Postgres refuses NUL in text: do not ask it.
         return _error(404, "no job with that id (unknown, or not a possible job id)")
     redis = request.app[REDIS]

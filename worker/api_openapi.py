@@ -64,12 +64,16 @@ def openapi(settings: Settings) -> dict[str, Any]:
                         },
                     },
                     "responses": {
+                        "200": resp(
+                            "The same batch was enqueued under this job_id already: nothing added (duplicate: true)",
+                            {"type": "object"},
+                        ),
                         "202": resp("Enqueued", {"type": "object"}),
                         "400": resp("Not JSON", error),
                         "401": resp("Missing or wrong token", error),
                         "403": resp(foreign_site, error),
                         "408": resp("Body not received within HARVESTER_API_BODY_TIMEOUT", error),
-                        "409": resp("job_id already used", error),
+                        "409": resp("job_id already used by a different batch", error),
                         "413": resp("Body too large", error),
                         "415": resp("Not application/json", error),
                         "422": resp("Invalid batch or job_id", error),

@@ -20,10 +20,20 @@ _FIELDS = ("urls", "source", "scheduled")
 RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
 
 
+def first_control(text: str) -> str | None:
+    """The first control, format or other non-printing character of ``text`` (Unicode category
+    C: newlines, ESC, NUL, bidi overrides, zero-width spaces...) as ``U+XXXX``, or None."""
+    if text.isprintable():
+        return None  # checked in C; only a space-free printable run gets here fast
+    for char in text:
+        if unicodedata.category(char)[0] == "C":
+            return f"U+{ord(char):04X}"
+    return None
+
+
 def has_control(text: str) -> bool:
-    """True if ``text`` holds a control, format or other non-printing character (Unicode
-    category C: newlines, ESC, NUL, bidi overrides...)."""
-    return not text.isprintable() and any(unicodedata.category(c)[0] == "C" for c in text)
+    """True if ``text`` holds a character `first_control` names."""
+    return first_control(text) is not None
 
 
 def url_problem(url: str) -> str | None:
@@ -51,8 +61,9 @@ def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:
         problems.append("job id is empty")
     if len(job_id) > MAX_JOB_ID_LENGTH:
         problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
-    if has_control(job_id):
-        problems.append("job id contains a control character")
+    char = first_control(job_id)
+    if char is not None:
+        problems.append(f"job id contains a control or format character ({char})")
     if intake and job_id.startswith(RESERVED_JOB_ID_PREFIXES):
         problems.append(
             f"job ids starting with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))} are "
@@ -118,7 +129,10 @@ def parse_batch(
     elif isinstance(source, str) and len(source) > MAX_SOURCE_LENGTH:
         problems.append(f"'source' is longer than {MAX_SOURCE_LENGTH} characters")
     elif isinstance(source, str) and has_control(source):
-        problems.append("'source' contains a control character (a newline, ESC, NUL...)")
+        problems.append(
+            f"'source' contains a control character ({first_control(source)}: a newline, "
+            "ESC, NUL...)"
+        )
 
     scheduled = kwargs.get("scheduled", False)
     if not isinstance(scheduled, bool):
