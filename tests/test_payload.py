@@ -50,7 +50,7 @@ def test_overlong_job_id_is_refused() -> None:
 @pytest.mark.parametrize("job_id", ["a\nb", "[/x]\x1b[2J", "id\x00", "r\u2067tl"])
 def test_job_ids_with_control_characters_are_refused(job_id: str) -> None:
     """A job id that could forge a log line or drive a terminal is refused by the worker."""
-    with pytest.raises(BadJobError, match="control character"):
+    with pytest.raises(BadJobError, match="control or format character"):
         parse_batch((), {"urls": ["u"]}, max_urls=5, job_id=job_id)
 
 

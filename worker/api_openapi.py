@@ -65,7 +65,8 @@ def openapi(settings: Settings) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": resp(
-                            "The same batch was enqueued under this job_id already: nothing added (duplicate: true)",
+                            "The same batch is under this job_id already: nothing added "
+                            "(duplicate: true)",
                             {"type": "object"},
                         ),
                         "202": resp("Enqueued", {"type": "object"}),
