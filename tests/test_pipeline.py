@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import wait_until
 from tests.upstream import Upstream
 from worker import pipeline, store
-from worker.fetch import Failed, Fetcher
+from worker.fetch import PARSE_MAX_BYTES, Failed, Fetcher
 from worker.settings import Settings
 
 RunBatch = Callable[..., Awaitable[pipeline.BatchSummary]]
@@ -157,3 +157,61 @@ async def test_deadline_on_the_last_try_records_the_rest(
     assert summary.failures == {"deadline": 3}
     kinds = await pool.fetch("SELECT error FROM fetch_failures WHERE job_id='p7'")
     assert [r["error"] for r in kinds] == ["deadline"] * 3
+
+
+async def test_a_body_of_huge_exponents_is_refused_and_the_rest_lands(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    run_batch: RunBatch,
+) -> None:
+    """[1e-16383, ...] (5 KB stored, ~10 MB read back) ends as an invalid_json failure row, the
+    rest of the batch lands, and every documents row reads back as text."""
+    upstream.served["exp"] = (b"[" + b",".join([b"1e-16383"] * 600) + b"]", "application/json")
+    good = [upstream.url(f"/json/{i}") for i in range(5)]
+    summary = await run_batch("amp", [*good[:2], upstream.url("/served/exp"), *good[2:]])
+    assert (summary.documents, summary.failures) == (5, {"invalid_json": 1})
+    row = await pool.fetchrow("SELECT url, detail FROM fetch_failures WHERE job_id = 'amp'")
+    assert row["url"] == upstream.url("/served/exp")
+    assert "exponent -16383" in row["detail"]
+    texts = await pool.fetch("SELECT body::text AS text FROM documents")
+    assert len(texts) == 5
+    assert sum(len(r["text"]) for r in texts) < 1000
+
+
+LARGE = 2 * PARSE_MAX_BYTES  # over the size up to which bodies are parsed in Python
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"[" + b"{}," * (LARGE // 3), "application/json"),  # cut short
+        (b"<html>" + b"<p>not json</p>" * (LARGE // 15) + b"</html>", "text/plain"),
+        (b"[" + b'"x",' * (LARGE // 4) + b"<html>]", "text/plain"),
+        (b'["' + b"\xff" * LARGE + b'"]', "application/json"),  # not UTF-8
+        (b'["' + b"a" * LARGE + b'\\ud800"]', "application/json"),  # lone surrogate
+        (b'["' + b"a" * LARGE + b'\\u0000"]', "application/json"),
+        (b"[" * LARGE + b"]" * LARGE, "application/json"),  # deeper than Postgres' stack
+        (b"[" + b"1e-999," * (LARGE // 7) + b"0]", "application/json"),
+    ],
+    ids=["truncated", "html", "html-late", "bad-utf8", "surrogate", "nul", "deep", "exponents"],
+)
+async def test_a_large_body_that_is_not_storable_json_fails_alone(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+    body: bytes,
+    content_type: str,
+) -> None:
+    """A body too large to parse in Python that Postgres refuses is an invalid_json failure for
+    its URL only; the valid bodies fetched with it, large ones included, land in the same run."""
+    upstream.served["bad"] = (body, content_type)
+    upstream.served["big"] = (b"[" + b"{}," * (LARGE // 3) + b"{}]", "application/json")
+    # One chunk for the whole batch, so the refused body is written with the good ones.
+    s = make_settings(copy_chunk_bytes=8 * 1024 * 1024, buffer_bytes=48 * 1024 * 1024)
+    good = [upstream.url(f"/json/{i}") for i in range(3)]
+    urls = [good[0], upstream.url("/served/bad"), upstream.url("/served/big"), *good[1:]]
+    summary = await run_batch("large", urls, settings=s)
+    assert (summary.documents, summary.failures) == (4, {"invalid_json": 1})
+    row = await pool.fetchrow("SELECT url, error FROM fetch_failures WHERE job_id = 'large'")
+    assert (row["url"], row["error"]) == (upstream.url("/served/bad"), "invalid_json")

@@ -108,6 +108,10 @@ CONNECTION_ERRORS = (
 )
 
 
+# What Postgres raises for a body its jsonb input refuses: data errors (not JSON, bad UTF-8,
+# \u0000, a number out of range) and program limits (nesting deeper than its stack allows).
+BODY_REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
 # Everything asyncpg or the socket can raise at us; modules that query Postgres catch this.
 DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 
@@ -216,9 +220,10 @@ async def write_chunk(
                     # Some rows are there already (a retried write whose commit did land):
                     # go through staging, where ON CONFLICT skips them.
                     return await _land(conn, _copy_chunk, job_id, source, docs, failures, updates)
-            except asyncpg.DataError:
-                # Some body passed our JSON check but not Postgres' (e.g. a number jsonb cannot
-                # hold). Find it row by row; the rest of the chunk still lands.
+            except BODY_REFUSED:
+                # Some body passed our JSON check but not Postgres' (a number jsonb cannot hold,
+                # or a large body, which only Postgres parses). Find it row by row; the rest of
+                # the chunk still lands.
                 return await _write_rows(conn, job_id, source, docs, failures, updates)
     except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
         raise store_error("write failed", exc) from exc
@@ -348,7 +353,7 @@ async def _write_rows(
                         d.attempts,
                     )
                     n_docs += _inserted(status)
-            except asyncpg.DataError as exc:
+            except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
                 refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
         all_failures = [*failures, *refused]
