@@ -65,7 +65,9 @@ async def test_rerun_skips_urls_that_already_have_an_outcome(
 ) -> None:
     """An interrupted job's landed URLs are not fetched again, so no URL ends in both tables."""
     done = upstream.url("/json/done")
-    await store.write_chunk(pool, "p2", None, [], [Failed(done, "timeout", "timed out", None, 3)])
+    await store.write_chunk(
+        pool, "p2", None, [], [Failed(done, "timeout", "timed out", None, 3)], max_url_length=8192
+    )
     summary = await run_batch("p2", [done, upstream.url("/json/new")])
     assert (summary.already_done, summary.documents) == (1, 1)
     assert upstream.counts["/json/done"] == 0
@@ -215,3 +217,43 @@ async def test_a_large_body_that_is_not_storable_json_fails_alone(
     assert (summary.documents, summary.failures) == (4, {"invalid_json": 1})
     row = await pool.fetchrow("SELECT url, error FROM fetch_failures WHERE job_id = 'large'")
     assert (row["url"], row["error"]) == (upstream.url("/served/bad"), "invalid_json")
+
+
+async def test_overlong_urls_are_stored_short_and_a_rerun_adds_nothing(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+) -> None:
+    """Two distinct 100 KB URLs land as two invalid_url rows whose url is short and distinct;
+    the same job run again adds no row and fetches nothing."""
+    s = make_settings(max_url_length=2048)
+    first = upstream.url("/json/a?q=" + "a" * 100_000)
+    second = first[:-1] + "b"  # the same first 100 KB but one character
+    urls = [first, second, upstream.url("/json/ok")]
+    summary = await run_batch("long", urls, settings=s)
+    assert (summary.documents, summary.failures) == (1, {"invalid_url": 2})
+    stored = [r["url"] for r in await pool.fetch("SELECT url FROM fetch_failures")]
+    assert len(set(stored)) == 2
+    assert all(len(u) < 1200 and u.startswith(first[:1000]) for u in stored), stored
+    hits = len(upstream.hits)
+
+    again = await run_batch("long", urls, settings=s)
+    assert (again.already_done, again.documents, again.failed) == (3, 0, 0)
+    assert len(upstream.hits) == hits
+    assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 2
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 1
+
+
+async def test_failures_recorded_for_overlong_urls_are_short_and_recorded_once(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """record_failures (abandoned or deadline rows) stores an over-long URL short, and a second
+    call for the same URLs records nothing."""
+    s = make_settings(max_url_length=2048)
+    urls = ["http://example.com/?q=" + "x" * 100_000, "http://example.com/short"]
+    options = {"job_id": "gone", "urls": urls, "source": None, "pool": pool, "settings": s}
+    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 2
+    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 0
+    lengths = [r["n"] for r in await pool.fetch("SELECT length(url) AS n FROM fetch_failures")]
+    assert sorted(lengths) == [len(urls[1]), 1024 + len("…#sha256=") + 64]

@@ -194,7 +194,9 @@ class _Writer:
             return
         docs, fails, updates, held = self._docs, self._fails, self._updates, self._bytes
         self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
-        written = await _write(self._pool, self._job_id, self._source, docs, fails, updates)
+        written = await _write(
+            self._pool, self._job_id, self._source, docs, fails, updates, self._settings
+        )
         self._budget.give(held)
         self._landed.update(d.url for d in docs)
         self._landed.update(f.url for f in fails)
@@ -218,7 +220,8 @@ async def _write(
     source: str | None,
     docs: Sequence[Fetched],
     fails: Sequence[Failed],
-    updates: Sequence[SourceUpdate] = (),
+    updates: Sequence[SourceUpdate],
+    settings: Settings,
 ) -> store.Written:
     """`store.write_chunk`, retried a few times: a chunk is atomic, so a retry cannot duplicate."""
     retrying = AsyncRetrying(
@@ -230,7 +233,9 @@ async def _write(
     started = time.monotonic()
     async for attempt in retrying:
         with attempt:
-            written = await store.write_chunk(pool, job_id, source, docs, fails, updates)
+            written = await store.write_chunk(
+                pool, job_id, source, docs, fails, updates, max_url_length=settings.max_url_length
+            )
     metrics.record_write(written.documents, written.failures, time.monotonic() - started)
     return written
 
@@ -257,13 +262,22 @@ async def record_failures(
     detail: str,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``urls`` that has no outcome yet."""
-    done = await store.existing_urls(pool, job_id)
-    todo = [u for u in dict.fromkeys(urls) if u not in done]
+    todo = await _without_outcome(pool, job_id, urls, settings)
     step = settings.copy_chunk_rows
     for i in range(0, len(todo), step):
         chunk = [Failed(u, kind, detail, None, 0) for u in todo[i : i + step]]
-        await _write(pool, job_id, source, [], chunk)
+        await _write(pool, job_id, source, [], chunk, (), settings)
     return len(todo)
+
+
+async def _without_outcome(
+    pool: asyncpg.Pool, job_id: str, urls: Sequence[str], settings: Settings
+) -> list[str]:
+    """The distinct ``urls`` that have no row for ``job_id`` yet. Rows hold URLs in their
+    `store.stored_url` form, so payload URLs are compared in that form."""
+    done = await store.existing_urls(pool, job_id)
+    limit = settings.max_url_length
+    return [u for u in dict.fromkeys(urls) if store.stored_url(u, limit) not in done]
 
 
 async def run(
@@ -293,8 +307,7 @@ async def run(
     """
     started = time.monotonic()
     distinct = list(dict.fromkeys(urls))
-    done = await store.existing_urls(pool, job_id)
-    todo = [u for u in distinct if u not in done]
+    todo = await _without_outcome(pool, job_id, distinct, settings)
 
     failures: Counter[str] = Counter()
     polls: Counter[str] = Counter()
