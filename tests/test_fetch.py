@@ -13,6 +13,7 @@ from email.utils import formatdate
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
 from worker.errors import InvalidJSONError
 from worker.fetch import (
@@ -389,6 +390,35 @@ async def test_in_flight_requests_never_exceed_concurrency(
 
 
 # -- conditional requests, politeness ------------------------------------------------------------
+
+
+async def test_a_body_waits_for_admission_inside_its_request_slot(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """Until admit() returns, the body's request slot stays taken: bodies waiting for the
+    pipeline's byte budget never outnumber HARVESTER_CONCURRENCY."""
+    fetcher = make_fetcher(make_settings(concurrency=1, per_host=1))
+    asked: list[int] = []
+    go = asyncio.Event()
+
+    async def admit(size: int) -> None:
+        asked.append(size)
+        await go.wait()
+
+    fetch = asyncio.create_task(fetcher.fetch(upstream.url("/json/a"), admit=admit))
+
+    async def waiting_for_room() -> bool:
+        return bool(asked)
+
+    try:
+        await wait_until(waiting_for_room)
+        assert fetcher._slots.free == 0
+    finally:
+        go.set()
+    out = await fetch
+    assert isinstance(out, Fetched)
+    assert asked == [len(out.body)]
+    assert fetcher._slots.free == 1
 
 
 async def test_user_agent_names_harvester_and_is_configurable(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,8 +14,8 @@ import pytest
 from tests.helpers import wait_until
 from tests.upstream import Upstream
 from worker import pipeline, store
-from worker.fetch import PARSE_MAX_BYTES, Failed, Fetcher
-from worker.settings import Settings
+from worker.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher
+from worker.settings import Settings, load_settings
 
 RunBatch = Callable[..., Awaitable[pipeline.BatchSummary]]
 
@@ -257,3 +259,33 @@ async def test_failures_recorded_for_overlong_urls_are_short_and_recorded_once(
     assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 0
     lengths = [r["n"] for r in await pool.fetch("SELECT length(url) AS n FROM fetch_failures")]
     assert sorted(lengths) == [len(urls[1]), 1024 + len("…#sha256=") + 64]
+
+
+async def test_a_landed_body_is_not_kept_alive_while_the_next_url_is_fetched(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+) -> None:
+    """Once its row has landed, a body is referenced by nothing in the run, while the same
+    fetcher and writer wait on the next URL (the byte budget no longer counts it)."""
+    s = make_settings(concurrency=1, per_host=1)
+    first = upstream.url("/json/first")
+    run = asyncio.create_task(run_batch("stale", [first, upstream.url("/gate/next")], settings=s))
+
+    async def landed_and_let_go() -> bool:
+        landed = await pool.fetchval("SELECT count(*) FROM documents WHERE job_id = 'stale'")
+        held = [o for o in gc.get_objects() if isinstance(o, Fetched) and o.url == first]
+        return landed == 1 and not held and not run.done()
+
+    try:
+        await wait_until(landed_and_let_go)
+    finally:
+        upstream.gate.set()
+    assert (await run).documents == 2
+
+
+def test_memory_bound_at_the_defaults_is_the_readme_figure(repo_root: Path) -> None:
+    """memory_bound is the README's Sizing formula: 656 + 30 + 48 + 10 MiB at the defaults."""
+    assert "60 + 656 + 30 + 48 + 10 ≈ 800 MiB" in (repo_root / "README.md").read_text()
+    assert pipeline.memory_bound(load_settings()) == (656 + 30 + 48 + 10) * 1024 * 1024

@@ -88,6 +88,8 @@ _STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
+# Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
+Admit = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,13 +352,19 @@ class Fetcher:
         self.pacer = HostPacer(settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep)
 
     async def fetch(
-        self, url: str, priority: int = 0, validators: Validators | None = None
+        self,
+        url: str,
+        priority: int = 0,
+        validators: Validators | None = None,
+        admit: Admit | None = None,
     ) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
         When slots are scarce, fetches with a lower ``priority`` value go first. With
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
-        `Fetched` carries the response's cache headers in ``meta``.
+        `Fetched` carries the response's cache headers in ``meta``. A body is passed to
+        ``admit`` before its request slot is given back, so bodies waiting for the caller's room
+        never outnumber the slots.
         """
         started = time.monotonic()
         try:
@@ -365,14 +373,14 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(target, priority, validators)
+            status, body, meta = await self._attempt(target, priority, validators, admit)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, attempts = await self._retry(
-                    target, exc, started, priority, validators
+                    target, exc, started, priority, validators, admit
                 )
             except _RetriesExhausted as gave_up:
                 return _failed(url, gave_up.last, gave_up.attempts)
@@ -411,6 +419,7 @@ class Fetcher:
         started: float,
         priority: int,
         validators: Validators | None,
+        admit: Admit | None,
     ) -> tuple[int, bytes, ResponseMeta | None, int]:
         s = self._settings
         attempts = 1
@@ -441,26 +450,31 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta = await self._attempt(target, priority, validators)
+                    status, body, meta = await self._attempt(target, priority, validators, admit)
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, meta, attempts
 
     async def _attempt(
-        self, target: URL, priority: int, validators: Validators | None
+        self, target: URL, priority: int, validators: Validators | None, admit: Admit | None
     ) -> tuple[int, bytes, ResponseMeta | None]:
         host = target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                return await self._follow(target, validators)
+                status, body, meta = await self._follow(target, validators)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
                 raise
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise map_client_error(exc) from exc
+            # Still in the slot: a body waiting for room counts against the slots, so at most
+            # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
+            if admit is not None and body:
+                await admit(len(body))
+            return status, body, meta
 
     async def _follow(
         self, url: URL, validators: Validators | None
