@@ -83,7 +83,7 @@ _HAS_EXPONENT: Final = re.compile(rb"\d[eE][-+]?\d")
 _EXPONENT: Final = re.compile(rb"\d[eE]([-+]?\d+)")
 # A JSON string; the closing quote is optional so that an unterminated one is consumed in one
 # linear pass instead of being retried from every escaped quote inside it.
-_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
