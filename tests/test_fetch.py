@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from email.utils import formatdate
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
 from worker.errors import InvalidJSONError
 from worker.fetch import (
+    PARSE_MAX_BYTES,
     Failed,
     Fetched,
     Fetcher,
@@ -72,6 +77,67 @@ def test_check_json_refuses_what_postgres_would(body: bytes) -> None:
 def test_check_json_accepts_storable_json(body: bytes) -> None:
     """Any JSON value is fine, including an escaped backslash before u0000."""
     check_json(body)
+
+
+def test_check_json_refuses_numbers_postgres_would_write_out_at_length() -> None:
+    """An array of 1e-16383 (each read back as 16,385 characters) is refused as invalid_json."""
+    body = b"[" + b",".join([b"1e-16383"] * 60) + b"]"
+    with pytest.raises(InvalidJSONError, match="exponent"):
+        check_json(body)
+
+
+def test_check_json_refuses_many_modest_exponents_that_add_up() -> None:
+    """Exponents under the single-number cap still add up: 1e-999 a thousand times is refused."""
+    body = b"[" + b",".join([b"1e-999"] * 1000) + b"]"
+    with pytest.raises(InvalidJSONError, match="written out"):
+        check_json(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1e308]",
+        b'{"avogadro": 6.02e23, "planck": 6.62607015e-34}',
+        b'{"id": "1e99999", "hash": "3e4b1c2d9e8f", "note": "\\"1e-16383"}',
+        b"[" + b",".join([b"1.5e-10"] * 5000) + b"]",
+        b'{"tiny": 2.2250738585072014e-308, "values": [' + b"0.25," * 500 + b"1]}",
+    ],
+)
+def test_check_json_accepts_ordinary_exponents(body: bytes) -> None:
+    """Exponents that render in proportion to the body, and any inside strings, are fine."""
+    check_json(body)
+
+
+def test_check_json_refuses_a_large_body_that_does_not_start_like_json() -> None:
+    """A large HTML page (sent as text/plain) is refused without being parsed."""
+    body = b"<html>" + b"x" * (2 * PARSE_MAX_BYTES) + b"</html>"
+    with pytest.raises(InvalidJSONError, match="not valid JSON"):
+        check_json(body)
+
+
+def test_check_json_of_a_large_body_builds_no_object_tree() -> None:
+    """Checking a 10 MiB [{},{},...] body raises a fresh process's peak RSS by under 24 MiB
+    (orjson.loads would build 3.5 million dicts, about 300 MiB)."""
+    script = textwrap.dedent(
+        """
+        import re
+        from worker.fetch import check_json
+
+        def hwm():
+            text = open("/proc/self/status").read()
+            return int(re.search(r"VmHWM:\\s+(\\d+) kB", text).group(1)) * 1024
+
+        body = b"[" + b"{}," * (10 * 1024 * 1024 // 3 - 1) + b"{}]"
+        before = hwm()
+        check_json(body)
+        print(hwm() - before)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    grew = int(run.stdout.strip())
+    assert grew < 24 * 1024 * 1024, f"peak RSS grew by {grew / 2**20:.0f} MiB"
 
 
 # -- against the upstream ----------------------------------------------------------------------
@@ -324,6 +390,35 @@ async def test_in_flight_requests_never_exceed_concurrency(
 
 
 # -- conditional requests, politeness ------------------------------------------------------------
+
+
+async def test_a_body_waits_for_admission_inside_its_request_slot(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """Until admit() returns, the body's request slot stays taken: bodies waiting for the
+    pipeline's byte budget never outnumber HARVESTER_CONCURRENCY."""
+    fetcher = make_fetcher(make_settings(concurrency=1, per_host=1))
+    asked: list[int] = []
+    go = asyncio.Event()
+
+    async def admit(size: int) -> None:
+        asked.append(size)
+        await go.wait()
+
+    fetch = asyncio.create_task(fetcher.fetch(upstream.url("/json/a"), admit=admit))
+
+    async def waiting_for_room() -> bool:
+        return bool(asked)
+
+    try:
+        await wait_until(waiting_for_room)
+        assert fetcher._slots.free == 0
+    finally:
+        go.set()
+    out = await fetch
+    assert isinstance(out, Fetched)
+    assert asked == [len(out.body)]
+    assert fetcher._slots.free == 1
 
 
 async def test_user_agent_names_harvester_and_is_configurable(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,8 +14,8 @@ import pytest
 from tests.helpers import wait_until
 from tests.upstream import Upstream
 from worker import pipeline, store
-from worker.fetch import Failed, Fetcher
-from worker.settings import Settings
+from worker.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher
+from worker.settings import Settings, load_settings
 
 RunBatch = Callable[..., Awaitable[pipeline.BatchSummary]]
 
@@ -65,7 +67,9 @@ async def test_rerun_skips_urls_that_already_have_an_outcome(
 ) -> None:
     """An interrupted job's landed URLs are not fetched again, so no URL ends in both tables."""
     done = upstream.url("/json/done")
-    await store.write_chunk(pool, "p2", None, [], [Failed(done, "timeout", "timed out", None, 3)])
+    await store.write_chunk(
+        pool, "p2", None, [], [Failed(done, "timeout", "timed out", None, 3)], max_url_length=8192
+    )
     summary = await run_batch("p2", [done, upstream.url("/json/new")])
     assert (summary.already_done, summary.documents) == (1, 1)
     assert upstream.counts["/json/done"] == 0
@@ -157,3 +161,131 @@ async def test_deadline_on_the_last_try_records_the_rest(
     assert summary.failures == {"deadline": 3}
     kinds = await pool.fetch("SELECT error FROM fetch_failures WHERE job_id='p7'")
     assert [r["error"] for r in kinds] == ["deadline"] * 3
+
+
+async def test_a_body_of_huge_exponents_is_refused_and_the_rest_lands(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    run_batch: RunBatch,
+) -> None:
+    """[1e-16383, ...] (5 KB stored, ~10 MB read back) ends as an invalid_json failure row, the
+    rest of the batch lands, and every documents row reads back as text."""
+    upstream.served["exp"] = (b"[" + b",".join([b"1e-16383"] * 600) + b"]", "application/json")
+    good = [upstream.url(f"/json/{i}") for i in range(5)]
+    summary = await run_batch("amp", [*good[:2], upstream.url("/served/exp"), *good[2:]])
+    assert (summary.documents, summary.failures) == (5, {"invalid_json": 1})
+    row = await pool.fetchrow("SELECT url, detail FROM fetch_failures WHERE job_id = 'amp'")
+    assert row["url"] == upstream.url("/served/exp")
+    assert "exponent -16383" in row["detail"]
+    texts = await pool.fetch("SELECT body::text AS text FROM documents")
+    assert len(texts) == 5
+    assert sum(len(r["text"]) for r in texts) < 1000
+
+
+LARGE = 2 * PARSE_MAX_BYTES  # over the size up to which bodies are parsed in Python
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"[" + b"{}," * (LARGE // 3), "application/json"),  # cut short
+        (b"<html>" + b"<p>not json</p>" * (LARGE // 15) + b"</html>", "text/plain"),
+        (b"[" + b'"x",' * (LARGE // 4) + b"<html>]", "text/plain"),
+        (b'["' + b"\xff" * LARGE + b'"]', "application/json"),  # not UTF-8
+        (b'["' + b"a" * LARGE + b'\\ud800"]', "application/json"),  # lone surrogate
+        (b'["' + b"a" * LARGE + b'\\u0000"]', "application/json"),
+        (b"[" * LARGE + b"]" * LARGE, "application/json"),  # deeper than Postgres' stack
+        (b"[" + b"1e-999," * (LARGE // 7) + b"0]", "application/json"),
+    ],
+    ids=["truncated", "html", "html-late", "bad-utf8", "surrogate", "nul", "deep", "exponents"],
+)
+async def test_a_large_body_that_is_not_storable_json_fails_alone(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+    body: bytes,
+    content_type: str,
+) -> None:
+    """A body too large to parse in Python that Postgres refuses is an invalid_json failure for
+    its URL only; the valid bodies fetched with it, large ones included, land in the same run."""
+    upstream.served["bad"] = (body, content_type)
+    upstream.served["big"] = (b"[" + b"{}," * (LARGE // 3) + b"{}]", "application/json")
+    # One chunk for the whole batch, so the refused body is written with the good ones.
+    s = make_settings(copy_chunk_bytes=8 * 1024 * 1024, buffer_bytes=48 * 1024 * 1024)
+    good = [upstream.url(f"/json/{i}") for i in range(3)]
+    urls = [good[0], upstream.url("/served/bad"), upstream.url("/served/big"), *good[1:]]
+    summary = await run_batch("large", urls, settings=s)
+    assert (summary.documents, summary.failures) == (4, {"invalid_json": 1})
+    row = await pool.fetchrow("SELECT url, error FROM fetch_failures WHERE job_id = 'large'")
+    assert (row["url"], row["error"]) == (upstream.url("/served/bad"), "invalid_json")
+
+
+async def test_overlong_urls_are_stored_short_and_a_rerun_adds_nothing(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+) -> None:
+    """Two distinct 100 KB URLs land as two invalid_url rows whose url is short and distinct;
+    the same job run again adds no row and fetches nothing."""
+    s = make_settings(max_url_length=2048)
+    first = upstream.url("/json/a?q=" + "a" * 100_000)
+    second = first[:-1] + "b"  # the same first 100 KB but one character
+    urls = [first, second, upstream.url("/json/ok")]
+    summary = await run_batch("long", urls, settings=s)
+    assert (summary.documents, summary.failures) == (1, {"invalid_url": 2})
+    stored = [r["url"] for r in await pool.fetch("SELECT url FROM fetch_failures")]
+    assert len(set(stored)) == 2
+    assert all(len(u) < 1200 and u.startswith(first[:1000]) for u in stored), stored
+    hits = len(upstream.hits)
+
+    again = await run_batch("long", urls, settings=s)
+    assert (again.already_done, again.documents, again.failed) == (3, 0, 0)
+    assert len(upstream.hits) == hits
+    assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 2
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 1
+
+
+async def test_failures_recorded_for_overlong_urls_are_short_and_recorded_once(
+    pool: asyncpg.Pool, make_settings: Callable[..., Settings]
+) -> None:
+    """record_failures (abandoned or deadline rows) stores an over-long URL short, and a second
+    call for the same URLs records nothing."""
+    s = make_settings(max_url_length=2048)
+    urls = ["http://example.com/?q=" + "x" * 100_000, "http://example.com/short"]
+    options = {"job_id": "gone", "urls": urls, "source": None, "pool": pool, "settings": s}
+    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 2
+    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 0
+    lengths = [r["n"] for r in await pool.fetch("SELECT length(url) AS n FROM fetch_failures")]
+    assert sorted(lengths) == [len(urls[1]), 1024 + len("…#sha256=") + 64]
+
+
+async def test_a_landed_body_is_not_kept_alive_while_the_next_url_is_fetched(
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    run_batch: RunBatch,
+) -> None:
+    """Once its row has landed, a body is referenced by nothing in the run, while the same
+    fetcher and writer wait on the next URL (the byte budget no longer counts it)."""
+    s = make_settings(concurrency=1, per_host=1)
+    first = upstream.url("/json/first")
+    run = asyncio.create_task(run_batch("stale", [first, upstream.url("/gate/next")], settings=s))
+
+    async def landed_and_let_go() -> bool:
+        landed = await pool.fetchval("SELECT count(*) FROM documents WHERE job_id = 'stale'")
+        held = [o for o in gc.get_objects() if isinstance(o, Fetched) and o.url == first]
+        return landed == 1 and not held and not run.done()
+
+    try:
+        await wait_until(landed_and_let_go)
+    finally:
+        upstream.gate.set()
+    assert (await run).documents == 2
+
+
+def test_memory_bound_at_the_defaults_is_the_readme_figure(repo_root: Path) -> None:
+    """memory_bound is the README's Sizing formula: 656 + 30 + 48 + 10 MiB at the defaults."""
+    assert "60 + 656 + 30 + 48 + 10 ≈ 800 MiB" in (repo_root / "README.md").read_text()
+    assert pipeline.memory_bound(load_settings()) == (656 + 30 + 48 + 10) * 1024 * 1024

@@ -153,6 +153,6 @@ async def test_a_poll_that_lost_its_claim_does_not_overwrite_the_state(
         SourceUpdate(ids[u], u, "changed", True, 200, None, None, None, b"h", True, 0, 60.0)
         for u in ("https://api.example/mine", "https://api.example/stolen")
     ]
-    await store.write_chunk(pool, "A", None, [], [], updates)
+    await store.write_chunk(pool, "A", None, [], [], updates, max_url_length=8192)
     rows = dict(await pool.fetch("SELECT url, poll_job_id FROM sources"))  # type: ignore[arg-type]
     assert rows == {"https://api.example/mine": None, "https://api.example/stolen": "B"}

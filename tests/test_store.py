@@ -27,6 +27,7 @@ async def test_chunk_lands_documents_and_failures(pool: asyncpg.Pool) -> None:
         "src",
         [_doc(" http://a/x?b=1&a=2 "), _doc("http://b", b"[1,2]")],
         [_fail("http://c")],
+        max_url_length=8192,
     )
     assert (w.documents, w.failures) == (2, 1)
     rows = await pool.fetch("SELECT url, source, status, body FROM documents ORDER BY id")
@@ -50,8 +51,8 @@ async def test_chunk_lands_documents_and_failures(pool: asyncpg.Pool) -> None:
 async def test_writing_the_same_chunk_twice_adds_nothing(pool: asyncpg.Pool) -> None:
     """ON CONFLICT on (job_id, url) makes a re-run idempotent."""
     docs, fails = [_doc("http://a"), _doc("http://b")], [_fail("http://c")]
-    await store.write_chunk(pool, "j1", None, docs, fails)
-    again = await store.write_chunk(pool, "j1", None, docs, fails)
+    await store.write_chunk(pool, "j1", None, docs, fails, max_url_length=8192)
+    again = await store.write_chunk(pool, "j1", None, docs, fails, max_url_length=8192)
     assert (again.documents, again.failures) == (0, 0)
     assert await pool.fetchval("SELECT count(*) FROM documents") == 2
     assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 1
@@ -59,16 +60,16 @@ async def test_writing_the_same_chunk_twice_adds_nothing(pool: asyncpg.Pool) -> 
 
 async def test_same_url_in_another_job_gets_its_own_row(pool: asyncpg.Pool) -> None:
     """Uniqueness is per job: job B's copy of a URL is a new row."""
-    await store.write_chunk(pool, "A", None, [_doc("http://a")], [])
-    w = await store.write_chunk(pool, "B", None, [_doc("http://a")], [])
+    await store.write_chunk(pool, "A", None, [_doc("http://a")], [], max_url_length=8192)
+    w = await store.write_chunk(pool, "B", None, [_doc("http://a")], [], max_url_length=8192)
     assert w.documents == 1
 
 
 async def test_very_long_urls_land(pool: asyncpg.Pool) -> None:
     """URLs longer than a btree entry can hold still land, uniquely."""
     url = "http://a/" + "x" * 6000
-    await store.write_chunk(pool, "j", None, [_doc(url)], [_fail(url + "y")])
-    again = await store.write_chunk(pool, "j", None, [_doc(url)], [])
+    await store.write_chunk(pool, "j", None, [_doc(url)], [_fail(url + "y")], max_url_length=8192)
+    again = await store.write_chunk(pool, "j", None, [_doc(url)], [], max_url_length=8192)
     assert again.documents == 0
     assert await pool.fetchval("SELECT length(url) FROM documents") == len(url)
 
@@ -79,7 +80,12 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
     """A body jsonb refuses turns into an invalid_json failure; the rest of the chunk lands."""
     bad = _doc("http://bad", b'{"s": "\\u0000"}')  # passes nothing in real life; forced here
     w = await store.write_chunk(
-        pool, "j", None, [_doc("http://ok1"), bad, _doc("http://ok2")], [_fail("http://f")]
+        pool,
+        "j",
+        None,
+        [_doc("http://ok1"), bad, _doc("http://ok2")],
+        [_fail("http://f")],
+        max_url_length=8192,
     )
     assert w.documents == 2
     assert [f.url for f in w.refused] == ["http://bad"]
@@ -89,8 +95,10 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
 
 async def test_existing_urls_lists_both_tables(pool: asyncpg.Pool) -> None:
     """An interrupted job's landed URLs are known, from documents and failures alike."""
-    await store.write_chunk(pool, "j", None, [_doc("http://a")], [_fail("http://b")])
-    await store.write_chunk(pool, "other", None, [_doc("http://c")], [])
+    await store.write_chunk(
+        pool, "j", None, [_doc("http://a")], [_fail("http://b")], max_url_length=8192
+    )
+    await store.write_chunk(pool, "other", None, [_doc("http://c")], [], max_url_length=8192)
     assert await store.existing_urls(pool, "j") == {"http://a", "http://b"}
 
 
@@ -103,3 +111,17 @@ async def test_unreachable_database_is_a_store_error(make_settings) -> None:  # 
     )
     with pytest.raises(StoreError, match="cannot connect to Postgres"):
         await store.create_pool(s)
+
+
+def test_stored_url_keeps_short_urls_and_shortens_long_ones_distinctly() -> None:
+    """Within the limit a URL is stored as is; past it, as a 1024-character prefix and the
+    SHA-256 of the whole URL, so two long URLs with the same prefix stay distinct."""
+    assert store.stored_url("http://a/x", 64) == "http://a/x"
+    a = "http://a/" + "x" * 5000
+    b = a[:-1] + "y"
+    short_a, short_b = store.stored_url(a, 4096), store.stored_url(b, 4096)
+    assert short_a != short_b
+    assert short_a.startswith(a[:1024])
+    assert len(short_a) == 1024 + len("…#sha256=") + 64
+    assert store.stored_url(a, 4096) == short_a  # the same URL, the same form
+    assert store.stored_url(a, 5009) == a

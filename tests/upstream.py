@@ -13,6 +13,8 @@ Routes (all on one loopback port):
   /invalid-json, /nul, /html, /empty a body harvester must refuse, each a different way
   /redirect/{n}                      n redirects, then JSON; /loop redirects to itself
   /redirect-to?location=L            one redirect to L
+  /served/{name}                     ``upstream.served[name]``: a (body, content type) pair the
+                                     test sets
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -71,6 +73,7 @@ class Upstream:
     base: str = ""
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     feeds: dict[str, Feed] = field(default_factory=dict)
+    served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -99,6 +102,7 @@ class Upstream:
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
+        r.add_get("/served/{name}", self._served)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -205,6 +209,10 @@ class Upstream:
 
     async def _empty(self, request: web.Request) -> web.Response:
         return web.Response(body=b"", content_type="application/json")
+
+    async def _served(self, request: web.Request) -> web.Response:
+        body, content_type = self.served[request.match_info["name"]]
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _redirect(self, request: web.Request) -> web.Response:
         n = int(request.match_info["n"])

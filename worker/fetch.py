@@ -66,10 +66,30 @@ _PERMANENT_DNS_ERRORS: Final = frozenset(
 )
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
 _MAX_VALIDATOR: Final = 1024
+# Bodies up to this size are parsed here. A larger one is not: parsing builds every value as a
+# Python object (a 10 MiB [{},{},...] is 3.5 million dicts, ~300 MiB), so Postgres' jsonb input
+# validates it as it lands instead, and a body it refuses becomes an invalid_json failure there.
+PARSE_MAX_BYTES: Final = 256 * 1024
+# A JSON text starts with a value, after optional whitespace.
+_JSON_START: Final = re.compile(rb"[ \t\r\n]*[\[{\"\-0-9tfn]")
+# Postgres numeric writes every digit of a number out: 1e-16383 (8 bytes) reads back as 16,385
+# characters. A body is refused when an exponent exceeds MAX_EXPONENT, or when what its
+# exponents add on reading (at most |exponent| - len(exponent) characters each) exceeds its
+# own length plus EXPONENT_SLACK, so a row reads back at most about 2.5 times its size
+# (jsonb output also adds a space after each comma and colon).
+MAX_EXPONENT: Final = 1000
+EXPONENT_SLACK: Final = 1024
+_HAS_EXPONENT: Final = re.compile(rb"\d[eE][-+]?\d")
+_EXPONENT: Final = re.compile(rb"\d[eE]([-+]?\d+)")
+# A JSON string; the closing quote is optional so that an unterminated one is consumed in one
+# linear pass instead of being retried from every escaped quote inside it.
+_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
+# Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
+Admit = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +254,44 @@ def clean_detail(text: str, limit: int = 500) -> str:
 
 
 def check_json(body: bytes) -> None:
-    """Raise `InvalidJSONError` unless ``body`` is JSON that Postgres' jsonb will accept."""
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSONError(f"body is not valid JSON: {exc}") from exc
+    """Raise `InvalidJSONError` unless ``body`` is JSON that Postgres' jsonb will accept and
+    read back at a size in proportion to the body.
+
+    Bodies over `PARSE_MAX_BYTES` are not parsed (see there): only their first character is
+    checked, and Postgres refuses the rest of what is not JSON when the body lands.
+    """
+    if len(body) <= PARSE_MAX_BYTES:
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJSONError(f"body is not valid JSON: {exc}") from exc
+    elif not _JSON_START.match(body):
+        raise InvalidJSONError(f"body is not valid JSON: it starts with {body[:16]!r}")
     if b"\\u0000" in body and _NUL_ESCAPE.search(body):
         raise InvalidJSONError("body contains \\u0000, which Postgres jsonb cannot store")
+    if _HAS_EXPONENT.search(body):
+        _check_exponents(body)
+
+
+def _check_exponents(body: bytes) -> None:
+    """Refuse numbers that Postgres would write out out of proportion to the body (see
+    `MAX_EXPONENT`). Only bodies with a digit-e-digit somewhere pay for this pass."""
+    growth = 0
+    # Strings can hold anything that looks like a number ("3e4b..." ids): blank them first.
+    for match in _EXPONENT.finditer(_STRING.sub(b'""', body)):
+        text = match.group(1)
+        exponent = abs(int(text))
+        if exponent > MAX_EXPONENT:
+            raise InvalidJSONError(
+                f"body has a number with exponent {text.decode()}; exponents beyond "
+                f"{MAX_EXPONENT} are refused, as Postgres would store every digit"
+            )
+        growth += exponent - len(text)
+    if growth > len(body) + EXPONENT_SLACK:
+        raise InvalidJSONError(
+            f"body's numbers would be written out in {growth} more characters than its "
+            f"{len(body)} bytes (Postgres stores every digit of an exponent)"
+        )
 
 
 def map_client_error(exc: BaseException) -> FetchError:
@@ -301,13 +352,19 @@ class Fetcher:
         self.pacer = HostPacer(settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep)
 
     async def fetch(
-        self, url: str, priority: int = 0, validators: Validators | None = None
+        self,
+        url: str,
+        priority: int = 0,
+        validators: Validators | None = None,
+        admit: Admit | None = None,
     ) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
         When slots are scarce, fetches with a lower ``priority`` value go first. With
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
-        `Fetched` carries the response's cache headers in ``meta``.
+        `Fetched` carries the response's cache headers in ``meta``. A body is passed to
+        ``admit`` before its request slot is given back, so bodies waiting for the caller's room
+        never outnumber the slots.
         """
         started = time.monotonic()
         try:
@@ -316,14 +373,14 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(target, priority, validators)
+            status, body, meta = await self._attempt(target, priority, validators, admit)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, attempts = await self._retry(
-                    target, exc, started, priority, validators
+                    target, exc, started, priority, validators, admit
                 )
             except _RetriesExhausted as gave_up:
                 return _failed(url, gave_up.last, gave_up.attempts)
@@ -362,6 +419,7 @@ class Fetcher:
         started: float,
         priority: int,
         validators: Validators | None,
+        admit: Admit | None,
     ) -> tuple[int, bytes, ResponseMeta | None, int]:
         s = self._settings
         attempts = 1
@@ -392,26 +450,31 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta = await self._attempt(target, priority, validators)
+                    status, body, meta = await self._attempt(target, priority, validators, admit)
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, meta, attempts
 
     async def _attempt(
-        self, target: URL, priority: int, validators: Validators | None
+        self, target: URL, priority: int, validators: Validators | None, admit: Admit | None
     ) -> tuple[int, bytes, ResponseMeta | None]:
         host = target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                return await self._follow(target, validators)
+                status, body, meta = await self._follow(target, validators)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
                 raise
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 raise map_client_error(exc) from exc
+            # Still in the slot: a body waiting for room counts against the slots, so at most
+            # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
+            if admit is not None and body:
+                await admit(len(body))
+            return status, body, meta
 
     async def _follow(
         self, url: URL, validators: Validators | None

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from worker import metrics, store
 from worker.errors import StoreError
-from worker.fetch import Failed, Fetched, Fetcher, Outcome, clean_detail
+from worker.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher, Outcome, clean_detail
 from worker.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.settings import Settings
 
@@ -70,6 +70,32 @@ class BatchSummary:
             "seconds": round(self.seconds, 3),
             "urls_per_second": round(self.urls_per_second, 1),
         }
+
+
+# orjson builds up to about 36 bytes of Python objects per byte it parses ([[],[],...] is the
+# worst shape we measured), for one body at a time of at most PARSE_MAX_BYTES.
+PARSE_PEAK_BYTES = 40 * PARSE_MAX_BYTES
+# What a connection's socket and parser buffers hold besides the body read so far.
+CONNECTION_BUFFER_BYTES = 256 * 1024
+
+
+def memory_bound(settings: Settings) -> int:
+    """Bytes a worker process may hold at its peak over its idle baseline, whatever the number
+    of jobs or the size of their batches: the README's Sizing formula.
+
+    - ``concurrency`` bodies and connection buffers (`CONNECTION_BUFFER_BYTES`): each request
+      slot holds at most one body, being read, checked, or waiting for the `ByteBudget`
+      (`Fetcher.fetch` admits it before giving the slot back);
+    - 3 x ``max(buffer_bytes, max_body_bytes)``: what the budget admits (queued, or in writers'
+      chunks), and COPY's two encoded copies of it (the buffer it fills, the message it sends);
+    - 3 bodies more: the one transient copy at a time (pieces joined, strings blanked for the
+      exponent check) and freed large blocks the allocator has not yet given back;
+    - `PARSE_PEAK_BYTES` for the one parse at a time of a body up to `PARSE_MAX_BYTES`.
+    """
+    body = settings.max_body_bytes
+    slots = settings.concurrency * (body + CONNECTION_BUFFER_BYTES)
+    held = slots + 3 * body + 3 * max(settings.buffer_bytes, body)
+    return held + PARSE_PEAK_BYTES
 
 
 class ByteBudget:
@@ -188,13 +214,18 @@ class _Writer:
                 or time.monotonic() - self._since >= FLUSH_INTERVAL_S
             ):
                 await self._flush()
+            # A landed body must not stay alive in this variable while the next outcome is
+            # awaited: the budget no longer counts it.
+            item = None
 
     async def _flush(self) -> None:
         if not self._docs and not self._fails and not self._updates:
             return
         docs, fails, updates, held = self._docs, self._fails, self._updates, self._bytes
         self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
-        written = await _write(self._pool, self._job_id, self._source, docs, fails, updates)
+        written = await _write(
+            self._pool, self._job_id, self._source, docs, fails, updates, self._settings
+        )
         self._budget.give(held)
         self._landed.update(d.url for d in docs)
         self._landed.update(f.url for f in fails)
@@ -218,7 +249,8 @@ async def _write(
     source: str | None,
     docs: Sequence[Fetched],
     fails: Sequence[Failed],
-    updates: Sequence[SourceUpdate] = (),
+    updates: Sequence[SourceUpdate],
+    settings: Settings,
 ) -> store.Written:
     """`store.write_chunk`, retried a few times: a chunk is atomic, so a retry cannot duplicate."""
     retrying = AsyncRetrying(
@@ -230,7 +262,9 @@ async def _write(
     started = time.monotonic()
     async for attempt in retrying:
         with attempt:
-            written = await store.write_chunk(pool, job_id, source, docs, fails, updates)
+            written = await store.write_chunk(
+                pool, job_id, source, docs, fails, updates, max_url_length=settings.max_url_length
+            )
     metrics.record_write(written.documents, written.failures, time.monotonic() - started)
     return written
 
@@ -257,13 +291,22 @@ async def record_failures(
     detail: str,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``urls`` that has no outcome yet."""
-    done = await store.existing_urls(pool, job_id)
-    todo = [u for u in dict.fromkeys(urls) if u not in done]
+    todo = await _without_outcome(pool, job_id, urls, settings)
     step = settings.copy_chunk_rows
     for i in range(0, len(todo), step):
         chunk = [Failed(u, kind, detail, None, 0) for u in todo[i : i + step]]
-        await _write(pool, job_id, source, [], chunk)
+        await _write(pool, job_id, source, [], chunk, (), settings)
     return len(todo)
+
+
+async def _without_outcome(
+    pool: asyncpg.Pool, job_id: str, urls: Sequence[str], settings: Settings
+) -> list[str]:
+    """The distinct ``urls`` that have no row for ``job_id`` yet. Rows hold URLs in their
+    `store.stored_url` form, so payload URLs are compared in that form."""
+    done = await store.existing_urls(pool, job_id)
+    limit = settings.max_url_length
+    return [u for u in dict.fromkeys(urls) if store.stored_url(u, limit) not in done]
 
 
 async def run(
@@ -293,8 +336,7 @@ async def run(
     """
     started = time.monotonic()
     distinct = list(dict.fromkeys(urls))
-    done = await store.existing_urls(pool, job_id)
-    todo = [u for u in distinct if u not in done]
+    todo = await _without_outcome(pool, job_id, distinct, settings)
 
     failures: Counter[str] = Counter()
     polls: Counter[str] = Counter()
@@ -312,30 +354,34 @@ async def run(
     timed_out = False
 
     async def fetch_loop() -> None:
-        # Long-lived coroutines pulling from one iterator: cheaper than a task per URL.
+        # Long-lived coroutines pulling from one iterator: cheaper than a task per URL. Each URL
+        # is one call of fetch_one, so its body is not kept alive in this loop's variables
+        # while the next URL is fetched (outside the budget, which stops counting it once landed).
         for url in feed:
-            state = sources.get(url) if sources else None
-            try:
-                outcome: Outcome = await fetcher.fetch(
-                    url, priority, state.validators if state is not None else None
-                )
-            except Exception as exc:
-                # A bug must cost one URL a failure row, never the whole batch.
-                log.exception("fetch.internal_error", extra={"url": url})
-                outcome = Failed(
-                    url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0
-                )
-            metrics.record_fetch(outcome)
-            item: Outcome | Polled = outcome
-            if state is not None:
-                item = settle(state, outcome, settings)
-            body = item.row if isinstance(item, Polled) else item
-            if isinstance(body, Fetched):
-                await lease.take(len(body.body))
-            if queue.full():
-                await queue.put(item)
-            else:
-                queue.put_nowait(item)
+            await fetch_one(url)
+
+    async def fetch_one(url: str) -> None:
+        state = sources.get(url) if sources else None
+        try:
+            # The body is admitted to the budget while its request slot is still held.
+            outcome: Outcome = await fetcher.fetch(
+                url, priority, state.validators if state is not None else None, lease.take
+            )
+        except Exception as exc:
+            # A bug must cost one URL a failure row, never the whole batch.
+            log.exception("fetch.internal_error", extra={"url": url})
+            outcome = Failed(url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0)
+        metrics.record_fetch(outcome)
+        item: Outcome | Polled = outcome
+        if state is not None:
+            item = settle(state, outcome, settings)
+        row = item.row if isinstance(item, Polled) else item
+        if isinstance(outcome, Fetched) and row is not outcome:
+            lease.give(len(outcome.body))  # admitted, but a poll found it unchanged
+        if queue.full():
+            await queue.put(item)
+        else:
+            queue.put_nowait(item)
 
     async def fetch_all() -> None:
         nonlocal timed_out

@@ -10,9 +10,10 @@ translated to `StoreError` here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, Union
 
 import asyncpg
 import orjson
@@ -108,6 +109,10 @@ CONNECTION_ERRORS = (
 )
 
 
+# What Postgres raises for a body its jsonb input refuses: data errors (not JSON, bad UTF-8,
+# \u0000, a number out of range) and program limits (nesting deeper than its stack allows).
+BODY_REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
 # Everything asyncpg or the socket can raise at us; modules that query Postgres catch this.
 DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 
@@ -171,8 +176,24 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     return pool
 
 
+# How much of an over-long URL its row keeps, before the hash that tells it apart.
+STORED_URL_PREFIX = 1024
+
+
+def stored_url(url: str, max_length: int) -> str:
+    """The form in which ``url`` is stored in a row: itself, or, when it is longer than
+    ``max_length`` (HARVESTER_MAX_URL_LENGTH, so it can only have failed), a bounded prefix and
+    the SHA-256 of the whole URL. The one definition: rows are written in this form and
+    `existing_urls` is compared with payload URLs mapped through it."""
+    if len(url) <= max_length:
+        return url
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{url[: min(max_length, STORED_URL_PREFIX)]}…#sha256={digest}"
+
+
 async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
-    """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run)."""
+    """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run), in
+    their `stored_url` form."""
     try:
         rows = await pool.fetch(_EXISTING, job_id)
     except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
@@ -192,6 +213,16 @@ def _fail_records(
     return [(job_id, f.url, source, f.kind, f.status, f.attempts, f.detail) for f in failures]
 
 
+_Outcome = TypeVar("_Outcome", Fetched, Failed)
+
+
+def _in_stored_form(rows: Sequence[_Outcome], max_url_length: int) -> Sequence[_Outcome]:
+    """``rows`` with each URL in its `stored_url` form (the same objects when all are short)."""
+    if all(len(r.url) <= max_url_length for r in rows):
+        return rows
+    return [replace(r, url=stored_url(r.url, max_url_length)) for r in rows]
+
+
 def _inserted(status: str) -> int:
     # "INSERT 0 <n>"
     return int(status.rsplit(" ", 1)[-1])
@@ -204,9 +235,14 @@ async def write_chunk(
     docs: Sequence[Fetched],
     failures: Sequence[Failed],
     updates: Sequence[SourceUpdate] = (),
+    *,
+    max_url_length: int,
 ) -> Written:
     """Land one chunk atomically, with the source ``updates`` of a scheduled poll. A body
-    Postgres refuses becomes a failure, not a failed chunk."""
+    Postgres refuses becomes a failure, not a failed chunk. URLs longer than
+    ``max_url_length`` are stored in their short `stored_url` form."""
+    docs = _in_stored_form(docs, max_url_length)
+    failures = _in_stored_form(failures, max_url_length)
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
@@ -216,9 +252,10 @@ async def write_chunk(
                     # Some rows are there already (a retried write whose commit did land):
                     # go through staging, where ON CONFLICT skips them.
                     return await _land(conn, _copy_chunk, job_id, source, docs, failures, updates)
-            except asyncpg.DataError:
-                # Some body passed our JSON check but not Postgres' (e.g. a number jsonb cannot
-                # hold). Find it row by row; the rest of the chunk still lands.
+            except BODY_REFUSED:
+                # Some body passed our JSON check but not Postgres' (a number jsonb cannot hold,
+                # or a large body, which only Postgres parses). Find it row by row; the rest of
+                # the chunk still lands.
                 return await _write_rows(conn, job_id, source, docs, failures, updates)
     except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
         raise store_error("write failed", exc) from exc
@@ -348,7 +385,7 @@ async def _write_rows(
                         d.attempts,
                     )
                     n_docs += _inserted(status)
-            except asyncpg.DataError as exc:
+            except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
                 refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
         all_failures = [*failures, *refused]
