@@ -32,9 +32,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from bench import upstream as upstream_mod
-from worker.client import enqueue_urls, open_queue
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
-from worker.migrate import migrate
+from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.engine.migrate import migrate
+from worker.queue.client import enqueue_urls, open_queue
 from worker.settings import load_settings
 
 QUEUE = "harvester:bench"

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 from arq.connections import RedisSettings
 
-from worker.serialization import deserialize, serialize
+from worker.queue.serialization import deserialize, serialize
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS naive_documents (

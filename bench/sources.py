@@ -21,11 +21,12 @@ from pathlib import Path
 
 import asyncpg
 
-from worker import sampleapi, sources
-from worker.app import create_worker
-from worker.client import open_queue
-from worker.embedded import embedded_stack
-from worker.migrate import migrate
+from worker.devtools import sampleapi
+from worker.devtools.embedded import embedded_stack
+from worker.engine.migrate import migrate
+from worker.queue.client import open_queue
+from worker.runtime.app import create_worker
+from worker.scheduling import sources
 from worker.settings import Settings, load_settings
 
 _KINDS = {"etag": 0, "hash": 1}  # n % 3 of the sample API's /feeds/{n} (see worker.sampleapi)

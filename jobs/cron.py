@@ -9,7 +9,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from worker.context import JobContext, WorkerContext
+from jobs.context import JobContext, WorkerContext
 from worker.errors import BadJobError, StoreError
 from worker.logs import bound_job
 

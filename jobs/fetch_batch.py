@@ -11,11 +11,13 @@ from typing import Any
 
 from arq import Retry
 
-from worker import metrics, pipeline, sources
-from worker.context import JobContext
+from jobs.context import JobContext
+from worker.engine import counters as metrics
+from worker.engine import pipeline
 from worker.errors import BadJobError, StoreError
 from worker.logs import bound_job
-from worker.payload import parse_batch
+from worker.queue.payload import parse_batch
+from worker.scheduling import sources
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.jobs")

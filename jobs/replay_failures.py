@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from jobs.context import WorkerContext
 from jobs.cron import cron_task
-from worker import replay
-from worker.context import WorkerContext
+from worker.scheduling import replay
 
 log = logging.getLogger("harvester.jobs")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from jobs.context import WorkerContext
 from jobs.cron import cron_task
-from worker import retention
-from worker.context import WorkerContext
+from worker.scheduling import retention
 
 log = logging.getLogger("harvester.jobs")
 

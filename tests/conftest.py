@@ -22,12 +22,12 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.upstream import Upstream
-from worker import store
-from worker.app import create_worker
-from worker.client import connect
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
-from worker.fetch import Fetcher, create_session
-from worker.migrate import migrate
+from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.engine import store
+from worker.engine.fetch import Fetcher, create_session
+from worker.engine.migrate import migrate
+from worker.queue.client import connect
+from worker.runtime.app import create_worker
 from worker.settings import Settings, load_settings
 
 TEST_QUEUE = "harvester:test"

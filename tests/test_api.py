@@ -26,12 +26,12 @@ from tests.conftest import TEST_QUEUE, Services
 from tests.helpers import wait_until, worker_env
 from tests.test_cli import _env, _harvester
 from tests.upstream import Upstream
-from worker.api import check_exposure, create_app, serve
-from worker.cli import main
-from worker.client import enqueue_urls
-from worker.embedded import free_port
+from worker.cli.main import main
+from worker.devtools.embedded import free_port
+from worker.engine.counters import REGISTRY
 from worker.errors import ConfigError
-from worker.metrics import REGISTRY
+from worker.ops.api import check_exposure, create_app, serve
+from worker.queue.client import enqueue_urls
 from worker.settings import Settings, get_settings
 
 TOKEN = "t0ken-for-the-tests"
@@ -453,7 +453,7 @@ async def test_with_a_token_the_host_is_not_checked(
 _PROBE = """
 import asyncio, logging, os, signal, socket, sys, threading, urllib.request
 import uvloop
-from worker import api
+from worker.ops import api
 from worker.settings import load_settings
 
 port = int(sys.argv[1])

@@ -8,8 +8,8 @@ from arq.connections import ArqRedis
 
 from jobs.poll_sources import poll_sources
 from tests.helpers import cron_ctx
-from worker import store
-from worker.app import create_worker, cron_jobs
+from worker.engine import store
+from worker.runtime.app import create_worker, cron_jobs
 from worker.settings import Settings
 
 

@@ -132,7 +132,7 @@ async def test_arq_cli_runs_the_settings_class(
     )
     assert out.returncode == 0, out.stderr
     arq_bin = str(Path(sys.executable).with_name("arq"))
-    run = await _run(arq_bin, "worker.app.WorkerSettings", "--burst", env=env)
+    run = await _run(arq_bin, "worker.runtime.app.WorkerSettings", "--burst", env=env)
     assert run.returncode == 0, run.stderr
     assert await pool.fetchval("SELECT count(*) FROM documents WHERE source = 'arqcli'") == 1
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
-from worker.client import enqueue_batch, redis_pool
+from worker.queue.client import enqueue_batch, redis_pool
 from worker.settings import load_settings
 
 

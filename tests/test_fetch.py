@@ -15,8 +15,7 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
-from worker.errors import InvalidJSONError
-from worker.fetch import (
+from worker.engine.fetch import (
     PARSE_MAX_BYTES,
     Failed,
     Fetched,
@@ -28,6 +27,7 @@ from worker.fetch import (
     check_json,
     parse_retry_after,
 )
+from worker.errors import InvalidJSONError
 from worker.settings import Settings
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_check_json_of_a_large_body_builds_no_object_tree() -> None:
     script = textwrap.dedent(
         """
         import re
-        from worker.fetch import check_json
+        from worker.engine.fetch import check_json
 
         def hwm():
             text = open("/proc/self/status").read()
@@ -309,7 +309,7 @@ async def test_connection_refused_is_connect_and_retried(
     settings: Settings, make_fetcher: FetcherFactory
 ) -> None:
     """A port nobody listens on gives kind connect after max_attempts."""
-    from worker.embedded import free_port
+    from worker.devtools.embedded import free_port
 
     out = await make_fetcher(settings).fetch(f"http://127.0.0.1:{free_port()}/x")
     assert isinstance(out, Failed)

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
+from worker.engine.guard import AddressPolicy, BlockedAddressError
 from worker.errors import BlockedError, FetchError
-from worker.guard import AddressPolicy, BlockedAddressError
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ class _StubResolver:
 
 async def test_resolver_drops_refused_addresses_and_keeps_the_rest() -> None:
     """A name resolving to public and private addresses is connected only to the public one."""
-    from worker.guard import GuardedResolver
+    from worker.engine.guard import GuardedResolver
 
     resolver = GuardedResolver(_StubResolver(["10.0.0.5", "93.184.216.34"]), AddressPolicy())  # type: ignore[arg-type]
     kept = await resolver.resolve("api.example.com", 443)
@@ -143,7 +143,7 @@ async def test_resolver_drops_refused_addresses_and_keeps_the_rest() -> None:
 
 async def test_resolver_refuses_a_name_that_resolves_only_inside() -> None:
     """DNS pointing a public-looking name at the metadata address is refused before connecting."""
-    from worker.guard import GuardedResolver
+    from worker.engine.guard import GuardedResolver
 
     resolver = GuardedResolver(_StubResolver(["169.254.169.254"]), AddressPolicy())  # type: ignore[arg-type]
     with pytest.raises(BlockedError, match="not allowed"):

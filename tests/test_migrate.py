@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import Services, _with_database
+from worker.engine.migrate import SQL_DIR, discover, migrate
 from worker.errors import StoreError
-from worker.migrate import SQL_DIR, discover, migrate
 
 
 def test_discover_orders_the_shipped_migrations() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.pacing import HostPacer
+from worker.engine.pacing import HostPacer
 
 
 class FakeTime:

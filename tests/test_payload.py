@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import BadJobError
-from worker.payload import job_id_problems, parse_batch
+from worker.queue.payload import job_id_problems, parse_batch
 
 
 def test_valid_payload() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Upstream
-from worker import pipeline, store
-from worker.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher
+from worker.engine import pipeline, store
+from worker.engine.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher
 from worker.settings import Settings, load_settings
 
 RunBatch = Callable[..., Awaitable[pipeline.BatchSummary]]

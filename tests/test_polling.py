@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from worker.fetch import Failed, Fetched, NotModified, ResponseMeta
-from worker.polling import CHANGED, NOT_MODIFIED, UNCHANGED, SourceState, content_hash, settle
+from worker.engine.fetch import Failed, Fetched, NotModified, ResponseMeta
+from worker.engine.polling import (
+    CHANGED,
+    NOT_MODIFIED,
+    UNCHANGED,
+    SourceState,
+    content_hash,
+    settle,
+)
 from worker.settings import Settings
 
 BODY = b'{"v": 1}'

@@ -18,7 +18,7 @@ from jobs.replay_failures import replay_failures as replay_cron
 from tests.conftest import TEST_QUEUE
 from tests.helpers import cron_ctx
 from tests.upstream import Upstream
-from worker.replay import (
+from worker.scheduling.replay import (
     OUTBOX_GRACE_S,
     TRANSIENT_KINDS,
     TRANSIENT_STATUSES,

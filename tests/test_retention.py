@@ -10,7 +10,7 @@ import pytest
 
 from jobs.retention import apply_retention
 from tests.helpers import cron_ctx
-from worker.retention import delete_expired
+from worker.scheduling.retention import delete_expired
 from worker.settings import Settings
 
 DAY = 86_400.0

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from worker.schedule import format_duration, fresh_for, next_poll_delay, parse_duration
+from worker.engine.schedule import format_duration, fresh_for, next_poll_delay, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from worker.errors import BadJobError
-from worker.serialization import RemoteJobError, deserialize, job_deserializer, serialize
+from worker.queue.serialization import RemoteJobError, deserialize, job_deserializer, serialize
 
 
 def test_job_round_trip() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from worker.slots import PrioritySemaphore
+from worker.engine.slots import PrioritySemaphore
 
 
 async def test_bounds_holders_like_a_semaphore() -> None:

@@ -11,9 +11,10 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from worker import sources, store
-from worker.client import redis_pool
-from worker.polling import SourceUpdate
+from worker.engine import store
+from worker.engine.polling import SourceUpdate
+from worker.queue.client import redis_pool
+from worker.scheduling import sources
 from worker.settings import Settings
 
 

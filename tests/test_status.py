@@ -16,9 +16,9 @@ from arq.worker import Worker
 from tests.conftest import Services
 from tests.test_cli import _env, _harvester
 from tests.upstream import Upstream
-from worker.client import enqueue_urls
+from worker.ops.status import gather
+from worker.queue.client import enqueue_urls
 from worker.settings import Settings
-from worker.status import gather
 
 
 async def test_status_reports_a_workers_jobs_failures_and_queue(
@@ -93,8 +93,8 @@ def test_untrusted_text_cannot_break_or_drive_the_status_screen() -> None:
 
     from rich.console import Console
 
-    from worker.cli_status import render
-    from worker.status import RecentJob, Status, Worker
+    from worker.ops.screen import render
+    from worker.ops.status import RecentJob, Status, Worker
 
     evil = ["[/x]", "[link=http://evil.example]click[/link]", "a\x1b]8;;http://e\x07b", "\x9b2J"]
     status = Status(
@@ -128,7 +128,7 @@ def test_untrusted_text_cannot_break_or_drive_the_status_screen() -> None:
 def test_list_tables_escape_what_they_show() -> None:
     """`failures list` and `sources list` tables escape control characters and redact
     credentials in every cell."""
-    from worker.cliutil import format_table
+    from worker.cli.util import format_table
 
     table = format_table(("job", "url"), [["a\nb\x1b[2J", "http://u:pw@h/x?token=t0k"]])
     assert "\x1b" not in table

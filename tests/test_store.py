@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from worker import store
+from worker.engine import store
+from worker.engine.fetch import Failed, Fetched
 from worker.errors import StoreError
-from worker.fetch import Failed, Fetched
 from worker.settings import Settings
 
 
@@ -104,7 +104,7 @@ async def test_existing_urls_lists_both_tables(pool: asyncpg.Pool) -> None:
 
 async def test_unreachable_database_is_a_store_error(make_settings) -> None:  # type: ignore[no-untyped-def]
     """A bad DATABASE_URL fails at pool creation with StoreError, not an asyncpg error."""
-    from worker.embedded import free_port
+    from worker.devtools.embedded import free_port
 
     s: Settings = make_settings(
         database_url=f"postgresql://x@127.0.0.1:{free_port()}/x", connect_timeout=2

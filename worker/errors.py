@@ -1,5 +1,6 @@
-"""harvester's one error hierarchy. Library exceptions are translated into it at one boundary each
-(aiohttp in `worker.fetch`, asyncpg in `worker.store`), always with ``raise ... from exc``.
+"""harvester's one error hierarchy. Library exceptions are translated into it at one boundary
+each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`), always with
+``raise ... from exc``.
 
     HarvesterError
     ├── ConfigError            invalid settings; the process refuses to start

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from tests.helpers import worker_env
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
-from worker.migrate import migrate
+from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.engine.migrate import migrate
 
 FAULT_QUEUE = "harvester:faults"
 

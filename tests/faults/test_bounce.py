@@ -13,7 +13,7 @@ import pytest
 from tests.faults.conftest import FAULT_QUEUE, Stack, WorkerProcess, outcome_counts
 from tests.helpers import wait_until
 from tests.upstream import Upstream
-from worker.client import enqueue_urls, open_queue
+from worker.queue.client import enqueue_urls, open_queue
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.faults

@@ -12,7 +12,7 @@ from tests.faults.conftest import Stack, WorkerProcess, outcome_counts
 from tests.faults.test_bounce import enqueue
 from tests.helpers import wait_until
 from tests.upstream import Upstream, gzip_bomb
-from worker.pipeline import memory_bound
+from worker.engine.pipeline import memory_bound
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.faults

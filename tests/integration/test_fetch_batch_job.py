@@ -19,9 +19,9 @@ from arq.worker import Worker
 
 from tests.conftest import TEST_QUEUE, Services
 from tests.upstream import Upstream
-from worker.client import JobIdTakenError, connect, enqueue_urls
 from worker.errors import BadJobError
-from worker.serialization import RemoteJobError, deserialize
+from worker.queue.client import JobIdTakenError, connect, enqueue_urls
+from worker.queue.serialization import RemoteJobError, deserialize
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.upstream import Upstream
-from worker.client import enqueue_urls
+from worker.queue.client import enqueue_urls
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from arq.worker import Worker, func
 from jobs.poll_sources import poll_sources
 from tests.conftest import TEST_QUEUE
 from tests.upstream import Upstream
-from worker.app import create_worker
-from worker.serialization import RemoteJobError, deserialize
+from worker.queue.serialization import RemoteJobError, deserialize
+from worker.runtime.app import create_worker
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from arq.worker import Worker
 
 from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
-from worker import sources
-from worker.app import create_worker
+from worker.runtime.app import create_worker
+from worker.scheduling import sources
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,10 @@ from arq.worker import Worker
 from tests.hostile import Hostile
 from tests.spellings import Trap, ipv4_hosts, refused_hosts
 from tests.upstream import Upstream
-from worker import sources
-from worker.api import create_app
-from worker.fetch import Failed, Fetched, Fetcher, map_client_error
-from worker.guard import AddressPolicy, BlockedAddressError, guarded_socket_factory
+from worker.engine.fetch import Failed, Fetched, Fetcher, map_client_error
+from worker.engine.guard import AddressPolicy, BlockedAddressError, guarded_socket_factory
+from worker.ops.api import create_app
+from worker.scheduling import sources
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

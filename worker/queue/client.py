@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
@@ -22,8 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import BadJobError, HarvesterError
-from worker.payload import has_control, job_id_problems
-from worker.serialization import deserialize, serialize
+from worker.queue.payload import has_control, job_id_problems
+from worker.queue.serialization import deserialize, serialize
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.client")
@@ -176,3 +178,12 @@ async def enqueue_urls(
             log.info("enqueue.duplicate", extra={"job_id": job_id, "same_batch": True})
         job_ids.append(job_id)
     return job_ids
+
+
+def health_check_key(settings: Settings) -> str:
+    """The heartbeat key of the workers on this host (one per container or dyno).
+
+    Per host rather than arq's one key per queue, so a dead worker is not covered up by a live
+    one elsewhere.
+    """
+    return f"{settings.queue}{HEALTH_CHECK_SUFFIX}:{socket.gethostname()}"

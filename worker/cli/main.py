@@ -11,17 +11,19 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from worker.cliutil import positive, read_urls
+from worker.cli.util import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    EXIT_UNHEALTHY,
+    positive,
+    read_urls,
+)
 from worker.errors import ConfigError, HarvesterError, ListenError, StoreError
 from worker.logs import configure
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("harvester.cli")
-
-EXIT_UNHEALTHY = 1
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
 
 
 def _install_uvloop(settings: Settings) -> None:
@@ -36,7 +38,7 @@ def _install_uvloop(settings: Settings) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from worker.migrate import migrate
+    from worker.engine.migrate import migrate
 
     settings = get_settings()
     applied = asyncio.run(migrate(settings.database_url))
@@ -50,7 +52,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from worker.app import RedisUnavailableError, create_worker
+    from worker.runtime.app import RedisUnavailableError, create_worker
 
     settings = get_settings()
     _install_uvloop(settings)
@@ -66,8 +68,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from worker.app import health_check_key
-    from worker.client import open_queue
+    from worker.queue.client import health_check_key, open_queue
 
     # A health check must answer quickly: do not ride out a Redis outage here.
     settings = get_settings().model_copy(update={"redis_retry_time": 0.0})
@@ -86,7 +87,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.client import JobIdTakenError, enqueue_urls, open_queue
+    from worker.queue.client import JobIdTakenError, enqueue_urls, open_queue
 
     settings = get_settings()
 
@@ -139,7 +140,7 @@ def _with_progress(
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from worker import api
+    from worker.ops import api
 
     settings = get_settings()
     _install_uvloop(settings)
@@ -148,15 +149,24 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
-
+    try:
+        from worker.devtools.demo import run_demo
+    except ImportError:
+        print(
+            "harvester: the demo runs from a source checkout (make demo); it is not part of "
+            "an installed harvester",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     return run_demo(
         Path(args.dir), count=args.urls, batch_size=args.batch_size, n_sources=args.sources
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from worker import cli_failures, cli_sources, cli_status
+    from worker.cli import failures as cli_failures
+    from worker.cli import sources as cli_sources
+    from worker.cli import status as cli_status
 
     parser = argparse.ArgumentParser(
         prog="harvester", description="Fetch batches of JSON URLs from arq jobs into Postgres."

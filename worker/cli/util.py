@@ -13,6 +13,13 @@ if TYPE_CHECKING:  # asyncpg loads only when a command that needs it runs
 
 T = TypeVar("T")
 
+# The exit codes of every harvester command (the README's table).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and the answer is no: unhealthy, nothing matched, a conflict
+EXIT_UNHEALTHY = EXIT_FAILED
+EXIT_CONFIG = 2  # invalid configuration or arguments
+EXIT_UNAVAILABLE = 3  # Redis or Postgres unavailable, or a port in use
+
 
 def positive(text: str) -> int:
     """argparse type: an integer of at least 1."""
@@ -24,7 +31,7 @@ def positive(text: str) -> int:
 
 def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """Run ``work`` with the store's pool for the configured database, closed afterwards."""
-    from worker import store
+    from worker.engine import store
     from worker.settings import get_settings
 
     async def go() -> T:

@@ -1,7 +1,6 @@
-"""Prometheus metrics of a harvester process, and the small HTTP server that exposes them.
+"""Prometheus counters of a harvester process: what the engine and the jobs record.
 
-The metrics live in one registry per process (`REGISTRY`). The worker serves it on
-``HARVESTER_METRICS_PORT`` when that is set; ``harvester api`` serves its own on ``/metrics``.
+The metrics live in one registry per process (`REGISTRY`); `worker.ops.metrics` serves it.
 Recording is cheap on the busy path: label children are bound once and cached.
 """
 
@@ -10,18 +9,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Final
 
-from aiohttp import web
-from arq.connections import ArqRedis
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker.fetch import Failed, Fetched, NotModified, Outcome
+from worker.engine.fetch import Failed, Fetched, NotModified, Outcome
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
@@ -102,30 +92,3 @@ def record_write(documents: int, failures: int, seconds: float) -> None:
 def record_job(result: str) -> None:
     """Count one run of a fetch_batch job."""
     JOBS.labels(result=result).inc()
-
-
-async def exposition(redis: ArqRedis | None, queue: str) -> bytes:
-    """The registry in Prometheus text format, the queue depth read just now."""
-    if redis is not None:
-        QUEUE_DEPTH.set(await redis.zcard(queue))
-    return generate_latest(REGISTRY)
-
-
-def metrics_app(redis: ArqRedis | None, queue: str) -> web.Application:
-    """An aiohttp app serving ``GET /metrics``."""
-
-    async def handler(request: web.Request) -> web.Response:
-        body = await exposition(redis, queue)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    return app
-
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start ``app`` on ``host:port``; clean it up with ``await runner.cleanup()``."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

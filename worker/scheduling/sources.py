@@ -20,12 +20,12 @@ import asyncpg
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
-from worker.client import JOB_NAME
+from worker.engine.polling import SourceState
+from worker.engine.store import DB_ERRORS, store_error
 from worker.errors import BadJobError, StoreError
-from worker.payload import url_problem
-from worker.polling import SourceState
+from worker.queue.client import JOB_NAME
+from worker.queue.payload import url_problem
 from worker.settings import Settings
-from worker.store import DB_ERRORS, store_error
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
 # (a job lost with its queue); at least this, and several job timeouts.

@@ -1,7 +1,7 @@
 """`harvester status`: what the queue, the workers and the database say right now, in one read.
 
 `gather` reads Redis (queue, jobs in progress, results, heartbeats) and Postgres (recent rows,
-failures, sources) and returns a `Status`; rendering is `worker.cli_status`'s job.
+failures, sources) and returns a `Status`; rendering is `worker.cli.status`'s job.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix, in_progress_key_prefix, result_key_prefix
 from arq.jobs import DeserializationError, deserialize_result
 
-from worker.serialization import deserialize
+from worker.engine.store import DB_ERRORS, store_error
+from worker.queue.serialization import deserialize
 from worker.settings import Settings
-from worker.store import DB_ERRORS, store_error
 
 RECENT_JOBS = 10
 RATE_MINUTES = 5

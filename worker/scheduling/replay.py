@@ -31,8 +31,8 @@ from typing import Final
 import asyncpg
 from arq.connections import ArqRedis
 
-from worker.client import JOB_NAME
-from worker.store import ACQUIRE_TIMEOUT_S, DB_ERRORS, store_error
+from worker.engine.store import ACQUIRE_TIMEOUT_S, DB_ERRORS, store_error
+from worker.queue.client import JOB_NAME
 
 log = logging.getLogger("harvester.replay")
 

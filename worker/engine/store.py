@@ -19,9 +19,9 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from worker.engine.fetch import Failed, Fetched, clean_detail
+from worker.engine.polling import SourceUpdate
 from worker.errors import StoreError
-from worker.fetch import Failed, Fetched, clean_detail
-from worker.polling import SourceUpdate
 from worker.settings import Settings
 
 _DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")

@@ -23,7 +23,7 @@ from typing import Final, cast
 
 from prometheus_client import Counter
 
-from worker import metrics
+from worker.engine import counters as metrics
 
 log = logging.getLogger("harvester.api")
 

@@ -9,10 +9,10 @@
 Everything under /batches needs ``Authorization: Bearer $HARVESTER_API_TOKEN``. Without a token
 the API refuses to start unless bound to loopback, and then serves only requests whose Host (and
 a POST's Origin) name loopback, against DNS rebinding. Payloads are validated by the same code as
-the job (`worker.payload`), so the API refuses what the worker would. Every failure is a JSON
+the job (`worker.queue.payload`), so the API refuses what the worker would. Every failure is a JSON
 answer (an outage of Redis or Postgres a 503), and every request is counted.
 
-`serve` listens through `worker.api_connections.ConnectionGuard` (deadlines on headers, a cap
+`serve` listens through `worker.ops.connections.ConnectionGuard` (deadlines on headers, a cap
 on connections); `run` is `harvester api`: serve until SIGTERM or SIGINT.
 """
 
@@ -37,15 +37,17 @@ from arq.jobs import Job, JobStatus
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from redis.exceptions import RedisError
 
-from worker import metrics, store
-from worker.api_connections import ConnectionGuard
-from worker.api_openapi import openapi
-from worker.client import JobIdTakenError, enqueue_batch, redis_pool
+from worker.engine import counters as metrics
+from worker.engine import store
+from worker.engine.store import DB_ERRORS, store_error
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
-from worker.payload import MAX_JOB_ID_LENGTH, has_control, job_id_problems, parse_batch
-from worker.serialization import deserialize
+from worker.ops import metrics as ops_metrics
+from worker.ops.connections import ConnectionGuard
+from worker.ops.openapi import openapi
+from worker.queue.client import JobIdTakenError, enqueue_batch, redis_pool
+from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control, job_id_problems, parse_batch
+from worker.queue.serialization import deserialize
 from worker.settings import Settings
-from worker.store import DB_ERRORS, store_error
 
 log = logging.getLogger("harvester.api")
 
@@ -323,7 +325,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    body = await metrics.exposition(request.app[REDIS], request.app[SETTINGS].queue)
+    body = await ops_metrics.exposition(request.app[REDIS], request.app[SETTINGS].queue)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

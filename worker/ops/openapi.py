@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of `harvester api`, served at ``GET /openapi.json``.
 
-Built from the same limits as the code that enforces them (settings, `worker.payload`), so the
+Built from the same limits as the code that enforces them (settings, `worker.queue.payload`), so the
 document and the API cannot drift apart on those.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.payload import MAX_JOB_ID_LENGTH
+from worker.queue.payload import MAX_JOB_ID_LENGTH
 from worker.settings import Settings
 
 

@@ -11,11 +11,18 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from worker.cliutil import format_table, format_when, positive, with_pool
-from worker.schedule import parse_duration
+from worker.cli.util import (
+    EXIT_CONFIG,
+    EXIT_UNAVAILABLE,
+    format_table,
+    format_when,
+    positive,
+    with_pool,
+)
+from worker.engine.schedule import parse_duration
 
 if TYPE_CHECKING:  # worker.replay pulls in asyncpg and aiohttp: only when a command runs
-    from worker.replay import FailureRow
+    from worker.scheduling.replay import FailureRow
 
 
 _COLUMNS = ("id", "failed_at", "job_id", "error", "status", "attempts", "replayed_by", "url")
@@ -58,7 +65,7 @@ def _table(rows: list[FailureRow]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from worker.replay import list_failures
+    from worker.scheduling.replay import list_failures
 
     rows = with_pool(
         lambda pool: list_failures(
@@ -80,10 +87,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from worker import store
-    from worker.cli import EXIT_CONFIG, EXIT_UNAVAILABLE
-    from worker.client import open_queue
-    from worker.replay import ReplayResult, replay_failures
+    from worker.engine import store
+    from worker.queue.client import open_queue
+    from worker.scheduling.replay import ReplayResult, replay_failures
     from worker.settings import get_settings
 
     settings = get_settings()

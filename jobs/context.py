@@ -9,8 +9,8 @@ from typing import TypedDict
 import asyncpg
 from arq.connections import ArqRedis
 
-from worker.fetch import Fetcher
-from worker.pipeline import ByteBudget
+from worker.engine.fetch import Fetcher
+from worker.engine.pipeline import ByteBudget
 from worker.settings import Settings
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from worker.store import DB_ERRORS, store_error
+from worker.engine.store import DB_ERRORS, store_error
 
 log = logging.getLogger("harvester.retention")
 

@@ -18,10 +18,11 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from worker import metrics, store
+from worker.engine import counters as metrics
+from worker.engine import store
+from worker.engine.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher, Outcome, clean_detail
+from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.errors import StoreError
-from worker.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher, Outcome, clean_detail
-from worker.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.pipeline")
@@ -101,8 +102,8 @@ def memory_bound(settings: Settings) -> int:
 class ByteBudget:
     """Bounds the body bytes held between fetchers and the database, whatever the batch size.
 
-    One per worker process, shared by its jobs (see `worker.app.startup`), so memory is flat in
-    batch size and in the number of running jobs. A fetcher takes its body's size before queueing
+    One per worker process, shared by its jobs (see `worker.runtime.app.startup`), so memory is
+    flat in batch size and in the number of running jobs. A fetcher takes its body's size before queueing
     it and a writer gives it back once the chunk has landed. When nothing is held, one body is
     always let through, so a body larger than the budget cannot stall.
     """
@@ -332,7 +333,7 @@ async def run(
     rows; everything a URL can do wrong becomes a failure row instead.
 
     URLs found in ``sources`` are polls of registered sources: fetched conditionally, landed
-    only when changed, and their source state updated with their rows (`worker.polling`).
+    only when changed, and their source state updated with their rows (`worker.engine.polling`).
     """
     started = time.monotonic()
     distinct = list(dict.fromkeys(urls))

@@ -32,6 +32,15 @@ from tenacity import (
 )
 from yarl import URL
 
+from worker.engine.guard import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    guarded_socket_factory,
+)
+from worker.engine.pacing import HostPacer
+from worker.engine.schedule import fresh_for
+from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
     BlockedError,
     ConnectError,
@@ -45,17 +54,8 @@ from worker.errors import (
     TimeoutError_,
     TooLargeError,
 )
-from worker.guard import (
-    AddressPolicy,
-    BlockedAddressError,
-    GuardedResolver,
-    guarded_socket_factory,
-)
 from worker.logs import redact
-from worker.pacing import HostPacer
-from worker.schedule import fresh_for
 from worker.settings import Settings
-from worker.slots import PrioritySemaphore
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})

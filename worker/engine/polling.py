@@ -3,7 +3,7 @@
 A poll is a conditional fetch of a registered source. `settle` turns its outcome into the
 source's new state (`SourceUpdate`) and the row to land, if any: a changed body lands as a
 document, a failure as a failure row, a 304 or a body identical to the last one lands nothing.
-The update and the row go to Postgres in the same transaction (see `worker.store`).
+The update and the row go to Postgres in the same transaction (see `worker.engine.store`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from worker.fetch import Failed, Fetched, NotModified, Outcome, Validators
-from worker.schedule import next_poll_delay
+from worker.engine.fetch import Failed, Fetched, NotModified, Outcome, Validators
+from worker.engine.schedule import next_poll_delay
 from worker.settings import Settings
 
 CHANGED = "changed"

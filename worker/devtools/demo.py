@@ -18,9 +18,12 @@ from pathlib import Path
 
 import asyncpg
 
-from worker import client, sampleapi, sources, store
-from worker.embedded import embedded_stack
-from worker.migrate import migrate
+from worker.devtools import sampleapi
+from worker.devtools.embedded import embedded_stack
+from worker.engine import store
+from worker.engine.migrate import migrate
+from worker.queue import client
+from worker.scheduling import sources
 from worker.settings import Settings, load_settings
 
 LANDED = "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM fetch_failures)"
@@ -102,8 +105,8 @@ async def _worker(
     ``status_after`` is given, what `harvester status` showed once that many URLs were in."""
     from rich.console import Console
 
-    from worker.cli_status import render
-    from worker.status import gather
+    from worker.ops.screen import render
+    from worker.ops.status import gather
 
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(

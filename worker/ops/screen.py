@@ -1,22 +1,15 @@
-"""``harvester status [--json] [--watch]``: the queue, the workers and recent work on one screen."""
+"""How `harvester status` is drawn: the `Status` as rich renderables, for a terminal (the CLI)
+or a captured screen (the demo). Every value read from Redis or Postgres is shown as plain,
+escaped text, never as markup."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-from typing import TYPE_CHECKING
-
-import orjson
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from worker.logs import safe
-
-if TYPE_CHECKING:
-    from worker.status import Status
+from worker.ops.status import Status
 
 
 def _t(value: object, style: str = "") -> Text:
@@ -100,48 +93,3 @@ def render(s: Status) -> Group:
     if s.in_progress:
         parts.append(_t("in progress: " + ", ".join(s.in_progress)))
     return Group(*parts)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from worker import store
-    from worker.client import open_queue
-    from worker.settings import get_settings
-    from worker.status import gather
-
-    # A status screen must answer quickly: do not ride out a Redis outage here.
-    settings = get_settings().model_copy(update={"redis_retry_time": 0.0})
-    console = Console()
-
-    async def go() -> None:
-        pool = await store.create_pool(settings)
-        try:
-            async with open_queue(settings) as redis:
-                if not args.watch:
-                    status = await gather(settings, redis, pool)
-                    if args.json:
-                        sys.stdout.buffer.write(orjson.dumps(status.as_dict()) + b"\n")
-                    else:
-                        console.print(render(status))
-                    return
-                with Live(console=console, auto_refresh=False) as live:
-                    while True:
-                        live.update(render(await gather(settings, redis, pool)), refresh=True)
-                        await asyncio.sleep(args.interval)
-        finally:
-            await store.close_pool(pool)
-
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        return 0
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``status`` to the ``harvester`` parser."""
-    p = sub.add_parser("status", help="queue, workers, recent jobs, rates and failures at a glance")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-    mode.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
-    p.set_defaults(func=cmd_status)

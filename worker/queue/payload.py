@@ -9,8 +9,8 @@ from typing import Final
 
 from yarl import URL
 
+from worker.engine.guard import host_problem
 from worker.errors import BadJobError
-from worker.guard import host_problem
 
 MAX_SOURCE_LENGTH = 200
 MAX_JOB_ID_LENGTH = 256

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
-from worker.cliutil import format_table, format_when, positive, read_urls, with_pool
-from worker.schedule import format_duration, parse_duration
+from worker.cli.util import format_table, format_when, positive, read_urls, with_pool
+from worker.engine.schedule import format_duration, parse_duration
 
 if TYPE_CHECKING:  # asyncpg and aiohttp load only when a command runs
     pass
@@ -35,7 +35,7 @@ def _read_file(path: str) -> list[str]:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from worker import sources
+    from worker.scheduling import sources
 
     urls = list(args.urls)
     for path in args.from_file or ():
@@ -52,7 +52,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from worker import sources
+    from worker.scheduling import sources
 
     rows = with_pool(lambda pool: sources.list_sources(pool, name=args.source, limit=args.limit))
     if args.json:
@@ -79,7 +79,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
     def cmd(args: argparse.Namespace) -> int:
-        from worker import sources
+        from worker.scheduling import sources
 
         n = with_pool(lambda pool: sources.set_enabled(pool, args.targets, enabled))
         print(f"{'enabled' if enabled else 'disabled'} {n} source(s)")
@@ -89,7 +89,7 @@ def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from worker import sources
+    from worker.scheduling import sources
 
     n = with_pool(lambda pool: sources.remove(pool, args.targets))
     print(f"removed {n} source(s); their documents stay")

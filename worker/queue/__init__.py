@@ -1,0 +1,7 @@
+"""The queue contract: what a job is and how it gets into Redis.
+
+The one payload model (`payload.FetchBatch`) that the worker, the CLI, the HTTP intake and the
+OpenAPI document all come from; the JSON serialisation (never pickle) and the strict job
+envelope check; the client that enqueues batches and the Redis key names harvester uses. It
+imports the engine (URL checks) and the foundation; never the runtime, ops, cli or ``jobs``.
+"""

@@ -1,0 +1,299 @@
+"""arq wiring: WorkerSettings, and the start-up and shutdown of the process's resources.
+
+Run with ``harvester worker`` or ``arq worker.app.WorkerSettings``. The settings class is built
+on first access from the environment, so importing this module never reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from typing import Any, cast
+
+from arq.cron import CronJob, cron
+from arq.jobs import serialize_result
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from jobs.context import WorkerContext
+from jobs.cron import cron_name
+from jobs.fetch_batch import fetch_batch
+from jobs.poll_sources import poll_sources
+from jobs.replay_failures import replay_failures
+from jobs.retention import apply_retention
+from worker.engine import store
+from worker.engine.fetch import Fetcher, create_session
+from worker.engine.pipeline import ByteBudget
+from worker.errors import HarvesterError
+from worker.logs import tame_arq_logs
+from worker.ops import metrics as ops_metrics
+from worker.queue.client import JOB_NAME, health_check_key, redis_pool
+from worker.queue.serialization import job_deserializer, serialize
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger("harvester.worker")
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Create the one session and the one pool this process uses, on one exit stack."""
+    settings: Settings = ctx.get("settings") or get_settings()
+    stack = AsyncExitStack()
+    try:
+        session = create_session(settings)
+        stack.push_async_callback(session.close)
+        pool = await store.create_pool(settings)
+        stack.push_async_callback(store.close_pool, pool)
+        if settings.metrics_port is not None:
+            runner = await ops_metrics.serve(
+                ops_metrics.metrics_app(ctx.get("redis"), settings.queue),
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+            stack.push_async_callback(runner.cleanup)
+    except BaseException:
+        await stack.aclose()
+        raise
+    ctx.update(
+        settings=settings,
+        fetcher=Fetcher(session, settings),
+        pool=pool,
+        budget=ByteBudget(settings.buffer_bytes),
+        exit_stack=stack,
+    )
+    log.info(
+        "worker.started",
+        extra={
+            "queue": settings.queue,
+            "concurrency": settings.concurrency,
+            "per_host": settings.per_host,
+            "max_jobs": settings.max_jobs,
+            "metrics_port": settings.metrics_port,
+            "loop": type(asyncio.get_running_loop()).__module__,
+        },
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what startup opened (a no-op if startup failed before finishing)."""
+    wctx = cast(WorkerContext, ctx)
+    stack = wctx.get("exit_stack")
+    if stack is not None:
+        await stack.aclose()
+    log.info("worker.stopped")
+
+
+# arq's own limit on starts of a job is a little above ours: fetch_batch itself closes a job
+# that has been started HARVESTER_JOB_TRIES times, recording its URLs, and arq's limit is only a
+# backstop should that final run be interrupted too.
+ARQ_EXTRA_TRIES = 3
+
+
+REPLAY_EVERY_MIN = 5
+RETENTION_MINUTE = 17  # once an hour, off the top of the hour
+
+
+def _every(seconds: int) -> tuple[set[int] | None, set[int]]:
+    """arq cron (minute, second) fields for "every ``seconds``" (a divisor of a minute, or
+    whole minutes that divide an hour; see `Settings`)."""
+    if seconds < 60:
+        return None, set(range(0, 60, seconds))
+    return set(range(0, 60, seconds // 60)), {0}
+
+
+def cron_jobs(settings: Settings) -> list[CronJob]:
+    """The scheduled tasks: source polling always; replay and retention when configured.
+
+    arq's ``unique`` cron (the default) gives each tick one job id, ``<name>:<tick ms>``, so when
+    several workers run only one of them runs a given tick. Names carry the queue
+    (``cron:<queue>:poll_sources``): job ids are global to a Redis database, and two deployments
+    sharing one must not take each other's ticks.
+    """
+    # arq locks every job for the longest timeout of any function (+10 s): a cron timeout above
+    # the job timeout would make a killed worker's fetch_batch jobs wait that long to re-run.
+    common: dict[str, Any] = {"timeout": settings.job_timeout, "max_tries": 1}
+    minute, second = _every(settings.sources_poll_seconds)
+    jobs = [
+        cron(
+            poll_sources,  # type: ignore[arg-type]  # arq types ctx as dict[Any, Any]
+            name=cron_name(settings.queue, "poll_sources"),
+            minute=minute,
+            second=second,
+            **common,
+        )
+    ]
+    if settings.replay_after > 0:
+        jobs.append(
+            cron(
+                replay_failures,  # type: ignore[arg-type]
+                name=cron_name(settings.queue, "replay_failures"),
+                minute=set(range(0, 60, REPLAY_EVERY_MIN)),
+                second=30,
+                **common,
+            )
+        )
+    if settings.retention_days is not None:
+        jobs.append(
+            cron(
+                apply_retention,  # type: ignore[arg-type]
+                name=cron_name(settings.queue, "apply_retention"),
+                minute=RETENTION_MINUTE,
+                second=45,
+                **common,
+            )
+        )
+    return jobs
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `arq.worker.Worker`, from our settings."""
+    return {
+        "functions": [
+            func(
+                fetch_batch,  # type: ignore[arg-type]  # arq types ctx as dict[Any, Any]
+                name=JOB_NAME,
+                timeout=settings.job_timeout,
+                max_tries=settings.job_tries + ARQ_EXTRA_TRIES,
+            )
+        ],
+        "cron_jobs": cron_jobs(settings),
+        "queue_name": settings.queue,
+        "redis_pool": redis_pool(settings),
+        "job_completion_wait": settings.shutdown_grace,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "job_serializer": serialize,
+        "job_deserializer": job_deserializer(settings.max_job_bytes),
+        "max_jobs": settings.max_jobs,
+        "poll_delay": settings.poll_delay,
+        "keep_result": settings.keep_result,
+        "health_check_interval": settings.health_check_interval,
+        "health_check_key": health_check_key(settings),
+        "ctx": {"settings": settings},
+    }
+
+
+class RedisUnavailableError(HarvesterError):
+    """Redis stayed unreachable for longer than HARVESTER_REDIS_RETRY_TIME."""
+
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+
+
+class HarvesterWorker(Worker):
+    """arq's Worker, made to ride out Redis restarts.
+
+    Every Redis command already retries through an outage (see `worker.queue.client.redis_retry`).
+    What can still fail is guarded here: a poll that fails is retried on the next tick, and a job
+    whose bookkeeping with Redis fails is left for arq to run again. Only an outage longer than
+    the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
+    process manager restarts it.
+    """
+
+    def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._redis_retry_time = redis_retry_time
+        self._redis_down_since: float | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except _REDIS_ERRORS as exc:
+            await self._on_redis_error(exc)
+        else:
+            if self._redis_down_since is not None:
+                outage = time.monotonic() - self._redis_down_since
+                log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
+                self._redis_down_since = None
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except _REDIS_ERRORS as exc:
+            # The rows are in Postgres or the job never started; either way arq runs it again
+            # once its in-progress key expires, and a re-run skips what already landed.
+            log.warning("job.redis_lost", extra={"job_id": job_id, "error": repr(exc)})
+        except Exception as exc:
+            # arq re-raises a job task's error in its poll loop, which would end the process and
+            # leave the job queued for the next worker to die on. Whatever got past every other
+            # check costs this one job: it fails, with the error as its result.
+            log.exception("job.crashed", extra={"job_id": job_id, "error": repr(exc)})
+            await self._fail_crashed(job_id, exc)
+
+    async def _fail_crashed(self, job_id: str, exc: Exception) -> None:
+        self.jobs_failed += 1
+        now = timestamp_ms()
+        result = serialize_result(
+            "?",
+            (),
+            {},
+            0,
+            0,
+            False,
+            exc,
+            now,
+            now,
+            job_id,
+            self.queue_name,
+            job_id,
+            serializer=self.job_serializer,
+        )
+        try:
+            await asyncio.shield(self.finish_failed_job(job_id, result))
+        except _REDIS_ERRORS as redis_exc:
+            log.warning("job.redis_lost", extra={"job_id": job_id, "error": repr(redis_exc)})
+
+    async def _on_redis_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            log.warning("redis.unavailable", extra={"error": repr(exc)})
+        if now - self._redis_down_since > self._redis_retry_time:
+            raise RedisUnavailableError(
+                f"Redis unreachable for more than {self._redis_retry_time:.0f} s "
+                f"(HARVESTER_REDIS_RETRY_TIME): {exc!r}"
+            ) from exc
+        # A failed poll may have taken a job slot without starting a job. Give leaked slots back,
+        # but only when no job is running: then, once done-callbacks have run (sleep(0)), every
+        # slot still counted is a leaked one, with no race against a job finishing meanwhile.
+        if all(t.done() for t in self.tasks.values()):
+            await asyncio.sleep(0)
+            while self.job_counter > 0:
+                self.job_counter -= 1
+                self.sem.release()
+        await asyncio.sleep(min(1.0, self.poll_delay_s * 10))
+
+    async def close(self) -> None:
+        if self._redis_down_since is None:
+            try:
+                await super().close()
+            except _REDIS_ERRORS as exc:
+                log.warning("worker.close_without_redis", extra={"error": repr(exc)})
+            else:
+                return
+        # Redis is gone: skip arq's bookkeeping. Stop running jobs first (they re-run later and
+        # skip what landed), so that closing the session cannot turn fetches into failures.
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.on_shutdown is not None:
+            await self.on_shutdown(self.ctx)
+
+
+def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:
+    """A worker for ``settings``; ``overrides`` go to `arq.worker.Worker` (burst=True, ...)."""
+    tame_arq_logs()
+    kwargs = {**worker_settings(settings), **overrides}
+    return HarvesterWorker(redis_retry_time=settings.redis_retry_time, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # `arq worker.app.WorkerSettings` looks the class up here; build it from the environment.
+    if name == "WorkerSettings":
+        tame_arq_logs()
+        return type("WorkerSettings", (), worker_settings(get_settings()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
