@@ -103,9 +103,9 @@ class ByteBudget:
     """Bounds the body bytes held between fetchers and the database, whatever the batch size.
 
     One per worker process, shared by its jobs (see `worker.runtime.app.startup`), so memory is
-    flat in batch size and in the number of running jobs. A fetcher takes its body's size before queueing
-    it and a writer gives it back once the chunk has landed. When nothing is held, one body is
-    always let through, so a body larger than the budget cannot stall.
+    flat in batch size and in the number of running jobs. A fetcher takes its body's size before
+    queueing it and a writer gives it back once the chunk has landed. When nothing is held, one
+    body is always let through, so a body larger than the budget cannot stall.
     """
 
     def __init__(self, limit: int) -> None:
