@@ -8,6 +8,7 @@ from pathlib import Path
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from worker.queue.client import enqueue_batch, redis_pool
+from worker.queue.payload import FetchBatch
 from worker.settings import load_settings
 
 
@@ -46,7 +47,7 @@ async def test_unix_socket_urls_work(tmp_path: Path) -> None:
             assert client.connection_pool.connection_class is UnixDomainSocketConnection
             assert client.connection_pool.connection_kwargs["db"] == 3
             assert await client.ping()
-            job_id, new = await enqueue_batch(client, {"urls": ["http://a/"]}, job_id="u-1")
+            job_id, new = await enqueue_batch(client, FetchBatch(urls=["http://a/"]), job_id="u-1")
             assert (job_id, new) == ("u-1", True)
             assert await client.zcard("q") == 1
         finally:

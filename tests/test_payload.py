@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from worker.errors import BadJobError
-from worker.queue.payload import job_id_problems, parse_batch
+from worker.queue.payload import FetchBatch, job_id_problems, parse_batch
 
 
 def test_valid_payload() -> None:
@@ -13,7 +15,7 @@ def test_valid_payload() -> None:
     b = parse_batch(
         (), {"urls": [" http://a/ ", "http://b"], "source": "s"}, max_urls=5, job_id="j"
     )
-    assert b.urls == (" http://a/ ", "http://b")
+    assert b.urls == [" http://a/ ", "http://b"]
     assert b.source == "s"
 
 
@@ -60,3 +62,55 @@ def test_intakes_refuse_reserved_job_ids_the_worker_runs(job_id: str) -> None:
     assert any("reserved" in p for p in job_id_problems(job_id))
     assert job_id_problems(job_id, intake=False) == []
     parse_batch((), {"urls": ["u"]}, max_urls=5, job_id=job_id)
+
+
+def _contract_rows(text: str) -> list[str]:
+    """The first column of the table that follows the README's job-contract marker."""
+    after = text.split("<!-- job contract:", 1)[1].splitlines()[1:]
+    rows = []
+    for line in after:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].strip())
+    return [r.strip("`") for r in rows[2:]]  # past the header and its rule
+
+
+def test_the_readmes_contract_table_names_exactly_the_models_fields(repo_root: Path) -> None:
+    """The job contract other services read is the one the worker enforces: no field missing
+    from the README, none documented that the model does not take."""
+    rows = _contract_rows((repo_root / "README.md").read_text(encoding="utf-8"))
+    assert rows == list(FetchBatch.model_fields)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"urls": ["http://a/"]},
+        {"urls": ["http://a/"], "source": None, "scheduled": True, "job_id": "j-1"},
+        {"urls": []},
+        {"urls": "http://a/"},
+        {"urls": ["http://a/", 3]},
+        {"urls": ["http://a/"], "source": "s" * 201},
+        {"urls": ["http://a/"], "scheduled": "yes"},
+        {"urls": ["http://a/"], "extra": 1},
+        {"urls": ["http://a/"] * 6},
+        {},
+    ],
+)
+def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:
+    """The generated schema and the validation the API and the worker run agree on each body."""
+    import jsonschema
+
+    from worker.ops.openapi import batch_schema
+    from worker.settings import load_settings
+
+    schema = batch_schema(load_settings(max_batch_urls=5))
+    by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
+    fields = {k: v for k, v in body.items() if k != "job_id"}
+    try:
+        parse_batch((), fields, max_urls=5, job_id=body.get("job_id") or "j")
+    except BadJobError:
+        by_model = False
+    else:
+        by_model = True
+    assert by_schema == by_model

@@ -258,13 +258,8 @@ async def post_batch(request: web.Request) -> web.Response:
         batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
     except BadJobError as exc:
         return _error(422, str(exc))
-    kwargs: dict[str, Any] = {"urls": list(batch.urls)}
-    if batch.source is not None:
-        kwargs["source"] = batch.source
-    if batch.scheduled:
-        kwargs["scheduled"] = True
     try:
-        new_id, new = await enqueue_batch(request.app[REDIS], kwargs, job_id=job_id)
+        new_id, new = await enqueue_batch(request.app[REDIS], batch, job_id=job_id)
     except JobIdTakenError as exc:
         return _error(409, str(exc))
     # Never a header from raw input: the id may hold anything a URL path cannot.

@@ -1,15 +1,22 @@
 """The OpenAPI 3.1 document of `harvester api`, served at ``GET /openapi.json``.
 
-Built from the same limits as the code that enforces them (settings, `worker.queue.payload`), so the
-document and the API cannot drift apart on those.
+The request body's schema is generated from the job contract (`worker.queue.payload`,
+`BatchRequest`), with the configured batch limit, so the document and the API cannot drift.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.queue.payload import MAX_JOB_ID_LENGTH
+from worker.queue.payload import BatchRequest
 from worker.settings import Settings
+
+
+def batch_schema(settings: Settings) -> dict[str, Any]:
+    """The JSON Schema of ``POST /batches``'s body, from the payload model."""
+    schema = BatchRequest.model_json_schema()
+    schema["properties"]["urls"]["maxItems"] = settings.max_batch_urls
+    return schema
 
 
 def openapi(settings: Settings) -> dict[str, Any]:
@@ -29,27 +36,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
-                "Batch": {
-                    "type": "object",
-                    "required": ["urls"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "urls": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 1,
-                            "maxItems": settings.max_batch_urls,
-                        },
-                        "source": {"type": ["string", "null"], "maxLength": 200},
-                        "job_id": {
-                            "type": "string",
-                            "maxLength": MAX_JOB_ID_LENGTH,
-                            "description": "no control or format characters; 'cron:', 'poll-' "
-                            "and 'replay-' are reserved for harvester's own jobs",
-                        },
-                        "scheduled": {"type": "boolean"},
-                    },
-                },
+                "Batch": batch_schema(settings),
             },
         },
         "paths": {

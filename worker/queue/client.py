@@ -24,13 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import BadJobError, HarvesterError
-from worker.queue.payload import has_control, job_id_problems
+from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import deserialize, serialize
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.client")
-
-JOB_NAME = "fetch_batch"
 
 
 # Each command waits at most this long between reconnection attempts during an outage.
@@ -106,8 +104,15 @@ class JobIdTakenError(HarvesterError):
         self.enqueued = enqueued or []
 
 
+async def submit(redis: ArqRedis, batch: FetchBatch, job_id: str | None = None) -> str | None:
+    """Put ``batch`` in the queue as a `fetch_batch` job; its id, or None if arq already knows
+    ``job_id``. Every job harvester enqueues goes through here, built from the one model."""
+    job = await redis.enqueue_job(JOB_NAME, _job_id=job_id, **batch.as_kwargs())
+    return None if job is None else job.job_id
+
+
 async def enqueue_batch(
-    redis: ArqRedis, kwargs: dict[str, Any], *, job_id: str | None = None
+    redis: ArqRedis, batch: FetchBatch, *, job_id: str | None = None
 ) -> tuple[str, bool]:
     """Enqueue one `fetch_batch` job; return (its id, whether it is new).
 
@@ -115,9 +120,9 @@ async def enqueue_batch(
     idempotent no-op, and False says so); when it holds another, `JobIdTakenError`.
     """
     for _ in range(2):
-        job = await redis.enqueue_job(JOB_NAME, _job_id=job_id, **kwargs)
-        if job is not None:
-            return job.job_id, True
+        new_id = await submit(redis, batch, job_id)
+        if new_id is not None:
+            return new_id, True
         assert job_id is not None  # arq refuses only ids it was given
         try:
             existing = await Job(
@@ -127,7 +132,7 @@ async def enqueue_batch(
             existing = None
         if existing is None:
             continue  # gone between the two reads (its result expired): try again
-        if existing.function == JOB_NAME and existing.kwargs == kwargs:
+        if existing.function == JOB_NAME and existing.kwargs == batch.as_kwargs():
             return job_id, False
         break
     raise JobIdTakenError(
@@ -160,18 +165,14 @@ async def enqueue_urls(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     problems = job_id_problems(f"{job_id_prefix}-0") if job_id_prefix is not None else []
-    if source is not None and has_control(source):
-        problems.append("source contains a control character")
     if problems:
         raise BadJobError("; ".join(problems))
     job_ids: list[str] = []
     for n, chunk in enumerate(_batches(urls, batch_size)):
         wanted = f"{job_id_prefix}-{n}" if job_id_prefix else None
-        kwargs: dict[str, Any] = (
-            {"urls": chunk} if source is None else {"urls": chunk, "source": source}
-        )
+        batch = make_batch(urls=chunk, source=source)
         try:
-            job_id, new = await enqueue_batch(redis, kwargs, job_id=wanted)
+            job_id, new = await enqueue_batch(redis, batch, job_id=wanted)
         except JobIdTakenError as exc:
             raise JobIdTakenError(str(exc), job_ids) from None
         if not new:

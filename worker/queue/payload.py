@@ -1,20 +1,30 @@
-"""Validation of a `fetch_batch` payload: every way it can be wrong, said plainly."""
+"""The job contract: `FetchBatch`, the one definition of what a `fetch_batch` job accepts.
+
+The worker validates every job with it (`parse_batch`), and every intake builds its jobs from it:
+``harvester enqueue`` and `worker.queue.client`, the HTTP intake (whose OpenAPI document is
+generated from it), scheduled-source polls and replays. Adding a field to a job is adding it
+here (with its description, which the OpenAPI document shows), and to the README's contract
+table, which a test keeps equal to this model's fields.
+
+Refusals are said plainly ("'urls' is empty"), not in pydantic's words.
+"""
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 from yarl import URL
 
 from worker.engine.guard import host_problem
 from worker.errors import BadJobError
 
-MAX_SOURCE_LENGTH = 200
-MAX_JOB_ID_LENGTH = 256
-_FIELDS = ("urls", "source", "scheduled")
+JOB_NAME: Final = "fetch_batch"
+MAX_SOURCE_LENGTH: Final = 200
+MAX_JOB_ID_LENGTH: Final = 256
 # Job ids harvester gives its own jobs: cron ticks, source polls and replays. Intakes refuse
 # them, so no caller can take (and so silence) one of harvester's own jobs.
 RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
@@ -36,21 +46,98 @@ def has_control(text: str) -> bool:
     return first_control(text) is not None
 
 
-def url_problem(url: str) -> str | None:
-    """What makes ``url`` unfetchable as written (None if it is an absolute http(s) URL with a
-    valid host). Whether its address is allowed is the SSRF guard's call, at fetch time."""
-    if has_control(url) or url != url.strip():
-        return "contains spaces or control characters"
+class FetchBatch(BaseModel):
+    """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    urls: list[str] = Field(
+        min_length=1,
+        description="The URLs to fetch, stored exactly as given; duplicates get one outcome. "
+        "At most HARVESTER_MAX_BATCH_URLS (10,000 by default).",
+    )
+    source: str | None = Field(
+        default=None,
+        max_length=MAX_SOURCE_LENGTH,
+        description="A label stored in every row of the job (no control characters).",
+    )
+    scheduled: bool = Field(
+        default=False,
+        description="A poll of registered sources: URLs found in `sources` are fetched "
+        "conditionally and land only when changed. The cron sets it; any service may.",
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _storable_and_bounded(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        limit = (info.context or {}).get("max_urls")
+        if limit is not None and len(urls) > limit:
+            raise ValueError(
+                f"'urls' has {len(urls)} items, over the limit of {limit} "
+                "(HARVESTER_MAX_BATCH_URLS)"
+            )
+        # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
+        nul = [i for i, u in enumerate(urls) if "\x00" in u]
+        if nul:
+            raise ValueError(
+                f"'urls' item(s) at index {', '.join(map(str, nul[:5]))} contain a NUL "
+                "character, which cannot be stored"
+            )
+        return urls
+
+    @field_validator("source")
+    @classmethod
+    def _printable(cls, source: str | None) -> str | None:
+        char = first_control(source) if source is not None else None
+        if char is not None:
+            raise ValueError(
+                f"'source' contains a control character ({char}: a newline, ESC, NUL...)"
+            )
+        return source
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
+        ``{"urls": [...]}`` and older workers read it too."""
+        return self.model_dump(exclude_defaults=True)
+
+
+class BatchRequest(FetchBatch):
+    """What ``POST /batches`` takes: a `FetchBatch` and, optionally, its job id."""
+
+    job_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_JOB_ID_LENGTH,
+        description="The job id, the idempotency key: the same batch posted again under it "
+        "adds nothing. No control characters; not starting with "
+        + ", ".join(f"`{p}`" for p in RESERVED_JOB_ID_PREFIXES)
+        + " (harvester's own jobs).",
+    )
+
+
+def parse_batch(
+    args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
+) -> FetchBatch:
+    """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong."""
+    problems = job_id_problems(job_id, intake=False)
+    if args:
+        problems.append(f"takes keyword arguments only, got {len(args)} positional")
+    batch: FetchBatch | None = None
     try:
-        parsed = URL(url)
-        scheme, host = parsed.scheme, parsed.raw_host
-    except (ValueError, TypeError) as exc:
-        return f"cannot be parsed ({exc})"
-    if scheme not in ("http", "https"):
-        return f"scheme {scheme or '(none)'!r} is not http or https"
-    if not host:
-        return "has no host"
-    return host_problem(host)
+        batch = FetchBatch.model_validate(kwargs, context={"max_urls": max_urls})
+    except ValidationError as exc:
+        problems += describe(exc.errors(), kwargs)
+    if problems or batch is None:
+        raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))
+    return batch
+
+
+def make_batch(*, max_urls: int | None = None, **fields: Any) -> FetchBatch:
+    """A `FetchBatch` from ``fields``, or `BadJobError` saying what is wrong with them."""
+    try:
+        return FetchBatch.model_validate(fields, context={"max_urls": max_urls})
+    except ValidationError as exc:
+        raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None
 
 
 def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:
@@ -72,77 +159,65 @@ def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """A validated batch: URLs as enqueued, an optional source label, and whether it is a poll
-    of registered sources (conditional requests, change detection)."""
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` unfetchable as written (None if it is an absolute http(s) URL with a
+    valid host). Whether its address is allowed is the SSRF guard's call, at fetch time."""
+    if has_control(url) or url != url.strip():
+        return "contains spaces or control characters"
+    try:
+        parsed = URL(url)
+        scheme, host = parsed.scheme, parsed.raw_host
+    except (ValueError, TypeError) as exc:
+        return f"cannot be parsed ({exc})"
+    if scheme not in ("http", "https"):
+        return f"scheme {scheme or '(none)'!r} is not http or https"
+    if not host:
+        return "has no host"
+    return host_problem(host)
 
-    urls: tuple[str, ...]
-    source: str | None
-    scheduled: bool = False
+
+# -- pydantic's errors, said plainly -----------------------------------------------------------
+
+_TYPE_WORDS: Final = {
+    "list_type": "must be a list of strings",
+    "string_type": "must be a string or null",
+    "bool_type": "must be true or false",
+}
 
 
-def parse_batch(
-    args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
-) -> Batch:
-    """Validate a job's arguments, or raise `BadJobError` saying what was wrong."""
-    problems = job_id_problems(job_id, intake=False)
-    if args:
-        problems.append(f"takes keyword arguments only, got {len(args)} positional")
-    unknown = sorted(set(kwargs) - set(_FIELDS))
+def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list[str]:
+    """One plain sentence per problem pydantic found in ``data`` (a job's keyword arguments)."""
+    problems: list[str] = []
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
     if unknown:
+        allowed = ", ".join(FetchBatch.model_fields)
         problems.append(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: urls, source, scheduled"
+            f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}; allowed: {allowed}"
         )
-
-    urls = kwargs.get("urls")
-    if "urls" not in kwargs:
-        problems.append("'urls' is required: a list of URL strings")
-    elif not isinstance(urls, list):
-        problems.append(f"'urls' must be a list of strings, got {type(urls).__name__}")
-    elif not urls:
-        problems.append("'urls' is empty")
-    elif len(urls) > max_urls:
+    items = [e for e in errors if len(e["loc"]) == 2 and e["type"] == "string_type"]
+    if items:
+        first = items[0]
         problems.append(
-            f"'urls' has {len(urls)} items, over the limit of {max_urls} (HARVESTER_MAX_BATCH_URLS)"
+            f"'{first['loc'][0]}' must contain only strings: {len(items)} item(s) are not, "
+            f"the first at index {first['loc'][1]} is {type(first['input']).__name__}"
         )
-    else:
-        bad = [i for i, u in enumerate(urls) if not isinstance(u, str)]
-        if bad:
-            first = bad[0]
-            problems.append(
-                f"'urls' must contain only strings: {len(bad)} item(s) are not, the first at "
-                f"index {first} is {type(urls[first]).__name__}"
-            )
-        else:
-            # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
-            nul = [i for i, u in enumerate(urls) if "\x00" in u]
-            if nul:
-                problems.append(
-                    f"'urls' item(s) at index {', '.join(map(str, nul[:5]))} contain a NUL "
-                    "character, which cannot be stored"
-                )
+    for e in errors:
+        if e["type"] != "extra_forbidden" and e not in items:
+            problems.append(_sentence(e, data))
+    return problems
 
-    source = kwargs.get("source")
-    if source is not None and not isinstance(source, str):
-        problems.append(f"'source' must be a string or null, got {type(source).__name__}")
-    elif isinstance(source, str) and len(source) > MAX_SOURCE_LENGTH:
-        problems.append(f"'source' is longer than {MAX_SOURCE_LENGTH} characters")
-    elif isinstance(source, str) and has_control(source):
-        problems.append(
-            f"'source' contains a control character ({first_control(source)}: a newline, "
-            "ESC, NUL...)"
-        )
 
-    scheduled = kwargs.get("scheduled", False)
-    if not isinstance(scheduled, bool):
-        problems.append(f"'scheduled' must be true or false, got {type(scheduled).__name__}")
-
-    if problems:
-        raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))
-    assert isinstance(urls, list)
-    return Batch(
-        urls=tuple(urls),
-        source=source if isinstance(source, str) else None,
-        scheduled=scheduled is True,
-    )
+def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "payload"
+    kind = error["type"]
+    if kind == "missing":
+        return f"'{field}' is required" + (": a list of URL strings" if field == "urls" else "")
+    if kind == "too_short":
+        return f"'{field}' is empty"
+    if kind == "string_too_long":
+        return f"'{field}' is longer than {error.get('ctx', {}).get('max_length')} characters"
+    if kind in _TYPE_WORDS:
+        return f"'{field}' {_TYPE_WORDS[kind]}, got {type(data.get(field)).__name__}"
+    if kind == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    return f"'{field}': {error['msg']}"

@@ -32,7 +32,8 @@ from worker.engine.pipeline import ByteBudget
 from worker.errors import HarvesterError
 from worker.logs import tame_arq_logs
 from worker.ops import metrics as ops_metrics
-from worker.queue.client import JOB_NAME, health_check_key, redis_pool
+from worker.queue.client import health_check_key, redis_pool
+from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
 from worker.settings import Settings, get_settings
 

@@ -32,7 +32,8 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from worker.engine.store import ACQUIRE_TIMEOUT_S, DB_ERRORS, store_error
-from worker.queue.client import JOB_NAME
+from worker.queue.client import submit
+from worker.queue.payload import FetchBatch
 
 log = logging.getLogger("harvester.replay")
 
@@ -281,10 +282,7 @@ async def _enqueue(
 ) -> None:
     """Hand the job to Redis, then mark its replays row enqueued."""
     # arq returns None when the id is queued, running or has a result: enqueued already.
-    if source is None:
-        await redis.enqueue_job(JOB_NAME, _job_id=job_id, urls=urls)
-    else:
-        await redis.enqueue_job(JOB_NAME, _job_id=job_id, urls=urls, source=source)
+    await submit(redis, FetchBatch(urls=urls, source=source), job_id)
     try:
         await pool.execute(_MARK_ENQUEUED, job_id)
     except DB_ERRORS as exc:

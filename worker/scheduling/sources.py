@@ -23,8 +23,8 @@ from arq.jobs import Job, JobStatus
 from worker.engine.polling import SourceState
 from worker.engine.store import DB_ERRORS, store_error
 from worker.errors import BadJobError, StoreError
-from worker.queue.client import JOB_NAME
-from worker.queue.payload import url_problem
+from worker.queue.client import submit
+from worker.queue.payload import FetchBatch, url_problem
 from worker.settings import Settings
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
@@ -132,12 +132,10 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
             for name, rows in by_name.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    kwargs: dict[str, Any] = {"urls": [r["url"] for r in chunk], "scheduled": True}
-                    if name is not None:
-                        kwargs["source"] = name
+                    batch = FetchBatch(urls=[r["url"] for r in chunk], source=name, scheduled=True)
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
-                    job_id = await _enqueue(redis, poll_job_id(chunk), kwargs)
+                    job_id = await _enqueue(redis, poll_job_id(chunk), batch)
                     await conn.execute(
                         _CLAIM, [r["id"] for r in chunk], job_id, claim_lease(settings)
                     )
@@ -147,7 +145,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     return Enqueued(len(due), tuple(jobs))
 
 
-async def _enqueue(redis: ArqRedis, job_id: str, kwargs: dict[str, Any]) -> str:
+async def _enqueue(redis: ArqRedis, job_id: str, batch: FetchBatch) -> str:
     """Enqueue a poll as ``job_id``; return the id of the job that will run it.
 
     arq refuses an id it knows. If that job is still waiting or running (an earlier run enqueued
@@ -156,7 +154,7 @@ async def _enqueue(redis: ArqRedis, job_id: str, kwargs: dict[str, Any]) -> str:
     """
     for n in range(_MAX_REENQUEUE):
         candidate = job_id if n == 0 else f"{job_id}-{n}"
-        if await redis.enqueue_job(JOB_NAME, _job_id=candidate, **kwargs) is not None:
+        if await submit(redis, batch, candidate) is not None:
             return candidate
         status = await Job(candidate, redis, _queue_name=redis.default_queue_name).status()
         if status in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress):
