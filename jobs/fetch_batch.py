@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,9 +34,8 @@ def hard_margin(settings: Settings) -> float:
 
 
 def defer_delay(settings: Settings, job_try: int) -> float:
-    """Equal-jitter exponential delay before the next try of a deferred job."""
-    ceiling = min(settings.job_retry_max_delay, settings.job_retry_delay * 2.0 ** (job_try - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+    """The wait before the next try of a deferred job (the job backoff, equal jitter)."""
+    return settings.job_backoff.delay(job_try)
 
 
 async def _abandon(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,6 @@ from worker.engine.fetch import (
     NotModified,
     Validators,
     _validator,
-    backoff_delay,
     check_json,
     parse_retry_after,
 )
@@ -51,16 +49,6 @@ def test_absurd_retry_after_values_are_ignored(value: str) -> None:
     """A date with an absurd zone offset used to raise OverflowError (the URL then landed as
     `internal`); it, and infinite delays, now read as no Retry-After."""
     assert parse_retry_after(value) is None
-
-
-def test_backoff_is_jittered_exponential_and_capped() -> None:
-    """Delays stay within [0, min(cap, base*2**(n-1))] and are 0 when backoff is off."""
-    rng = random.Random(1)
-    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 5.0)]:
-        delays = [backoff_delay(attempt, 0.5, 5.0, rng) for _ in range(200)]
-        assert all(0 <= d <= ceiling for d in delays)
-        assert max(delays) > ceiling * 0.8  # jitter spreads over the range
-    assert backoff_delay(4, 0.0, 5.0) == 0.0
 
 
 @pytest.mark.parametrize(

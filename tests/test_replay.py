@@ -18,10 +18,9 @@ from jobs.replay_failures import replay_failures as replay_cron
 from tests.conftest import TEST_QUEUE
 from tests.helpers import cron_ctx
 from tests.upstream import Upstream
+from worker.errors import TRANSIENT_KINDS, is_transient_failure
 from worker.scheduling.replay import (
     OUTBOX_GRACE_S,
-    TRANSIENT_KINDS,
-    TRANSIENT_STATUSES,
     list_failures,
     replay_failures,
 )
@@ -264,9 +263,12 @@ async def test_older_than_leaves_recent_failures(pool: asyncpg.Pool, arq_queue: 
 async def test_transient_only_matches_the_transient_rule(
     pool: asyncpg.Pool, arq_queue: ArqRedis
 ) -> None:
-    """Timeouts, connection errors, 5xx, 408/425/429 are replayed; 404s, invalid JSON are not."""
+    """Timeouts, connection errors, 408/425/429/500/502/503/504 are replayed; 404s, 501s and
+    invalid JSON are not: the replay SQL and `worker.errors.is_transient_failure`, the one
+    definition of transient, agree row for row."""
     cases: list[tuple[str, int | None]] = [(k, None) for k in TRANSIENT_KINDS]
-    cases += [("http_status", s) for s in (400, 404, 408, 410, 425, 429, 499, 500, 503, 599)]
+    statuses = (400, 404, 408, 410, 425, 429, 499, 500, 501, 502, 503, 504, 505, 599)
+    cases += [("http_status", s) for s in statuses]
     cases += [("invalid_json", 200), ("too_large", 200), ("blocked", None), ("content_type", 200)]
     for i, (error, status) in enumerate(cases):
         await _fail(pool, "j", f"http://x/{i}", error=error, status=status)
@@ -275,14 +277,10 @@ async def test_transient_only_matches_the_transient_rule(
 
     linked = await _replayed_by(pool)
     replayed = {cases[int(u.rsplit("/", 1)[1])] for u, by in linked.items() if by}
-    expected = {
-        (e, s)
-        for e, s in cases
-        if e in TRANSIENT_KINDS
-        or (e == "http_status" and s is not None and (s >= 500 or s in TRANSIENT_STATUSES))
-    }
+    expected = {(e, s) for e, s in cases if is_transient_failure(e, s)}
     assert replayed == expected
     assert ("http_status", 404) not in replayed
+    assert ("http_status", 501) not in replayed
     assert ("http_status", 503) in replayed
 
 

@@ -20,10 +20,28 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`), alway
         └── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
 
 A `FetchError` knows whether it is ``transient`` (worth another attempt) and may carry the
-HTTP ``status`` and a server's ``retry_after`` in seconds.
+HTTP ``status`` and a server's ``retry_after`` in seconds. What "transient" means is defined
+once, below the tree: the statuses worth another request, and the failure kinds a later replay
+may clear.
 """
 
 from __future__ import annotations
+
+from typing import Final
+
+# HTTP statuses that say "try again": timeouts, too early, too many requests, and the 5xx that
+# mean a server or gateway is overloaded or briefly down. Other 5xx (501 Not Implemented, 505)
+# are answers that will not change.
+TRANSIENT_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Failure kinds a later try may clear: the network, the upstream's state, our own time limits.
+# (The fetcher retries only the transient cases of connect and protocol at once: a TLS error or
+# a name that does not exist is final for the job, but a replay later may find it fixed.)
+TRANSIENT_KINDS: Final = ("timeout", "connect", "protocol", "deadline", "abandoned")
+
+
+def is_transient_failure(kind: str, status: int | None) -> bool:
+    """Whether a recorded failure is worth replaying later (the replay cron's rule)."""
+    return kind in TRANSIENT_KINDS or (kind == "http_status" and status in TRANSIENT_STATUSES)
 
 
 class HarvesterError(Exception):

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.backoff import Backoff
 from worker.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,6 +178,16 @@ class Settings(BaseSettings):
             if db and not db.isdigit():
                 raise ValueError(f"the database number {db!r} is not a number")
         return value
+
+    @property
+    def fetch_backoff(self) -> Backoff:
+        """Waits between a URL's attempts (full jitter)."""
+        return Backoff(self.retry_base_delay, self.retry_max_delay, "full")
+
+    @property
+    def job_backoff(self) -> Backoff:
+        """Waits before a deferred job's next try (equal jitter: never near zero)."""
+        return Backoff(self.job_retry_delay, self.job_retry_max_delay, "equal")
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

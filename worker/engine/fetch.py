@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import re
 import socket
 import time
@@ -42,6 +41,7 @@ from worker.engine.pacing import HostPacer
 from worker.engine.schedule import fresh_for
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
+    TRANSIENT_STATUSES,
     BlockedError,
     ConnectError,
     ContentTypeError,
@@ -58,7 +58,6 @@ from worker.logs import redact
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-_TRANSIENT_STATUS: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Postgres jsonb refuses the NUL escape; an odd run of backslashes before "u0000" is a real one.
 _NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _PERMANENT_DNS_ERRORS: Final = frozenset(
@@ -238,14 +237,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when - now)
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    if base <= 0:
-        return 0.0
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    return (rng or random).uniform(0, ceiling)
-
-
 def clean_detail(text: str, limit: int = 500) -> str:
     """A failure detail safe to store and show: credentials redacted, no NUL, no lone
     surrogates (aiohttp keeps undecodable bytes of a reason phrase as surrogates), bounded."""
@@ -410,7 +401,7 @@ class Fetcher:
         s = self._settings
         if exc.retry_after is not None:
             return min(exc.retry_after, s.retry_after_cap)
-        return backoff_delay(attempt, s.retry_base_delay, s.retry_max_delay)
+        return s.fetch_backoff.delay(attempt)
 
     async def _retry(
         self,
@@ -500,7 +491,7 @@ class Fetcher:
                         f"HTTP {status} {resp.reason or ''}".strip(),
                         status=status,
                         retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                        transient=status in _TRANSIENT_STATUS,
+                        transient=status in TRANSIENT_STATUSES,
                     )
                 self._check_content_type(resp)
                 body = await self._read(resp)

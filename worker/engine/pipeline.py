@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from worker.backoff import Backoff
 from worker.engine import counters as metrics
 from worker.engine import store
 from worker.engine.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher, Outcome, clean_detail
@@ -31,6 +32,8 @@ _DONE = object()
 # Pending rows are flushed at least this often, so a slow batch lands progressively.
 FLUSH_INTERVAL_S = 1.0
 WRITE_ATTEMPTS = 3
+# A chunk whose connection dropped is tried again at once, then after a short wait.
+WRITE_BACKOFF = Backoff(base=0.2, cap=2.0, jitter="equal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +259,7 @@ async def _write(
     """`store.write_chunk`, retried a few times: a chunk is atomic, so a retry cannot duplicate."""
     retrying = AsyncRetrying(
         stop=stop_after_attempt(WRITE_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.2, max=2.0),
+        wait=WRITE_BACKOFF.tenacity_wait(),
         retry=retry_if_exception(lambda e: isinstance(e, StoreError) and e.transient),
         reraise=True,
     )

@@ -19,10 +19,11 @@ from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
+from redis.backoff import AbstractBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.backoff import Backoff
 from worker.errors import BadJobError, HarvesterError
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import deserialize, serialize
@@ -42,7 +43,20 @@ def redis_retry(settings: Settings) -> Retry:
     pause, and only a longer outage surfaces as an error (and makes the worker exit).
     """
     retries = math.ceil(settings.redis_retry_time / _RETRY_CAP_S) + 4
-    return Retry(EqualJitterBackoff(cap=_RETRY_CAP_S, base=0.05), retries)
+    return Retry(_RedisBackoff(Backoff(base=0.05, cap=_RETRY_CAP_S, jitter="equal")), retries)
+
+
+class _RedisBackoff(AbstractBackoff):
+    """harvester's `Backoff` in the shape redis-py's `Retry` takes."""
+
+    def __init__(self, policy: Backoff) -> None:
+        self._policy = policy
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        return self._policy.delay(failures + 1)
 
 
 def redis_pool(settings: Settings) -> ArqRedis:

@@ -32,19 +32,17 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from worker.engine.store import ACQUIRE_TIMEOUT_S, DB_ERRORS, store_error
+from worker.errors import TRANSIENT_KINDS, TRANSIENT_STATUSES
 from worker.queue.client import submit
 from worker.queue.payload import FetchBatch
 
 log = logging.getLogger("harvester.replay")
 
-# Failure kinds worth retrying later: the network, the upstream's temporary state, our own time
-# limits. Other kinds (invalid_json, too_large, blocked, a 404...) would fail the same way again.
-TRANSIENT_KINDS: Final = ("timeout", "connect", "protocol", "deadline", "abandoned")
-TRANSIENT_STATUSES: Final = (408, 425, 429)  # and every 5xx
-# The same rule over ``fetch_failures f`` (tests/test_replay.py checks the two agree).
-TRANSIENT_SQL: Final = """(
-    f.error IN ('timeout', 'connect', 'protocol', 'deadline', 'abandoned')
-    OR (f.error = 'http_status' AND (f.status >= 500 OR f.status IN (408, 425, 429)))
+# The replay rule over ``fetch_failures f``, written from the one definition of transient
+# (`worker.errors`); tests check that the two agree row for row.
+TRANSIENT_SQL: Final = f"""(
+    f.error IN ({", ".join(f"'{k}'" for k in TRANSIENT_KINDS)})
+    OR (f.error = 'http_status' AND f.status IN ({", ".join(map(str, sorted(TRANSIENT_STATUSES)))}))
 )"""
 
 # A replays row not enqueued after this long was orphaned by a crash. Long enough that a live
