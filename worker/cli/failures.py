@@ -103,23 +103,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def go() -> ReplayResult:
-        pool = await store.create_pool(settings)
-        try:
-            async with open_queue(settings) as redis:
-                return await replay_failures(
-                    pool,
-                    redis,
-                    kinds=args.kind,
-                    transient_only=args.transient,
-                    since=args.since,
-                    job_id=args.job,
-                    reason="cli",
-                    batch_size=batch_size,
-                    limit=args.limit,
-                    dry_run=args.dry_run,
-                )
-        finally:
-            await store.close_pool(pool)
+        async with store.open_pool(settings) as pool, open_queue(settings) as redis:
+            return await replay_failures(
+                pool,
+                redis,
+                kinds=args.kind,
+                transient_only=args.transient,
+                since=args.since,
+                job_id=args.job,
+                reason="cli",
+                batch_size=batch_size,
+                limit=args.limit,
+                dry_run=args.dry_run,
+            )
 
     try:
         result = asyncio.run(go())

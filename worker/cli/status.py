@@ -24,22 +24,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = Console()
 
     async def go() -> None:
-        pool = await store.create_pool(settings)
-        try:
-            async with open_queue(settings) as redis:
-                if not args.watch:
-                    status = await gather(settings, redis, pool)
-                    if args.json:
-                        sys.stdout.buffer.write(orjson.dumps(status.as_dict()) + b"\n")
-                    else:
-                        console.print(render(status))
-                    return
-                with Live(console=console, auto_refresh=False) as live:
-                    while True:
-                        live.update(render(await gather(settings, redis, pool)), refresh=True)
-                        await asyncio.sleep(args.interval)
-        finally:
-            await store.close_pool(pool)
+        async with store.open_pool(settings) as pool, open_queue(settings) as redis:
+            if not args.watch:
+                status = await gather(settings, redis, pool)
+                if args.json:
+                    sys.stdout.buffer.write(orjson.dumps(status.as_dict()) + b"\n")
+                else:
+                    console.print(render(status))
+                return
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(render(await gather(settings, redis, pool)), refresh=True)
+                    await asyncio.sleep(args.interval)
 
     try:
         asyncio.run(go())

@@ -35,11 +35,8 @@ def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     from worker.settings import get_settings
 
     async def go() -> T:
-        pool = await store.create_pool(get_settings())
-        try:
+        async with store.open_pool(get_settings()) as pool:
             return await work(pool)
-        finally:
-            await store.close_pool(pool)
 
     return asyncio.run(go())
 

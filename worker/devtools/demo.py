@@ -35,9 +35,7 @@ QUERY = (
 
 async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: int) -> int:
     """Register ``n`` sample feeds and poll them twice; print what each poll did."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
+    async with store.open_pool(settings) as pool:
         urls = [f"{base}/feeds/{i}" for i in range(n)]
         await sources.add(pool, urls, every=900, name="demo-feeds")
         print(f"\nregistered {n} scheduled sources (harvester sources add ... --every 15m)")
@@ -60,8 +58,6 @@ async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: i
                 f"  poll {round_}: {claimed.sources} sources in {len(claimed.jobs)} jobs, "
                 f"{elapsed:.2f} s; {summary}; {docs} new documents"
             )
-    finally:
-        await pool.close()
     print("  see them with: harvester sources list   (or SELECT * FROM sources)")
     return 0
 
@@ -113,18 +109,14 @@ async def _worker(
         sys.executable, "-m", "worker", "worker", "--burst", env=env
     )
     screen = ""
-    pool = await store.create_pool(settings)
-    try:
-        async with client.open_queue(settings) as redis:
-            while status_after is not None and proc.returncode is None:
-                if await pool.fetchval(LANDED) >= status_after:
-                    console = Console(width=110, file=io.StringIO(), force_terminal=False)
-                    console.print(render(await gather(settings, redis, pool)))
-                    screen = console.file.getvalue()  # type: ignore[attr-defined]
-                    break
-                await asyncio.sleep(0.02)
-    finally:
-        await store.close_pool(pool)
+    async with store.open_pool(settings) as pool, client.open_queue(settings) as redis:
+        while status_after is not None and proc.returncode is None:
+            if await pool.fetchval(LANDED) >= status_after:
+                console = Console(width=110, file=io.StringIO(), force_terminal=False)
+                console.print(render(await gather(settings, redis, pool)))
+                screen = console.file.getvalue()  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
     code = await proc.wait()
     return code, time.monotonic() - started, screen
 

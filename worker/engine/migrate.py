@@ -8,10 +8,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from worker.errors import StoreError
+from worker.engine.store import translated
+from worker.errors import ConfigError, StoreError
 
 log = logging.getLogger("harvester.migrate")
 
@@ -61,36 +63,41 @@ async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[Migration]:
     """Apply pending migrations, each in its own transaction; return those applied."""
     migrations = discover(directory)
     try:
-        conn = await asyncpg.connect(dsn, timeout=30)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
-    applied: list[Migration] = []
+        with translated("cannot connect to Postgres"):
+            conn = await asyncpg.connect(dsn, timeout=30)
+    except ValueError as exc:  # asyncpg refusing an option of the DSN
+        raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-        await conn.execute(_TABLE)
-        done = {
-            r["version"]: r["checksum"]
-            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
-        }
-        for mig in migrations:
-            if mig.version in done:
-                if done[mig.version] != mig.checksum:
-                    log.warning(
-                        "migrate.changed", extra={"version": mig.version, "migration": mig.name}
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(mig.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    mig.version,
-                    mig.name,
-                    mig.checksum,
-                )
-            log.info("migrate.applied", extra={"version": mig.version, "migration": mig.name})
-            applied.append(mig)
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"migration failed: {type(exc).__name__}: {exc}") from exc
+        with translated("migration failed"):
+            return await _apply(conn, migrations)
     finally:
         await conn.close()
+
+
+async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> list[Migration]:
+    """Apply the pending ones of ``migrations`` on ``conn``, under the migration lock."""
+    applied: list[Migration] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    await conn.execute(_TABLE)
+    done = {
+        r["version"]: r["checksum"]
+        for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    }
+    for mig in migrations:
+        if mig.version in done:
+            if done[mig.version] != mig.checksum:
+                log.warning(
+                    "migrate.changed", extra={"version": mig.version, "migration": mig.name}
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(mig.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                mig.version,
+                mig.name,
+                mig.checksum,
+            )
+        log.info("migrate.applied", extra={"version": mig.version, "migration": mig.name})
+        applied.append(mig)
     return applied

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, Union
 
@@ -21,7 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from worker.engine.fetch import Failed, Fetched, clean_detail
 from worker.engine.polling import SourceUpdate
-from worker.errors import StoreError
+from worker.errors import ConfigError, StoreError
 from worker.settings import Settings
 
 _DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
@@ -123,6 +124,25 @@ def store_error(what: str, exc: BaseException) -> StoreError:
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
 
 
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """The one boundary between asyncpg and harvester: errors of the Postgres work inside the
+    block come out as `StoreError` saying ``what`` could not be done.
+
+        with store.translated("cannot list failures"):
+            rows = await pool.fetch(...)
+    """
+    try:
+        yield
+    except DB_ERRORS as exc:
+        raise store_error(what, exc) from exc
+
+
+def rows_affected(status: str) -> int:
+    """The row count of a command status such as ``INSERT 0 12``, ``UPDATE 3`` or ``DELETE 0``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """Rows a chunk added; fewer than given means they were there already."""
@@ -170,10 +190,22 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
                 "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
             },
         )
-    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+    except DB_ERRORS as exc:
         raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
+    except ValueError as exc:  # asyncpg refusing an option of the DSN (sslmode=bogus...)
+        raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
     assert pool is not None
     return pool
+
+
+@asynccontextmanager
+async def open_pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """`create_pool`, closed on exit (as `worker.queue.client.open_queue` is for Redis)."""
+    pool = await create_pool(settings)
+    try:
+        yield pool
+    finally:
+        await close_pool(pool)
 
 
 # How much of an over-long URL its row keeps, before the hash that tells it apart.
@@ -194,10 +226,8 @@ def stored_url(url: str, max_length: int) -> str:
 async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
     """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run), in
     their `stored_url` form."""
-    try:
+    with translated("cannot read existing outcomes"):
         rows = await pool.fetch(_EXISTING, job_id)
-    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
-        raise store_error("cannot read existing outcomes", exc) from exc
     return {r["url"] for r in rows}
 
 
@@ -221,11 +251,6 @@ def _in_stored_form(rows: Sequence[_Outcome], max_url_length: int) -> Sequence[_
     if all(len(r.url) <= max_url_length for r in rows):
         return rows
     return [replace(r, url=stored_url(r.url, max_url_length)) for r in rows]
-
-
-def _inserted(status: str) -> int:
-    # "INSERT 0 <n>"
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def write_chunk(
@@ -257,7 +282,7 @@ async def write_chunk(
                 # or a large body, which only Postgres parses). Find it row by row; the rest of
                 # the chunk still lands.
                 return await _write_rows(conn, job_id, source, docs, failures, updates)
-    except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+    except DB_ERRORS as exc:
         raise store_error("write failed", exc) from exc
     except (UnicodeError, ValueError, TypeError) as exc:
         # asyncpg could not encode a row: a bug on our side, never worth failing a job for good.
@@ -304,7 +329,7 @@ async def _stage_failures(
 ) -> int:
     """Land failures through staging, skipping those already there; return rows added."""
     await _copy_failures(conn, "harvester_stage_failures", job_id, source, failures)
-    return _inserted(await conn.execute(_MOVE_FAILURES))
+    return rows_affected(await conn.execute(_MOVE_FAILURES))
 
 
 async def _copy_direct(
@@ -334,7 +359,7 @@ async def _copy_chunk(
     n_docs = n_fail = 0
     if docs:
         await _copy_documents(conn, "harvester_stage_documents", job_id, source, docs)
-        n_docs = _inserted(await conn.execute(_MOVE_DOCUMENTS))
+        n_docs = rows_affected(await conn.execute(_MOVE_DOCUMENTS))
     if failures:
         n_fail = await _stage_failures(conn, job_id, source, failures)
     return Written(n_docs, n_fail)
@@ -384,7 +409,7 @@ async def _write_rows(
                         d.elapsed_ms,
                         d.attempts,
                     )
-                    n_docs += _inserted(status)
+                    n_docs += rows_affected(status)
             except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
                 refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))

@@ -39,7 +39,6 @@ from redis.exceptions import RedisError
 
 from worker.engine import counters as metrics
 from worker.engine import store
-from worker.engine.store import DB_ERRORS, store_error
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.ops import metrics as ops_metrics
 from worker.ops.connections import ConnectionGuard
@@ -281,10 +280,8 @@ async def get_batch(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
     job = Job(job_id, redis, _queue_name=request.app[SETTINGS].queue, _deserializer=deserialize)
     status = await job.status()
-    try:
+    with store.translated("cannot count the rows landed"):
         landed = await request.app[POOL].fetchrow(_LANDED, job_id)
-    except DB_ERRORS as exc:
-        raise store_error("cannot count the rows landed", exc) from exc
     assert landed is not None
     if status == JobStatus.not_found and not (landed["documents"] or landed["failures"]):
         return _error(404, f"no job {job_id!r} (unknown, or its result has expired)")
@@ -313,7 +310,7 @@ async def healthz(request: web.Request) -> web.Response:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 await probe
             checks[name] = "ok"
-        except (RedisError, *DB_ERRORS) as exc:
+        except (RedisError, *store.DB_ERRORS) as exc:
             checks[name] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     return _json({"status": "ok" if healthy else "unavailable", **checks}, 200 if healthy else 503)
@@ -337,13 +334,13 @@ def create_app(settings: Settings) -> web.Application:
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = await store.create_pool(settings)
-        app[REDIS] = redis_pool(settings)
-        try:
-            yield
-        finally:
-            await app[REDIS].aclose()
-            await store.close_pool(app[POOL])
+        async with store.open_pool(settings) as pool:
+            app[POOL] = pool
+            app[REDIS] = redis_pool(settings)
+            try:
+                yield
+            finally:
+                await app[REDIS].aclose()
 
     app.cleanup_ctx.append(resources)
     r = app.router

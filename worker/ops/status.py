@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 from arq.constants import health_check_key_suffix, in_progress_key_prefix, result_key_prefix
 from arq.jobs import DeserializationError, deserialize_result
 
-from worker.engine.store import DB_ERRORS, store_error
+from worker.engine import store
 from worker.queue.serialization import deserialize
 from worker.settings import Settings
 
@@ -151,15 +151,13 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
         job_id = key[len(in_progress_key_prefix) :]
         if await redis.zscore(queue, job_id) is not None:
             in_progress.append(job_id)
-    try:
+    with store.translated("cannot read status from Postgres"):
         async with pool.acquire() as conn:
             recent = [r["job_id"] for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)]
             per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
             last_minute = await conn.fetchval(_LAST_MINUTE)
             failures = {r["error"]: r["n"] for r in await conn.fetch(_FAILURES)}
             src = await conn.fetchrow(_SOURCES)
-    except DB_ERRORS as exc:
-        raise store_error("cannot read status from Postgres", exc) from exc
     return Status(
         queue=queue,
         at=datetime.now(UTC).isoformat(timespec="seconds"),

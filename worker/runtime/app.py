@@ -47,8 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     try:
         session = create_session(settings)
         stack.push_async_callback(session.close)
-        pool = await store.create_pool(settings)
-        stack.push_async_callback(store.close_pool, pool)
+        pool = await stack.enter_async_context(store.open_pool(settings))
         if settings.metrics_port is not None:
             runner = await ops_metrics.serve(
                 ops_metrics.metrics_app(ctx.get("redis"), settings.queue),

@@ -31,7 +31,7 @@ from typing import Final
 import asyncpg
 from arq.connections import ArqRedis
 
-from worker.engine.store import ACQUIRE_TIMEOUT_S, DB_ERRORS, store_error
+from worker.engine import store
 from worker.errors import TRANSIENT_KINDS, TRANSIENT_STATUSES
 from worker.queue.client import submit
 from worker.queue.payload import FetchBatch
@@ -165,10 +165,8 @@ async def list_failures(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     _check_aware("since", since)
-    try:
+    with store.translated("cannot list failures"):
         rows = await pool.fetch(_LIST, job_id, kind, since, limit)
-    except DB_ERRORS as exc:
-        raise store_error("cannot list failures", exc) from exc
     return [FailureRow(**dict(r)) for r in rows]
 
 
@@ -239,10 +237,8 @@ async def _plan(
     pool: asyncpg.Pool, filters: _Filters, *, batch_size: int, limit: int
 ) -> ReplayResult:
     """The jobs a replay would make now, read without locks."""
-    try:
+    with store.translated("cannot read failures"):
         rows = await pool.fetch(_PLAN, *filters, limit)
-    except DB_ERRORS as exc:
-        raise store_error("cannot read failures", exc) from exc
     groups: dict[tuple[str | None, int], list[str]] = {}
     for r in rows:
         groups.setdefault((r["source"], r["generation"]), []).append(r["url"])
@@ -258,8 +254,8 @@ async def _claim(
     pool: asyncpg.Pool, filters: _Filters, *, batch_size: int, reason: str
 ) -> tuple[str, str | None, list[str], int] | None:
     """Claim one job's failures in one short transaction: (job id, source, URLs, rows)."""
-    try:
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+    with store.translated("cannot claim failures for replay"):
+        async with pool.acquire(timeout=store.ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             first = await conn.fetchrow(_CLAIM_FIRST, *filters)
             if first is None:
                 return None
@@ -270,8 +266,6 @@ async def _claim(
             new_job = f"replay-{uuid.uuid4().hex[:16]}"
             await conn.execute(_INSERT_REPLAY, new_job, generation + 1, len(urls), source, reason)
             await conn.execute(_LINK, new_job, [r["id"] for r in rows])
-    except DB_ERRORS as exc:
-        raise store_error("cannot claim failures for replay", exc) from exc
     return new_job, source, urls, len(rows)
 
 
@@ -281,10 +275,8 @@ async def _enqueue(
     """Hand the job to Redis, then mark its replays row enqueued."""
     # arq returns None when the id is queued, running or has a result: enqueued already.
     await submit(redis, FetchBatch(urls=urls, source=source), job_id)
-    try:
+    with store.translated("cannot mark a replay enqueued"):
         await pool.execute(_MARK_ENQUEUED, job_id)
-    except DB_ERRORS as exc:
-        raise store_error("cannot mark a replay enqueued", exc) from exc
 
 
 async def recover_outbox(pool: asyncpg.Pool, redis: ArqRedis) -> int:
@@ -293,14 +285,12 @@ async def recover_outbox(pool: asyncpg.Pool, redis: ArqRedis) -> int:
     Only rows older than `OUTBOX_GRACE_S` are taken, so a caller about to enqueue its own job
     is not raced; were it raced, arq would refuse the second enqueue of the same id anyway.
     """
-    try:
+    with store.translated("cannot read the replay outbox"):
         pending = await pool.fetch(_OUTBOX, OUTBOX_GRACE_S, OUTBOX_BATCH)
-    except DB_ERRORS as exc:
-        raise store_error("cannot read the replay outbox", exc) from exc
     recovered = 0
     for row in pending:
         job_id: str = row["job_id"]
-        try:
+        with store.translated("cannot read the replay outbox"):
             url_rows = await pool.fetch(_OUTBOX_URLS, job_id)
             urls = list(dict.fromkeys(r["url"] for r in url_rows))
             if not urls:
@@ -308,8 +298,6 @@ async def recover_outbox(pool: asyncpg.Pool, redis: ArqRedis) -> int:
                 log.warning("replay.outbox_empty", extra={"replay_job_id": job_id})
                 await pool.execute(_MARK_ENQUEUED, job_id)
                 continue
-        except DB_ERRORS as exc:
-            raise store_error("cannot read the replay outbox", exc) from exc
         await _enqueue(pool, redis, job_id, row["source"], urls)
         log.info("replay.recovered", extra={"replay_job_id": job_id, "urls": len(urls)})
         recovered += 1

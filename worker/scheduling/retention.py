@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from worker.engine.store import DB_ERRORS, store_error
+from worker.engine import store
 
 log = logging.getLogger("harvester.retention")
 
@@ -50,20 +50,13 @@ class RetentionResult:
     failures: int
 
 
-def _deleted(status: str) -> int:
-    # "DELETE <n>"
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def _delete_batches(
     pool: asyncpg.Pool, sql: str, cutoff: datetime, batch_rows: int, what: str
 ) -> int:
     total = 0
     while True:
-        try:
-            n = _deleted(await pool.execute(sql, cutoff, batch_rows))
-        except DB_ERRORS as exc:
-            raise store_error(f"cannot delete expired {what}", exc) from exc
+        with store.translated(f"cannot delete expired {what}"):
+            n = store.rows_affected(await pool.execute(sql, cutoff, batch_rows))
         total += n
         if n < batch_rows:
             return total
@@ -79,10 +72,8 @@ async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) ->
         raise ValueError("days must be positive")
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
-    try:
+    with store.translated("cannot compute the retention cutoff"):
         cutoff: datetime = await pool.fetchval(_CUTOFF, days * 86_400.0)
-    except DB_ERRORS as exc:
-        raise store_error("cannot compute the retention cutoff", exc) from exc
     documents = await _delete_batches(pool, _DELETE_DOCUMENTS, cutoff, batch_rows, "documents")
     failures = await _delete_batches(pool, _DELETE_FAILURES, cutoff, batch_rows, "failures")
     log.info(

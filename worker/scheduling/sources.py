@@ -20,8 +20,8 @@ import asyncpg
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
+from worker.engine import store
 from worker.engine.polling import SourceState
-from worker.engine.store import DB_ERRORS, store_error
 from worker.errors import BadJobError, StoreError
 from worker.queue.client import submit
 from worker.queue.payload import FetchBatch, url_problem
@@ -122,7 +122,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     run), in jobs of at most ``HARVESTER_SOURCES_BATCH_SIZE`` URLs, one source name per job.
     """
     jobs: list[str] = []
-    try:
+    with store.translated("cannot claim due sources"):
         async with pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(_DUE, settings.sources_claim_limit)
             by_name: dict[str | None, list[asyncpg.Record]] = {}
@@ -140,8 +140,6 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
                         _CLAIM, [r["id"] for r in chunk], job_id, claim_lease(settings)
                     )
                     jobs.append(job_id)
-    except DB_ERRORS as exc:
-        raise store_error("cannot claim due sources", exc) from exc
     return Enqueued(len(due), tuple(jobs))
 
 
@@ -164,10 +162,8 @@ async def _enqueue(redis: ArqRedis, job_id: str, batch: FetchBatch) -> str:
 
 async def load_states(pool: asyncpg.Pool, urls: Sequence[str]) -> dict[str, SourceState]:
     """The stored state of each of ``urls`` that is a registered source, by URL."""
-    try:
+    with store.translated("cannot read source states"):
         rows = await pool.fetch(_STATES, list(urls))
-    except DB_ERRORS as exc:
-        raise store_error("cannot read source states", exc) from exc
     return {
         r["url"]: SourceState(
             id=r["id"],
@@ -208,7 +204,8 @@ async def add(
     unique = check_urls(urls)
     if not unique:
         return 0, 0
-    rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)))
+    with store.translated("cannot register sources"):
+        rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)))
     added = sum(1 for r in rows if r["inserted"])
     return added, len(rows) - added
 
@@ -226,28 +223,32 @@ _MATCH = """(id = ANY($1::bigint[])
 async def set_enabled(pool: asyncpg.Pool, ids_or_urls: Sequence[str], enabled: bool) -> int:
     """Enable or disable sources given by id or URL; return how many matched."""
     ids, urls = _targets(ids_or_urls)
-    status = await pool.execute(
-        f"UPDATE sources SET enabled = $3 WHERE {_MATCH}",  # noqa: S608 - a constant
-        ids,
-        urls,
-        enabled,
-    )
-    return int(status.rsplit(" ", 1)[-1])
+    with store.translated("cannot change sources"):
+        status = await pool.execute(
+            f"UPDATE sources SET enabled = $3 WHERE {_MATCH}",  # noqa: S608 - a constant
+            ids,
+            urls,
+            enabled,
+        )
+    return store.rows_affected(status)
 
 
 async def remove(pool: asyncpg.Pool, ids_or_urls: Sequence[str]) -> int:
     """Delete sources given by id or URL (their documents stay); return how many."""
     ids, urls = _targets(ids_or_urls)
-    status = await pool.execute(
-        f"DELETE FROM sources WHERE {_MATCH}",  # noqa: S608 - a constant
-        ids,
-        urls,
-    )
-    return int(status.rsplit(" ", 1)[-1])
+    with store.translated("cannot remove sources"):
+        status = await pool.execute(
+            f"DELETE FROM sources WHERE {_MATCH}",  # noqa: S608 - a constant
+            ids,
+            urls,
+        )
+    return store.rows_affected(status)
 
 
 async def list_sources(
     pool: asyncpg.Pool, *, name: str | None = None, limit: int = 1000
 ) -> list[SourceRow]:
     """Registered sources, oldest first."""
-    return [SourceRow(**dict(r)) for r in await pool.fetch(_LIST, name, limit)]
+    with store.translated("cannot list sources"):
+        rows = await pool.fetch(_LIST, name, limit)
+    return [SourceRow(**dict(r)) for r in rows]
