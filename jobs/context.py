@@ -9,8 +9,8 @@ from typing import TypedDict
 import asyncpg
 from arq.connections import ArqRedis
 
+from worker.engine.budget import ByteBudget
 from worker.engine.fetch import Fetcher
-from worker.engine.pipeline import ByteBudget
 from worker.settings import Settings
 
 

@@ -14,17 +14,8 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
-from worker.engine.fetch import (
-    PARSE_MAX_BYTES,
-    Failed,
-    Fetched,
-    Fetcher,
-    NotModified,
-    Validators,
-    _validator,
-    check_json,
-    parse_retry_after,
-)
+from worker.engine.fetch import PARSE_MAX_BYTES, Fetcher, check_json, parse_retry_after
+from worker.engine.outcomes import Failed, Fetched, NotModified, Validators, _validator
 from worker.errors import InvalidJSONError
 from worker.settings import Settings
 

@@ -13,11 +13,14 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Upstream
-from worker.engine import pipeline, store
-from worker.engine.fetch import PARSE_MAX_BYTES, Failed, Fetched, Fetcher
+from worker.engine import pipeline
+from worker.engine.budget import memory_bound
+from worker.engine.fetch import PARSE_MAX_BYTES, Fetcher
+from worker.engine.outcomes import BatchSummary, Failed, Fetched
+from worker.engine.writes import Chunk, write_chunk
 from worker.settings import Settings, load_settings
 
-RunBatch = Callable[..., Awaitable[pipeline.BatchSummary]]
+RunBatch = Callable[..., Awaitable[BatchSummary]]
 
 
 @pytest.fixture
@@ -28,16 +31,10 @@ def run_batch(
 
     def run(
         job_id: str, urls: list[str], *, settings: Settings = settings, **options: Any
-    ) -> Awaitable[pipeline.BatchSummary]:
+    ) -> Awaitable[BatchSummary]:
         options.setdefault("source", None)
-        return pipeline.run(
-            job_id=job_id,
-            urls=urls,
-            fetcher=make_fetcher(settings),
-            pool=pool,
-            settings=settings,
-            **options,
-        )
+        batch = pipeline.Batch(job_id=job_id, urls=urls, **options)
+        return pipeline.run(batch, fetcher=make_fetcher(settings), pool=pool, settings=settings)
 
     return run
 
@@ -67,9 +64,8 @@ async def test_rerun_skips_urls_that_already_have_an_outcome(
 ) -> None:
     """An interrupted job's landed URLs are not fetched again, so no URL ends in both tables."""
     done = upstream.url("/json/done")
-    await store.write_chunk(
-        pool, "p2", None, [], [Failed(done, "timeout", "timed out", None, 3)], max_url_length=8192
-    )
+    failed = Failed(done, "timeout", "timed out", None, 3)
+    await write_chunk(pool, Chunk("p2", None, fails=[failed]), max_url_length=8192)
     summary = await run_batch("p2", [done, upstream.url("/json/new")])
     assert (summary.already_done, summary.documents) == (1, 1)
     assert upstream.counts["/json/done"] == 0
@@ -254,9 +250,9 @@ async def test_failures_recorded_for_overlong_urls_are_short_and_recorded_once(
     call for the same URLs records nothing."""
     s = make_settings(max_url_length=2048)
     urls = ["http://example.com/?q=" + "x" * 100_000, "http://example.com/short"]
-    options = {"job_id": "gone", "urls": urls, "source": None, "pool": pool, "settings": s}
-    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 2
-    assert await pipeline.record_failures(**options, kind="abandoned", detail="gave up") == 0
+    job = Chunk("gone", None)
+    assert await pipeline.record_failures(pool, job, urls, s, kind="abandoned", detail="x") == 2
+    assert await pipeline.record_failures(pool, job, urls, s, kind="abandoned", detail="x") == 0
     lengths = [r["n"] for r in await pool.fetch("SELECT length(url) AS n FROM fetch_failures")]
     assert sorted(lengths) == [len(urls[1]), 1024 + len("…#sha256=") + 64]
 
@@ -288,4 +284,4 @@ async def test_a_landed_body_is_not_kept_alive_while_the_next_url_is_fetched(
 def test_memory_bound_at_the_defaults_is_the_readme_figure(repo_root: Path) -> None:
     """memory_bound is the README's Sizing formula: 656 + 30 + 48 + 10 MiB at the defaults."""
     assert "60 + 656 + 30 + 48 + 10 ≈ 800 MiB" in (repo_root / "README.md").read_text()
-    assert pipeline.memory_bound(load_settings()) == (656 + 30 + 48 + 10) * 1024 * 1024
+    assert memory_bound(load_settings()) == (656 + 30 + 48 + 10) * 1024 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from worker.engine.fetch import Failed, Fetched, NotModified, ResponseMeta
+from worker.engine.outcomes import Failed, Fetched, NotModified, ResponseMeta
 from worker.engine.polling import (
     CHANGED,
     NOT_MODIFIED,

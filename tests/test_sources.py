@@ -11,8 +11,8 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
-from worker.engine import store
 from worker.engine.polling import SourceUpdate
+from worker.engine.writes import Chunk, write_chunk
 from worker.queue.client import redis_pool
 from worker.scheduling import sources
 from worker.settings import Settings
@@ -154,6 +154,6 @@ async def test_a_poll_that_lost_its_claim_does_not_overwrite_the_state(
         SourceUpdate(ids[u], u, "changed", True, 200, None, None, None, b"h", True, 0, 60.0)
         for u in ("https://api.example/mine", "https://api.example/stolen")
     ]
-    await store.write_chunk(pool, "A", None, [], [], updates, max_url_length=8192)
+    await write_chunk(pool, Chunk("A", None, [], [], updates), max_url_length=8192)
     rows = dict(await pool.fetch("SELECT url, poll_job_id FROM sources"))  # type: ignore[arg-type]
     assert rows == {"https://api.example/mine": None, "https://api.example/stolen": "B"}

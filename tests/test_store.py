@@ -6,7 +6,8 @@ import asyncpg
 import pytest
 
 from worker.engine import store
-from worker.engine.fetch import Failed, Fetched
+from worker.engine.outcomes import Failed, Fetched
+from worker.engine.writes import Chunk, write_chunk
 from worker.errors import StoreError
 from worker.settings import Settings
 
@@ -21,12 +22,14 @@ def _fail(url: str, kind: str = "http_status") -> Failed:
 
 async def test_chunk_lands_documents_and_failures(pool: asyncpg.Pool) -> None:
     """Documents keep their JSON and the URL as given; failures keep kind and status."""
-    w = await store.write_chunk(
+    w = await write_chunk(
         pool,
-        "j1",
-        "src",
-        [_doc(" http://a/x?b=1&a=2 "), _doc("http://b", b"[1,2]")],
-        [_fail("http://c")],
+        Chunk(
+            "j1",
+            "src",
+            [_doc(" http://a/x?b=1&a=2 "), _doc("http://b", b"[1,2]")],
+            [_fail("http://c")],
+        ),
         max_url_length=8192,
     )
     assert (w.documents, w.failures) == (2, 1)
@@ -51,8 +54,8 @@ async def test_chunk_lands_documents_and_failures(pool: asyncpg.Pool) -> None:
 async def test_writing_the_same_chunk_twice_adds_nothing(pool: asyncpg.Pool) -> None:
     """ON CONFLICT on (job_id, url) makes a re-run idempotent."""
     docs, fails = [_doc("http://a"), _doc("http://b")], [_fail("http://c")]
-    await store.write_chunk(pool, "j1", None, docs, fails, max_url_length=8192)
-    again = await store.write_chunk(pool, "j1", None, docs, fails, max_url_length=8192)
+    await write_chunk(pool, Chunk("j1", None, docs, fails), max_url_length=8192)
+    again = await write_chunk(pool, Chunk("j1", None, docs, fails), max_url_length=8192)
     assert (again.documents, again.failures) == (0, 0)
     assert await pool.fetchval("SELECT count(*) FROM documents") == 2
     assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 1
@@ -60,16 +63,16 @@ async def test_writing_the_same_chunk_twice_adds_nothing(pool: asyncpg.Pool) -> 
 
 async def test_same_url_in_another_job_gets_its_own_row(pool: asyncpg.Pool) -> None:
     """Uniqueness is per job: job B's copy of a URL is a new row."""
-    await store.write_chunk(pool, "A", None, [_doc("http://a")], [], max_url_length=8192)
-    w = await store.write_chunk(pool, "B", None, [_doc("http://a")], [], max_url_length=8192)
+    await write_chunk(pool, Chunk("A", None, [_doc("http://a")], []), max_url_length=8192)
+    w = await write_chunk(pool, Chunk("B", None, [_doc("http://a")], []), max_url_length=8192)
     assert w.documents == 1
 
 
 async def test_very_long_urls_land(pool: asyncpg.Pool) -> None:
     """URLs longer than a btree entry can hold still land, uniquely."""
     url = "http://a/" + "x" * 6000
-    await store.write_chunk(pool, "j", None, [_doc(url)], [_fail(url + "y")], max_url_length=8192)
-    again = await store.write_chunk(pool, "j", None, [_doc(url)], [], max_url_length=8192)
+    await write_chunk(pool, Chunk("j", None, [_doc(url)], [_fail(url + "y")]), max_url_length=8192)
+    again = await write_chunk(pool, Chunk("j", None, [_doc(url)], []), max_url_length=8192)
     assert again.documents == 0
     assert await pool.fetchval("SELECT length(url) FROM documents") == len(url)
 
@@ -79,12 +82,9 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
 ) -> None:
     """A body jsonb refuses turns into an invalid_json failure; the rest of the chunk lands."""
     bad = _doc("http://bad", b'{"s": "\\u0000"}')  # passes nothing in real life; forced here
-    w = await store.write_chunk(
+    w = await write_chunk(
         pool,
-        "j",
-        None,
-        [_doc("http://ok1"), bad, _doc("http://ok2")],
-        [_fail("http://f")],
+        Chunk("j", None, [_doc("http://ok1"), bad, _doc("http://ok2")], [_fail("http://f")]),
         max_url_length=8192,
     )
     assert w.documents == 2
@@ -95,10 +95,10 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
 
 async def test_existing_urls_lists_both_tables(pool: asyncpg.Pool) -> None:
     """An interrupted job's landed URLs are known, from documents and failures alike."""
-    await store.write_chunk(
-        pool, "j", None, [_doc("http://a")], [_fail("http://b")], max_url_length=8192
+    await write_chunk(
+        pool, Chunk("j", None, [_doc("http://a")], [_fail("http://b")]), max_url_length=8192
     )
-    await store.write_chunk(pool, "other", None, [_doc("http://c")], [], max_url_length=8192)
+    await write_chunk(pool, Chunk("other", None, [_doc("http://c")], []), max_url_length=8192)
     assert await store.existing_urls(pool, "j") == {"http://a", "http://b"}
 
 

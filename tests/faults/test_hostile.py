@@ -13,7 +13,8 @@ from arq.worker import Worker
 
 from tests.hostile import Hostile
 from tests.upstream import Upstream, gzip_bomb
-from worker.engine.fetch import Failed, Fetcher
+from worker.engine.fetch import Fetcher
+from worker.engine.outcomes import Failed
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
 

@@ -21,8 +21,9 @@ from arq.worker import Worker
 from tests.hostile import Hostile
 from tests.spellings import Trap, ipv4_hosts, refused_hosts
 from tests.upstream import Upstream
-from worker.engine.fetch import Failed, Fetched, Fetcher, map_client_error
+from worker.engine.fetch import Fetcher, map_client_error
 from worker.engine.guard import AddressPolicy, BlockedAddressError, guarded_socket_factory
+from worker.engine.outcomes import Failed, Fetched
 from worker.ops.api import create_app
 from worker.scheduling import sources
 from worker.settings import Settings

@@ -11,7 +11,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker.engine.fetch import Failed, Fetched, NotModified, Outcome
+from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 

@@ -14,7 +14,6 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -37,8 +36,8 @@ from worker.engine.guard import (
     GuardedResolver,
     guarded_socket_factory,
 )
+from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostPacer
-from worker.engine.schedule import fresh_for
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
     TRANSIENT_STATUSES,
@@ -64,7 +63,6 @@ _PERMANENT_DNS_ERRORS: Final = frozenset(
     {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 )
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
-_MAX_VALIDATOR: Final = 1024
 # Bodies up to this size are parsed here. A larger one is not: parsing builds every value as a
 # Python object (a 10 MiB [{},{},...] is 3.5 million dicts, ~300 MiB), so Postgres' jsonb input
 # validates it as it lands instead, and a body it refuses becomes an invalid_json failure there.
@@ -89,91 +87,6 @@ _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 Sleep = Callable[[float], Awaitable[None]]
 # Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
 Admit = Callable[[int], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class Validators:
-    """What a scheduled source's last response said, sent back to make a request conditional."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {}
-        if self.etag:
-            headers["If-None-Match"] = self.etag
-        if self.last_modified:
-            headers["If-Modified-Since"] = self.last_modified
-        return headers
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseMeta:
-    """Cache headers of a response to a conditional request: the next request's validators and
-    how long the server says the content stays fresh (seconds, or None if it does not say)."""
-
-    etag: str | None
-    last_modified: str | None
-    fresh_for: float | None
-
-    @classmethod
-    def of(cls, resp: aiohttp.ClientResponse) -> ResponseMeta:
-        h = resp.headers
-        return cls(
-            etag=_validator(h.get("ETag")),
-            last_modified=_validator(h.get("Last-Modified")),
-            fresh_for=fresh_for(h.get("Cache-Control"), h.get("Expires"), h.get("Date")),
-        )
-
-
-def _validator(value: str | None) -> str | None:
-    # Stored and sent back as is: only a short printable ASCII value can be (aiohttp keeps
-    # undecodable header bytes as surrogates, which Postgres text cannot hold).
-    if (
-        value is None
-        or len(value) > _MAX_VALIDATOR
-        or not value.isascii()
-        or not value.isprintable()
-    ):
-        return None
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """A URL landed as JSON. ``meta`` is set for conditional requests only."""
-
-    url: str
-    status: int
-    body: bytes
-    elapsed_ms: int
-    attempts: int
-    meta: ResponseMeta | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NotModified:
-    """A conditional request answered 304: the stored content is still current."""
-
-    url: str
-    elapsed_ms: int
-    attempts: int
-    meta: ResponseMeta
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``."""
-
-    url: str
-    kind: str
-    detail: str
-    status: int | None
-    attempts: int
-    retry_after: float | None = None
-
-
-Outcome = Fetched | Failed | NotModified
 
 
 def address_policy(settings: Settings) -> AddressPolicy:
@@ -483,7 +396,7 @@ class Fetcher:
                     url = self._next_hop(url, resp, seen)
                     continue
                 if validators is not None:
-                    meta = ResponseMeta.of(resp)
+                    meta = ResponseMeta.from_headers(resp.headers)
                     if status == 304:
                         return status, b"", meta
                 if not 200 <= status < 300:

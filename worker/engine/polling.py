@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from worker.engine.fetch import Failed, Fetched, NotModified, Outcome, Validators
+from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators
 from worker.engine.schedule import next_poll_delay
 from worker.settings import Settings
 
@@ -83,60 +83,69 @@ class Polled:
 
 def settle(state: SourceState, outcome: Outcome, settings: Settings) -> Polled:
     """Decide what a poll of ``state`` that ended in ``outcome`` records."""
-    interval = float(state.interval_s)
     if isinstance(outcome, Failed):
-        failures = state.consecutive_failures + 1
-        update = SourceUpdate(
-            source_id=state.id,
-            url=state.url,
-            outcome=outcome.kind,
-            ok=False,
-            status=outcome.status,
-            error=outcome.detail,
-            etag=state.etag,
-            last_modified=state.last_modified,
-            content_hash=state.content_hash,
-            document=False,
-            consecutive_failures=failures,
-            delay_s=next_poll_delay(
-                interval=interval,
-                max_delay=settings.sources_max_delay,
-                ok=False,
-                consecutive_failures=failures,
-                retry_after=outcome.retry_after,
-            ),
-        )
-        return Polled(update, outcome)
-
-    meta = outcome.meta
+        return _failed(state, outcome, settings)
     delay = next_poll_delay(
-        interval=interval,
+        interval=float(state.interval_s),
         max_delay=settings.sources_max_delay,
         ok=True,
         consecutive_failures=0,
-        fresh=meta.fresh_for if meta is not None else None,
+        fresh=outcome.meta.fresh_for if outcome.meta is not None else None,
     )
     if isinstance(outcome, NotModified):
-        update = SourceUpdate(
-            source_id=state.id,
-            url=state.url,
-            outcome=NOT_MODIFIED,
-            ok=True,
-            status=304,
-            error=None,
-            # A 304 may omit validators it does not change; keep the ones we have.
-            etag=outcome.meta.etag or state.etag,
-            last_modified=outcome.meta.last_modified or state.last_modified,
-            content_hash=state.content_hash,
-            document=False,
-            consecutive_failures=0,
-            delay_s=delay,
-        )
-        return Polled(update, None)
+        return _not_modified(state, outcome, delay)
+    return _fetched(state, outcome, delay, settings.sources_store_unchanged)
 
+
+def _failed(state: SourceState, outcome: Failed, settings: Settings) -> Polled:
+    failures = state.consecutive_failures + 1
+    update = SourceUpdate(
+        source_id=state.id,
+        url=state.url,
+        outcome=outcome.kind,
+        ok=False,
+        status=outcome.status,
+        error=outcome.detail,
+        etag=state.etag,
+        last_modified=state.last_modified,
+        content_hash=state.content_hash,
+        document=False,
+        consecutive_failures=failures,
+        delay_s=next_poll_delay(
+            interval=float(state.interval_s),
+            max_delay=settings.sources_max_delay,
+            ok=False,
+            consecutive_failures=failures,
+            retry_after=outcome.retry_after,
+        ),
+    )
+    return Polled(update, outcome)
+
+
+def _not_modified(state: SourceState, outcome: NotModified, delay: float) -> Polled:
+    update = SourceUpdate(
+        source_id=state.id,
+        url=state.url,
+        outcome=NOT_MODIFIED,
+        ok=True,
+        status=304,
+        error=None,
+        # A 304 may omit validators it does not change; keep the ones we have.
+        etag=outcome.meta.etag or state.etag,
+        last_modified=outcome.meta.last_modified or state.last_modified,
+        content_hash=state.content_hash,
+        document=False,
+        consecutive_failures=0,
+        delay_s=delay,
+    )
+    return Polled(update, None)
+
+
+def _fetched(state: SourceState, outcome: Fetched, delay: float, store_unchanged: bool) -> Polled:
     digest = content_hash(outcome.body)
     changed = digest != state.content_hash
-    store = changed or settings.sources_store_unchanged
+    store = changed or store_unchanged
+    meta = outcome.meta
     update = SourceUpdate(
         source_id=state.id,
         url=state.url,

@@ -6,7 +6,7 @@ The request body's schema is generated from the job contract (`worker.queue.payl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from worker.queue.payload import BatchRequest
 from worker.settings import Settings
@@ -19,16 +19,18 @@ def batch_schema(settings: Settings) -> dict[str, Any]:
     return schema
 
 
+_ERROR: Final = {"$ref": "#/components/schemas/Error"}
+_FOREIGN_SITE: Final = "Without HARVESTER_API_TOKEN: Host (or a POST's Origin) is not loopback"
+
+
+def _resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    if schema is None:
+        return {"description": desc}
+    return {"description": desc, "content": {"application/json": {"schema": schema}}}
+
+
 def openapi(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document of this API."""
-    error = {"$ref": "#/components/schemas/Error"}
-    foreign_site = "Without HARVESTER_API_TOKEN: Host (or a POST's Origin) is not loopback"
-
-    def resp(desc: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-        if schema is None:
-            return {"description": desc}
-        return {"description": desc, "content": {"application/json": {"schema": schema}}}
-
     return {
         "openapi": "3.1.0",
         "info": {"title": "harvester", "version": "0.1.0"},
@@ -39,75 +41,70 @@ def openapi(settings: Settings) -> dict[str, Any]:
                 "Batch": batch_schema(settings),
             },
         },
-        "paths": {
-            "/batches": {
-                "post": {
-                    "summary": "Enqueue a batch of URLs as a fetch_batch job",
-                    "security": [{"bearer": []}],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
-                        },
-                    },
-                    "responses": {
-                        "200": resp(
-                            "The same batch is under this job_id already: nothing added "
-                            "(duplicate: true)",
-                            {"type": "object"},
-                        ),
-                        "202": resp("Enqueued", {"type": "object"}),
-                        "400": resp("Not JSON", error),
-                        "401": resp("Missing or wrong token", error),
-                        "403": resp(foreign_site, error),
-                        "408": resp("Body not received within HARVESTER_API_BODY_TIMEOUT", error),
-                        "409": resp("job_id already used by a different batch", error),
-                        "413": resp("Body too large", error),
-                        "415": resp("Not application/json", error),
-                        "422": resp("Invalid batch or job_id", error),
-                        "503": resp("Redis unavailable", error),
-                    },
-                }
-            },
-            "/batches/{job_id}": {
-                "get": {
-                    "summary": "Status, rows landed so far, and the summary once complete",
-                    "security": [{"bearer": []}],
-                    "parameters": [
-                        {
-                            "name": "job_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": resp("The batch", {"type": "object"}),
-                        "401": resp("Missing or wrong token", error),
-                        "403": resp(foreign_site, error),
-                        "404": resp("Unknown job", error),
-                        "503": resp("Redis or Postgres unavailable", error),
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Redis and Postgres reachable",
-                    "responses": {"200": resp("Healthy"), "503": resp("Unavailable")},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": resp("Text exposition"),
-                        "403": resp(foreign_site, error),
-                        "503": resp("Redis unavailable", error),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": resp("OpenAPI")}}
-            },
+        "paths": {**_batch_paths(), **_operations_paths()},
+    }
+
+
+def _batch_paths() -> dict[str, Any]:
+    post = {
+        "summary": "Enqueue a batch of URLs as a fetch_batch job",
+        "security": [{"bearer": []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}},
+        },
+        "responses": {
+            "200": _resp(
+                "The same batch is under this job_id already: nothing added (duplicate: true)",
+                {"type": "object"},
+            ),
+            "202": _resp("Enqueued", {"type": "object"}),
+            "400": _resp("Not JSON", _ERROR),
+            "401": _resp("Missing or wrong token", _ERROR),
+            "403": _resp(_FOREIGN_SITE, _ERROR),
+            "408": _resp("Body not received within HARVESTER_API_BODY_TIMEOUT", _ERROR),
+            "409": _resp("job_id already used by a different batch", _ERROR),
+            "413": _resp("Body too large", _ERROR),
+            "415": _resp("Not application/json", _ERROR),
+            "422": _resp("Invalid batch or job_id", _ERROR),
+            "503": _resp("Redis unavailable", _ERROR),
+        },
+    }
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    get = {
+        "summary": "Status, rows landed so far, and the summary once complete",
+        "security": [{"bearer": []}],
+        "parameters": [job_id],
+        "responses": {
+            "200": _resp("The batch", {"type": "object"}),
+            "401": _resp("Missing or wrong token", _ERROR),
+            "403": _resp(_FOREIGN_SITE, _ERROR),
+            "404": _resp("Unknown job", _ERROR),
+            "503": _resp("Redis or Postgres unavailable", _ERROR),
+        },
+    }
+    return {"/batches": {"post": post}, "/batches/{job_id}": {"get": get}}
+
+
+def _operations_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "Redis and Postgres reachable",
+                "responses": {"200": _resp("Healthy"), "503": _resp("Unavailable")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": _resp("Text exposition"),
+                    "403": _resp(_FOREIGN_SITE, _ERROR),
+                    "503": _resp("Redis unavailable", _ERROR),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _resp("OpenAPI")}}
         },
     }

@@ -27,8 +27,8 @@ from jobs.poll_sources import poll_sources
 from jobs.replay_failures import replay_failures
 from jobs.retention import apply_retention
 from worker.engine import store
+from worker.engine.budget import ByteBudget
 from worker.engine.fetch import Fetcher, create_session
-from worker.engine.pipeline import ByteBudget
 from worker.errors import HarvesterError
 from worker.logs import tame_arq_logs
 from worker.ops import metrics as ops_metrics

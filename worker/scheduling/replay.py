@@ -170,6 +170,17 @@ async def list_failures(
     return [FailureRow(**dict(r)) for r in rows]
 
 
+def _check_arguments(*, batch_size: int, limit: int, reason: str, older_than: float | None) -> None:
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    if reason not in ("cli", "cron"):
+        raise ValueError(f"reason must be 'cli' or 'cron', got {reason!r}")
+    if older_than is not None and older_than < 0:
+        raise ValueError("older_than must not be negative")
+
+
 async def replay_failures(
     pool: asyncpg.Pool,
     redis: ArqRedis,
@@ -193,14 +204,7 @@ async def replay_failures(
     jobs that are not replays). ``dry_run`` only reads. Raises `StoreError` when Postgres fails;
     a Redis error after a commit propagates, and a later call's outbox enqueues that job.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    if reason not in ("cli", "cron"):
-        raise ValueError(f"reason must be 'cli' or 'cron', got {reason!r}")
-    if older_than is not None and older_than < 0:
-        raise ValueError("older_than must not be negative")
+    _check_arguments(batch_size=batch_size, limit=limit, reason=reason, older_than=older_than)
     _check_aware("since", since)
     filters = (
         list(kinds) if kinds else None,

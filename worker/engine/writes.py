@@ -1,0 +1,242 @@
+"""Landing a chunk: COPY of a job's documents and failures, with its polls' source states, in
+one transaction.
+
+A chunk is COPYed straight into the tables; if some of its rows are there already (a retried
+write whose commit did land), it goes through per-connection temporary staging tables and
+``INSERT ... ON CONFLICT DO NOTHING`` instead; if Postgres refuses a body, the chunk is written
+row by row and that body becomes an ``invalid_json`` failure. So a chunk lands whole or not at
+all, a re-run of a job adds no row, and one bad body never sinks its chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import asyncpg
+
+from worker.engine.fetch import clean_detail
+from worker.engine.outcomes import Failed, Fetched
+from worker.engine.polling import SourceUpdate
+from worker.engine.store import (
+    ACQUIRE_TIMEOUT_S,
+    DB_ERRORS,
+    Conn,
+    rows_affected,
+    store_error,
+    stored_url,
+)
+from worker.errors import StoreError
+
+_DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
+_FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "detail")
+
+_MOVE_DOCUMENTS = """
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
+SELECT job_id, url, source, status, body, elapsed_ms, attempts FROM harvester_stage_documents
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+"""
+
+_MOVE_FAILURES = """
+INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail)
+SELECT job_id, url, source, error, status, attempts, detail FROM harvester_stage_failures
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+"""
+
+_INSERT_DOCUMENT = """
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+"""
+
+# A poll's source states, one statement per chunk, in the chunk's transaction: a document and
+# the content hash that says it is current land together or not at all.
+_UPDATE_SOURCES = """
+UPDATE sources AS s SET
+    last_polled_at = now(),
+    last_status = v.status,
+    last_outcome = v.outcome,
+    last_error = v.error,
+    etag = v.etag,
+    last_modified = v.last_modified,
+    content_hash = v.content_hash,
+    document_job_id = CASE WHEN v.document THEN $1 ELSE s.document_job_id END,
+    consecutive_failures = v.failures,
+    last_success_at = CASE WHEN v.ok THEN now() ELSE s.last_success_at END,
+    next_due_at = now() + make_interval(secs => v.delay),
+    poll_job_id = NULL,
+    claimed_until = NULL
+FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[],
+            $8::bytea[], $9::boolean[], $10::boolean[], $11::integer[], $12::float8[])
+    AS v(id, outcome, status, error, etag, last_modified, content_hash, ok, document, failures,
+         delay)
+-- Only while this job holds the claim (or none is held): a poll that outlived its claim must not
+-- overwrite the state a newer poll of the same source recorded.
+WHERE s.id = v.id AND (s.poll_job_id IS NULL OR s.poll_job_id = $1)
+"""
+
+# What Postgres raises for a body its jsonb input refuses: data errors (not JSON, bad UTF-8,
+# \u0000, a number out of range) and program limits (nesting deeper than its stack allows).
+BODY_REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Rows a chunk added; fewer than given means they were there already."""
+
+    documents: int
+    failures: int
+    refused: tuple[Failed, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """The rows one transaction lands for a job: documents, failures, and the source states of
+    its scheduled polls."""
+
+    job_id: str
+    source: str | None
+    docs: Sequence[Fetched] = ()
+    fails: Sequence[Failed] = ()
+    updates: Sequence[SourceUpdate] = ()
+
+    def stored(self, max_url_length: int) -> Chunk:
+        """This chunk with every URL in its `stored_url` form (itself when all are short)."""
+        docs = _in_stored_form(self.docs, max_url_length)
+        fails = _in_stored_form(self.fails, max_url_length)
+        if docs is self.docs and fails is self.fails:
+            return self
+        return replace(self, docs=docs, fails=fails)
+
+    def doc_records(self) -> list[tuple[object, ...]]:
+        j, s = self.job_id, self.source
+        return [(j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs]
+
+    def fail_records(self, fails: Sequence[Failed]) -> list[tuple[object, ...]]:
+        j, s = self.job_id, self.source
+        return [(j, f.url, s, f.kind, f.status, f.attempts, f.detail) for f in fails]
+
+
+_Outcome = TypeVar("_Outcome", Fetched, Failed)
+
+
+def _in_stored_form(rows: Sequence[_Outcome], max_url_length: int) -> Sequence[_Outcome]:
+    if all(len(r.url) <= max_url_length for r in rows):
+        return rows
+    return [replace(r, url=stored_url(r.url, max_url_length)) for r in rows]
+
+
+async def write_chunk(pool: asyncpg.Pool, chunk: Chunk, *, max_url_length: int) -> Written:
+    """Land ``chunk`` atomically (see the module docstring). URLs longer than
+    ``max_url_length`` are stored in their short `stored_url` form. Raises `StoreError`."""
+    chunk = chunk.stored(max_url_length)
+    try:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            try:
+                try:
+                    return await _land(conn, _copy_direct, chunk)
+                except asyncpg.UniqueViolationError:
+                    # Some rows are there already: staging, where ON CONFLICT skips them.
+                    return await _land(conn, _copy_staged, chunk)
+            except BODY_REFUSED:
+                # A body passed our JSON check but not Postgres' (a number jsonb cannot hold,
+                # or a large body, which only Postgres parses): find it row by row.
+                return await _write_rows(conn, chunk)
+    except DB_ERRORS as exc:
+        raise store_error("write failed", exc) from exc
+    except (UnicodeError, ValueError, TypeError) as exc:
+        # asyncpg could not encode a row: a bug on our side, never worth failing a job for good.
+        raise StoreError(f"write failed: {type(exc).__name__}: {exc}", transient=False) from exc
+
+
+_Copy = Callable[[Conn, Chunk], Awaitable[Written]]
+
+
+async def _land(conn: Conn, copy: _Copy, chunk: Chunk) -> Written:
+    """One transaction: the chunk's rows by ``copy``, then the source states of its polls."""
+    async with conn.transaction():
+        written = await copy(conn, chunk)
+        await _update_sources(conn, chunk.job_id, chunk.updates)
+    return written
+
+
+async def _copy_direct(conn: Conn, chunk: Chunk) -> Written:
+    # The fast path: the pipeline already skips URLs that have an outcome, so a chunk almost
+    # never conflicts, and COPY straight into the tables parses and compresses each body once
+    # (staging costs a second TOAST compression). A conflict aborts it; see write_chunk.
+    if chunk.docs:
+        await conn.copy_records_to_table(
+            "documents", records=chunk.doc_records(), columns=_DOC_COLUMNS
+        )
+    if chunk.fails:
+        await conn.copy_records_to_table(
+            "fetch_failures", records=chunk.fail_records(chunk.fails), columns=_FAIL_COLUMNS
+        )
+    return Written(len(chunk.docs), len(chunk.fails))
+
+
+async def _copy_staged(conn: Conn, chunk: Chunk) -> Written:
+    n_docs = n_fail = 0
+    if chunk.docs:
+        await conn.copy_records_to_table(
+            "harvester_stage_documents", records=chunk.doc_records(), columns=_DOC_COLUMNS
+        )
+        n_docs = rows_affected(await conn.execute(_MOVE_DOCUMENTS))
+    if chunk.fails:
+        n_fail = await _stage_failures(conn, chunk, chunk.fails)
+    return Written(n_docs, n_fail)
+
+
+async def _stage_failures(conn: Conn, chunk: Chunk, fails: Sequence[Failed]) -> int:
+    """Land ``fails`` through staging, skipping those already there; return rows added."""
+    await conn.copy_records_to_table(
+        "harvester_stage_failures", records=chunk.fail_records(fails), columns=_FAIL_COLUMNS
+    )
+    return rows_affected(await conn.execute(_MOVE_FAILURES))
+
+
+async def _update_sources(conn: Conn, job_id: str, updates: Sequence[SourceUpdate]) -> None:
+    if not updates:
+        return
+    await conn.execute(
+        _UPDATE_SOURCES,
+        job_id,
+        [u.source_id for u in updates],
+        [u.outcome for u in updates],
+        [u.status for u in updates],
+        [u.error for u in updates],
+        [u.etag for u in updates],
+        [u.last_modified for u in updates],
+        [u.content_hash for u in updates],
+        [u.ok for u in updates],
+        [u.document for u in updates],
+        [u.consecutive_failures for u in updates],
+        [u.delay_s for u in updates],
+    )
+
+
+async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
+    """The slow path: each document in a savepoint of its own, so a body Postgres refuses
+    becomes an invalid_json failure and the rest of the chunk lands."""
+    refused: list[Failed] = []
+    n_docs = 0
+    async with conn.transaction():
+        for d in chunk.docs:
+            try:
+                async with conn.transaction():  # a savepoint per row
+                    row = (d.url, chunk.source, d.status, d.body, d.elapsed_ms, d.attempts)
+                    n_docs += rows_affected(
+                        await conn.execute(_INSERT_DOCUMENT, chunk.job_id, *row)
+                    )
+            except BODY_REFUSED as exc:
+                detail = clean_detail(f"Postgres refused the body: {exc}")
+                refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
+        fails = [*chunk.fails, *refused]
+        n_fail = await _stage_failures(conn, chunk, fails) if fails else 0
+        updates = chunk.updates
+        if refused:
+            why = {f.url: f.detail for f in refused}
+            updates = [u.refused(why[u.url]) if u.url in why else u for u in updates]
+        await _update_sources(conn, chunk.job_id, updates)
+    return Written(n_docs, n_fail, tuple(refused))
