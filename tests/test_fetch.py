@@ -14,7 +14,8 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.upstream import Feed, Upstream
-from worker.engine.fetch import PARSE_MAX_BYTES, Fetcher, check_json, parse_retry_after
+from worker.engine.bodies import PARSE_MAX_BYTES, check_json
+from worker.engine.fetch import Fetcher, parse_retry_after
 from worker.engine.outcomes import Failed, Fetched, NotModified, Validators, _validator
 from worker.errors import InvalidJSONError
 from worker.settings import Settings
@@ -100,7 +101,7 @@ def test_check_json_of_a_large_body_builds_no_object_tree() -> None:
     script = textwrap.dedent(
         """
         import re
-        from worker.engine.fetch import check_json
+        from worker.engine.bodies import check_json
 
         def hwm():
             text = open("/proc/self/status").read()

@@ -14,8 +14,9 @@ import pytest
 from tests.helpers import wait_until
 from tests.upstream import Upstream
 from worker.engine import pipeline
+from worker.engine.bodies import PARSE_MAX_BYTES
 from worker.engine.budget import memory_bound
-from worker.engine.fetch import PARSE_MAX_BYTES, Fetcher
+from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched
 from worker.engine.writes import Chunk, write_chunk
 from worker.settings import Settings, load_settings

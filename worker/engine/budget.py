@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.engine.fetch import PARSE_MAX_BYTES
+from worker.engine.bodies import PARSE_MAX_BYTES
 from worker.settings import Settings
 
 # orjson builds up to about 36 bytes of Python objects per byte it parses ([[],[],...] is the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,6 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 import aiohttp
-import orjson
 from aiohttp.resolver import DefaultResolver
 from tenacity import (
     AsyncRetrying,
@@ -30,6 +28,7 @@ from tenacity import (
 )
 from yarl import URL
 
+from worker.engine.bodies import check_json, clean_detail
 from worker.engine.guard import (
     AddressPolicy,
     BlockedAddressError,
@@ -53,34 +52,13 @@ from worker.errors import (
     TimeoutError_,
     TooLargeError,
 )
-from worker.logs import redact
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-# Postgres jsonb refuses the NUL escape; an odd run of backslashes before "u0000" is a real one.
-_NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _PERMANENT_DNS_ERRORS: Final = frozenset(
     {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 )
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
-# Bodies up to this size are parsed here. A larger one is not: parsing builds every value as a
-# Python object (a 10 MiB [{},{},...] is 3.5 million dicts, ~300 MiB), so Postgres' jsonb input
-# validates it as it lands instead, and a body it refuses becomes an invalid_json failure there.
-PARSE_MAX_BYTES: Final = 256 * 1024
-# A JSON text starts with a value, after optional whitespace.
-_JSON_START: Final = re.compile(rb"[ \t\r\n]*[\[{\"\-0-9tfn]")
-# Postgres numeric writes every digit of a number out: 1e-16383 (8 bytes) reads back as 16,385
-# characters. A body is refused when an exponent exceeds MAX_EXPONENT, or when what its
-# exponents add on reading (at most |exponent| - len(exponent) characters each) exceeds its
-# own length plus EXPONENT_SLACK, so a row reads back at most about 2.5 times its size
-# (jsonb output also adds a space after each comma and colon).
-MAX_EXPONENT: Final = 1000
-EXPONENT_SLACK: Final = 1024
-_HAS_EXPONENT: Final = re.compile(rb"\d[eE][-+]?\d")
-_EXPONENT: Final = re.compile(rb"\d[eE]([-+]?\d+)")
-# A JSON string; the closing quote is optional so that an unterminated one is consumed in one
-# linear pass instead of being retried from every escaped quote inside it.
-_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
@@ -148,54 +126,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     now = time.time() if now is None else now
     return max(0.0, when - now)
-
-
-def clean_detail(text: str, limit: int = 500) -> str:
-    """A failure detail safe to store and show: credentials redacted, no NUL, no lone
-    surrogates (aiohttp keeps undecodable bytes of a reason phrase as surrogates), bounded."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-    return redact(text)[:limit]
-
-
-def check_json(body: bytes) -> None:
-    """Raise `InvalidJSONError` unless ``body`` is JSON that Postgres' jsonb will accept and
-    read back at a size in proportion to the body.
-
-    Bodies over `PARSE_MAX_BYTES` are not parsed (see there): only their first character is
-    checked, and Postgres refuses the rest of what is not JSON when the body lands.
-    """
-    if len(body) <= PARSE_MAX_BYTES:
-        try:
-            orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJSONError(f"body is not valid JSON: {exc}") from exc
-    elif not _JSON_START.match(body):
-        raise InvalidJSONError(f"body is not valid JSON: it starts with {body[:16]!r}")
-    if b"\\u0000" in body and _NUL_ESCAPE.search(body):
-        raise InvalidJSONError("body contains \\u0000, which Postgres jsonb cannot store")
-    if _HAS_EXPONENT.search(body):
-        _check_exponents(body)
-
-
-def _check_exponents(body: bytes) -> None:
-    """Refuse numbers that Postgres would write out out of proportion to the body (see
-    `MAX_EXPONENT`). Only bodies with a digit-e-digit somewhere pay for this pass."""
-    growth = 0
-    # Strings can hold anything that looks like a number ("3e4b..." ids): blank them first.
-    for match in _EXPONENT.finditer(_STRING.sub(b'""', body)):
-        text = match.group(1)
-        exponent = abs(int(text))
-        if exponent > MAX_EXPONENT:
-            raise InvalidJSONError(
-                f"body has a number with exponent {text.decode()}; exponents beyond "
-                f"{MAX_EXPONENT} are refused, as Postgres would store every digit"
-            )
-        growth += exponent - len(text)
-    if growth > len(body) + EXPONENT_SLACK:
-        raise InvalidJSONError(
-            f"body's numbers would be written out in {growth} more characters than its "
-            f"{len(body)} bytes (Postgres stores every digit of an exponent)"
-        )
 
 
 def map_client_error(exc: BaseException) -> FetchError:

@@ -22,8 +22,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from worker.backoff import Backoff
 from worker.engine import counters as metrics
 from worker.engine import store
+from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
-from worker.engine.fetch import Fetcher, clean_detail
+from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome
 from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.engine.writes import Chunk, Written, write_chunk

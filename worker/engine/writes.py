@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from worker.engine.fetch import clean_detail
+from worker.engine.bodies import clean_detail
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.polling import SourceUpdate
 from worker.engine.store import (
