@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
 .DEFAULT_GOAL := check
-.PHONY: check install demo test lint fmt bench clean
+.PHONY: check install demo test test-fast lint fmt bench clean
 
 # Re-install when the project's metadata changes.
 $(STAMP): pyproject.toml
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	@tmp=$$(mktemp -d /tmp/harvester-test.XXXXXX); \
 	$(BIN)/python -m pytest --basetemp=$$tmp $(PYTEST_ARGS); rc=$$?; rm -rf $$tmp; exit $$rc
+
+# The unit tests alone: no services, a few seconds.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,9 @@
-"""Test session services: a real Postgres and a real Redis, started once per session.
+"""Fixtures for every test, and the test session's services: a real Postgres and a real Redis,
+started once per session, and only when a test asks for them (tests/unit never does).
+
+Tests are marked by their folder: unit (no services), integration (the session's Postgres,
+Valkey and local HTTP servers), faults (servers of their own, killed and restarted, and
+processes run as a process manager runs them).
 
 By default both are embedded (pip-shipped PostgreSQL and Valkey under a temporary folder). Set
 ``HARVESTER_TEST_DATABASE_URL`` / ``HARVESTER_TEST_REDIS_URL`` to use servers of your own: the
@@ -11,7 +16,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +25,16 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.upstream import Upstream
+from tests.helpers import TEST_QUEUE, Services, settings_factory, with_database
+from tests.helpers.cli import InProcess
+from tests.helpers.upstream import Upstream
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.migrate import migrate
 from worker.queue.client import connect
 from worker.runtime.app import create_worker
-from worker.settings import Settings, load_settings
-
-TEST_QUEUE = "harvester:test"
-
-
-@dataclass(frozen=True)
-class Services:
-    database_url: str
-    redis_url: str
-
-
-def _with_database(url: str, name: str) -> str:
-    head, _, tail = url.partition("?")
-    base = head.rsplit("/", 1)[0]
-    return f"{base}/{name}" + (f"?{tail}" if tail else "")
+from worker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +69,7 @@ async def services(_servers: tuple[str, str]) -> AsyncIterator[Services]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    db_url = _with_database(admin_url, name)
+    db_url = with_database(admin_url, name)
     await migrate(db_url)
     try:
         yield Services(db_url, redis_url)
@@ -92,23 +84,17 @@ async def services(_servers: tuple[str, str]) -> AsyncIterator[Services]:
 @pytest.fixture
 def make_settings(services: Services) -> Callable[..., Settings]:
     """Settings pointing at the session's services, with backoff waits off and loopback allowed."""
-
-    def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "database_url": services.database_url,
-            "redis_url": services.redis_url,
-            "queue": TEST_QUEUE,
-            "allowed_networks": "127.0.0.0/8",
-            "retry_base_delay": 0.0,
-            "max_attempts": 3,
-            "concurrency": 16,
-            "per_host": 16,
-            "request_timeout": 10.0,
-        }
-        values.update(overrides)
-        return load_settings(**values)
-
-    return factory
+    return settings_factory(
+        database_url=services.database_url,
+        redis_url=services.redis_url,
+        queue=TEST_QUEUE,
+        allowed_networks="127.0.0.0/8",
+        retry_base_delay=0.0,
+        max_attempts=3,
+        concurrency=16,
+        per_host=16,
+        request_timeout=10.0,
+    )
 
 
 @pytest.fixture
@@ -199,5 +185,24 @@ async def make_worker(
 
 
 @pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> InProcess:
+    """``await cli("sources", "list", env=...)``: the harvester command, run in-process."""
+    return InProcess(capsys)
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+_FOLDER_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder, so ``-m unit`` and the folders always agree."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder == "faults":
+            item.add_marker(pytest.mark.faults)
+        elif folder in _FOLDER_MARKS:
+            item.add_marker(_FOLDER_MARKS[folder])

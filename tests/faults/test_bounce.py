@@ -8,36 +8,9 @@ import signal
 import time
 from collections.abc import Callable
 
-import pytest
-
-from tests.faults.conftest import FAULT_QUEUE, Stack, WorkerProcess, outcome_counts
 from tests.helpers import wait_until
-from tests.upstream import Upstream
-from worker.queue.client import enqueue_urls, open_queue
-from worker.settings import load_settings
-
-pytestmark = pytest.mark.faults
-
-# Short settings so that a SIGKILLed job's lock (job timeout + 10 s) expires quickly.
-FAST = {
-    "job_timeout": 6,
-    "request_timeout": 2,
-    "retry_max_time": 2,
-    "concurrency": 4,
-    "per_host": 4,
-    "max_jobs": 2,
-    "shutdown_grace": 1,
-    # Small chunks, so kills land mid-COPY as well as mid-fetch.
-    "copy_chunk_rows": 20,
-}
-
-
-async def enqueue(stack: Stack, urls: list[str], batch_size: int, prefix: str) -> list[str]:
-    settings = load_settings(
-        redis_url=stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
-    )
-    async with open_queue(settings) as redis:
-        return await enqueue_urls(redis, urls, batch_size=batch_size, job_id_prefix=prefix)
+from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts
+from tests.helpers.upstream import Upstream
 
 
 async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(

@@ -6,16 +6,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts
-from tests.faults.test_bounce import enqueue
 from tests.helpers import wait_until
-from tests.upstream import Upstream, gzip_bomb
-from worker.engine.pipeline import memory_bound
+from tests.helpers.faults import Stack, WorkerProcess, enqueue, outcome_counts
+from tests.helpers.upstream import Upstream, gzip_bomb
+from worker.engine.budget import memory_bound
 from worker.settings import load_settings
-
-pytestmark = pytest.mark.faults
 
 MiB = 1024 * 1024
 SMALL = {

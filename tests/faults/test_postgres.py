@@ -8,12 +8,9 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts, reach
-from tests.faults.test_bounce import FAST, enqueue
 from tests.helpers import wait_until
-from tests.upstream import Upstream
-
-pytestmark = pytest.mark.faults
+from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts, reach
+from tests.helpers.upstream import Upstream
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

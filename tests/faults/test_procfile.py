@@ -11,13 +11,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
-from tests.faults.conftest import Stack, outcome_counts
 from tests.helpers import wait_until, worker_env
-from tests.upstream import Upstream
-
-pytestmark = pytest.mark.faults
+from tests.helpers.faults import Stack, outcome_counts
+from tests.helpers.upstream import Upstream
 
 TOKEN = "procfile-test-token"
 QUEUE = "harvester:procfile"

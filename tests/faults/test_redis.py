@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import pytest
-
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts, reach
-from tests.faults.test_bounce import FAST, enqueue
-from tests.upstream import Upstream
-
-pytestmark = pytest.mark.faults
+from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts, reach
+from tests.helpers.upstream import Upstream
 
 
 async def test_worker_rides_out_redis_restarts_of_1_and_15_seconds(

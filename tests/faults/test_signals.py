@@ -6,14 +6,9 @@ import signal
 import time
 from collections.abc import Callable
 
-import pytest
-
-from tests.faults.conftest import Stack, WorkerProcess, outcome_counts
-from tests.faults.test_bounce import FAST, enqueue
 from tests.helpers import wait_until
-from tests.upstream import Upstream
-
-pytestmark = pytest.mark.faults
+from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts
+from tests.helpers.upstream import Upstream
 
 
 async def test_sigterm_lets_a_running_job_finish_and_takes_no_new_one(

@@ -17,14 +17,12 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker
 
-from tests.conftest import TEST_QUEUE, Services
-from tests.upstream import Upstream
+from tests.helpers import TEST_QUEUE, Services
+from tests.helpers.upstream import Upstream
 from worker.errors import BadJobError
 from worker.queue.client import JobIdTakenError, connect, enqueue_urls
 from worker.queue.serialization import RemoteJobError, deserialize
 from worker.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 
 async def _plain_arq_client(services: Services) -> ArqRedis:

@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.upstream import Upstream
+from tests.helpers.upstream import Upstream
 from worker.queue.client import enqueue_urls
-
-pytestmark = pytest.mark.integration
 
 SHORT = {
     "job_timeout": 5,

@@ -21,13 +21,11 @@ from arq.jobs import Job
 from arq.worker import Worker, func
 
 from jobs.poll_sources import poll_sources
-from tests.conftest import TEST_QUEUE
-from tests.upstream import Upstream
+from tests.helpers import TEST_QUEUE
+from tests.helpers.upstream import Upstream
 from worker.queue.serialization import RemoteJobError, deserialize
 from worker.runtime.app import create_worker
 from worker.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 BAD_ENVELOPES: dict[str, dict[str, Any] | bytes] = {
     "f-list": {"f": ["fetch_batch"]},

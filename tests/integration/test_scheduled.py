@@ -12,13 +12,10 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.helpers import wait_until
-from tests.upstream import Feed, Upstream
+from tests.helpers.upstream import Feed, Upstream
 from worker.runtime.app import create_worker
 from worker.scheduling import sources
 from worker.settings import Settings
-
-pytestmark = pytest.mark.integration
-
 
 Poll = Callable[..., Awaitable[None]]
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import Services
-from tests.test_cli import _env, _harvester
-from tests.upstream import Upstream
-
-pytestmark = pytest.mark.integration
+from tests.helpers import Services
+from tests.helpers.cli import cli_env, harvester
+from tests.helpers.upstream import Upstream
 
 SECRETS = (
     "s3cret-pass",
@@ -45,12 +42,12 @@ async def test_secrets_stay_out_of_logs_and_failure_details(
     db_url = services.database_url.replace(
         "postgresql://postgres@", "postgresql://postgres:hunter2-db@"
     )
-    env = _env(services, DATABASE_URL=db_url, HARVESTER_LOG_LEVEL="DEBUG")
-    enq = await _harvester(
+    env = cli_env(services, DATABASE_URL=db_url, HARVESTER_LOG_LEVEL="DEBUG")
+    enq = await harvester(
         "enqueue", "-", "--source", "secrets", env=env, stdin="\n".join(urls) + "\n"
     )
     assert enq.returncode == 0, enq.stderr
-    run = await _harvester("worker", "--burst", env=env)
+    run = await harvester("worker", "--burst", env=env)
     assert run.returncode == 0, run.stderr
 
     logs = run.stdout + run.stderr

@@ -18,17 +18,15 @@ from aiohttp.test_utils import TestServer
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.hostile import Hostile
-from tests.spellings import Trap, ipv4_hosts, refused_hosts
-from tests.upstream import Upstream
+from tests.helpers.hostile import Hostile
+from tests.helpers.spellings import Trap, ipv4_hosts, refused_hosts
+from tests.helpers.upstream import Upstream
 from worker.engine.fetch import Fetcher, map_client_error
 from worker.engine.guard import AddressPolicy, BlockedAddressError, guarded_socket_factory
 from worker.engine.outcomes import Failed, Fetched
 from worker.ops.api import create_app
 from worker.scheduling import sources
 from worker.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 ONLY_UPSTREAM = "127.0.0.1/32"
 REFUSED = ("blocked", "invalid_url")

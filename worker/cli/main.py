@@ -213,23 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How an error that reaches the command line is said, and its exit code (others: 2).
+_EXITS: dict[type[HarvesterError], tuple[str, int]] = {
+    ConfigError: ("", EXIT_CONFIG),
+    StoreError: ("Postgres is unavailable: ", EXIT_UNAVAILABLE),
+    ListenError: ("", EXIT_UNAVAILABLE),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
         configure(settings.log_level, settings.log_format)
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"harvester: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        print(f"harvester: Postgres is unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except ListenError as exc:
-        print(f"harvester: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     except HarvesterError as exc:
-        print(f"harvester: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        prefix, code = next(
+            (said for kind, said in _EXITS.items() if isinstance(exc, kind)), ("", EXIT_CONFIG)
+        )
+        print(f"harvester: {prefix}{exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130

@@ -222,27 +222,22 @@ _MATCH = """(id = ANY($1::bigint[])
 
 async def set_enabled(pool: asyncpg.Pool, ids_or_urls: Sequence[str], enabled: bool) -> int:
     """Enable or disable sources given by id or URL; return how many matched."""
-    ids, urls = _targets(ids_or_urls)
-    with store.translated("cannot change sources"):
-        status = await pool.execute(
-            f"UPDATE sources SET enabled = $3 WHERE {_MATCH}",  # noqa: S608 - a constant
-            ids,
-            urls,
-            enabled,
-        )
-    return store.rows_affected(status)
+    sql = f"UPDATE sources SET enabled = $3 WHERE {_MATCH}"  # noqa: S608 - a constant
+    return await _change(pool, "cannot change sources", sql, ids_or_urls, enabled)
 
 
 async def remove(pool: asyncpg.Pool, ids_or_urls: Sequence[str]) -> int:
     """Delete sources given by id or URL (their documents stay); return how many."""
+    sql = f"DELETE FROM sources WHERE {_MATCH}"  # noqa: S608 - a constant
+    return await _change(pool, "cannot remove sources", sql, ids_or_urls)
+
+
+async def _change(
+    pool: asyncpg.Pool, what: str, sql: str, ids_or_urls: Sequence[str], *more: object
+) -> int:
     ids, urls = _targets(ids_or_urls)
-    with store.translated("cannot remove sources"):
-        status = await pool.execute(
-            f"DELETE FROM sources WHERE {_MATCH}",  # noqa: S608 - a constant
-            ids,
-            urls,
-        )
-    return store.rows_affected(status)
+    with store.translated(what):
+        return store.rows_affected(await pool.execute(sql, ids, urls, *more))
 
 
 async def list_sources(

@@ -22,10 +22,9 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_QUEUE, Services
-from tests.helpers import wait_until, worker_env
-from tests.test_cli import _env, _harvester
-from tests.upstream import Upstream
+from tests.helpers import TEST_QUEUE, Services, wait_until, worker_env
+from tests.helpers.cli import cli_env, harvester
+from tests.helpers.upstream import Upstream
 from worker.cli.main import main
 from worker.devtools.embedded import free_port
 from worker.engine.counters import REGISTRY
@@ -261,7 +260,7 @@ def test_a_weak_token_is_refused_at_load(
 
 async def test_api_command_refuses_to_expose_itself_without_a_token(services: Services) -> None:
     """`harvester api --host 0.0.0.0` without a token exits 2 and says why."""
-    run = await _harvester("api", "--host", "0.0.0.0", env=_env(services))
+    run = await harvester("api", "--host", "0.0.0.0", env=cli_env(services))
     assert run.returncode == 2
     assert "HARVESTER_API_TOKEN is required" in run.stderr
 

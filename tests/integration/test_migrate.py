@@ -6,26 +6,9 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import pytest
 
-from tests.conftest import Services, _with_database
-from worker.engine.migrate import SQL_DIR, discover, migrate
-from worker.errors import StoreError
-
-
-def test_discover_orders_the_shipped_migrations() -> None:
-    """sql/NNN_name.sql files come back in numeric order."""
-    versions = [m.version for m in discover(SQL_DIR)]
-    assert versions == sorted(versions)
-    assert versions[:2] == [1, 2]
-
-
-def test_discover_refuses_badly_named_files(tmp_path: Path) -> None:
-    """A file that is not NNN_name.sql is an error, not silently skipped."""
-    (tmp_path / "001_ok.sql").write_text("SELECT 1")
-    (tmp_path / "two.sql").write_text("SELECT 1")
-    with pytest.raises(StoreError, match=r"two\.sql"):
-        discover(tmp_path)
+from tests.helpers import Services, with_database
+from worker.engine.migrate import discover, migrate
 
 
 async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path) -> None:
@@ -33,7 +16,7 @@ async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path)
     name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(services.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(services.database_url, name)
+    url = with_database(services.database_url, name)
     try:
         first = await migrate(url)
         second = await migrate(url)

@@ -1,4 +1,5 @@
-"""Small helpers shared by tests."""
+"""Helpers the tests share (fixtures live in the conftest files; test modules import only from
+here, never from each other)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,28 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from jobs.cron import cron_name
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
+
+TEST_QUEUE = "harvester:test"
+
+
+@dataclass(frozen=True)
+class Services:
+    """The test session's Postgres database and Redis URL."""
+
+    database_url: str
+    redis_url: str
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` (a Postgres DSN) naming the database ``name`` instead."""
+    head, _, tail = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{tail}" if tail else "")
 
 
 def worker_env(database_url: str, redis_url: str, queue: str, **settings: object) -> dict[str, str]:
@@ -42,3 +62,12 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
 def cron_ctx(task: str, settings: Settings, **resources: object) -> dict[str, object]:
     """The ctx arq gives a cron task on one of its ticks, with ``resources`` (pool, redis)."""
     return {"settings": settings, "job_id": f"{cron_name(settings.queue, task)}:1", **resources}
+
+
+def settings_factory(**base: Any) -> Callable[..., Settings]:
+    """``factory(**overrides)`` -> `Settings` from ``base`` updated with the overrides."""
+
+    def factory(**overrides: Any) -> Settings:
+        return load_settings(**{**base, **overrides})
+
+    return factory

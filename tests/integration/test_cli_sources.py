@@ -6,14 +6,16 @@ import json
 
 import asyncpg
 
-from tests.conftest import Services
-from tests.test_cli import _env, _harvester
+from tests.helpers import Services
+from tests.helpers.cli import InProcess, cli_env
 
 
-async def test_sources_commands_manage_the_table(services: Services, pool: asyncpg.Pool) -> None:
+async def test_sources_commands_manage_the_table(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
     """add (arguments and a file on stdin), list (table and JSON), disable, enable, remove."""
-    env = _env(services)
-    added = await _harvester(
+    env = cli_env(services)
+    added = await cli(
         "sources",
         "add",
         "https://api.example/a",
@@ -29,7 +31,7 @@ async def test_sources_commands_manage_the_table(services: Services, pool: async
     assert added.returncode == 0, added.stderr
     assert added.stdout.strip() == "added 2, updated 0 source(s), every 15m"
 
-    listed = await _harvester("sources", "list", env=env)
+    listed = await cli("sources", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     header, *lines = listed.stdout.splitlines()
     assert header.split() == [
@@ -49,41 +51,40 @@ async def test_sources_commands_manage_the_table(services: Services, pool: async
     ]
     assert all(" cat " in line and " 15m " in line for line in lines)
 
-    off = await _harvester("sources", "disable", "https://api.example/b", env=env)
+    off = await cli("sources", "disable", "https://api.example/b", env=env)
     assert off.stdout.strip() == "disabled 1 source(s)"
     rows = [
-        json.loads(x)
-        for x in (await _harvester("sources", "list", "--json", env=env)).stdout.splitlines()
+        json.loads(x) for x in (await cli("sources", "list", "--json", env=env)).stdout.splitlines()
     ]
     assert {r["url"]: r["enabled"] for r in rows} == {
         "https://api.example/a": True,
         "https://api.example/b": False,
     }
     first_id = str(rows[0]["id"])
-    assert (await _harvester("sources", "enable", "https://api.example/b", env=env)).returncode == 0
-    gone = await _harvester("sources", "remove", first_id, env=env)
+    assert (await cli("sources", "enable", "https://api.example/b", env=env)).returncode == 0
+    gone = await cli("sources", "remove", first_id, env=env)
     assert gone.stdout.startswith("removed 1 source(s)")
     assert await pool.fetchval("SELECT array_agg(url) FROM sources") == ["https://api.example/b"]
-    missing = await _harvester("sources", "remove", "https://api.example/zzz", env=env)
+    missing = await cli("sources", "remove", "https://api.example/zzz", env=env)
     assert missing.returncode == 1
 
 
-async def test_sources_add_refuses_a_bad_interval(services: Services) -> None:
+async def test_sources_add_refuses_a_bad_interval(cli: InProcess, services: Services) -> None:
     """--every that is not a duration is a usage error naming the value."""
-    bad = await _harvester(
-        "sources", "add", "https://api.example/a", "--every", "soon", env=_env(services)
+    bad = await cli(
+        "sources", "add", "https://api.example/a", "--every", "soon", env=cli_env(services)
     )
     assert bad.returncode == 2
     assert "'soon' is not a duration" in bad.stderr
 
 
 async def test_sources_add_refuses_urls_that_cannot_be_polled(
-    services: Services, pool: asyncpg.Pool
+    cli: InProcess, services: Services, pool: asyncpg.Pool
 ) -> None:
     """ "not a url", ftp:// and file:// are refused with a message naming them and exit 2;
     nothing is registered, not even the good URL given with them."""
-    env = _env(services)
-    result = await _harvester(
+    env = cli_env(services)
+    result = await cli(
         "sources",
         "add",
         "https://api.example/ok",

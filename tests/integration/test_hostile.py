@@ -11,14 +11,12 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.hostile import Hostile
-from tests.upstream import Upstream, gzip_bomb
+from tests.helpers.hostile import Hostile
+from tests.helpers.upstream import Upstream, gzip_bomb
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import Failed
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
-
-pytestmark = pytest.mark.faults
 
 HOSTILE_SETTINGS = {
     "request_timeout": 3,

@@ -7,8 +7,8 @@ import json
 import asyncpg
 import redis.asyncio as aioredis
 
-from tests.conftest import TEST_QUEUE, Services
-from tests.test_cli import _env, _harvester
+from tests.helpers import TEST_QUEUE, Services
+from tests.helpers.cli import InProcess, cli_env
 
 
 async def _fail(pool: asyncpg.Pool, job_id: str, url: str, error: str, age_s: float) -> None:
@@ -23,14 +23,14 @@ async def _fail(pool: asyncpg.Pool, job_id: str, url: str, error: str, age_s: fl
 
 
 async def test_failures_list_prints_a_table_or_json_lines(
-    services: Services, pool: asyncpg.Pool
+    cli: InProcess, services: Services, pool: asyncpg.Pool
 ) -> None:
     """`failures list` filters like list_failures; --json prints one object a line."""
     await _fail(pool, "job-a", "http://x/recent", "timeout", 60)
     await _fail(pool, "job-b", "http://x/old", "invalid_json", 7200)
-    env = _env(services)
+    env = cli_env(services)
 
-    as_json = await _harvester("failures", "list", "--json", env=env)
+    as_json = await cli("failures", "list", "--json", env=env)
     assert as_json.returncode == 0, as_json.stderr
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [(r["url"], r["job_id"], r["error"], r["attempts"]) for r in rows] == [
@@ -39,7 +39,7 @@ async def test_failures_list_prints_a_table_or_json_lines(
     ]
     assert rows[0]["replayed_by"] is None
 
-    table = await _harvester("failures", "list", "--since", "30m", env=env)
+    table = await cli("failures", "list", "--since", "30m", env=env)
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.splitlines()
     assert header.split() == [
@@ -55,25 +55,25 @@ async def test_failures_list_prints_a_table_or_json_lines(
     assert len(lines) == 1
     assert "http://x/recent" in lines[0]
 
-    bad = await _harvester("failures", "list", "--since", "yesterday-ish", env=env)
+    bad = await cli("failures", "list", "--since", "yesterday-ish", env=env)
     assert bad.returncode == 2
     assert "--since" in bad.stderr
 
 
 async def test_failures_replay_enqueues_and_prints_the_new_jobs(
-    services: Services, pool: asyncpg.Pool, redis: aioredis.Redis
+    cli: InProcess, services: Services, pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:
     """`failures replay --dry-run` changes nothing; without it the job ids are printed."""
     await _fail(pool, "job-a", "http://x/1", "timeout", 60)
     await _fail(pool, "job-a", "http://x/2", "invalid_json", 60)
-    env = _env(services)
+    env = cli_env(services)
 
-    dry = await _harvester("failures", "replay", "--kind", "timeout", "--dry-run", env=env)
+    dry = await cli("failures", "replay", "--kind", "timeout", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert "would replay 1 URL(s) in 1 job(s)" in dry.stdout
     assert await pool.fetchval("SELECT count(*) FROM replays") == 0
 
-    run = await _harvester("failures", "replay", "--kind", "timeout", env=env)
+    run = await cli("failures", "replay", "--kind", "timeout", env=env)
     assert run.returncode == 0, run.stderr
     job_ids = run.stdout.split()
     assert len(job_ids) == 1

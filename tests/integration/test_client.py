@@ -5,32 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import UnixDomainSocketConnection
 
 from worker.queue.client import enqueue_batch, redis_pool
 from worker.queue.payload import FetchBatch
 from worker.settings import load_settings
-
-
-async def test_url_carries_db_password_and_tls_options() -> None:
-    """rediss:// selects TLS, with the password, database number and query options honoured."""
-    s = load_settings(redis_url="rediss://:pw@cache.internal:6380/2?ssl_cert_reqs=none", queue="q")
-    client = redis_pool(s)
-    try:
-        pool = client.connection_pool
-        assert pool.connection_class is SSLConnection
-        kw = pool.connection_kwargs
-        assert (kw["host"], kw["port"], kw["db"], kw["password"]) == (
-            "cache.internal",
-            6380,
-            2,
-            "pw",
-        )
-        assert kw["ssl_cert_reqs"] == "none"
-        assert kw["socket_timeout"] == s.redis_socket_timeout
-        assert client.default_queue_name == "q"
-    finally:
-        await client.aclose()
 
 
 async def test_unix_socket_urls_work(tmp_path: Path) -> None:

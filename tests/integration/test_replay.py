@@ -15,9 +15,8 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from jobs.replay_failures import replay_failures as replay_cron
-from tests.conftest import TEST_QUEUE
-from tests.helpers import cron_ctx
-from tests.upstream import Upstream
+from tests.helpers import TEST_QUEUE, cron_ctx
+from tests.helpers.upstream import Upstream
 from worker.errors import TRANSIENT_KINDS, is_transient_failure
 from worker.scheduling.replay import (
     OUTBOX_GRACE_S,

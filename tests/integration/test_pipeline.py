@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from tests.helpers import wait_until
-from tests.upstream import Upstream
+from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
 from worker.engine.bodies import PARSE_MAX_BYTES
-from worker.engine.budget import memory_bound
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched
 from worker.engine.writes import Chunk, write_chunk
-from worker.settings import Settings, load_settings
+from worker.settings import Settings
 
 RunBatch = Callable[..., Awaitable[BatchSummary]]
 
@@ -280,9 +278,3 @@ async def test_a_landed_body_is_not_kept_alive_while_the_next_url_is_fetched(
     finally:
         upstream.gate.set()
     assert (await run).documents == 2
-
-
-def test_memory_bound_at_the_defaults_is_the_readme_figure(repo_root: Path) -> None:
-    """memory_bound is the README's Sizing formula: 656 + 30 + 48 + 10 MiB at the defaults."""
-    assert "60 + 656 + 30 + 48 + 10 ≈ 800 MiB" in (repo_root / "README.md").read_text()
-    assert memory_bound(load_settings()) == (656 + 30 + 48 + 10) * 1024 * 1024

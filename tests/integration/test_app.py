@@ -1,0 +1,37 @@
+"""arq wiring: cron tasks and the job lock they must not lengthen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from arq.connections import ArqRedis
+
+from jobs.poll_sources import poll_sources
+from tests.helpers import cron_ctx
+from worker.engine import store
+from worker.runtime.app import create_worker
+from worker.settings import Settings
+
+
+async def test_cron_tasks_do_not_lengthen_the_job_lock(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """arq locks jobs for the longest function timeout + 10 s; with every cron task on, that is
+    still the job timeout, so a killed worker's jobs re-run as soon as before."""
+    settings = make_settings(job_timeout=90, replay_after=600, retention_days=30)
+    worker = create_worker(settings, burst=True, handle_signals=False)
+    try:
+        assert worker.in_progress_timeout_s == 100
+    finally:
+        await worker.close()
+
+
+async def test_a_cron_tick_without_postgres_is_skipped_not_failed(
+    settings: Settings, arq_queue: ArqRedis
+) -> None:
+    """poll_sources on a Postgres that is gone logs and returns; it does not raise."""
+    pool = await store.create_pool(settings)
+    await store.close_pool(pool)  # a pool that cannot hand out connections any more
+    ctx = cron_ctx("poll_sources", settings, pool=pool, redis=arq_queue)
+    result = await poll_sources(ctx)  # type: ignore[arg-type]
+    assert "cannot claim due sources" in result["skipped"]
