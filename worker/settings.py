@@ -6,9 +6,13 @@ Nothing else in harvester reads ``os.environ``: every knob is a field here, name
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
+import tempfile
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -115,6 +119,10 @@ class Settings(BaseSettings):
     # -- operations ------------------------------------------------------------------------------
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
     metrics_host: str = "127.0.0.1"
+    # Where the worker processes of a host record metrics for the one that serves them.
+    metrics_dir: Path | None = None
+    # Apply pending migrations when a worker or the API starts (under an advisory lock).
+    migrate_on_start: bool = True
     health_check_interval: int = Field(default=10, ge=1, le=3600)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
@@ -178,6 +186,14 @@ class Settings(BaseSettings):
             if db and not db.isdigit():
                 raise ValueError(f"the database number {db!r} is not a number")
         return value
+
+    @property
+    def metrics_shared_dir(self) -> Path:
+        """HARVESTER_METRICS_DIR, or a folder per user and queue in the temporary directory."""
+        if self.metrics_dir is not None:
+            return self.metrics_dir
+        digest = hashlib.sha1(self.queue.encode(), usedforsecurity=False).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"harvester-metrics-{os.getuid()}-{digest}"
 
     @property
     def fetch_backoff(self) -> Backoff:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -49,12 +50,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share_metrics(settings: Settings) -> None:
+    """Record metrics in the host's shared directory, so that several workers on one host serve
+    one endpoint (see `worker.ops.metrics`). prometheus_client chooses its mode when first
+    imported, from this variable: so it is set here, before the worker is imported."""
+    if settings.metrics_port is None:
+        return
+    directory = settings.metrics_shared_dir
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
+    settings = get_settings()
+    _share_metrics(settings)
     from worker.runtime.app import RedisUnavailableError, create_worker
 
-    settings = get_settings()
     _install_uvloop(settings)
     worker = create_worker(settings, burst=args.burst)
     try:

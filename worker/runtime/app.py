@@ -7,6 +7,7 @@ on first access from the environment, so importing this module never reads it.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -29,6 +30,7 @@ from jobs.retention import apply_retention
 from worker.engine import store
 from worker.engine.budget import ByteBudget
 from worker.engine.fetch import Fetcher, create_session
+from worker.engine.migrate import migrate
 from worker.errors import HarvesterError
 from worker.logs import tame_arq_logs
 from worker.ops import metrics as ops_metrics
@@ -47,14 +49,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     try:
         session = create_session(settings)
         stack.push_async_callback(session.close)
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
         pool = await stack.enter_async_context(store.open_pool(settings))
         if settings.metrics_port is not None:
-            runner = await ops_metrics.serve(
-                ops_metrics.metrics_app(ctx.get("redis"), settings.queue),
-                settings.metrics_host,
-                settings.metrics_port,
-            )
-            stack.push_async_callback(runner.cleanup)
+            await _serve_metrics(ctx, settings, stack)
     except BaseException:
         await stack.aclose()
         raise
@@ -74,8 +73,25 @@ async def startup(ctx: dict[str, Any]) -> None:
             "max_jobs": settings.max_jobs,
             "metrics_port": settings.metrics_port,
             "loop": type(asyncio.get_running_loop()).__module__,
+            "pid": os.getpid(),
         },
     )
+
+
+async def _serve_metrics(ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack) -> None:
+    """The metrics endpoint: this process's own, or the host's shared one (see
+    `worker.ops.metrics`) when ``harvester worker`` set up the shared directory."""
+    assert settings.metrics_port is not None
+    host, port = settings.metrics_host, settings.metrics_port
+    shared = settings.metrics_shared_dir if ops_metrics.multiprocess_active() else None
+    app = ops_metrics.metrics_app(ctx.get("redis"), settings.queue, shared)
+    if shared is None:
+        runner = await ops_metrics.serve(app, host, port)
+        stack.push_async_callback(runner.cleanup)
+        return
+    server = ops_metrics.SharedMetricsServer(app, host, port, shared)
+    await server.start()
+    stack.push_async_callback(server.stop)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
