@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import tempfile
 import re
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal

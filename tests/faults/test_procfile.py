@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import wait_until, with_database, worker_env
 from tests.helpers.faults import Stack, enqueue, outcome_counts
-from tests.helpers.processes import descendants, free_ports, stop_tree
+from tests.helpers.processes import alive, descendants, free_ports, stop_tree
 from tests.helpers.upstream import Upstream
 from worker.queue.client import enqueue_urls, open_queue
 from worker.settings import load_settings
@@ -103,7 +103,10 @@ async def _fresh_database(stack: Stack, name: str) -> str:
 
 
 async def test_honcho_start_runs_the_whole_procfile_and_stops_cleanly(
-    stack: Stack, upstream: Upstream, honcho, tmp_path: Path  # type: ignore[no-untyped-def]
+    stack: Stack,
+    upstream: Upstream,
+    honcho,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """`honcho start` with no arguments on an empty database: the worker and the api migrate
     it (one of them under the lock, the other finds nothing to do) and keep running; a batch
@@ -119,7 +122,9 @@ async def test_honcho_start_runs_the_whole_procfile_and_stops_cleanly(
     async with aiohttp.ClientSession() as session:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         batch = {"urls": urls, "job_id": "procfile-1"}
-        async with session.post(f"http://127.0.0.1:{port}/batches", json=batch, headers=headers) as r:
+        async with session.post(
+            f"http://127.0.0.1:{port}/batches", json=batch, headers=headers
+        ) as r:
             assert r.status == 202, await r.text()
 
     async def some_landed() -> bool:
@@ -132,12 +137,14 @@ async def test_honcho_start_runs_the_whole_procfile_and_stops_cleanly(
     await asyncio.wait_for(formation.proc.wait(), 15)
     stopped_in = time.monotonic() - started
     text = formation.text
-    assert "stopped (rc=0)" not in text.split("shutdown on SIGTERM")[0], text  # nothing exited first
+    assert "stopped (rc=0)" not in text.split("shutdown on SIGTERM")[0], (
+        text
+    )  # nothing exited first
     assert stopped_in < 5, text  # before honcho's SIGKILL
     assert text.count("worker.stopped") == 1, text
     assert "Traceback" not in text, text
     assert "SIGKILL" not in text, text
-    assert all(not Path(f"/proc/{pid}").exists() for pid in children), "a process was left"
+    assert alive(children) == [], "a process was left"
 
     landed_at_stop = (await outcome_counts(database_url))[0]
     assert landed_at_stop < len(urls)  # the job really was cut short
@@ -150,20 +157,27 @@ async def test_honcho_start_runs_the_whole_procfile_and_stops_cleanly(
 
 async def _scrape(port: int) -> str | None:
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
-                return await r.text()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as r,
+        ):
+            return await r.text()
     except aiohttp.ClientError:
         return None
 
 
 def _documents_fetched(metrics: str) -> float:
-    found = re.findall(r'^harvester_fetches_total\{outcome="document",status_class="2xx"\} (\S+)$', metrics, re.M)
+    found = re.findall(
+        r'^harvester_fetches_total\{outcome="document",status_class="2xx"\} (\S+)$', metrics, re.M
+    )
     return sum(float(v) for v in found)
 
 
 async def test_two_workers_on_one_host_share_one_metrics_endpoint(
-    stack: Stack, upstream: Upstream, honcho, tmp_path: Path  # type: ignore[no-untyped-def]
+    stack: Stack,
+    upstream: Upstream,
+    honcho,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """`honcho start -c worker=2 worker` with HARVESTER_METRICS_PORT set: neither worker dies
     on the taken port, and the one serving it reports the sum of both workers' fetches."""
@@ -176,7 +190,9 @@ async def test_two_workers_on_one_host_share_one_metrics_endpoint(
     await formation.logged(r"metrics\.serving")
     await formation.logged(r"metrics\.shared")
     urls = [upstream.url(f"/json/m{i}") for i in range(40)]
-    settings = load_settings(redis_url=stack.redis_url, database_url=stack.database_url, queue=QUEUE)
+    settings = load_settings(
+        redis_url=stack.redis_url, database_url=stack.database_url, queue=QUEUE
+    )
     async with open_queue(settings) as redis:
         await enqueue_urls(redis, urls, batch_size=5, job_id_prefix="metrics")
 
@@ -196,9 +212,11 @@ async def test_two_workers_on_one_host_share_one_metrics_endpoint(
     assert "address already in use" not in formation.text.lower()
 
 
-
 async def test_when_the_serving_worker_dies_another_takes_the_metrics_port_over(
-    stack: Stack, upstream: Upstream, spawn_worker, tmp_path: Path  # type: ignore[no-untyped-def]
+    stack: Stack,
+    upstream: Upstream,
+    spawn_worker,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     """Two workers share a metrics port; SIGKILL the one serving it, and the other serves it
     within a few seconds, the dead one's counts still in the sum."""

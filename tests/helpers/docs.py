@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-_BLOCK = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```", re.S | re.M)
+_BLOCK = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)\n(?P<code>.*?)^(?P=indent)```", re.S | re.M
+)
 _MARKER = re.compile(r"<!-- (?P<kind>example|output): (?P<name>[\w.-]+)(?P<rest>[^>]*)-->\s*$")
 
 

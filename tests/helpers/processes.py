@@ -5,6 +5,7 @@ each child a group of its own)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -33,13 +34,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (a zombie, dead but not yet reaped, is not)."""
+    running = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] != "Z":
+            running.append(pid)
+    return running
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and every process below it (a no-op for those already gone)."""
     for target in [*descendants(pid), pid]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 async def stop_tree(proc: asyncio.subprocess.Process) -> None:

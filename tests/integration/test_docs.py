@@ -51,7 +51,11 @@ SESSIONS: dict[str, list[str]] = {
 
 
 def _documents(repo_root: Path) -> list[Path]:
-    return [repo_root / "README.md", repo_root / "ARCHITECTURE.md", *sorted((repo_root / "docs").glob("*.md"))]
+    return [
+        repo_root / "README.md",
+        repo_root / "ARCHITECTURE.md",
+        *sorted((repo_root / "docs").glob("*.md")),
+    ]
 
 
 def test_every_code_block_in_the_docs_is_an_example_or_an_output(repo_root: Path) -> None:
@@ -91,9 +95,10 @@ async def run_docs(
     async def run(doc: str, *, copy_repo: bool = False, timeout: float = 300) -> Session:
         folder = tmp_path / doc.replace("/", "_")
         if copy_repo:
-            tracked = subprocess.run(
-                ["git", "ls-files"], cwd=repo_root, capture_output=True, text=True, check=True
-            ).stdout.split()
+            git = await asyncio.create_subprocess_exec(
+                "git", "ls-files", cwd=repo_root, stdout=asyncio.subprocess.PIPE
+            )
+            tracked = (await git.communicate())[0].decode().split()
             for name in tracked:
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(repo_root / name, folder / name)
@@ -119,7 +124,8 @@ async def run_docs(
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("HARVESTER_", "VIRTUAL_ENV")) and k not in ("DATABASE_URL", "REDIS_URL")
+            if not k.startswith(("HARVESTER_", "VIRTUAL_ENV"))
+            and k not in ("DATABASE_URL", "REDIS_URL")
         }
         env.update(
             DATABASE_URL=services.database_url,
@@ -167,9 +173,9 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         return await _landed(pool) >= {"items/1", "items/2", "items/3", "items/4", "items/5"}
 
     await wait_until(all_landed, timeout=60)
-    assert await pool.fetchval(
-        "SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents"
-    ) == 0
+    assert (
+        await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
+    )
     assert "items/1" in session.stdout  # psql printed the landed rows
     assert "Traceback" not in session.stderr
 
@@ -259,7 +265,16 @@ def test_the_demo_prints_what_the_readme_and_the_sources_page_show(
     """`harvester demo` starts its own servers, lands every URL and prints the summary the
     README shows and the poll lines the scheduled-sources page shows (figures aside)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_")}
-    argv = ["--urls", "1001", "--batch-size", "250", "--sources", "30", "--dir", str(tmp_path / "demo")]
+    argv = [
+        "--urls",
+        "1001",
+        "--batch-size",
+        "250",
+        "--sources",
+        "30",
+        "--dir",
+        str(tmp_path / "demo"),
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "worker", "demo", *argv],
         env=env, capture_output=True, text=True, timeout=300, check=False,
@@ -276,5 +291,7 @@ def test_the_demo_prints_what_the_readme_and_the_sources_page_show(
 def test_the_job_result_shown_has_the_summarys_fields(repo_root: Path) -> None:
     """The result the job contract page shows is a summary, field for field."""
     shown = json.loads(examples(repo_root / "docs" / "jobs.md")["job-result"].code)
-    summary = BatchSummary(job_id="j", source=None, urls=0, distinct_urls=0, already_done=0, documents=0)
+    summary = BatchSummary(
+        job_id="j", source=None, urls=0, distinct_urls=0, already_done=0, documents=0
+    )
     assert list(shown) == list(summary.as_dict())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 
 def test_defaults_are_production_sane(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +102,13 @@ def test_configuration_errors_read_as_one_clean_sentence(monkeypatch: pytest.Mon
         load_settings()
     assert str(caught.value).startswith("invalid configuration: HARVESTER_DB_POOL_MIN must not")
     assert "Value error" not in str(caught.value)
+
+
+def test_the_configuration_page_lists_every_setting_once(repo_root: Path) -> None:
+    """docs/configuration.md has one row per setting, by the variable's name, and no other."""
+    text = (repo_root / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text.split("<!-- configuration table:", 1)[1]
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
+    names = {f: f"HARVESTER_{f.upper()}" for f in Settings.model_fields}
+    names.update(database_url="DATABASE_URL", redis_url="REDIS_URL")
+    assert sorted(rows) == sorted(names.values())

@@ -20,8 +20,13 @@ from typing import Final
 
 from aiohttp import web
 from arq.connections import ArqRedis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess, values
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 from worker.engine.counters import QUEUE_DEPTH, REGISTRY
 from worker.errors import ListenError
@@ -46,7 +51,7 @@ async def exposition(redis: ArqRedis | None, queue: str, shared: Path | None = N
     if shared is None:
         return generate_latest(REGISTRY)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(shared))
+    multiprocess.MultiProcessCollector(registry, path=str(shared))  # type: ignore[no-untyped-call]
     return generate_latest(registry)
 
 
@@ -107,7 +112,9 @@ class SharedMetricsServer:
         return True
 
     async def _take_over(self) -> None:
-        while not await self._try():
+        # Polling is the point: the port frees when another process exits, which no event here
+        # can tell us.
+        while not await self._try():  # noqa: ASYNC110
             await asyncio.sleep(RETRY_BIND_S)
 
     async def stop(self) -> None:
@@ -118,4 +125,4 @@ class SharedMetricsServer:
         if self._runner is not None:
             await self._runner.cleanup()
         # This process's live gauges leave the sum; its counters stay (totals never go back).
-        multiprocess.mark_process_dead(os.getpid(), str(self._shared))
+        multiprocess.mark_process_dead(os.getpid(), str(self._shared))  # type: ignore[no-untyped-call]

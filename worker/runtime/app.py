@@ -7,8 +7,8 @@ on first access from the environment, so importing this module never reads it.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import time
 from contextlib import AsyncExitStack
 from typing import Any, cast
