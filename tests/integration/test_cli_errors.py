@@ -129,6 +129,19 @@ async def test_a_stopped_postgres_stops_the_servers_with_exit_3(
     assert "sekrit" not in result.stderr
 
 
+@pytest.mark.parametrize("argv", [("migrate",), ("sources", "list")], ids=" ".join)
+async def test_a_database_that_does_not_exist_is_a_configuration_error(
+    cli: InProcess, services: Services, argv: tuple[str, ...]
+) -> None:
+    """Postgres refusing the connection itself (no such database) is not an outage: exit 2,
+    naming DATABASE_URL."""
+    url = with_database(services.database_url, f"missing_{uuid.uuid4().hex[:8]}")
+    line = one_line(result := await cli(*argv, env=cli_env(services, DATABASE_URL=url)))
+    assert line.startswith("harvester: DATABASE_URL: Postgres at postgresql://***@"), line
+    assert "does not exist" in line
+    assert result.returncode == 2
+
+
 UNMIGRATED_COMMANDS = [c for c in POSTGRES_COMMANDS if c != ("migrate",)]
 
 
