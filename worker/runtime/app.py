@@ -18,8 +18,8 @@ from arq.jobs import serialize_result
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from jobs.context import WorkerContext
 from jobs.cron import cron_name
@@ -31,10 +31,10 @@ from worker.engine import store
 from worker.engine.budget import ByteBudget
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.migrate import migrate
-from worker.errors import HarvesterError
-from worker.logs import tame_arq_logs
+from worker.errors import ConfigError, RedisUnavailableError
+from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
-from worker.queue.client import health_check_key, redis_pool
+from worker.queue.client import health_check_key, probe, redis_error, redis_pool
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
 from worker.settings import Settings, get_settings
@@ -193,10 +193,6 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RedisUnavailableError(HarvesterError):
-    """Redis stayed unreachable for longer than HARVESTER_REDIS_RETRY_TIME."""
-
-
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
 
 
@@ -207,7 +203,8 @@ class HarvesterWorker(Worker):
     What can still fail is guarded here: a poll that fails is retried on the next tick, and a job
     whose bookkeeping with Redis fails is left for arq to run again. Only an outage longer than
     the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
-    process manager restarts it.
+    process manager restarts it. A Redis that cannot be reached at start-up is said at once
+    (`redis.unavailable`), before the same budget is spent waiting for it.
     """
 
     def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
@@ -215,16 +212,41 @@ class HarvesterWorker(Worker):
         self._redis_retry_time = redis_retry_time
         self._redis_down_since: float | None = None
 
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self) -> None:
+        """Ping Redis (one attempt at a time) until it answers, saying at the first failure
+        that it is unavailable and for how long we keep trying. arq's start-up would otherwise
+        ride out the outage in silence, every command retrying on its own."""
+        settings: Settings = self.ctx["settings"]
+        while True:
+            try:
+                await probe(settings)
+            except (*_REDIS_ERRORS, ResponseError) as exc:
+                problem = redis_error(settings, exc)
+                if isinstance(problem, ConfigError):  # no such database, wrong password
+                    self._redis_down_since = time.monotonic()  # close() skips Redis then
+                    raise problem from exc
+                await self._on_redis_error(exc)
+            else:
+                self._redis_recovered()
+                return
+
+    def _redis_recovered(self) -> None:
+        if self._redis_down_since is not None:
+            outage = time.monotonic() - self._redis_down_since
+            log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
+            self._redis_down_since = None
+
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
         except _REDIS_ERRORS as exc:
             await self._on_redis_error(exc)
         else:
-            if self._redis_down_since is not None:
-                outage = time.monotonic() - self._redis_down_since
-                log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
-                self._redis_down_since = None
+            self._redis_recovered()
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
@@ -265,13 +287,21 @@ class HarvesterWorker(Worker):
 
     async def _on_redis_error(self, exc: BaseException) -> None:
         now = time.monotonic()
+        settings: Settings = self.ctx["settings"]
         if self._redis_down_since is None:
             self._redis_down_since = now
-            log.warning("redis.unavailable", extra={"error": repr(exc)})
+            log.warning(
+                "redis.unavailable",
+                extra={
+                    "url": redact(settings.redis_url),
+                    "retry_s": self._redis_retry_time,  # HARVESTER_REDIS_RETRY_TIME
+                    "error": repr(exc),
+                },
+            )
         if now - self._redis_down_since > self._redis_retry_time:
             raise RedisUnavailableError(
-                f"Redis unreachable for more than {self._redis_retry_time:.0f} s "
-                f"(HARVESTER_REDIS_RETRY_TIME): {exc!r}"
+                f"{redis_error(settings, exc)} (gave up after {self._redis_retry_time:g} s: "
+                "HARVESTER_REDIS_RETRY_TIME)"
             ) from exc
         # A failed poll may have taken a job slot without starting a job. Give leaked slots back,
         # but only when no job is running: then, once done-callbacks have run (sleep(0)), every
