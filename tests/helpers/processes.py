@@ -54,6 +54,18 @@ def kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
 
 
+def kill_tree_in(pid: int, folder: Path) -> None:
+    """`kill_tree` of ``pid`` only if it is still the process a test started in ``folder``
+    (its working directory is there): a pid read from a file may have been given to another
+    process since, and that one must live."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return  # gone, or not ours to look at
+    if cwd == folder or folder in cwd.parents:
+        kill_tree(pid)
+
+
 async def stop_tree(proc: asyncio.subprocess.Process) -> None:
     """Kill ``proc`` and all it started, then reap it."""
     if proc.returncode is None:

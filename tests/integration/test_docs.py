@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from tests.helpers import Services, wait_until
 from tests.helpers.docs import Example, Unmarked, blocks, examples, session_script
-from tests.helpers.processes import free_ports, kill_tree
+from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
 from worker.engine.outcomes import BatchSummary
 
@@ -149,7 +149,7 @@ async def run_docs(
     yield run
     for folder in folders:
         for pidfile in folder.glob("*.pid"):
-            kill_tree(int(pidfile.read_text()))
+            kill_tree_in(int(pidfile.read_text()), folder.resolve())
 
 
 async def _landed(pool: asyncpg.Pool, source: str = "catalog") -> set[str]:
