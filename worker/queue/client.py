@@ -9,13 +9,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
@@ -25,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.backoff import Backoff
 from worker.errors import BadJobError, HarvesterError
+from worker.queue.heartbeat import beat_key, worker_id
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import deserialize, serialize
 from worker.settings import Settings
@@ -196,9 +195,9 @@ async def enqueue_urls(
 
 
 def health_check_key(settings: Settings) -> str:
-    """The heartbeat key of the workers on this host (one per container or dyno).
+    """The heartbeat key of this worker process (see `worker.queue.heartbeat`).
 
-    Per host rather than arq's one key per queue, so a dead worker is not covered up by a live
-    one elsewhere.
+    One per process rather than arq's one per queue, so that a dead worker is not covered up
+    by a live one on the same host or elsewhere.
     """
-    return f"{settings.queue}{HEALTH_CHECK_SUFFIX}:{socket.gethostname()}"
+    return beat_key(settings.queue, worker_id())
