@@ -112,7 +112,7 @@ async def test_health_all_and_min_count_the_workers_they_say(
     """Two live workers here: `health` and `--min 2` exit 0, `--min 3` exits 1; a dead worker
     of another host fails only `--all`, which names it."""
     env = cli_env(services)
-    first, second = (long_running(make_settings(health_check_interval=1)) for _ in range(2))
+    first, second = (long_running(make_settings()) for _ in range(2))
     async with running(first, second):
 
         async def two_alive() -> bool:
@@ -142,7 +142,7 @@ async def test_a_new_worker_forgets_the_dead_workers_of_its_host(
     await register(redis, TEST_QUEUE, f"{host}:999999", _dead_registration(host, 999999, 5))
     await register(redis, TEST_QUEUE, "elsewhere:41", _dead_registration("elsewhere", 41, 5))
     assert len(await _workers(redis)) == 2
-    async with running(long_running(make_settings(health_check_interval=1))):
+    async with running(long_running(make_settings())):
 
         async def replaced() -> bool:
             return [(w.host, w.alive) for w in await _workers(redis)] == [

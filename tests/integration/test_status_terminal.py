@@ -84,7 +84,7 @@ async def worker_data(
     urls = [upstream.url(f"/json/t{i}") for i in range(12)]
     urls += [upstream.url("/status/404"), upstream.url("/status/500")]
     job_ids = await enqueue_urls(arq_queue, urls, batch_size=4, job_id_prefix=JOB_PREFIX)
-    async with running(long_running(make_settings(health_check_interval=1))):
+    async with running(long_running(make_settings())):
 
         async def all_done() -> bool:
             found = await arq_queue.all_job_results()
