@@ -92,22 +92,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from worker.queue.client import health_check_key, open_queue
+    import socket
+
+    from worker.ops.status import judge_health
+    from worker.queue.client import open_queue
+    from worker.queue.heartbeat import WorkerState, read_workers
 
     # A health check must answer quickly: do not ride out a Redis outage here.
     settings = get_settings().model_copy(update={"redis_retry_time": 0.0})
 
-    async def go() -> bytes | None:
+    async def go() -> list[WorkerState]:
         async with open_queue(settings) as redis:
-            value: bytes | None = await redis.get(health_check_key(settings))
-            return value
+            return await read_workers(redis, settings.queue)
 
-    value = asyncio.run(go())
-    if value is None:
-        print(f"unhealthy: no worker on this host has reported on {settings.queue!r} recently")
-        return EXIT_UNHEALTHY
-    print(f"healthy: {value.decode(errors='replace')}")
-    return 0
+    host = None if args.all else socket.gethostname()
+    verdict = judge_health(asyncio.run(go()), settings.queue, host, args.min)
+    print("\n".join(verdict.lines))
+    return 0 if verdict.healthy else EXIT_UNHEALTHY
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -230,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("health", help="exit 0 if a worker on this host reported recently")
+    p = sub.add_parser("health", help="exit 0 if every worker process on this host is alive")
+    p.add_argument("--all", action="store_true", help="check the workers of every host")
+    p.add_argument("--min", type=positive, default=1, help="at least this many alive (1)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("api", help="serve the HTTP intake (POST /batches, GET /batches/ID, ...)")

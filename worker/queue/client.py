@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -19,7 +18,6 @@ from urllib.parse import urlsplit
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
@@ -31,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.backoff import Backoff
 from worker.errors import BadJobError, ConfigError, HarvesterError, RedisUnavailableError
 from worker.logs import redact
+from worker.queue.heartbeat import beat_key, worker_id
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import MAX_ENQUEUE_TIME_MS, deserialize, serialize
 from worker.settings import Settings
@@ -317,9 +316,9 @@ async def enqueue_batches(
 
 
 def health_check_key(settings: Settings) -> str:
-    """The heartbeat key of the workers on this host (one per container or dyno).
+    """The heartbeat key of this worker process (see `worker.queue.heartbeat`).
 
-    Per host rather than arq's one key per queue, so a dead worker is not covered up by a live
-    one elsewhere.
+    One per process rather than arq's one per queue, so that a dead worker is not covered up
+    by a live one on the same host or elsewhere.
     """
-    return f"{settings.queue}{HEALTH_CHECK_SUFFIX}:{socket.gethostname()}"
+    return beat_key(settings.queue, worker_id())

@@ -7,8 +7,10 @@ on first access from the environment, so importing this module never reads it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import socket
 import time
 from contextlib import AsyncExitStack
 from typing import Any, cast
@@ -34,6 +36,7 @@ from worker.engine.migrate import migrate
 from worker.errors import ConfigError, RedisUnavailableError
 from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
+from worker.queue import heartbeat
 from worker.queue.client import health_check_key, probe, redis_error, redis_pool
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
@@ -195,6 +198,9 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
 
+# Numbers the workers of one process (tests run several), so each has a heartbeat of its own.
+_instances = itertools.count(1)
+
 
 class HarvesterWorker(Worker):
     """arq's Worker, made to ride out Redis restarts.
@@ -205,12 +211,58 @@ class HarvesterWorker(Worker):
     the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
     process manager restarts it. A Redis that cannot be reached at start-up is said at once
     (`redis.unavailable`), before the same budget is spent waiting for it.
+
+    Each worker also has a heartbeat and a registry entry of its own (`worker.queue.heartbeat`),
+    so that ``harvester status`` and ``harvester health`` see every process, and a dead one.
     """
 
     def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._redis_retry_time = redis_retry_time
         self._redis_down_since: float | None = None
+        self.worker_id = heartbeat.worker_id(next(_instances))
+        self.health_check_key = heartbeat.beat_key(self.queue_name, self.worker_id)
+        self._started_at = time.time()
+        self._registered = False
+        self._leaving = False
+
+    async def record_health(self) -> None:
+        """arq's heartbeat, then (always after it) this worker's registry entry."""
+        last = self._last_health_check
+        await super().record_health()
+        if self._last_health_check == last or self._leaving:
+            return  # no beat was due
+        if not self._registered:
+            forgotten = await heartbeat.prune(self.pool, self.queue_name, socket.gethostname())
+            if forgotten:
+                log.info("workers.forgotten", extra={"workers": ", ".join(forgotten)})
+        await heartbeat.register(self.pool, self.queue_name, self.worker_id, self._registration())
+        self._registered = True
+
+    def _registration(self) -> heartbeat.Registration:
+        return heartbeat.Registration(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            interval=self.health_check_interval,
+            last_beat=time.time(),
+            jobs={
+                "complete": self.jobs_complete,
+                "failed": self.jobs_failed,
+                "retried": self.jobs_retried,
+                "ongoing": sum(not t.done() for t in self.tasks.values()),
+            },
+        )
+
+    async def _unregister(self) -> None:
+        """Leave the registry before arq deletes the heartbeat: a clean exit is not a death."""
+        self._leaving = True
+        if not self._registered or self._redis_down_since is not None:
+            return
+        try:
+            await heartbeat.unregister(self.pool, self.queue_name, self.worker_id)
+        except _REDIS_ERRORS as exc:
+            log.warning("worker.close_without_redis", extra={"error": repr(exc)})
 
     async def main(self) -> None:
         await self._wait_for_redis()
@@ -314,6 +366,7 @@ class HarvesterWorker(Worker):
         await asyncio.sleep(min(1.0, self.poll_delay_s * 10))
 
     async def close(self) -> None:
+        await self._unregister()
         if self._redis_down_since is None:
             try:
                 await super().close()
