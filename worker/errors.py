@@ -1,11 +1,15 @@
 """harvester's one error hierarchy. Library exceptions are translated into it at one boundary
-each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`), always with
-``raise ... from exc``.
+each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-py in
+`worker.queue.client.redis_error`), always with ``raise ... from exc``.
 
     HarvesterError
-    ├── ConfigError            invalid settings; the process refuses to start
+    ├── ConfigError            invalid settings, or a URL its server refuses (no such Redis
+    │                          database, wrong credentials); the process refuses to start
+    ├── UsageError             a command's input cannot be used: a file that cannot be read
     ├── BadJobError            a malformed job payload; the job fails at once, never retried
-    ├── StoreError             Postgres could not take a write; the whole job is retried later
+    ├── StoreError             Postgres could not take a read or write; the job is retried later
+    │   └── SchemaError            the database lacks harvester's tables: run harvester migrate
+    ├── RedisUnavailableError  Redis could not be reached within the retry budget
     ├── ListenError            a server (`harvester api`) cannot listen: port in use, bad address
     └── FetchError             one URL could not be landed; becomes a `fetch_failures` row
         ├── InvalidURLError        kind "invalid_url"    not an absolute http(s) URL
@@ -67,6 +71,22 @@ class StoreError(HarvesterError):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class SchemaError(StoreError):
+    """The database lacks harvester's tables, columns or functions: it needs
+    ``harvester migrate``. Retrying the statement is pointless, so never transient."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
+class UsageError(HarvesterError):
+    """A command's arguments or input cannot be used (a file that cannot be read)."""
+
+
+class RedisUnavailableError(HarvesterError):
+    """Redis could not be reached (a worker: for longer than HARVESTER_REDIS_RETRY_TIME)."""
 
 
 class ListenError(HarvesterError):

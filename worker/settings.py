@@ -6,11 +6,15 @@ Nothing else in harvester reads ``os.environ``: every knob is a field here, name
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
 import re
+import tempfile
 from functools import lru_cache
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Annotated, Final, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -115,6 +119,10 @@ class Settings(BaseSettings):
     # -- operations ------------------------------------------------------------------------------
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
     metrics_host: str = "127.0.0.1"
+    # Where the worker processes of a host record metrics for the one that serves them.
+    metrics_dir: Path | None = None
+    # Apply pending migrations when a worker or the API starts (under an advisory lock).
+    migrate_on_start: bool = True
     health_check_interval: int = Field(default=10, ge=1, le=3600)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
@@ -165,6 +173,7 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
         _check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
+        _check_tls_files(value, _PG_TLS_FILES)
         return value
 
     @field_validator("redis_url")
@@ -177,7 +186,16 @@ class Settings(BaseSettings):
             db = urlsplit(value).path.strip("/")
             if db and not db.isdigit():
                 raise ValueError(f"the database number {db!r} is not a number")
+        _check_tls_files(value, _REDIS_TLS_FILES)
         return value
+
+    @property
+    def metrics_shared_dir(self) -> Path:
+        """HARVESTER_METRICS_DIR, or a folder per user and queue in the temporary directory."""
+        if self.metrics_dir is not None:
+            return self.metrics_dir
+        digest = hashlib.sha1(self.queue.encode(), usedforsecurity=False).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"harvester-metrics-{os.getuid()}-{digest}"
 
     @property
     def fetch_backoff(self) -> Backoff:
@@ -243,6 +261,19 @@ def _check_hosts(url: str, *, several: bool) -> None:
         port = match.group(2)
         if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
             raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+
+
+# URL parameters that name a file for TLS: a missing one would otherwise surface at connect
+# time as "No such file or directory", read as an outage (or, with sslmode=prefer, be ignored).
+_PG_TLS_FILES: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+_REDIS_TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def _check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
+    """Refuse a URL whose TLS file parameters name a file that does not exist."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name in parameters and value != "system" and not os.path.exists(value):
+            raise ValueError(f"the TLS file {value!r} ({name}) does not exist")
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

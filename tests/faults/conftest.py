@@ -40,7 +40,7 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
 
     def factory(**settings: object) -> WorkerProcess:
         env = worker_env(stack.database_url, stack.redis_url, FAULT_QUEUE, **settings)
-        w = WorkerProcess(env, tmp_path / "worker.log")
+        w = WorkerProcess(env, tmp_path / f"worker-{len(made) + 1}.log")
         made.append(w)
         return w
 

@@ -1,4 +1,4 @@
-"""Memory: a worker's peak RSS stays within the README's sizing formula under the worst bodies."""
+"""Memory: a worker's peak RSS stays within the sizing formula (docs/operations.md) under the worst bodies."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,22 @@ def with_database(url: str, name: str) -> str:
     head, _, tail = url.partition("?")
     base = head.rsplit("/", 1)[0]
     return f"{base}/{name}" + (f"?{tail}" if tail else "")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, noted, closed): a stopped server's."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def with_port(url: str, port: int) -> str:
+    """``url`` (a Redis or Postgres URL) pointing at 127.0.0.1:``port`` instead."""
+    scheme, rest = url.split("://", 1)
+    netloc, sep, tail = rest.partition("/")
+    userinfo = netloc.rpartition("@")[0]
+    return f"{scheme}://{userinfo + '@' if userinfo else ''}127.0.0.1:{port}{sep}{tail}"
 
 
 def worker_env(database_url: str, redis_url: str, queue: str, **settings: object) -> dict[str, str]:

@@ -102,3 +102,23 @@ async def run(
 async def harvester(*args: str, env: dict[str, str], stdin: str | None = None) -> Result:
     """``python -m worker ARGS`` as a subprocess."""
     return await run(sys.executable, "-m", "worker", *args, env=env, stdin=stdin)
+
+
+def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the first rich table (`harvester status`'s style) in ``text``,
+    each cell whole again: the lines a folded cell took are joined (a row's continuation lines
+    have an empty first cell)."""
+    header: list[str] = []
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("┃"):
+            header = [c.strip() for c in line.strip("┃").split("┃")]
+        elif line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            if cells[0] or not rows:
+                rows.append(cells)
+            else:
+                rows[-1] = [a + b for a, b in zip(rows[-1], cells, strict=True)]
+        elif line.startswith("└"):
+            break
+    return header, rows

@@ -15,6 +15,7 @@ Routes (all on one loopback port):
   /redirect-to?location=L            one redirect to L
   /served/{name}                     ``upstream.served[name]``: a (body, content type) pair the
                                      test sets
+  /api/{path}                        JSON naming the path: the docs' api.example.com
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -103,6 +104,8 @@ class Upstream:
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
         r.add_get("/served/{name}", self._served)
+        # The documentation's https://api.example.com, for the examples the tests run.
+        r.add_get("/api/{path:.*}", self._api)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -136,6 +139,11 @@ class Upstream:
         return web.Response(
             body=self._body(request.match_info["name"]), content_type="application/json"
         )
+
+    async def _api(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        body = {"name": path, "sku": path.replace("/", "-"), "price": len(path), "in_stock": True}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])

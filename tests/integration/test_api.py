@@ -365,10 +365,10 @@ async def test_redis_down_is_a_json_503_without_traceback(
 async def test_postgres_down_is_a_json_503_without_traceback(
     start_api: StartAPI, services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With Postgres unreachable, GET /batches/{id} answers a one-line JSON 503 naming
-    Postgres, and logs no traceback."""
+    """With Postgres unreachable (after start-up: no migration at start), GET /batches/{id}
+    answers a one-line JSON 503 naming Postgres, and logs no traceback."""
     database_url = _with_port(services.database_url, _closed_port())
-    base = await start_api(database_url=database_url, db_pool_min=0)
+    base = await start_api(database_url=database_url, db_pool_min=0, migrate_on_start=False)
     async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{base}/batches/x") as r:
         assert r.status == 503
         error = (await r.json())["error"]

@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.helpers import Services, with_database
+from tests.helpers import TEST_QUEUE, Services, with_database
 from tests.helpers.cli import InProcess, cli_env, harvester, run
 from tests.helpers.upstream import Upstream
+from worker.queue.serialization import job_deserializer
 
 
 async def test_migrate_creates_the_schema_once(cli: InProcess, services: Services) -> None:
@@ -172,3 +173,69 @@ async def test_a_database_url_with_a_bad_port_is_a_configuration_error(
     assert result.returncode == 2, result.stderr
     assert "DATABASE_URL: the port 'notaport' is not a number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_enqueue_refuses_a_batch_size_over_the_workers_limit(
+    cli: InProcess, services: Services, redis: aioredis.Redis
+) -> None:
+    """--batch-size above HARVESTER_MAX_BATCH_URLS is refused (exit 2, naming the setting)
+    before anything is queued: a worker would refuse every such job."""
+    env = cli_env(services, HARVESTER_MAX_BATCH_URLS="100")
+    urls = "".join(f"https://api.example/{i}\n" for i in range(300))
+    result = await cli("enqueue", "-", "--batch-size", "101", env=env, stdin=urls)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith("harvester: --batch-size 101 is over HARVESTER_MAX_BATCH_URLS")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert await redis.zcard(TEST_QUEUE) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--source", "x" * 201, "'source' is longer than 200 characters"),
+        ("--source", "a\x1b[31mb", "'source' contains a control character (U+001B"),
+        ("--job-id-prefix", "poll-x", "reserved for harvester's own jobs"),
+        ("--job-id-prefix", "a\nb", "control or format character (U+000A)"),
+    ],
+)
+async def test_enqueue_refuses_what_the_payload_model_refuses(
+    cli: InProcess,
+    services: Services,
+    redis: aioredis.Redis,
+    option: str,
+    value: str,
+    says: str,
+) -> None:
+    """A source or job-id prefix no job may carry is refused (exit 2) before any URL is read,
+    so even an empty file does not exit 0."""
+    for stdin in ("https://api.example/a\n", ""):
+        result = await cli("enqueue", "-", option, value, env=cli_env(services), stdin=stdin)
+        assert result.returncode == 2, (stdin, result.stdout)
+        assert result.stderr.startswith("harvester: "), result.stderr
+        assert says in result.stderr
+        assert "Traceback" not in result.stderr
+    assert await redis.zcard(TEST_QUEUE) == 0
+
+
+async def test_enqueue_splits_batches_whose_json_would_be_too_large(
+    cli: InProcess, services: Services, redis: aioredis.Redis
+) -> None:
+    """A batch whose job JSON would exceed HARVESTER_MAX_JOB_BYTES goes out as several smaller
+    jobs, each one the worker accepts, with every URL once and in order."""
+    limit = 64 * 1024
+    urls = [f"https://api.example/{i}/" + "p" * 480 for i in range(500)]  # ~250 KB of URLs
+    env = cli_env(services, HARVESTER_MAX_JOB_BYTES=str(limit))
+    result = await cli("enqueue", "-", "--source", "big", env=env, stdin="\n".join(urls))
+    assert result.returncode == 0, result.stderr
+    job_ids = result.stdout.split()
+    assert len(job_ids) >= 4
+    accept = job_deserializer(limit)
+    sent: list[str] = []
+    for job_id in job_ids:
+        raw = await redis.get(f"arq:job:{job_id}")
+        assert len(raw) <= limit
+        job = accept(raw)  # what the worker does first: it would refuse a larger job
+        assert job["k"]["source"] == "big"
+        sent += job["k"]["urls"]
+    assert sent == urls

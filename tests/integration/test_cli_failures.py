@@ -1,4 +1,4 @@
-"""``harvester failures list|replay``, run as a user runs them: in a subprocess."""
+"""``harvester failures list|replay``, run as a user runs them (in-process)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from tests.helpers import TEST_QUEUE, Services
-from tests.helpers.cli import InProcess, cli_env
+from tests.helpers.cli import InProcess, cli_env, table_rows
 
 
 async def _fail(pool: asyncpg.Pool, job_id: str, url: str, error: str, age_s: float) -> None:
@@ -41,19 +41,9 @@ async def test_failures_list_prints_a_table_or_json_lines(
 
     table = await cli("failures", "list", "--since", "30m", env=env)
     assert table.returncode == 0, table.stderr
-    header, *lines = table.stdout.splitlines()
-    assert header.split() == [
-        "id",
-        "failed_at",
-        "job_id",
-        "error",
-        "status",
-        "attempts",
-        "replayed_by",
-        "url",
-    ]
-    assert len(lines) == 1
-    assert "http://x/recent" in lines[0]
+    header, rows = table_rows(table.stdout)
+    assert header == ["id", "failed", "error", "tries", "job", "url"]
+    assert [r[1:] for r in rows] == [["1m ago", "timeout", "2", "job-a", "http://x/recent"]]
 
     bad = await cli("failures", "list", "--since", "yesterday-ish", env=env)
     assert bad.returncode == 2
@@ -83,3 +73,52 @@ async def test_failures_replay_enqueues_and_prints_the_new_jobs(
     assert await redis.zscore(TEST_QUEUE, job_ids[0]) is not None
     linked = dict(await pool.fetch("SELECT url, replayed_by FROM fetch_failures"))
     assert linked == {"http://x/1": job_ids[0], "http://x/2": None}
+
+
+async def test_failures_list_keeps_every_kind_given(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """`--kind timeout --kind connect` lists failures of both kinds, as `replay` does."""
+    await _fail(pool, "job-a", "http://x/1", "timeout", 60)
+    await _fail(pool, "job-a", "http://x/2", "connect", 50)
+    await _fail(pool, "job-a", "http://x/3", "invalid_json", 40)
+    result = await cli(
+        "failures",
+        "list",
+        "--kind",
+        "timeout",
+        "--kind",
+        "connect",
+        "--json",
+        env=cli_env(services),
+    )
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["url"] for line in result.stdout.splitlines()] == [
+        "http://x/2",
+        "http://x/1",
+    ]
+
+
+async def test_failures_list_fits_80_columns_and_keeps_long_values_whole(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """Within 80 columns a long job id and URL fold inside their columns, whole; the status of
+    an http_status failure shows with its kind, and replayed rows are counted below."""
+    job = "70cef8759b0f45d8afa87e252280e7a1"
+    url = "https://catalog.example.org/api/v2/products?category=electronics&page=1&per_page=200"
+    await _fail(pool, job, url, "timeout", 7200)
+    await pool.execute(
+        """INSERT INTO fetch_failures (job_id, url, error, status, attempts, replayed_by, failed_at)
+           VALUES ('job-b', 'http://x/503', 'http_status', 503, 4, 'replay-1',
+                   now() - interval '30 minutes')"""
+    )
+    listed = await cli("failures", "list", env=cli_env(services, COLUMNS="80"))
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    header, rows = table_rows(listed.stdout)
+    assert header == ["id", "failed", "error", "tries", "job", "url"]
+    assert [r[1:] for r in rows] == [
+        ["30m ago", "http_status 503", "4", "job-b", "http://x/503"],
+        ["2h ago", "timeout", "2", job, url],
+    ]
+    assert "1 of these already replayed" in listed.stdout

@@ -1,4 +1,4 @@
-"""``harvester sources ...`` as an operator runs it: in a subprocess, against real Postgres."""
+"""``harvester sources ...`` as an operator runs it (in-process), against real Postgres."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import asyncpg
 
 from tests.helpers import Services
-from tests.helpers.cli import InProcess, cli_env
+from tests.helpers.cli import InProcess, cli_env, table_rows
 
 
 async def test_sources_commands_manage_the_table(
@@ -33,23 +33,12 @@ async def test_sources_commands_manage_the_table(
 
     listed = await cli("sources", "list", env=env)
     assert listed.returncode == 0, listed.stderr
-    header, *lines = listed.stdout.splitlines()
-    assert header.split() == [
-        "id",
-        "name",
-        "every",
-        "on",
-        "next_due",
-        "last_polled",
-        "outcome",
-        "fails",
-        "url",
+    header, rows = table_rows(listed.stdout)
+    assert header == ["id", "name", "every", "due", "polled", "outcome", "url"]
+    assert [(r[1], r[2], r[4], r[6]) for r in rows] == [
+        ("cat", "15m", "never", "https://api.example/a"),
+        ("cat", "15m", "never", "https://api.example/b"),
     ]
-    assert [line.split()[-1] for line in lines] == [
-        "https://api.example/a",
-        "https://api.example/b",
-    ]
-    assert all(" cat " in line and " 15m " in line for line in lines)
 
     off = await cli("sources", "disable", "https://api.example/b", env=env)
     assert off.stdout.strip() == "disabled 1 source(s)"
@@ -100,3 +89,25 @@ async def test_sources_add_refuses_urls_that_cannot_be_polled(
     assert "'ftp://x/y' scheme 'ftp' is not http or https" in result.stderr
     assert "Traceback" not in result.stderr
     assert await pool.fetchval("SELECT count(*) FROM sources") == 0
+
+
+async def test_sources_list_fits_80_columns_and_keeps_long_urls_whole(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """The table is `harvester status`'s style within 80 columns: a long URL or name folds
+    inside its own column (all of it still there), and no other cell is broken or cut."""
+    long_url = "https://catalog.example.org/api/v2/products?category=electronics&per_page=200"
+    env = cli_env(services, COLUMNS="80")
+    await cli("sources", "add", long_url, "--every", "1h30m", "--source", "catalog-eu", env=env)
+    await cli("sources", "add", "https://api.example/short", "--every", "2d", env=env)
+    await cli("sources", "disable", "https://api.example/short", env=env)
+    listed = await cli("sources", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    assert listed.stdout.startswith("sources")
+    header, rows = table_rows(listed.stdout)
+    assert header == ["id", "name", "every", "due", "polled", "outcome", "url"]
+    assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
+        ("catalog-eu", "90m", "now", "never", long_url),
+        ("", "2d", "off", "never", "https://api.example/short"),
+    ]

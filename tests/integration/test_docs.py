@@ -1,46 +1,297 @@
-"""The README's examples, run as written against the session's servers."""
+"""The documentation, run: every example in the README and docs/ is executed as written (bar the
+few localisations of `tests.helpers.docs`), and outputs the docs show are compared with what the
+commands print. A changed example that stops working fails here."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
-from arq.worker import Worker
 
-from tests.helpers import TEST_QUEUE, Services, wait_until
-from tests.helpers.cli import run
-from tests.helpers.docs import example, localised
+from tests.helpers import Services, wait_until
+from tests.helpers.docs import Example, Unmarked, blocks, examples, session_script
+from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
+from worker.engine.outcomes import BatchSummary
+
+# The examples each document's session runs, in order; every runnable example of the docs is in
+# exactly one of these (a test checks).
+SESSIONS: dict[str, list[str]] = {
+    "README.md": [
+        "install",
+        "configure",
+        "migrate",
+        "worker",
+        "enqueue-shell",
+        "python-enqueue",
+        "raw-redis",
+        "http-api",
+        "http-enqueue",
+        "query",
+        "procfile",
+    ],
+    "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell"],
+    "docs/scheduled-sources.md": ["sources-cli", "sources-sql"],
+    "docs/data-model.md": ["data-queries", "data-sources", "data-json"],
+    "docs/http-api.md": ["api-start", "api-curl"],
+    "docs/cli.md": ["cli-tour"],
+    "docs/upgrading.md": ["upgrade-migrate"],
+}
 
 
-async def test_the_python_example_enqueues_with_arq_alone_and_prints_the_summary(
-    repo_root: Path,
-    tmp_path: Path,
-    services: Services,
-    upstream: Upstream,
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    make_worker: Callable[..., Worker],
+def _documents(repo_root: Path) -> list[Path]:
+    return [
+        repo_root / "README.md",
+        repo_root / "ARCHITECTURE.md",
+        *sorted((repo_root / "docs").glob("*.md")),
+    ]
+
+
+def test_every_code_block_in_the_docs_is_an_example_or_an_output(repo_root: Path) -> None:
+    """No code block is shown without being run, or said not to be and why."""
+    unmarked = [b for doc in _documents(repo_root) for b in blocks(doc) if isinstance(b, Unmarked)]
+    assert unmarked == []
+
+
+def test_every_runnable_example_is_run_by_a_session(repo_root: Path) -> None:
+    """The sessions below run every runnable example of the docs, and only those."""
+    runnable = {
+        (str(doc.relative_to(repo_root)), b.name)
+        for doc in _documents(repo_root)
+        for b in blocks(doc)
+        if isinstance(b, Example) and b.runnable
+    }
+    planned = {(doc, name) for doc, names in SESSIONS.items() for name in names}
+    assert runnable == planned
+
+
+@dataclass
+class Session:
+    returncode: int
+    stdout: str
+    stderr: str
+    folder: Path
+
+
+@pytest.fixture
+async def run_docs(
+    repo_root: Path, tmp_path: Path, services: Services, upstream: Upstream, redis: aioredis.Redis
+) -> AsyncIterator[Callable[..., Awaitable[Session]]]:
+    """Run a document's session in a folder of its own, with the session's servers; every
+    background process is stopped afterwards, whatever happens."""
+    folders: list[Path] = []
+
+    async def run(doc: str, *, copy_repo: bool = False, timeout: float = 300) -> Session:
+        folder = tmp_path / doc.replace("/", "_")
+        if copy_repo:
+            git = await asyncio.create_subprocess_exec(
+                "git", "ls-files", cwd=repo_root, stdout=asyncio.subprocess.PIPE
+            )
+            tracked = (await git.communicate())[0].decode().split()
+            for name in tracked:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(repo_root / name, folder / name)
+        folder.mkdir(exist_ok=True)
+        folders.append(folder)
+        api_port = free_ports(0)
+        honcho_port = free_ports(0, 100)
+        replacements = {
+            "https://api.example.com": upstream.url("/api"),
+            "postgresql://harvester:secret@localhost:5432/harvester": services.database_url,
+            "redis://localhost:6379/0": services.redis_url,
+            "8080": str(api_port),
+        }
+        ready = {
+            "worker": "harvester health",
+            "http-api": f"curl -sf localhost:{api_port}/healthz",
+            "api-start": f"curl -sf localhost:{api_port}/healthz",
+            "procfile": f"curl -sf localhost:{honcho_port + 100}/healthz",
+        }
+        docs_examples = examples(repo_root / doc)
+        script = session_script([docs_examples[n] for n in SESSIONS[doc]], replacements, ready)
+        (folder / "session.sh").write_text(script)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("HARVESTER_", "VIRTUAL_ENV"))
+            and k not in ("DATABASE_URL", "REDIS_URL")
+        }
+        env.update(
+            DATABASE_URL=services.database_url,
+            REDIS_URL=services.redis_url,
+            HARVESTER_ALLOWED_NETWORKS="127.0.0.1/32",
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            PORT=str(honcho_port),
+        )
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "session.sh", cwd=folder, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        finally:
+            if proc.returncode is None:
+                kill_tree(proc.pid)
+                await proc.wait()
+        return Session(proc.returncode or 0, out.decode(), err.decode(), folder)
+
+    yield run
+    for folder in folders:
+        for pidfile in folder.glob("*.pid"):
+            kill_tree_in(int(pidfile.read_text()), folder.resolve())
+
+
+async def _landed(pool: asyncpg.Pool, source: str = "catalog") -> set[str]:
+    rows = await pool.fetch("SELECT url FROM documents WHERE source = $1", source)
+    return {r["url"].rsplit("/api/", 1)[1] for r in rows}
+
+
+async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool
 ) -> None:
-    """The README's Python script (arq and the stdlib only) enqueues a job a worker lands,
-    waits for it and prints its summary; run again, it finds the same job instead of failing."""
-    script = tmp_path / "enqueue.py"
-    code = localised(example(repo_root / "README.md", "python-enqueue"), upstream.url("/json"))
-    assert "import worker" not in code
-    assert "from worker" not in code
-    script.write_text(code)
-    env = {"REDIS_URL": services.redis_url, "HARVESTER_QUEUE": TEST_QUEUE, "PATH": ""}
-    first = asyncio.create_task(run(sys.executable, str(script), env=env))
-    await wait_until(lambda: redis.exists("arq:job:catalog-2026-11-25-0001"))
-    await make_worker().main()
-    done = await first
-    assert done.returncode == 0, done.stderr
-    assert "'documents': 1" in done.stdout
-    again = await run(sys.executable, str(script), env=env)
-    assert again.returncode == 0, again.stderr
-    assert "'documents': 1" in again.stdout
-    assert await pool.fetchval("SELECT count(*) FROM documents WHERE source = 'catalog'") == 1
+    """A fresh virtual environment, the settings, migrate, a worker, enqueueing from a shell,
+    from Python with arq alone, from raw Redis and over HTTP, the queries, and honcho running
+    the Procfile: every step works as written, and every enqueued URL lands once."""
+    session = await run_docs("README.md", copy_repo=True)
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "harvester " in session.stdout  # --version
+    assert "'documents': 1" in session.stdout  # the Python example's summary
+    assert '"status_url"' in session.stdout  # the HTTP example's 202
+
+    async def all_landed() -> bool:
+        return await _landed(pool) >= {"items/1", "items/2", "items/3", "items/4", "items/5"}
+
+    await wait_until(all_landed, timeout=60)
+    assert (
+        await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
+    )
+    assert "items/1" in session.stdout  # psql printed the landed rows
+    assert "Traceback" not in session.stderr
+
+
+async def test_the_job_contract_examples_enqueue_once(
+    run_docs: Callable[..., Awaitable[Session]], redis: aioredis.Redis
+) -> None:
+    """The raw-Redis recipe enqueues one job (the transaction is a no-op when repeated), and
+    the shell examples print job ids, the second --job-id-prefix run the same ids."""
+    session = await run_docs("docs/jobs.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    job = json.loads(await redis.get("arq:job:catalog-raw-0002"))
+    assert job["k"]["source"] == "catalog"
+    ids = session.stdout.split()
+    assert ids.count("nightly-2026-11-30-0") == 2
+
+
+async def test_the_scheduled_sources_examples_register_sources(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool
+) -> None:
+    """The CLI and SQL examples register the sources they name; disable takes effect."""
+    session = await run_docs("docs/scheduled-sources.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    rows = dict(await pool.fetch("SELECT url, enabled FROM sources"))
+    assert len(rows) == 4
+    assert [enabled for url, enabled in rows.items() if url.endswith("/v1/fx")] == [False]
+
+
+async def test_the_data_model_queries_run(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool
+) -> None:
+    """Every SQL example of the data model runs against the migrated schema."""
+    try:
+        session = await run_docs("docs/data-model.md")
+        assert session.returncode == 0, session.stderr[-4000:]
+    finally:
+        await pool.execute("DROP INDEX IF EXISTS documents_sku_idx, documents_body_gin")
+
+
+async def test_the_http_api_examples_enqueue_over_http(
+    run_docs: Callable[..., Awaitable[Session]], redis: aioredis.Redis
+) -> None:
+    """`harvester api` starts as shown; the curl examples get a 202, the batch's status and
+    the OpenAPI paths."""
+    session = await run_docs("docs/http-api.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert '"job_id":"catalog-api-0001"' in session.stdout.replace(" ", "")
+    assert "'/batches'" in session.stdout
+    assert await redis.exists("arq:job:catalog-api-0001")
+
+
+async def test_the_command_line_tour_runs(run_docs: Callable[..., Awaitable[Session]]) -> None:
+    """Each command of the CLI page's example runs and exits 0."""
+    session = await run_docs("docs/cli.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "'queue'" in session.stdout  # status --json, read by Python
+
+
+async def test_the_upgrading_example_migrates_once(
+    run_docs: Callable[..., Awaitable[Session]],
+) -> None:
+    """`harvester migrate` twice, then the table of applied migrations."""
+    session = await run_docs("docs/upgrading.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "applied 0 migration(s)" in session.stdout
+    assert re.search(r"^\s*1 \| documents\s*$", session.stdout, re.M), session.stdout
+
+
+def _shape(text: str) -> str:
+    """A line as a pattern: numbers (and timings) may differ, the words may not."""
+    return re.escape(text.strip()).replace(r"\ ", r"\s+")
+
+
+def _matches(expected: str, actual: str) -> list[str]:
+    """The lines of ``expected`` that do not appear, numbers aside, in ``actual``."""
+    missing = []
+    for line in expected.splitlines():
+        pattern = re.sub(r"\d+(?:\\\.\d+)?", r"[\\d.]+", _shape(line))
+        if line.strip() and not re.search(pattern, actual):
+            missing.append(line)
+    return missing
+
+
+def test_the_demo_prints_what_the_readme_and_the_sources_page_show(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """`harvester demo` starts its own servers, lands every URL and prints the summary the
+    README shows and the poll lines the scheduled-sources page shows (figures aside)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_")}
+    argv = [
+        "--urls",
+        "1001",
+        "--batch-size",
+        "250",
+        "--sources",
+        "30",
+        "--dir",
+        str(tmp_path / "demo"),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", *argv],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    readme = examples(repo_root / "README.md")["demo"].code
+    sources = examples(repo_root / "docs" / "scheduled-sources.md")["demo-sources"].code
+    assert _matches(readme, result.stdout) == []
+    assert _matches(sources, result.stdout) == []
+    assert "URLs enqueued     1002" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_the_job_result_shown_has_the_summarys_fields(repo_root: Path) -> None:
+    """The result the job contract page shows is a summary, field for field."""
+    shown = json.loads(examples(repo_root / "docs" / "jobs.md")["job-result"].code)
+    summary = BatchSummary(
+        job_id="j", source=None, urls=0, distinct_urls=0, already_done=0, documents=0
+    )
+    assert list(shown) == list(summary.as_dict())

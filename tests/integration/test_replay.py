@@ -77,13 +77,15 @@ async def test_list_filters_by_job_kind_and_time_newest_first(pool: asyncpg.Pool
     everything = await list_failures(pool)
     assert [r.url for r in everything] == ["http://x/3", "http://x/2", "http://x/1", "http://x/4"]
     assert [r.url for r in await list_failures(pool, job_id="a")] == ["http://x/2", "http://x/1"]
-    assert [r.url for r in await list_failures(pool, kind="timeout")] == [
+    assert [r.url for r in await list_failures(pool, kinds=["timeout"])] == [
         "http://x/3",
         "http://x/1",
     ]
     since = datetime.now(UTC) - timedelta(seconds=250)
     assert [r.url for r in await list_failures(pool, since=since)] == ["http://x/3", "http://x/2"]
-    assert [r.url for r in await list_failures(pool, job_id="b", kind="timeout")] == ["http://x/3"]
+    assert [r.url for r in await list_failures(pool, job_id="b", kinds=["timeout"])] == [
+        "http://x/3"
+    ]
     assert len(await list_failures(pool, limit=1)) == 1
     row = everything[1]
     assert (row.job_id, row.error, row.status, row.attempts, row.replayed_by) == (

@@ -1,19 +1,22 @@
-"""`harvester status`, checked on a real worker's data."""
+"""`harvester status`, checked on real workers' data."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
 
 import asyncpg
+import redis.asyncio as aioredis
 from arq.connections import ArqRedis
+from arq.constants import result_key_prefix
 from arq.worker import Worker
 
-from tests.helpers import Services
+from tests.helpers import Services, wait_until
 from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from worker.ops.status import gather
@@ -31,7 +34,8 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     services: Services,
 ) -> None:
     """After a worker ran two jobs: their summaries, the failure kinds, the URLs landed this
-    minute and the worker's heartbeat show; a job enqueued afterwards shows as queued."""
+    minute and the worker's row (this host and process, alive) show; a job enqueued
+    afterwards shows as queued."""
     urls = [upstream.url(f"/json/s{i}") for i in range(8)] + [upstream.url("/status/404")]
     await enqueue_urls(arq_queue, urls, batch_size=5, job_id_prefix="st")
     worker = make_worker()
@@ -45,12 +49,13 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     assert status.in_progress == []
     assert status.failures_last_hour == {"http_status": 1}
     assert sum(n for _, n in status.urls_per_minute) == 9
-    assert len(status.workers) == 1
-    assert status.workers[0].host == socket.gethostname()
-    assert "queued=2" in status.workers[0].heartbeat  # its first beat saw both jobs
+    [row] = status.workers
+    assert (row.host, row.pid, row.alive) == (socket.gethostname(), os.getpid(), True)
+    assert row.heartbeat is not None
+    assert "queued=2" in row.heartbeat  # its first beat saw both jobs
     jobs = {j.job_id: j for j in status.recent_jobs}
     assert set(jobs) == {"st-0", "st-1"}
-    assert jobs["st-0"].success is True
+    assert (jobs["st-0"].success, jobs["st-0"].state) == (True, "ok")
     assert jobs["st-0"].summary is not None
     assert jobs["st-0"].summary["documents"] == 5
     assert jobs["st-1"].summary["failures"] == {"http_status": 1}
@@ -63,15 +68,171 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     assert {j["job_id"] for j in data["recent_jobs"]} == {"st-0", "st-1"}
     screen = await cli("status", env={**env, "COLUMNS": "160"})
     assert screen.returncode == 0, screen.stderr
-    for text in ("queued 1 (ready 1, deferred 0)", "recent jobs", "st-0", "http_status", "workers"):
+    for text in ("queued 1 (ready 1, deferred 0)", "recent jobs", "st-0", "http_status"):
         assert text in screen.stdout, screen.stdout
+    assert "workers: 1 alive" in screen.stdout, screen.stdout
+
+
+async def test_status_shows_one_row_per_worker_process(
+    cli: InProcess,
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    settings: Settings,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+    services: Services,
+) -> None:
+    """Two workers on one host are two rows, each alive with an id of its own, not one row
+    with the newest worker's counters."""
+    urls = [upstream.url(f"/json/two{i}") for i in range(8)]
+    await enqueue_urls(arq_queue, urls, batch_size=2, job_id_prefix="two")
+    first, second = make_worker(), make_worker()
+    await asyncio.gather(first.main(), second.main())
+
+    status = await gather(settings, arq_queue, pool)
+    assert len(status.workers) == 2, status.workers
+    assert all(w.alive for w in status.workers)
+    assert len({w.id for w in status.workers}) == 2
+    assert {(w.host, w.pid) for w in status.workers} == {(socket.gethostname(), os.getpid())}
+
+    result = await cli("status", "--json", env=cli_env(services))
+    assert result.returncode == 0, result.stderr
+    assert [w["alive"] for w in json.loads(result.stdout)["workers"]] == [True, True]
+    screen = await cli("status", env={**cli_env(services), "COLUMNS": "80"})
+    assert "workers: 2 alive" in screen.stdout, screen.stdout
+
+
+async def test_urls_per_second_covers_the_time_the_rows_landed_in(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, settings: Settings
+) -> None:
+    """30 rows that all landed 10 s ago are about 3 URLs/s over about 10 s, not 30 over a
+    whole minute (0.5 URLs/s)."""
+    await pool.execute(
+        "INSERT INTO documents (job_id, url, status, body, fetched_at, elapsed_ms, attempts) "
+        "SELECT 'burst', 'http://x/' || n, 200, '{}', now() - interval '10 seconds', 1, 1 "
+        "FROM generate_series(1, 30) n"
+    )
+    status = await gather(settings, arq_queue, pool)
+    # 30 rows over the 10 s since they landed, plus however long this test took to get here.
+    assert 1.0 < status.urls_per_second <= 3.0, status
+    assert 10.0 <= status.rate_window_s < 30.0, status
+
+
+async def test_a_job_that_finishes_while_status_reads_is_not_also_in_progress(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    redis: aioredis.Redis,
+    settings: Settings,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+) -> None:
+    """A job that finishes while `status` waits on Postgres is shown finished, and not in
+    progress too (a job with a stored result is not in progress)."""
+    await enqueue_urls(arq_queue, [upstream.url("/gate/race")], job_id_prefix="race")
+    worker = make_worker()
+    run = asyncio.create_task(worker.main())
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        await wait_until(lambda: _true(bool(upstream.hits_for("/gate/race"))), timeout=30)
+        # Hold status's Postgres read until the job has finished.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE fetch_failures IN ACCESS EXCLUSIVE MODE")
+        reading = asyncio.create_task(gather(settings, arq_queue, pool))
+        await wait_until(lambda: _lock_waiters(blocker), timeout=30)
+        upstream.gate.set()
+        await wait_until(lambda: _exists(redis, result_key_prefix + "race-0"), timeout=30)
+        await tx.rollback()
+        status = await asyncio.wait_for(reading, 30)
+    finally:
+        upstream.gate.set()
+        await blocker.close()
+        await asyncio.wait_for(run, 30)
+    assert status.in_progress == []
+    [job] = status.recent_jobs
+    assert (job.job_id, job.success) == ("race-0", True)
+    assert job.state == "ok"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _lock_waiters(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND datname = current_database()"
+    )
+    return bool(waiting)
+
+
+async def _exists(redis: aioredis.Redis, key: str) -> bool:
+    return bool(await redis.exists(key))
+
+
+async def test_long_job_ids_are_shortened_and_wide_shows_them_whole(
+    cli: InProcess,
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+    services: Services,
+) -> None:
+    """At 80 columns a long job id is its first 12 characters and an ellipsis; --wide (on a
+    screen wide enough) and --json show it whole."""
+    prefix = "catalog-import-2026-01-01-nightly"
+    await enqueue_urls(arq_queue, [upstream.url("/json/long")], job_id_prefix=prefix)
+    await make_worker().main()
+    env = {**cli_env(services), "COLUMNS": "80"}
+    narrow = await cli("status", env=env)
+    assert narrow.returncode == 0, narrow.stderr
+    assert f"{prefix}-0" not in narrow.stdout
+    assert f"{prefix[:12]}…" in narrow.stdout, narrow.stdout
+    wide = await cli("status", "--wide", env={**env, "COLUMNS": "200"})
+    assert f"{prefix}-0" in wide.stdout, wide.stdout
+    as_json = await cli("status", "--json", env=env)
+    assert json.loads(as_json.stdout)["recent_jobs"][0]["job_id"] == f"{prefix}-0"
+
+
+async def test_an_interval_under_half_a_second_is_refused(
+    cli: InProcess, services: Services
+) -> None:
+    """`status --interval 0.1` is a usage error (exit 2) that says the least allowed."""
+    for bad in ("0.1", "0", "-1", "nan", "soon"):
+        result = await cli("status", "--interval", bad, env=cli_env(services))
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "argument --interval" in result.stderr, result.stderr
+    assert "at least 0.5" in result.stderr or "'soon'" in result.stderr
+
+
+async def test_watch_prints_a_plain_snapshot_per_interval_when_not_a_terminal(
+    services: Services, redis: object
+) -> None:
+    """--watch with standard output on a pipe prints one plain screen per interval (no
+    terminal escapes), until SIGINT, then exits 0."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "status", "--watch", "--interval", "0.5",
+        env=cli_env(services), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(30):
+            while seen.count(b"harvester queue") < 2:
+                seen += await proc.stdout.read(4096)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
+    assert b"workers: 0 alive" in seen
+    assert b"\x1b" not in seen
 
 
 async def test_status_watch_refreshes_until_interrupted(services: Services, redis: object) -> None:
-    """--watch redraws the screen every --interval until SIGINT, then exits 0."""
+    """--watch on a terminal redraws the screen every --interval until SIGINT, then exits 0."""
     env = {**cli_env(services), "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "status", "--watch", "--interval", "0.2",
+        sys.executable, "-m", "worker", "status", "--watch", "--interval", "0.5",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -84,4 +245,4 @@ async def test_status_watch_refreshes_until_interrupted(services: Services, redi
         proc.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
-    assert b"recent jobs" in seen
+    assert b"workers: 0 alive" in seen

@@ -1,10 +1,21 @@
-"""The Redis client harvester builds from REDIS_URL, inspected without connecting."""
+"""The Redis client harvester builds from REDIS_URL (inspected without connecting), how its
+errors are said, and how URLs are cut into jobs."""
 
 from __future__ import annotations
 
-from redis.asyncio.connection import SSLConnection
+import re
+from collections.abc import Iterator
+from typing import Any
 
-from worker.queue.client import redis_pool
+import pytest
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from worker.errors import BadJobError, ConfigError, RedisUnavailableError
+from worker.queue.client import plan_batches, redis_error, redis_pool
+from worker.queue.payload import JOB_NAME, FetchBatch
+from worker.queue.serialization import serialize
 from worker.settings import load_settings
 
 
@@ -27,3 +38,73 @@ async def test_url_carries_db_password_and_tls_options() -> None:
         assert client.default_queue_name == "q"
     finally:
         await client.aclose()
+
+
+def _job_size(batch: FetchBatch) -> int:
+    """The bytes of ``batch`` as arq stores it (the latest enqueue time arq can write)."""
+    envelope = {"t": None, "f": JOB_NAME, "a": [], "k": batch.as_kwargs(), "et": 253402300799999}
+    return len(serialize(envelope))
+
+
+def test_plan_batches_cuts_by_count_and_by_job_bytes() -> None:
+    """Batches hold at most batch_size URLs and, as JSON jobs, at most max_job_bytes; every URL
+    goes out once, in order (non-ASCII URLs counted in UTF-8 bytes)."""
+    urls = [f"https://api.example/{i}/" + "é" * (i % 300) for i in range(2000)]
+    batches = list(
+        plan_batches(urls, batch_size=700, source="s", max_urls=10_000, max_job_bytes=65_536)
+    )
+    assert [u for b in batches for u in b.urls] == urls
+    assert all(1 <= len(b.urls) <= 700 for b in batches)
+    sizes = [_job_size(b) for b in batches]
+    assert max(sizes) <= 65_536
+    assert max(sizes) > 60_000  # cut near the limit, not far below it
+    assert all(b.source == "s" for b in batches)
+
+
+def test_plan_batches_refuses_a_url_too_large_for_any_job() -> None:
+    """A URL that alone would exceed max_job_bytes cannot be sent: BadJobError says so."""
+    urls = ["https://api.example/a", "https://api.example/" + "x" * 70_000]
+    with pytest.raises(BadJobError, match="HARVESTER_MAX_JOB_BYTES"):
+        list(plan_batches(urls, batch_size=10, source=None, max_urls=10, max_job_bytes=65_536))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"batch_size": 11, "max_urls": 10}, "HARVESTER_MAX_BATCH_URLS"),
+        ({"source": "a\nb"}, "'source' contains a control character"),
+        ({"source": "x" * 201}, "'source' is longer than 200 characters"),
+    ],
+)
+def test_plan_batches_refuses_bad_arguments_before_reading_a_url(
+    kwargs: dict[str, object], says: str
+) -> None:
+    """Arguments no worker would accept are refused before the first URL is read."""
+
+    def urls() -> Iterator[str]:
+        raise AssertionError("a URL was read")
+        yield ""
+
+    options: dict[str, Any] = {"batch_size": 10, "source": None, "max_urls": 10}
+    options.update(kwargs)
+    with pytest.raises(BadJobError, match=re.escape(says)):
+        plan_batches(urls(), max_job_bytes=65_536, **options)
+
+
+def test_redis_errors_become_harvester_errors_naming_the_url() -> None:
+    """A refused connection is "Redis is unavailable at <URL without password> (REDIS_URL)";
+    a database the server lacks and refused credentials are configuration errors."""
+    s = load_settings(redis_url="redis://:sekrit@cache:6379/99", queue="q")
+    down = redis_error(s, RedisConnectionError("Error 111 connecting to cache:6379."))
+    assert isinstance(down, RedisUnavailableError)
+    assert str(down) == (
+        "Redis is unavailable at redis://***@cache:6379/99 (REDIS_URL): "
+        "Error 111 connecting to cache:6379."
+    )
+    no_db = redis_error(s, ResponseError("DB index is out of range"))
+    assert isinstance(no_db, ConfigError)
+    assert str(no_db).startswith("REDIS_URL: Redis has no database 99 (DB index is out of range)")
+    auth = redis_error(s, AuthenticationError("invalid username-password pair"))
+    assert isinstance(auth, ConfigError)
+    assert str(auth).startswith("REDIS_URL: Redis refused the credentials")
+    assert "sekrit" not in str(down) + str(no_db) + str(auth)

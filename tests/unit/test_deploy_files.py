@@ -19,16 +19,17 @@ def _procfile(repo_root: Path) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if line.strip())
 
 
-def test_procfile_has_release_worker_and_api(repo_root: Path) -> None:
-    """release migrates, worker runs the worker, api serves the intake on the platform's $PORT."""
+def test_procfile_has_a_worker_and_the_api_and_no_process_that_exits(repo_root: Path) -> None:
+    """worker runs the worker, api serves the intake on the platform's $PORT; no release line,
+    which a process manager such as honcho would run as a process and stop the formation with
+    when it exits (workers and the API migrate when they start instead)."""
     assert _procfile(repo_root) == {
-        "release": "harvester migrate",
         "worker": "harvester worker",
         "api": "harvester api --host 0.0.0.0 --port ${PORT:-8080}",
     }
 
 
-@pytest.mark.parametrize("process", ["release", "worker", "api"])
+@pytest.mark.parametrize("process", ["worker", "api"])
 def test_procfile_commands_exist(repo_root: Path, process: str) -> None:
     """Each Procfile command is a real harvester subcommand."""
     argv = _procfile(repo_root)[process].split()

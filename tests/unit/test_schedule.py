@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 
 import pytest
@@ -12,7 +13,7 @@ from worker.engine.schedule import format_duration, fresh_for, next_poll_delay, 
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        ("90", 90),
+        ("90s", 90),
         ("30s", 30),
         ("15m", 900),
         ("2h", 7200),
@@ -24,14 +25,24 @@ from worker.engine.schedule import format_duration, fresh_for, next_poll_delay, 
     ],
 )
 def test_parse_duration_reads_units(text: str, seconds: float) -> None:
-    """Durations take s/m/h/d/w suffixes, combinations and plain seconds."""
+    """Durations take s/m/h/d/w suffixes and combinations of them."""
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "15x", "m", "-5m", "15m junk", "1h-"])
+@pytest.mark.parametrize("text", ["", "0s", "15x", "m", "-5m", "15m junk", "1h-"])
 def test_parse_duration_refuses_nonsense(text: str) -> None:
     """Anything that is not a positive duration is refused, naming the text."""
     with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "number"), [("15", "15"), (" 90 ", "90"), ("1h30", "30"), ("0.5", "0.5")]
+)
+def test_parse_duration_needs_a_unit(text: str, number: str) -> None:
+    """A number without a unit is refused (seconds? minutes?), offering the units."""
+    units = f"{number} needs a unit: {number}s, {number}m, {number}h or {number}d"
+    with pytest.raises(ValueError, match=f"^{re.escape(units)}$"):
         parse_duration(text)
 
 

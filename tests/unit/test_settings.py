@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 
 def test_defaults_are_production_sane(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +102,47 @@ def test_configuration_errors_read_as_one_clean_sentence(monkeypatch: pytest.Mon
         load_settings()
     assert str(caught.value).startswith("invalid configuration: HARVESTER_DB_POOL_MIN must not")
     assert "Value error" not in str(caught.value)
+
+
+def test_the_configuration_page_lists_every_setting_once(repo_root: Path) -> None:
+    """docs/configuration.md has one row per setting, by the variable's name, and no other."""
+    text = (repo_root / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text.split("<!-- configuration table:", 1)[1]
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
+    names = {f: f"HARVESTER_{f.upper()}" for f in Settings.model_fields}
+    names.update(database_url="DATABASE_URL", redis_url="REDIS_URL")
+    assert sorted(rows) == sorted(names.values())
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "url"),
+    [
+        ("database_url", "DATABASE_URL", "postgresql://u@db/h?sslmode=verify-full&sslrootcert={f}"),
+        ("database_url", "DATABASE_URL", "postgresql://u@db/h?sslcert={f}&sslkey={f}"),
+        ("redis_url", "REDIS_URL", "rediss://cache:6380/0?ssl_ca_certs={f}"),
+        ("redis_url", "REDIS_URL", "rediss://cache:6380/0?ssl_certfile={f}"),
+    ],
+)
+def test_a_tls_file_that_does_not_exist_is_refused(
+    tmp_path: Path, field: str, variable: str, url: str
+) -> None:
+    """A CA, certificate or key file named in a URL must exist: the error names the variable,
+    the parameter and the file (a TLS failure at connect time would look like an outage)."""
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{field: url.format(f=missing)})
+    message = str(caught.value)
+    assert message.startswith(f"invalid configuration: {variable}: the TLS file '{missing}'")
+    assert "does not exist" in message
+
+
+def test_tls_files_that_exist_are_accepted(tmp_path: Path) -> None:
+    """The same URLs load when the files are there (and libpq's sslrootcert=system is kept)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    pg = f"postgresql://u@db/h?sslmode=verify-full&sslrootcert={ca}"
+    assert load_settings(database_url=pg).database_url == pg
+    system = "postgresql://u@db/h?sslmode=verify-full&sslrootcert=system"
+    assert load_settings(database_url=system).database_url == system
+    rd = f"rediss://cache:6380/0?ssl_ca_certs={ca}"
+    assert load_settings(redis_url=rd).redis_url == rd

@@ -1,8 +1,12 @@
-"""The stored form of a URL, without a database."""
+"""The stored form of a URL and the translation of asyncpg's errors, without a database."""
 
 from __future__ import annotations
 
+import asyncpg
+import pytest
+
 from worker.engine import store
+from worker.errors import SchemaError
 
 
 def test_stored_url_keeps_short_urls_and_shortens_long_ones_distinctly() -> None:
@@ -17,3 +21,21 @@ def test_stored_url_keeps_short_urls_and_shortens_long_ones_distinctly() -> None
     assert len(short_a) == 1024 + len("…#sha256=") + 64
     assert store.stored_url(a, 4096) == short_a  # the same URL, the same form
     assert store.stored_url(a, 5009) == a
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (asyncpg.UndefinedTableError('relation "sources" does not exist'), "no harvester tables"),
+        (asyncpg.UndefinedColumnError('column "x" does not exist'), "older than this harvester"),
+        (asyncpg.UndefinedFunctionError("function harvester_url_key"), "older than this"),
+    ],
+)
+def test_a_missing_table_is_a_schema_error(error: Exception, says: str) -> None:
+    """Postgres saying a table, column or function does not exist means an unmigrated database:
+    a `SchemaError` that says to run harvester migrate, not "Postgres is unavailable"."""
+    translated = store.store_error("cannot list sources", error)
+    assert isinstance(translated, SchemaError)
+    assert not translated.transient
+    assert says in str(translated)
+    assert str(translated).endswith(": run harvester migrate")

@@ -13,10 +13,11 @@ import orjson
 
 from worker.cli.util import (
     EXIT_CONFIG,
-    EXIT_UNAVAILABLE,
-    format_table,
-    format_when,
+    command_settings,
+    format_age,
     positive,
+    print_table,
+    table,
     with_pool,
 )
 from worker.engine.schedule import parse_duration
@@ -25,18 +26,17 @@ if TYPE_CHECKING:  # worker.replay pulls in asyncpg and aiohttp: only when a com
     from worker.scheduling.replay import FailureRow
 
 
-_COLUMNS = ("id", "failed_at", "job_id", "error", "status", "attempts", "replayed_by", "url")
-
-
 def parse_since(text: str) -> datetime:
     """``--since``: a duration back from now (``2h``, ``1d``) or an ISO-8601 time (UTC if naive)."""
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
+    except ValueError as exc:
+        as_duration = str(exc)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
+        if "needs a unit" in as_duration:  # "15": a duration, without its unit
+            raise argparse.ArgumentTypeError(as_duration) from None
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a duration (30m, 2h, 1d) nor an ISO-8601 time"
         ) from None
@@ -47,21 +47,26 @@ def _as_json(row: FailureRow) -> bytes:
     return orjson.dumps(dataclasses.asdict(row))  # failed_at as RFC 3339
 
 
-def _table(rows: list[FailureRow]) -> str:
-    cells = [
-        [
+def _print_table(rows: list[FailureRow]) -> None:
+    """The rows as a table that fits the terminal (job ids and URLs fold within their column);
+    every field is in ``--json``."""
+    from rich.text import Text
+
+    from worker.logs import safe
+
+    now = datetime.now(UTC)
+    t = table("id", "failed", "error", "tries", "job*", "url*", title="failures, newest first")
+    for r in rows:
+        error = r.error if r.status is None else f"{r.error} {r.status}"
+        t.add_row(
             str(r.id),
-            format_when(r.failed_at),
-            r.job_id,
-            r.error,
-            "" if r.status is None else str(r.status),
-            str(r.attempts),
-            r.replayed_by or "",
-            r.url,
-        ]
-        for r in rows
-    ]
-    return format_table(_COLUMNS, cells)
+            f"{format_age((now - r.failed_at).total_seconds())} ago",
+            *(Text(safe(cell)) for cell in (error, str(r.attempts), r.job_id, r.url)),
+        )
+    print_table(t)
+    replayed = sum(r.replayed_by is not None for r in rows)
+    if replayed:
+        print(f"{replayed} of these already replayed (their new job: replayed_by in --json)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -69,7 +74,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = with_pool(
         lambda pool: list_failures(
-            pool, job_id=args.job, kind=args.kind, since=args.since, limit=args.limit
+            pool, job_id=args.job, kinds=args.kind, since=args.since, limit=args.limit
         )
     )
     if args.json:
@@ -78,21 +83,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             out.write(_as_json(row) + b"\n")
         out.flush()
     elif rows:
-        print(_table(rows))
+        _print_table(rows)
     else:
         print("no failures match", file=sys.stderr)
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
     from worker.engine import store
     from worker.queue.client import open_queue
     from worker.scheduling.replay import ReplayResult, replay_failures
-    from worker.settings import get_settings
 
-    settings = get_settings()
+    settings = command_settings()
     batch_size = args.batch_size or min(settings.max_batch_urls, 1000)
     if batch_size > settings.max_batch_urls:
         print(
@@ -117,12 +119,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
             )
 
-    try:
-        result = asyncio.run(go())
-    except RedisError as exc:
-        # Failures already claimed stay claimed; the next replay re-enqueues their jobs.
-        print(f"harvester: Redis is unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    # A Redis error reaches `main`, which says it (exit 3). Failures already claimed stay
+    # claimed; the next replay re-enqueues their jobs.
+    result = asyncio.run(go())
     if args.dry_run:
         print(f"dry run: would replay {result.urls} URL(s) in {result.batches} job(s)")
         return 0
@@ -135,34 +134,56 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``failures`` and its subcommands to the ``harvester`` parser."""
     failures = sub.add_parser("failures", help="list recorded failures, or replay them as new jobs")
-    commands = failures.add_subparsers(dest="failures_command", required=True)
+    commands = failures.add_subparsers(
+        dest="failures_command", metavar="COMMAND", title="commands", required=True
+    )
 
     p = commands.add_parser("list", help="failure rows, newest first")
-    p.add_argument("--job", default=None, help="only this job id")
-    p.add_argument("--kind", default=None, help="only this error kind (timeout, http_status...)")
-    p.add_argument(
-        "--since", type=parse_since, default=None, help="a duration (2h, 1d) or an ISO-8601 time"
-    )
-    p.add_argument("--limit", type=positive, default=100, help="rows to show (100)")
+    p.add_argument("--job", default=None, metavar="ID", help="only this job id")
+    _add_kind(p)
+    _add_since(p)
+    p.add_argument("--limit", type=positive, default=100, metavar="N", help="rows to show (100)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("replay", help="retry failures not yet replayed, as new jobs")
-    p.add_argument(
-        "--kind", action="append", default=None, help="only this error kind (repeatable)"
-    )
+    _add_kind(p)
     p.add_argument(
         "--transient", action="store_true", help="only timeouts, connection errors, 5xx, 429..."
     )
+    _add_since(p)
+    p.add_argument("--job", default=None, metavar="ID", help="only failures of this job id")
     p.add_argument(
-        "--since", type=parse_since, default=None, help="a duration (2h, 1d) or an ISO-8601 time"
+        "--batch-size", type=positive, default=None, metavar="N", help="URLs per new job (1000)"
     )
-    p.add_argument("--job", default=None, help="only failures of this job id")
-    p.add_argument("--batch-size", type=positive, default=None, help="URLs per new job (1000)")
     p.add_argument(
-        "--limit", type=positive, default=10_000, help="failure rows to replay at most (10000)"
+        "--limit",
+        type=positive,
+        default=10_000,
+        metavar="N",
+        help="failure rows to replay at most (10000)",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="say what would be replayed, change nothing"
     )
     p.set_defaults(func=cmd_replay)
+
+
+def _add_kind(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="only this error kind: timeout, http_status... (repeatable: any of them)",
+    )
+
+
+def _add_since(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--since",
+        type=parse_since,
+        default=None,
+        metavar="WHEN",
+        help="a duration back from now (2h, 1d) or an ISO-8601 time",
+    )

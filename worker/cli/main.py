@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from worker.cli import helptext
 from worker.cli.util import (
     EXIT_CONFIG,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_UNHEALTHY,
+    command_settings,
     positive,
     read_urls,
+    url_lines,
 )
-from worker.errors import ConfigError, HarvesterError, ListenError, StoreError
-from worker.logs import configure
+from worker.errors import (
+    HarvesterError,
+    ListenError,
+    RedisUnavailableError,
+    StoreError,
+    UsageError,
+)
+from worker.logs import configure, redact, safe
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger("harvester.cli")
@@ -49,94 +62,111 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share_metrics(settings: Settings) -> None:
+    """Record metrics in the host's shared directory, so that several workers on one host serve
+    one endpoint (see `worker.ops.metrics`). prometheus_client chooses its mode when first
+    imported, from this variable: so it is set here, before the worker is imported."""
+    if settings.metrics_port is None:
+        return
+    directory = settings.metrics_shared_dir
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from worker.runtime.app import RedisUnavailableError, create_worker
-
     settings = get_settings()
+    _share_metrics(settings)
+    from worker.runtime.app import create_worker
+
     _install_uvloop(settings)
     worker = create_worker(settings, burst=args.burst)
     try:
         worker.run()
     except (RedisUnavailableError, RedisError) as exc:
-        # Exit non-zero so the process manager restarts us; queued jobs stay in Redis.
+        # `main` says it and exits 3, so the process manager restarts us; jobs stay in Redis.
         log.error("worker.redis_unavailable", extra={"error": str(exc)})  # noqa: TRY400
-        print(f"harvester: Redis is unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        raise
     return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from worker.queue.client import health_check_key, open_queue
+    import socket
+
+    from worker.ops.status import judge_health
+    from worker.queue.client import open_queue
+    from worker.queue.heartbeat import WorkerState, read_workers
 
     # A health check must answer quickly: do not ride out a Redis outage here.
     settings = get_settings().model_copy(update={"redis_retry_time": 0.0})
 
-    async def go() -> bytes | None:
+    async def go() -> list[WorkerState]:
         async with open_queue(settings) as redis:
-            value: bytes | None = await redis.get(health_check_key(settings))
-            return value
+            return await read_workers(redis, settings.queue)
 
-    value = asyncio.run(go())
-    if value is None:
-        print(f"unhealthy: no worker on this host has reported on {settings.queue!r} recently")
-        return EXIT_UNHEALTHY
-    print(f"healthy: {value.decode(errors='replace')}")
-    return 0
+    host = None if args.all else socket.gethostname()
+    verdict = judge_health(asyncio.run(go()), settings.queue, host, args.min)
+    print("\n".join(verdict.lines))
+    return 0 if verdict.healthy else EXIT_UNHEALTHY
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.queue.client import JobIdTakenError, enqueue_urls, open_queue
+    from worker.queue.client import check_prefix, enqueue_batches, open_queue, plan_batches
 
-    settings = get_settings()
+    settings = command_settings()
+    if args.batch_size > settings.max_batch_urls:
+        raise UsageError(
+            f"--batch-size {args.batch_size} is over HARVESTER_MAX_BATCH_URLS "
+            f"({settings.max_batch_urls}): workers refuse larger jobs"
+        )
+    check_prefix(args.job_id_prefix)
+    job_ids: list[str] = []  # printed even when enqueueing stops half-way
 
-    async def go(stream: Iterable[str]) -> list[str]:
+    async def go(lines: Iterable[str]) -> None:
+        batches = plan_batches(
+            read_urls(lines),
+            batch_size=args.batch_size,
+            source=args.source,
+            max_urls=settings.max_batch_urls,
+            max_job_bytes=settings.max_job_bytes,
+        )
         async with open_queue(settings) as redis:
-            return await enqueue_urls(
-                redis,
-                read_urls(stream),
-                batch_size=args.batch_size,
-                source=args.source,
-                job_id_prefix=args.job_id_prefix,
-            )
+            async for job_id in enqueue_batches(redis, batches, job_id_prefix=args.job_id_prefix):
+                job_ids.append(job_id)
 
     try:
-        if args.file == "-":
-            job_ids = asyncio.run(go(sys.stdin))
-        else:
-            with open(args.file, encoding="utf-8") as fh:
-                job_ids = _with_progress(fh, Path(args.file).stat().st_size, go)
-    except JobIdTakenError as exc:
-        for job_id in exc.enqueued:
+        with url_lines(args.file) as lines:
+            size = None if args.file == "-" else Path(args.file).stat().st_size
+            _with_progress(lines, size, go)
+    finally:
+        for job_id in job_ids:
             print(job_id)
-        print(f"harvester: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    for job_id in job_ids:
-        print(job_id)
-    return 0
+    return EXIT_OK
 
 
 def _with_progress(
-    fh: TextIO, size: int, go: Callable[[Iterable[str]], Coroutine[Any, Any, list[str]]]
-) -> list[str]:
-    """Run ``go`` on the file's lines, with a progress bar on stderr when that is a terminal
+    lines: Iterator[str], size: int | None, go: Callable[[Iterable[str]], Coroutine[Any, Any, None]]
+) -> None:
+    """Run ``go`` on a file's lines, with a progress bar on stderr when that is a terminal
     (quiet when piped or redirected, so scripts see only the job ids)."""
     from rich.console import Console
     from rich.progress import Progress
 
     console = Console(stderr=True)
-    if not console.is_terminal:
-        return asyncio.run(go(fh))
-    with Progress(console=console) as progress:
+    if size is None or not console.is_terminal:
+        asyncio.run(go(lines))
+        return
+    # stdout stays stdout: the job ids are the output, the bar is not.
+    with Progress(console=console, redirect_stdout=False, redirect_stderr=False) as progress:
         task = progress.add_task("enqueueing", total=size)
 
-        def lines() -> Iterator[str]:
-            for line in fh:
+        def advancing() -> Iterator[str]:
+            for line in lines:
                 progress.advance(task, len(line.encode()))
                 yield line
 
-        return asyncio.run(go(lines()))
+        asyncio.run(go(advancing()))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -169,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.cli import status as cli_status
 
     parser = argparse.ArgumentParser(
-        prog="harvester", description="Fetch batches of JSON URLs from arq jobs into Postgres."
+        prog="harvester",
+        description="Fetch batches of JSON URLs from arq jobs into Postgres.",
+        epilog=helptext.MAIN_EPILOG,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"harvester {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     p = sub.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
     p.set_defaults(func=cmd_migrate)
@@ -181,57 +214,145 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="enqueue URLs (one a line) as fetch_batch jobs")
-    p.add_argument("file", help="a file of URLs, or - for standard input")
-    p.add_argument("--batch-size", type=positive, default=1000, help="URLs per job (1000)")
-    p.add_argument("--source", default=None, help="a label stored with every row")
+    p.add_argument("file", metavar="FILE", help="a file of URLs, or - for standard input")
+    p.add_argument(
+        "--batch-size",
+        type=positive,
+        default=1000,
+        metavar="N",
+        help="URLs per job (1000; jobs over HARVESTER_MAX_JOB_BYTES are split)",
+    )
+    p.add_argument("--source", default=None, metavar="NAME", help="a label stored with every row")
     p.add_argument(
         "--job-id-prefix",
         default=None,
-        help="make job ids <prefix>-<n>, so enqueueing the same file twice is a no-op",
+        metavar="PREFIX",
+        help="make job ids PREFIX-<n>, so enqueueing the same file twice is a no-op",
     )
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("health", help="exit 0 if a worker on this host reported recently")
+    p = sub.add_parser("health", help="exit 0 if every worker process on this host is alive")
+    p.add_argument("--all", action="store_true", help="check the workers of every host")
+    p.add_argument("--min", type=positive, default=1, help="at least this many alive (1)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("api", help="serve the HTTP intake (POST /batches, GET /batches/ID, ...)")
-    p.add_argument("--host", default=None, help="bind address (HARVESTER_API_HOST, 127.0.0.1)")
-    p.add_argument("--port", type=positive, default=None, help="port (HARVESTER_API_PORT, 8080)")
+    p.add_argument(
+        "--host", default=None, metavar="HOST", help="bind address (HARVESTER_API_HOST, 127.0.0.1)"
+    )
+    p.add_argument(
+        "--port",
+        type=positive,
+        default=None,
+        metavar="PORT",
+        help="port (HARVESTER_API_PORT, 8080)",
+    )
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
-    p.add_argument("--urls", type=positive, default=5000, help="how many URLs (5000)")
-    p.add_argument("--batch-size", type=positive, default=500, help="URLs per job (500)")
+    p.add_argument("--urls", type=positive, default=5000, metavar="N", help="how many URLs (5000)")
     p.add_argument(
-        "--sources", type=int, default=300, help="scheduled sources to poll twice (300; 0: none)"
+        "--batch-size", type=positive, default=500, metavar="N", help="URLs per job (500)"
     )
-    p.add_argument("--dir", default=".harvester/demo", help="where the servers keep their files")
+    p.add_argument(
+        "--sources",
+        type=int,
+        default=300,
+        metavar="N",
+        help="scheduled sources to poll twice (300; 0: none)",
+    )
+    p.add_argument(
+        "--dir", default=".harvester/demo", metavar="DIR", help="where the servers keep their files"
+    )
     p.set_defaults(func=cmd_demo)
     cli_status.add_parser(sub)
     cli_sources.add_parser(sub)
     cli_failures.add_parser(sub)
+    helptext.apply(parser)
     return parser
 
 
-# How an error that reaches the command line is said, and its exit code (others: 2).
-_EXITS: dict[type[HarvesterError], tuple[str, int]] = {
-    ConfigError: ("", EXIT_CONFIG),
-    StoreError: ("Postgres is unavailable: ", EXIT_UNAVAILABLE),
-    ListenError: ("", EXIT_UNAVAILABLE),
-}
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("harvester")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the ``harvester`` command; its exit code (docs/cli.md)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could not be handled
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): the rest has no reader. Say nothing, and keep
+        # the interpreter's own last flush from complaining too.
+        _silence_stdout()
+        return EXIT_OK
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings: Settings | None = None
     try:
         settings = get_settings()
         configure(settings.log_level, settings.log_format)
         return int(args.func(args))
-    except HarvesterError as exc:
-        prefix, code = next(
-            (said for kind, said in _EXITS.items() if isinstance(exc, kind)), ("", EXIT_CONFIG)
-        )
-        print(f"harvester: {prefix}{exc}", file=sys.stderr)
-        return code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        problem = _translate(exc, settings)
+        if problem is None:
+            raise
+        message, code = _said(problem, settings)
+        # One line, whatever a library put in its message; credentials hidden.
+        print(f"harvester: {safe(message)}", file=sys.stderr)
+        return code
+
+
+def _translate(exc: Exception, settings: Settings | None) -> HarvesterError | None:
+    """``exc`` as harvester's error, if it is an expected one (library errors that got past a
+    command are translated by their boundary's function)."""
+    if isinstance(exc, HarvesterError):
+        return exc
+    if settings is not None:
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError):
+            from worker.queue.client import redis_error
+
+            return redis_error(settings, exc)
+    return None
+
+
+def _said(exc: HarvesterError, settings: Settings | None) -> tuple[str, int]:
+    """How an error is said on the command line, and the exit code (docs/cli.md)."""
+    from worker.queue.client import JobIdTakenError
+
+    message = str(exc)
+    if isinstance(exc, StoreError) and exc.transient:
+        if settings is not None and not message.startswith("Postgres is unavailable"):
+            where = redact(settings.database_url)
+            message = f"Postgres is unavailable at {where} (DATABASE_URL): {message}"
+        return message, EXIT_UNAVAILABLE
+    if isinstance(exc, RedisUnavailableError | ListenError):
+        return message, EXIT_UNAVAILABLE
+    if isinstance(exc, JobIdTakenError):
+        return message, EXIT_FAILED
+    # ConfigError, UsageError, BadJobError, SchemaError, and Postgres refusing a statement.
+    return message, EXIT_CONFIG
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # stdout is not a file descriptor (captured in-process): nothing will flush it

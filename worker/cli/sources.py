@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 
-from worker.cli.util import format_table, format_when, positive, read_urls, with_pool
+from worker.cli.util import (
+    EXIT_CONFIG,
+    format_age,
+    positive,
+    print_table,
+    read_urls,
+    table,
+    url_lines,
+    with_pool,
+)
 from worker.engine.schedule import format_duration, parse_duration
 
 if TYPE_CHECKING:  # asyncpg and aiohttp load only when a command runs
-    pass
-
-T = TypeVar("T")
-
-_COLUMNS = ("id", "name", "every", "on", "next_due", "last_polled", "outcome", "fails", "url")
+    from worker.scheduling.sources import SourceRow
 
 
 def _duration(text: str) -> float:
@@ -28,10 +34,8 @@ def _duration(text: str) -> float:
 
 
 def _read_file(path: str) -> list[str]:
-    if path == "-":
-        return list(read_urls(sys.stdin))
-    with open(path, encoding="utf-8") as fh:
-        return list(read_urls(fh))
+    with url_lines(path) as lines:
+        return list(read_urls(lines))
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -42,7 +46,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         urls.extend(_read_file(path))
     if not urls:
         print("harvester: no URLs given (pass URLs or --from-file)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     sources.check_urls(urls)  # before connecting: a typo is not a database problem
     added, updated = with_pool(
         lambda pool: sources.add(pool, urls, every=args.every, name=args.source)
@@ -59,22 +63,35 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in rows:
             sys.stdout.buffer.write(orjson.dumps(r.as_dict()) + b"\n")
         return 0
-    cells = [
-        [
-            str(r.id),
-            r.name or "",
-            format_duration(r.interval_s),
-            "yes" if r.enabled else "no",
-            format_when(r.next_due_at),
-            format_when(r.last_polled_at),
-            r.last_outcome or "",
-            str(r.consecutive_failures),
-            r.url,
-        ]
-        for r in rows
-    ]
-    print(format_table(_COLUMNS, cells))
+    _print_table(rows)
     return 0
+
+
+def _print_table(rows: list[SourceRow]) -> None:
+    """The sources as a table that fits the terminal (names and URLs fold within their
+    column); every field is in ``--json``."""
+    from rich.text import Text
+
+    from worker.logs import safe
+
+    now = datetime.now(UTC)
+    t = table("id", "name*", "every", "due", "polled", "outcome", "url*", title="sources")
+    for r in rows:
+        due = (r.next_due_at - now).total_seconds()
+        polled = r.last_polled_at
+        outcome = r.last_outcome or ""
+        if r.consecutive_failures > 1:  # "timeout x3" (the times sign): 3 failures in a row
+            outcome += f" ×{r.consecutive_failures}"  # noqa: RUF001  (the times sign, meant)
+        t.add_row(
+            str(r.id),
+            Text(safe(r.name or "")),
+            format_duration(r.interval_s),
+            "off" if not r.enabled else f"in {format_age(due)}" if due > 0 else "now",
+            "never" if polled is None else f"{format_age((now - polled).total_seconds())} ago",
+            Text(safe(outcome)),
+            Text(safe(r.url)),
+        )
+    print_table(t)
 
 
 def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
@@ -99,20 +116,33 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sources`` and its subcommands to the ``harvester`` parser."""
     p = sub.add_parser("sources", help="manage sources polled on a schedule by the worker's cron")
-    cmds = p.add_subparsers(dest="sources_command", required=True)
+    cmds = p.add_subparsers(
+        dest="sources_command", metavar="COMMAND", title="commands", required=True
+    )
 
     a = cmds.add_parser("add", help="register URLs (or update their interval and name)")
-    a.add_argument("urls", nargs="*", help="URLs to poll")
-    a.add_argument("--every", type=_duration, required=True, help="interval: 30s, 15m, 2h, 1d")
-    a.add_argument("--source", default=None, help="name stored as documents.source")
+    a.add_argument("urls", nargs="*", metavar="URL", help="URLs to poll")
     a.add_argument(
-        "--from-file", action="append", metavar="FILE", help="read URLs (one a line, - for stdin)"
+        "--every",
+        type=_duration,
+        required=True,
+        metavar="DURATION",
+        help="interval, with its unit: 30s, 15m, 2h, 1d, 1h30m",
+    )
+    a.add_argument("--source", default=None, metavar="NAME", help="stored as documents.source")
+    a.add_argument(
+        "--from-file",
+        action="append",
+        metavar="FILE",
+        help="read URLs from FILE (one a line; - for standard input; repeatable)",
     )
     a.set_defaults(func=cmd_add)
 
     ls = cmds.add_parser("list", help="show registered sources and their last poll")
-    ls.add_argument("--source", default=None, help="only sources of this name")
-    ls.add_argument("--limit", type=positive, default=1000, help="at most this many (1000)")
+    ls.add_argument("--source", default=None, metavar="NAME", help="only sources of this name")
+    ls.add_argument(
+        "--limit", type=positive, default=1000, metavar="N", help="at most this many (1000)"
+    )
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=cmd_list)
 

@@ -1,15 +1,22 @@
-"""Small helpers the ``harvester`` subcommands share: arguments, a pool, URL files, tables."""
+"""Small helpers the ``harvester`` subcommands share: arguments, settings, a pool, URL files,
+tables."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-if TYPE_CHECKING:  # asyncpg loads only when a command that needs it runs
+from worker.errors import UsageError
+
+if TYPE_CHECKING:  # asyncpg and rich load only when a command that needs them runs
     import asyncpg
+    from rich.table import Table
+
+    from worker.settings import Settings
 
 T = TypeVar("T")
 
@@ -17,8 +24,13 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and the answer is no: unhealthy, nothing matched, a conflict
 EXIT_UNHEALTHY = EXIT_FAILED
-EXIT_CONFIG = 2  # invalid configuration or arguments
+EXIT_CONFIG = 2  # invalid configuration, arguments or input, or a database to migrate
 EXIT_UNAVAILABLE = 3  # Redis or Postgres unavailable, or a port in use
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+# A command that answers and exits retries Redis for about a second, not through an outage:
+# HARVESTER_REDIS_RETRY_TIME is the worker's budget (see `command_settings`).
+COMMAND_REDIS_RETRY_S = 0.0
 
 
 def positive(text: str) -> int:
@@ -27,6 +39,14 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def command_settings() -> Settings:
+    """The settings for a command that answers and exits (not the worker or the API): Redis
+    errors come back after a few quick retries instead of riding out an outage in silence."""
+    from worker.settings import get_settings
+
+    return get_settings().model_copy(update={"redis_retry_time": COMMAND_REDIS_RETRY_S})
 
 
 def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
@@ -41,9 +61,38 @@ def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
-def format_when(moment: datetime | None) -> str:
-    """A timestamp as a table shows it: UTC, to the second; empty for None."""
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def format_age(seconds: float) -> str:
+    """A time span as a table shows it, in its largest unit: ``45s``, ``14m``, ``3h``, ``2d``."""
+    seconds = abs(seconds)
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A rich table in `harvester status`'s style. Every column keeps its cells on one line
+    except those named ``…*`` (a URL, a job id), which fold inside their column when the
+    terminal is narrow, so a row fits 80 columns and nothing else breaks mid-word."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for name in columns:
+        folds = name.endswith("*")
+        t.add_column(
+            name.rstrip("*"),
+            no_wrap=not folds,
+            overflow="fold" if folds else "ellipsis",
+            ratio=1 if folds else None,
+        )
+    return t
+
+
+def print_table(t: Table) -> None:
+    """Print ``t`` on stdout (the terminal's width, or 80 columns when piped)."""
+    from rich.console import Console
+
+    Console(highlight=False).print(t)
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -56,6 +105,31 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     )
+
+
+@contextmanager
+def url_lines(path: str) -> Iterator[Iterator[str]]:
+    """The lines of the URL file ``path`` (``-``: standard input). A file that cannot be opened
+    or is not UTF-8 text is a `UsageError` naming it."""
+    name = "standard input" if path == "-" else path
+    try:
+        fh = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        yield _decoded(fh, name)
+    finally:
+        if fh is not sys.stdin:
+            fh.close()
+
+
+def _decoded(lines: Iterable[str], name: str) -> Iterator[str]:
+    try:
+        yield from lines
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read {name}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def read_urls(stream: Iterable[str]) -> Iterator[str]:

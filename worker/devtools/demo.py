@@ -58,7 +58,6 @@ async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: i
                 f"  poll {round_}: {claimed.sources} sources in {len(claimed.jobs)} jobs, "
                 f"{elapsed:.2f} s; {summary}; {docs} new documents"
             )
-    print("  see them with: harvester sources list   (or SELECT * FROM sources)")
     return 0
 
 
@@ -91,6 +90,11 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int, n_s
             code = await _poll_sources(settings, env, base, n_sources)
     if code != 0:
         print(f"demo failed with exit code {code}", file=sys.stderr)
+        return code
+    print(
+        "\nThe demo's Postgres and Valkey stop now (their files stay under the --dir folder)."
+        "\nTo run harvester on your own servers, follow the README's quickstart."
+    )
     return code
 
 
@@ -142,7 +146,7 @@ async def _report(settings: Settings, urls: list[str], elapsed: float) -> int:
     print(f"  worker wall time  {elapsed:.2f} s (start-up included)")
     print(f"  throughput        {(docs + failed) / elapsed:.0f} URLs/s")
     print()
-    print("Look at the data with:")
+    print("The last documents, as the demo's database held them:")
     print(f"  {QUERY}")
     for r in sample:
         print(f"    {r['url']}  status={r['status']} attempts={r['attempts']} name={r['name']!r}")

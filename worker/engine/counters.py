@@ -51,7 +51,10 @@ JOBS: Final = Counter(
     registry=REGISTRY,
 )
 QUEUE_DEPTH: Final = Gauge(
-    "harvester_queue_depth", "Jobs in the arq queue (read at scrape time)", registry=REGISTRY
+    "harvester_queue_depth",
+    "Jobs in the arq queue (read at scrape time)",
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",  # set by whichever process serves the scrape
 )
 
 

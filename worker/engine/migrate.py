@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from worker.engine.store import translated
-from worker.errors import ConfigError, StoreError
+from worker.engine.store import DB_ERRORS, connect_error, translated
+from worker.errors import StoreError
 
 log = logging.getLogger("harvester.migrate")
 
@@ -63,10 +63,9 @@ async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[Migration]:
     """Apply pending migrations, each in its own transaction; return those applied."""
     migrations = discover(directory)
     try:
-        with translated("cannot connect to Postgres"):
-            conn = await asyncpg.connect(dsn, timeout=30)
-    except ValueError as exc:  # asyncpg refusing an option of the DSN
-        raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
+        conn = await asyncpg.connect(dsn, timeout=30)
+    except (*DB_ERRORS, ValueError) as exc:
+        raise connect_error(dsn, exc) from exc
     try:
         with translated("migration failed"):
             return await _apply(conn, migrations)

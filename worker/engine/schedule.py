@@ -11,14 +11,16 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _MAX_AGE: Final = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``90``, ``30s``, ``15m``, ``2h``, ``1d``, ``1w`` or ``1h30m``.
+    """Seconds in ``text``: ``30s``, ``15m``, ``2h``, ``1d``, ``1w`` or ``1h30m``.
 
-    Raises ValueError naming the text when it is not a positive duration.
+    Every number needs its unit: a bare ``15`` could mean seconds or minutes, so it is refused
+    ("15 needs a unit: 15s, 15m, 15h or 15d"). Raises ValueError naming the text when it is not
+    a positive duration.
     """
     cleaned = text.strip().lower().replace(" ", "")
     pos = 0
@@ -26,7 +28,12 @@ def parse_duration(text: str) -> float:
     for match in _DURATION.finditer(cleaned):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        number, unit = match.groups()
+        if not unit and match.end() < len(cleaned):
+            break  # "15x": not a unit we know
+        if not unit:
+            raise ValueError(f"{number} needs a unit: {number}s, {number}m, {number}h or {number}d")
+        total += float(number) * _UNITS[unit]
         pos = match.end()
     if not cleaned or pos != len(cleaned) or total <= 0:
         raise ValueError(f"{text!r} is not a duration such as 30s, 15m, 2h or 1d")

@@ -15,7 +15,8 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from worker.errors import ConfigError, StoreError
+from worker.errors import ConfigError, SchemaError, StoreError
+from worker.logs import redact
 from worker.settings import Settings
 
 _CREATE_STAGING = """
@@ -60,10 +61,38 @@ CONNECTION_ERRORS = (
 DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 
 
+# What Postgres says when an object harvester's migrations create is missing.
+_MISSING_TABLE = (asyncpg.UndefinedTableError,)
+_MISSING_OTHER = (asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
+# Refusals of the connection itself that no retry changes: wrong password, no such role or
+# database.
+_REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+
+
 def store_error(what: str, exc: BaseException) -> StoreError:
-    """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry."""
+    """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry.
+    A missing table, column or function is a `SchemaError`: the database needs migrating."""
+    if isinstance(exc, _MISSING_TABLE):
+        return SchemaError("the database has no harvester tables yet: run harvester migrate")
+    if isinstance(exc, _MISSING_OTHER):
+        return SchemaError(
+            f"the database's tables are older than this harvester ({exc}): run harvester migrate"
+        )
     transient = isinstance(exc, CONNECTION_ERRORS)
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
+
+
+def connect_error(dsn: str, exc: BaseException) -> ConfigError | StoreError:
+    """Translate a failure to connect to ``dsn``: `ConfigError` when Postgres refused the
+    credentials or the database name, else a transient `StoreError`. Both name the URL with its
+    password hidden."""
+    if isinstance(exc, _REFUSED):
+        return ConfigError(f"DATABASE_URL: Postgres at {redact(dsn)} refused the connection: {exc}")
+    if isinstance(exc, ValueError):  # asyncpg refusing an option of the DSN (sslmode=bogus...)
+        return ConfigError(f"DATABASE_URL cannot be used: {exc}")
+    return StoreError(
+        f"Postgres is unavailable at {redact(dsn)} (DATABASE_URL): {type(exc).__name__}: {exc}"
+    )
 
 
 @contextmanager
@@ -123,10 +152,8 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
                 "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
             },
         )
-    except DB_ERRORS as exc:
-        raise StoreError(f"cannot connect to Postgres: {type(exc).__name__}: {exc}") from exc
-    except ValueError as exc:  # asyncpg refusing an option of the DSN (sslmode=bogus...)
-        raise ConfigError(f"DATABASE_URL cannot be used: {exc}") from exc
+    except (*DB_ERRORS, ValueError) as exc:
+        raise connect_error(settings.database_url, exc) from exc
     assert pool is not None
     return pool
 

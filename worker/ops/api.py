@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from worker.engine import counters as metrics
 from worker.engine import store
+from worker.engine.migrate import migrate
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.ops import metrics as ops_metrics
 from worker.ops.connections import ConnectionGuard
@@ -334,6 +335,8 @@ def create_app(settings: Settings) -> web.Application:
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
         async with store.open_pool(settings) as pool:
             app[POOL] = pool
             app[REDIS] = redis_pool(settings)

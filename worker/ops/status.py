@@ -1,7 +1,8 @@
 """`harvester status`: what the queue, the workers and the database say right now, in one read.
 
-`gather` reads Redis (queue, jobs in progress, results, heartbeats) and Postgres (recent rows,
-failures, sources) and returns a `Status`; rendering is `worker.cli.status`'s job.
+`gather` reads Postgres (recent rows, failures, sources), then Redis (queue, jobs in progress,
+results, worker heartbeats) and returns a `Status`; rendering is `worker.ops.screen`'s job.
+`judge_health` is ``harvester health``'s verdict on the worker processes.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix, in_progress_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, result_key_prefix
 from arq.jobs import DeserializationError, deserialize_result
 
 from worker.engine import store
+from worker.queue.heartbeat import WorkerState, read_workers
 from worker.queue.serialization import deserialize
 from worker.settings import Settings
 
+Worker = WorkerState  # one worker process, as `harvester status` shows it
+
 RECENT_JOBS = 10
 RATE_MINUTES = 5
+RATE_WINDOW_S = 60.0
+MIN_RATE_SPAN_S = 1.0
 _DEFER_SLACK_MS = 1000
 
 _RECENT_JOBS = """
@@ -42,9 +48,14 @@ SELECT extract(epoch FROM m)::bigint AS minute, sum(n)::bigint AS n FROM (
 ) o GROUP BY m ORDER BY m
 """
 
-_LAST_MINUTE = """
-SELECT (SELECT count(*) FROM documents WHERE fetched_at > now() - interval '1 minute')
-     + (SELECT count(*) FROM fetch_failures WHERE failed_at > now() - interval '1 minute')
+# Rows landed in the last RATE_WINDOW_S seconds, and how long ago the first of them landed: the
+# rate is taken over the time activity actually covers, not over a whole window it only began.
+_RECENT_RATE = """
+SELECT count(*) AS n, extract(epoch FROM now() - min(at))::float8 AS span FROM (
+    SELECT fetched_at AS at FROM documents WHERE fetched_at > now() - make_interval(secs => $1)
+    UNION ALL
+    SELECT failed_at FROM fetch_failures WHERE failed_at > now() - make_interval(secs => $1)
+) o
 """
 
 _FAILURES = """
@@ -62,21 +73,15 @@ FROM sources
 
 
 @dataclass(frozen=True, slots=True)
-class Worker:
-    """A worker host's arq heartbeat."""
-
-    host: str
-    heartbeat: str
-    expires_in_s: float
-
-
-@dataclass(frozen=True, slots=True)
 class RecentJob:
     job_id: str
     function: str
-    success: bool | None  # None: no stored result (still running, or result expired)
+    success: bool | None  # None: no stored result
     finished_at: str | None
     summary: dict[str, Any] | None
+    # ok or failed (a stored result), running, queued (waiting for a retry or a worker), or
+    # unknown (no result: it expired or was not kept)
+    state: str = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,52 +97,107 @@ class Status:
     in_progress: list[str]
     workers: list[Worker]
     urls_per_minute: list[tuple[str, int]]  # (minute, URLs landed), oldest first
-    urls_per_second: float  # over the last 60 seconds
+    urls_per_second: float  # over the last `rate_window_s` seconds
     failures_last_hour: dict[str, int]
     recent_jobs: list[RecentJob]
     sources: dict[str, int] = field(default_factory=dict)
+    rate_window_s: float = RATE_WINDOW_S
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def rate(rows: int, span_s: float | None, window_s: float = RATE_WINDOW_S) -> tuple[float, float]:
+    """(URLs per second, over how many seconds) for ``rows`` landed in the last ``window_s``
+    seconds, the first of them ``span_s`` seconds ago: over the time actually covered, at
+    least a second (a burst that has just landed is not a rate of thousands), at most the
+    window."""
+    if not rows or span_s is None:
+        return 0.0, window_s
+    covered = min(window_s, max(MIN_RATE_SPAN_S, span_s))
+    return round(rows / covered, 1), round(covered, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Db:
+    """What Postgres says."""
+
+    recent: list[str]
+    per_minute: list[tuple[str, int]]
+    landed: int
+    span_s: float | None
+    failures: dict[str, int]
+    sources: dict[str, int]
+
+
+async def _read_db(pool: asyncpg.Pool) -> _Db:
+    with store.translated("cannot read status from Postgres"):
+        async with pool.acquire() as conn:
+            recent = [r["job_id"] for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)]
+            per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
+            landed = await conn.fetchrow(_RECENT_RATE, RATE_WINDOW_S)
+            assert landed is not None  # an aggregate without GROUP BY: always one row
+            failures = {r["error"]: r["n"] for r in await conn.fetch(_FAILURES)}
+            src = await conn.fetchrow(_SOURCES)
+    return _Db(
+        recent=recent,
+        per_minute=[
+            (datetime.fromtimestamp(r["minute"], UTC).strftime("%H:%M"), r["n"]) for r in per_minute
+        ],
+        landed=landed["n"],
+        span_s=landed["span"],
+        failures=failures,
+        sources=dict(src) if src is not None else {},
+    )
 
 
 async def _scan(redis: ArqRedis, pattern: str) -> list[str]:
     return [k.decode() async for k in redis.scan_iter(match=pattern, count=1000)]
 
 
-async def _workers(redis: ArqRedis, queue: str) -> list[Worker]:
-    prefix = f"{queue}{health_check_key_suffix}"
-    workers = []
-    for key in sorted(await _scan(redis, f"{prefix}*")):
-        value = await redis.get(key)
-        ttl = await redis.pttl(key)
-        if value is None:
-            continue
-        host = key[len(prefix) :].lstrip(":") or "(any)"
-        workers.append(Worker(host, value.decode(errors="replace"), max(0, ttl) / 1000))
-    return workers
+async def _jobs(
+    redis: ArqRedis, queue: str, recent: list[str]
+) -> tuple[list[str], list[RecentJob]]:
+    """(jobs in progress, the recent jobs) read in one transaction, so that no job is both: a
+    job with a stored result is finished, whatever other key of it is still about."""
+    candidates = [
+        k[len(in_progress_key_prefix) :] for k in await _scan(redis, f"{in_progress_key_prefix}*")
+    ]
+    ids = list(dict.fromkeys([*recent, *candidates]))
+    async with redis.pipeline(transaction=True) as pipe:
+        for job_id in ids:
+            pipe.get(result_key_prefix + job_id)
+            pipe.exists(in_progress_key_prefix + job_id)
+            pipe.zscore(queue, job_id)
+        replies: list[Any] = await pipe.execute()
+    states = {}
+    for n, job_id in enumerate(ids):
+        result, running, score = replies[3 * n : 3 * n + 3]
+        states[job_id] = _job(job_id, result, bool(running), score is not None)
+    in_progress = sorted(j for j in ids if states[j].state == "running")
+    return in_progress, [states[j] for j in recent]
 
 
-async def _recent_jobs(redis: ArqRedis, job_ids: list[str]) -> list[RecentJob]:
-    jobs = []
-    for job_id in job_ids:
-        raw = await redis.get(result_key_prefix + job_id)
-        if raw is None:
-            jobs.append(RecentJob(job_id, "fetch_batch", None, None, None))
-            continue
-        try:
-            r = deserialize_result(raw, deserializer=deserialize)
-        except DeserializationError:
-            jobs.append(RecentJob(job_id, "?", None, None, None))
-            continue
-        summary = r.result if isinstance(r.result, dict) else {"result": str(r.result)}
-        jobs.append(RecentJob(job_id, r.function, r.success, r.finish_time.isoformat(), summary))
-    return jobs
+def _job(job_id: str, raw: bytes | None, running: bool, queued: bool) -> RecentJob:
+    if raw is None:
+        # arq keeps a finished cron job's in-progress key a while: only a queued job runs.
+        state = "running" if running and queued else "queued" if queued else "unknown"
+        return RecentJob(job_id, "fetch_batch", None, None, None, state)
+    try:
+        r = deserialize_result(raw, deserializer=deserialize)
+    except DeserializationError:
+        return RecentJob(job_id, "?", None, None, None, "unknown")
+    summary = r.result if isinstance(r.result, dict) else {"result": str(r.result)}
+    state = "ok" if r.success else "failed"
+    return RecentJob(job_id, r.function, r.success, r.finish_time.isoformat(), summary, state)
 
 
 async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Status:
     """Read the state of ``settings.queue`` and of the database."""
     queue = settings.queue
+    db = await _read_db(pool)
+    # Redis after Postgres: a job whose rows were read is seen finished if it has finished since.
+    in_progress, recent = await _jobs(redis, queue, db.recent)
     now_ms = time.time() * 1000
     queued = await redis.zcard(queue)
     # arq rounds a job's score to the millisecond: a job enqueued this instant may sit a fraction
@@ -146,18 +206,7 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
     oldest = await redis.zrangebyscore(
         queue, "-inf", now_ms + _DEFER_SLACK_MS, start=0, num=1, withscores=True
     )
-    in_progress = []
-    for key in await _scan(redis, f"{in_progress_key_prefix}*"):
-        job_id = key[len(in_progress_key_prefix) :]
-        if await redis.zscore(queue, job_id) is not None:
-            in_progress.append(job_id)
-    with store.translated("cannot read status from Postgres"):
-        async with pool.acquire() as conn:
-            recent = [r["job_id"] for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)]
-            per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
-            last_minute = await conn.fetchval(_LAST_MINUTE)
-            failures = {r["error"]: r["n"] for r in await conn.fetch(_FAILURES)}
-            src = await conn.fetchrow(_SOURCES)
+    per_second, window = rate(db.landed, db.span_s)
     return Status(
         queue=queue,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -165,13 +214,46 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
         ready=ready,
         deferred=queued - ready,
         oldest_ready_age_s=round(max(0.0, now_ms - oldest[0][1]) / 1000, 1) if oldest else None,
-        in_progress=sorted(in_progress),
-        workers=await _workers(redis, queue),
-        urls_per_minute=[
-            (datetime.fromtimestamp(r["minute"], UTC).strftime("%H:%M"), r["n"]) for r in per_minute
-        ],
-        urls_per_second=round(last_minute / 60, 1),
-        failures_last_hour=failures,
-        recent_jobs=await _recent_jobs(redis, recent),
-        sources=dict(src) if src is not None else {},
+        in_progress=in_progress,
+        workers=await read_workers(redis, queue),
+        urls_per_minute=db.per_minute,
+        urls_per_second=per_second,
+        rate_window_s=window,
+        failures_last_hour=db.failures,
+        recent_jobs=recent,
+        sources=db.sources,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``harvester health``'s verdict: healthy or not, and the lines that say why."""
+
+    healthy: bool
+    lines: list[str]
+
+
+def judge_health(workers: list[Worker], queue: str, host: str | None, min_alive: int = 1) -> Health:
+    """Healthy when every worker process of ``host`` (of every host when None) is alive and at
+    least ``min_alive`` of them are."""
+    mine = [w for w in workers if host is None or w.host == host]
+    where = "on any host" if host is None else f"on host {host!r}"
+    alive = [w for w in mine if w.alive]
+    dead = [w for w in mine if not w.alive]
+    lines = [
+        f"dead: worker {w.id!r} (pid {w.pid}) stopped reporting {_ago(w.last_beat_age_s)}"
+        for w in dead
+    ]
+    if not mine:
+        return Health(False, [f"unhealthy: no worker {where} has reported on {queue!r} recently"])
+    if dead:
+        head = f"unhealthy: {len(dead)} of {len(mine)} worker processes {where} stopped reporting"
+        return Health(False, [head, *lines])
+    if len(alive) < min_alive:
+        head = f"unhealthy: {len(alive)} worker process(es) alive {where}, --min {min_alive} wanted"
+        return Health(False, [head])
+    return Health(True, [f"healthy: {len(alive)} worker process(es) alive {where} on {queue!r}"])
+
+
+def _ago(age_s: float | None) -> str:
+    return "(last beat unknown)" if age_s is None else f"{age_s:.0f} s ago"

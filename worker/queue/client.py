@@ -2,31 +2,36 @@
 
 async with open_queue(load_settings()) as redis:
     job_ids = await enqueue_urls(redis, urls, batch_size=1000, source="catalog")
+
+Also the one place where redis-py's errors become harvester's (`redis_error`), and where URLs
+are cut into jobs a worker accepts (`plan_batches`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
+import orjson
 from arq.connections import ArqRedis
-from arq.constants import health_check_key_suffix as HEALTH_CHECK_SUFFIX
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.backoff import Backoff
-from worker.errors import BadJobError, HarvesterError
+from worker.errors import BadJobError, ConfigError, HarvesterError, RedisUnavailableError
+from worker.logs import redact
+from worker.queue.heartbeat import beat_key, worker_id
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
-from worker.queue.serialization import deserialize, serialize
+from worker.queue.serialization import MAX_ENQUEUE_TIME_MS, deserialize, serialize
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.client")
@@ -59,22 +64,29 @@ class _RedisBackoff(AbstractBackoff):
         return self._policy.delay(failures + 1)
 
 
+def _pool(settings: Settings, *, retry: bool) -> ConnectionPool:
+    """A connection pool for REDIS_URL (db number, password, ``rediss://`` TLS options), with
+    timeouts, and with `redis_retry` or (``retry=False``) a single attempt per command."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "health_check_interval": 30,
+    }
+    if retry:
+        options["retry"] = redis_retry(settings)
+        options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError, OSError]
+    if not settings.redis_url.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
+    return ConnectionPool.from_url(settings.redis_url, **options)
+
+
 def redis_pool(settings: Settings) -> ArqRedis:
     """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options).
 
     Built directly rather than with `arq.create_pool` so that it has a socket timeout (a hung
     Redis cannot stall the worker) and retries commands through a restart. Connects lazily.
     """
-    options: dict[str, Any] = {
-        "socket_timeout": settings.redis_socket_timeout,
-        "socket_connect_timeout": settings.connect_timeout,
-        "retry": redis_retry(settings),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
-        "health_check_interval": 30,
-    }
-    if not settings.redis_url.startswith("unix://"):
-        options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
-    pool = ConnectionPool.from_url(settings.redis_url, **options)
+    pool = _pool(settings, retry=True)
     redis = ArqRedis(
         pool,
         job_serializer=serialize,
@@ -95,6 +107,36 @@ async def connect(settings: Settings) -> ArqRedis:
         await redis.aclose()
         raise
     return redis
+
+
+async def probe(settings: Settings) -> None:
+    """One PING on a connection of its own, without retries: raises redis-py's error at once
+    when Redis cannot be reached (so a worker can say so before riding out the outage)."""
+    client = ArqRedis(_pool(settings, retry=False))
+    client.auto_close_connection_pool = True
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+def redis_error(settings: Settings, exc: BaseException) -> HarvesterError:
+    """The one translation of a redis-py error: `ConfigError` when Redis refuses REDIS_URL
+    itself (a database it does not have, wrong credentials), else `RedisUnavailableError`.
+    Both name REDIS_URL, the URL's password hidden."""
+    if isinstance(exc, AuthenticationError | NoPermissionError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))
+    ):
+        return ConfigError(f"REDIS_URL: Redis refused the credentials ({exc})")
+    if isinstance(exc, ResponseError) and "DB index is out of range" in str(exc):
+        db = urlsplit(settings.redis_url).path.strip("/") or "0"
+        return ConfigError(
+            f"REDIS_URL: Redis has no database {db} ({exc}): use a database number the "
+            "server has (16 by default)"
+        )
+    return RedisUnavailableError(
+        f"Redis is unavailable at {redact(settings.redis_url)} (REDIS_URL): {exc}"
+    )
 
 
 @asynccontextmanager
@@ -155,10 +197,67 @@ async def enqueue_batch(
     )
 
 
-def _batches(urls: Iterable[str], size: int) -> Iterable[list[str]]:
-    it = iter(urls)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+# The arq envelope around a job's keyword arguments, as wide as it can be written; a batch's
+# job is this, its source, and its URLs as JSON strings separated by commas.
+_ENVELOPE: Final[dict[str, object]] = {
+    "t": None,
+    "f": JOB_NAME,
+    "a": [],
+    "k": {},
+    "et": MAX_ENQUEUE_TIME_MS,
+}
+
+
+def _job_overhead(source: str | None) -> int:
+    """The bytes of a job for a batch of ``source`` with no URLs (``"urls":[]`` included)."""
+    kwargs = {"urls": [], **({"source": source} if source is not None else {})}
+    return len(serialize({**_ENVELOPE, "k": kwargs}))
+
+
+def plan_batches(
+    urls: Iterable[str],
+    *,
+    batch_size: int,
+    source: str | None,
+    max_urls: int | None,
+    max_job_bytes: int,
+) -> Iterator[FetchBatch]:
+    """``urls`` cut into `FetchBatch`es a worker accepts: at most ``batch_size`` URLs (itself
+    at most ``max_urls``, HARVESTER_MAX_BATCH_URLS) and, as a job's JSON, at most
+    ``max_job_bytes`` (HARVESTER_MAX_JOB_BYTES). The arguments are checked now, before a URL is
+    read; a URL that could not fit in any job raises `BadJobError` when it is reached."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if max_urls is not None and batch_size > max_urls:
+        raise BadJobError(
+            f"a batch size of {batch_size} is over HARVESTER_MAX_BATCH_URLS ({max_urls}): "
+            "workers refuse larger jobs"
+        )
+    # The model checks a source only as part of a batch: check it on a batch of one now.
+    make_batch(urls=["https://example.invalid/"], source=source)
+    return _cut(iter(urls), batch_size, source, max_urls, max_job_bytes)
+
+
+def _cut(
+    urls: Iterator[str], size: int, source: str | None, max_urls: int | None, max_bytes: int
+) -> Iterator[FetchBatch]:
+    overhead = _job_overhead(source)
+    chunk: list[str] = []
+    used = overhead
+    for url in urls:
+        cost = len(orjson.dumps(url)) + (1 if chunk else 0)  # a comma after the first
+        if chunk and (len(chunk) == size or used + cost > max_bytes):
+            yield make_batch(urls=chunk, source=source, max_urls=max_urls)
+            chunk, used, cost = [], overhead, cost - 1
+        if used + cost > max_bytes:
+            raise BadJobError(
+                f"a URL of {len(url.encode(errors='replace'))} bytes cannot fit in a job under "
+                f"HARVESTER_MAX_JOB_BYTES ({max_bytes}): {redact(url)[:100]}..."
+            )
+        chunk.append(url)
+        used += cost
+    if chunk:
+        yield make_batch(urls=chunk, source=source, max_urls=max_urls)
 
 
 async def enqueue_urls(
@@ -168,23 +267,44 @@ async def enqueue_urls(
     batch_size: int = 1000,
     source: str | None = None,
     job_id_prefix: str | None = None,
+    max_urls: int | None = None,
+    max_job_bytes: int = 8 * 1024 * 1024,
 ) -> list[str]:
-    """Enqueue ``urls`` as `fetch_batch` jobs of at most ``batch_size``; return the job ids.
+    """Enqueue ``urls`` as `fetch_batch` jobs (`plan_batches`); return the job ids.
 
     With ``job_id_prefix`` the ids are ``<prefix>-<n>``, so enqueueing the same file twice
     enqueues nothing new (the job id is the idempotency key); without, arq picks random ids.
-    Raises `BadJobError` for a prefix or source no job may carry, before enqueueing anything,
-    and `JobIdTakenError` when an id holds a different batch.
+    Raises `BadJobError` for a batch size, prefix or source no job may carry, before enqueueing
+    anything, and `JobIdTakenError` when an id holds a different batch.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
+    job_ids: list[str] = []
+    batches = plan_batches(
+        urls,
+        batch_size=batch_size,
+        source=source,
+        max_urls=max_urls,
+        max_job_bytes=max_job_bytes,
+    )
+    async for job_id in enqueue_batches(redis, batches, job_id_prefix=job_id_prefix):
+        job_ids.append(job_id)
+    return job_ids
+
+
+def check_prefix(job_id_prefix: str | None) -> None:
+    """Raise `BadJobError` if ids ``<job_id_prefix>-<n>`` are ids no intake may use."""
     problems = job_id_problems(f"{job_id_prefix}-0") if job_id_prefix is not None else []
     if problems:
-        raise BadJobError("; ".join(problems))
+        raise BadJobError("invalid job id prefix: " + "; ".join(problems))
+
+
+async def enqueue_batches(
+    redis: ArqRedis, batches: Iterable[FetchBatch], *, job_id_prefix: str | None = None
+) -> AsyncIterator[str]:
+    """Enqueue each batch and yield its job id as soon as it is queued (see `enqueue_urls`)."""
+    check_prefix(job_id_prefix)
     job_ids: list[str] = []
-    for n, chunk in enumerate(_batches(urls, batch_size)):
+    for n, batch in enumerate(batches):
         wanted = f"{job_id_prefix}-{n}" if job_id_prefix else None
-        batch = make_batch(urls=chunk, source=source)
         try:
             job_id, new = await enqueue_batch(redis, batch, job_id=wanted)
         except JobIdTakenError as exc:
@@ -192,13 +312,13 @@ async def enqueue_urls(
         if not new:
             log.info("enqueue.duplicate", extra={"job_id": job_id, "same_batch": True})
         job_ids.append(job_id)
-    return job_ids
+        yield job_id
 
 
 def health_check_key(settings: Settings) -> str:
-    """The heartbeat key of the workers on this host (one per container or dyno).
+    """The heartbeat key of this worker process (see `worker.queue.heartbeat`).
 
-    Per host rather than arq's one key per queue, so a dead worker is not covered up by a live
-    one elsewhere.
+    One per process rather than arq's one per queue, so that a dead worker is not covered up
+    by a live one on the same host or elsewhere.
     """
-    return f"{settings.queue}{HEALTH_CHECK_SUFFIX}:{socket.gethostname()}"
+    return beat_key(settings.queue, worker_id())

@@ -7,7 +7,10 @@ on first access from the environment, so importing this module never reads it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import socket
 import time
 from contextlib import AsyncExitStack
 from typing import Any, cast
@@ -17,8 +20,8 @@ from arq.jobs import serialize_result
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from jobs.context import WorkerContext
 from jobs.cron import cron_name
@@ -29,10 +32,12 @@ from jobs.retention import apply_retention
 from worker.engine import store
 from worker.engine.budget import ByteBudget
 from worker.engine.fetch import Fetcher, create_session
-from worker.errors import HarvesterError
-from worker.logs import tame_arq_logs
+from worker.engine.migrate import migrate
+from worker.errors import ConfigError, RedisUnavailableError
+from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
-from worker.queue.client import health_check_key, redis_pool
+from worker.queue import heartbeat
+from worker.queue.client import health_check_key, probe, redis_error, redis_pool
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
 from worker.settings import Settings, get_settings
@@ -47,14 +52,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     try:
         session = create_session(settings)
         stack.push_async_callback(session.close)
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
         pool = await stack.enter_async_context(store.open_pool(settings))
         if settings.metrics_port is not None:
-            runner = await ops_metrics.serve(
-                ops_metrics.metrics_app(ctx.get("redis"), settings.queue),
-                settings.metrics_host,
-                settings.metrics_port,
-            )
-            stack.push_async_callback(runner.cleanup)
+            await _serve_metrics(ctx, settings, stack)
     except BaseException:
         await stack.aclose()
         raise
@@ -74,8 +76,25 @@ async def startup(ctx: dict[str, Any]) -> None:
             "max_jobs": settings.max_jobs,
             "metrics_port": settings.metrics_port,
             "loop": type(asyncio.get_running_loop()).__module__,
+            "pid": os.getpid(),
         },
     )
+
+
+async def _serve_metrics(ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack) -> None:
+    """The metrics endpoint: this process's own, or the host's shared one (see
+    `worker.ops.metrics`) when ``harvester worker`` set up the shared directory."""
+    assert settings.metrics_port is not None
+    host, port = settings.metrics_host, settings.metrics_port
+    shared = settings.metrics_shared_dir if ops_metrics.multiprocess_active() else None
+    app = ops_metrics.metrics_app(ctx.get("redis"), settings.queue, shared)
+    if shared is None:
+        runner = await ops_metrics.serve(app, host, port)
+        stack.push_async_callback(runner.cleanup)
+        return
+    server = ops_metrics.SharedMetricsServer(app, host, port, shared)
+    await server.start()
+    stack.push_async_callback(server.stop)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -177,11 +196,10 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RedisUnavailableError(HarvesterError):
-    """Redis stayed unreachable for longer than HARVESTER_REDIS_RETRY_TIME."""
-
-
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+
+# Numbers the workers of one process (tests run several), so each has a heartbeat of its own.
+_instances = itertools.count(1)
 
 
 class HarvesterWorker(Worker):
@@ -191,13 +209,88 @@ class HarvesterWorker(Worker):
     What can still fail is guarded here: a poll that fails is retried on the next tick, and a job
     whose bookkeeping with Redis fails is left for arq to run again. Only an outage longer than
     the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
-    process manager restarts it.
+    process manager restarts it. A Redis that cannot be reached at start-up is said at once
+    (`redis.unavailable`), before the same budget is spent waiting for it.
+
+    Each worker also has a heartbeat and a registry entry of its own (`worker.queue.heartbeat`),
+    so that ``harvester status`` and ``harvester health`` see every process, and a dead one.
     """
 
     def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._redis_retry_time = redis_retry_time
         self._redis_down_since: float | None = None
+        self.worker_id = heartbeat.worker_id(next(_instances))
+        self.health_check_key = heartbeat.beat_key(self.queue_name, self.worker_id)
+        self._started_at = time.time()
+        self._registered = False
+        self._leaving = False
+
+    async def record_health(self) -> None:
+        """arq's heartbeat, then (always after it) this worker's registry entry."""
+        last = self._last_health_check
+        await super().record_health()
+        if self._last_health_check == last or self._leaving:
+            return  # no beat was due
+        if not self._registered:
+            forgotten = await heartbeat.prune(self.pool, self.queue_name, socket.gethostname())
+            if forgotten:
+                log.info("workers.forgotten", extra={"workers": ", ".join(forgotten)})
+        await heartbeat.register(self.pool, self.queue_name, self.worker_id, self._registration())
+        self._registered = True
+
+    def _registration(self) -> heartbeat.Registration:
+        return heartbeat.Registration(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            interval=self.health_check_interval,
+            last_beat=time.time(),
+            jobs={
+                "complete": self.jobs_complete,
+                "failed": self.jobs_failed,
+                "retried": self.jobs_retried,
+                "ongoing": sum(not t.done() for t in self.tasks.values()),
+            },
+        )
+
+    async def _unregister(self) -> None:
+        """Leave the registry before arq deletes the heartbeat: a clean exit is not a death."""
+        self._leaving = True
+        if not self._registered or self._redis_down_since is not None:
+            return
+        try:
+            await heartbeat.unregister(self.pool, self.queue_name, self.worker_id)
+        except _REDIS_ERRORS as exc:
+            log.warning("worker.close_without_redis", extra={"error": repr(exc)})
+
+    async def main(self) -> None:
+        await self._wait_for_redis()
+        await super().main()
+
+    async def _wait_for_redis(self) -> None:
+        """Ping Redis (one attempt at a time) until it answers, saying at the first failure
+        that it is unavailable and for how long we keep trying. arq's start-up would otherwise
+        ride out the outage in silence, every command retrying on its own."""
+        settings: Settings = self.ctx["settings"]
+        while True:
+            try:
+                await probe(settings)
+            except (*_REDIS_ERRORS, ResponseError) as exc:
+                problem = redis_error(settings, exc)
+                if isinstance(problem, ConfigError):  # no such database, wrong password
+                    self._redis_down_since = time.monotonic()  # close() skips Redis then
+                    raise problem from exc
+                await self._on_redis_error(exc)
+            else:
+                self._redis_recovered()
+                return
+
+    def _redis_recovered(self) -> None:
+        if self._redis_down_since is not None:
+            outage = time.monotonic() - self._redis_down_since
+            log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
+            self._redis_down_since = None
 
     async def _poll_iteration(self) -> None:
         try:
@@ -205,10 +298,7 @@ class HarvesterWorker(Worker):
         except _REDIS_ERRORS as exc:
             await self._on_redis_error(exc)
         else:
-            if self._redis_down_since is not None:
-                outage = time.monotonic() - self._redis_down_since
-                log.info("redis.recovered", extra={"outage_s": round(outage, 1)})
-                self._redis_down_since = None
+            self._redis_recovered()
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
@@ -249,13 +339,21 @@ class HarvesterWorker(Worker):
 
     async def _on_redis_error(self, exc: BaseException) -> None:
         now = time.monotonic()
+        settings: Settings = self.ctx["settings"]
         if self._redis_down_since is None:
             self._redis_down_since = now
-            log.warning("redis.unavailable", extra={"error": repr(exc)})
+            log.warning(
+                "redis.unavailable",
+                extra={
+                    "url": redact(settings.redis_url),
+                    "retry_s": self._redis_retry_time,  # HARVESTER_REDIS_RETRY_TIME
+                    "error": repr(exc),
+                },
+            )
         if now - self._redis_down_since > self._redis_retry_time:
             raise RedisUnavailableError(
-                f"Redis unreachable for more than {self._redis_retry_time:.0f} s "
-                f"(HARVESTER_REDIS_RETRY_TIME): {exc!r}"
+                f"{redis_error(settings, exc)} (gave up after {self._redis_retry_time:g} s: "
+                "HARVESTER_REDIS_RETRY_TIME)"
             ) from exc
         # A failed poll may have taken a job slot without starting a job. Give leaked slots back,
         # but only when no job is running: then, once done-callbacks have run (sleep(0)), every
@@ -268,6 +366,7 @@ class HarvesterWorker(Worker):
         await asyncio.sleep(min(1.0, self.poll_delay_s * 10))
 
     async def close(self) -> None:
+        await self._unregister()
         if self._redis_down_since is None:
             try:
                 await super().close()

@@ -54,7 +54,7 @@ _LIST = """
 SELECT id, job_id, url, source, error, status, attempts, detail, failed_at, replayed_by
 FROM fetch_failures
 WHERE ($1::text IS NULL OR job_id = $1)
-  AND ($2::text IS NULL OR error = $2)
+  AND ($2::text[] IS NULL OR error = ANY($2::text[]))
   AND ($3::timestamptz IS NULL OR failed_at >= $3)
 ORDER BY failed_at DESC, id DESC
 LIMIT $4
@@ -157,16 +157,17 @@ async def list_failures(
     pool: asyncpg.Pool,
     *,
     job_id: str | None = None,
-    kind: str | None = None,
+    kinds: Sequence[str] | None = None,
     since: datetime | None = None,
     limit: int = 100,
 ) -> list[FailureRow]:
-    """Failure rows matching every given filter, newest first, at most ``limit``."""
+    """Failure rows matching every given filter, newest first, at most ``limit``. ``kinds``:
+    rows of any of these error kinds."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     _check_aware("since", since)
     with store.translated("cannot list failures"):
-        rows = await pool.fetch(_LIST, job_id, kind, since, limit)
+        rows = await pool.fetch(_LIST, job_id, list(kinds) if kinds else None, since, limit)
     return [FailureRow(**dict(r)) for r in rows]
 
 
