@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# From the checkout's own sources, whatever else was installed into the virtualenv since.
 demo: $(STAMP)
-	$(BIN)/harvester demo
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m worker demo
 
 # A temporary directory of this run's own: pytest prunes old runs under its shared default
 # (/tmp/pytest-of-$USER), which would pull the embedded servers' data from under a second,

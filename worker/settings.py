@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     redis_retry_time: float = Field(default=30.0, ge=0, le=3600)
     redis_socket_timeout: float = Field(default=10.0, gt=0, le=600)
     database_url: str = Field(
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default="postgresql://postgres@127.0.0.1:5432/harvester",
         validation_alias=AliasChoices("DATABASE_URL", "HARVESTER_DATABASE_URL"),
     )
     redis_url: str = Field(

@@ -527,7 +527,7 @@ def test_a_port_in_use_is_one_clear_line_and_exit_3(
         root.setLevel(level)
     err = capsys.readouterr().err
     assert code == 3
-    assert f"harvester: port {port} is in use (HARVESTER_API_PORT)\n" in err
+    assert f"harvester: port {port} is in use (--port or HARVESTER_API_PORT)\n" in err
     assert "Traceback" not in err
 
 
@@ -665,3 +665,17 @@ async def test_connections_over_the_cap_are_closed(start_api: StartAPI) -> None:
     finally:
         for _, writer in held:
             writer.close()
+
+
+async def test_with_redis_down_a_request_answers_at_once_not_after_the_workers_budget(
+    start_api: StartAPI,
+) -> None:
+    """The API does not ride out a Redis outage per request as a worker does (30 s by
+    default): POST /batches answers 503 after about a second of retries."""
+    redis_url = f"redis://127.0.0.1:{_closed_port()}/0"
+    base = await start_api(redis_url=redis_url, redis_retry_time=30)
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        started = time.monotonic()
+        async with session.post(f"{base}/batches", json={"urls": ["https://api.example/a"]}) as r:
+            assert r.status == 503
+        assert time.monotonic() - started < 15

@@ -239,3 +239,16 @@ async def test_enqueue_splits_batches_whose_json_would_be_too_large(
         assert job["k"]["source"] == "big"
         sent += job["k"]["urls"]
     assert sent == urls
+
+
+async def test_enqueue_warns_of_urls_that_will_land_as_invalid(
+    cli: InProcess, services: Services, redis: aioredis.Redis
+) -> None:
+    """A URL with a typo is enqueued (every URL of a job gets its outcome, here invalid_url),
+    and enqueue says so on stderr at once, with how many and the first."""
+    text = "https://api.example/ok\nhtps://api.example/typo\nhttp//api.example/other\n"
+    out = await cli("enqueue", "-", env=cli_env(services), stdin=text)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.split()) == 1
+    assert "warning: 2 URL(s) cannot be fetched as written" in out.stderr
+    assert "'htps://api.example/typo', scheme 'htps' is not http or https" in out.stderr

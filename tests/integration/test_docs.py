@@ -64,6 +64,16 @@ def test_every_code_block_in_the_docs_is_an_example_or_an_output(repo_root: Path
     assert unmarked == []
 
 
+def test_code_fences_are_well_formed(repo_root: Path) -> None:
+    """A fence is ``` alone or with a language: text after it (a fence glued to a sentence)
+    turns the rest of the page into code without any test noticing."""
+    for doc in _documents(repo_root):
+        for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            fence = line.lstrip()
+            if fence.startswith("```"):
+                assert re.fullmatch(r"```[\w+-]*", fence), f"{doc.name}:{n}: {line!r}"
+
+
 def test_every_runnable_example_is_run_by_a_session(repo_root: Path) -> None:
     """The sessions below run every runnable example of the docs, and only those."""
     runnable = {

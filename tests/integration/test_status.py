@@ -19,6 +19,7 @@ from arq.worker import Worker
 from tests.helpers import Services, wait_until
 from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
+from tests.helpers.workers import long_running, running
 from worker.ops.status import gather
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
@@ -246,3 +247,22 @@ async def test_status_watch_refreshes_until_interrupted(services: Services, redi
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
     assert b"workers: 0 alive" in seen
+
+
+async def test_a_running_job_is_not_counted_as_queued(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, settings: Settings, upstream: Upstream
+) -> None:
+    """arq keeps a running job in the queue's set until it ends: status counts it in progress,
+    not queued, ready or waiting (so a long job never looks like a stuck queue)."""
+    await enqueue_urls(arq_queue, [upstream.url("/gate/long")], job_id_prefix="long")
+    async with running(long_running(settings)):
+
+        async def fetching() -> bool:
+            return upstream.in_flight == 1
+
+        await wait_until(fetching, timeout=20)
+        status = await gather(settings, arq_queue, pool)
+        upstream.gate.set()
+    assert status.in_progress == ["long-0"]
+    assert (status.queued, status.ready, status.deferred) == (0, 0, 0)
+    assert status.oldest_ready_age_s is None

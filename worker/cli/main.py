@@ -122,10 +122,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         )
     check_prefix(args.job_id_prefix)
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
+    unfetchable = _Unfetchable()
 
     async def go(lines: Iterable[str]) -> None:
         batches = plan_batches(
-            read_urls(lines),
+            unfetchable.noted(read_urls(lines)),
             batch_size=args.batch_size,
             source=args.source,
             max_urls=settings.max_batch_urls,
@@ -142,7 +143,39 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     finally:
         for job_id in job_ids:
             print(job_id)
+    unfetchable.warn()
     return EXIT_OK
+
+
+class _Unfetchable:
+    """URLs that will land as ``invalid_url`` failures (a typo such as ``htps://``): enqueued,
+    since every URL of a job gets its outcome, but said at once on standard error."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: tuple[str, str] | None = None
+
+    def noted(self, urls: Iterable[str]) -> Iterator[str]:
+        from worker.queue.payload import url_problem
+
+        for url in urls:
+            problem = url_problem(url)
+            if problem is not None:
+                self.count += 1
+                self.first = self.first or (url, problem)
+            yield url
+
+    def warn(self) -> None:
+        if self.first is None:
+            return
+        from worker.logs import safe
+
+        url, problem = self.first
+        print(
+            f"harvester: warning: {self.count} URL(s) cannot be fetched as written and will be "
+            f"recorded as invalid_url failures; the first, {safe(url)[:200]!r}, {problem}",
+            file=sys.stderr,
+        )
 
 
 def _with_progress(
@@ -183,8 +216,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from worker.devtools.demo import run_demo
     except ImportError:
         print(
-            "harvester: the demo runs from a source checkout (make demo); it is not part of "
-            "an installed harvester",
+            "harvester: the demo needs the development tools of a source checkout, which an "
+            "installed harvester leaves out: run `make demo` in a clone of the repository",
             file=sys.stderr,
         )
         return EXIT_CONFIG

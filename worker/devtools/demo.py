@@ -90,11 +90,6 @@ async def _run(stack_db: str, stack_redis: str, count: int, batch_size: int, n_s
             code = await _poll_sources(settings, env, base, n_sources)
     if code != 0:
         print(f"demo failed with exit code {code}", file=sys.stderr)
-        return code
-    print(
-        "\nThe demo's Postgres and Valkey stop now (their files stay under the --dir folder)."
-        "\nTo run harvester on your own servers, follow the README's quickstart."
-    )
     return code
 
 
@@ -161,4 +156,11 @@ def run_demo(root: Path, count: int = 5000, batch_size: int = 500, n_sources: in
     """Run the demo under ``root``; return the process exit code."""
     print(f"starting embedded Postgres and Valkey under {root}", flush=True)
     with embedded_stack(root) as stack:
-        return asyncio.run(_run(stack.database_url, stack.redis_url, count, batch_size, n_sources))
+        code = asyncio.run(_run(stack.database_url, stack.redis_url, count, batch_size, n_sources))
+    if code == 0:
+        print(
+            f"\nThe demo's Postgres and Valkey have stopped; their files are in {root} (delete"
+            " it to start afresh).\nTo run harvester on your own servers, follow the README's"
+            " quickstart."
+        )
+    return code

@@ -55,6 +55,8 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", ArqRedis)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
 CONNECTIONS: Final = web.AppKey("connections", ConnectionGuard)
+# How long a request retries Redis before answering 503 (a worker rides out much longer).
+API_REDIS_RETRY_S: Final = 1.0
 
 REQUESTS: Final = Counter(
     "harvester_api_requests",
@@ -339,7 +341,11 @@ def create_app(settings: Settings) -> web.Application:
             await migrate(settings.database_url)
         async with store.open_pool(settings) as pool:
             app[POOL] = pool
-            app[REDIS] = redis_pool(settings)
+            # A request answers at once that Redis is down (503) rather than ride out the
+            # outage the way a worker does: its caller retries, and holds no connection meanwhile.
+            app[REDIS] = redis_pool(
+                settings.model_copy(update={"redis_retry_time": API_REDIS_RETRY_S})
+            )
             try:
                 yield
             finally:
@@ -388,7 +394,7 @@ async def _listen(factory: Callable[[], asyncio.Protocol], host: str, port: int)
         return await loop.create_server(factory, host, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise ListenError(f"port {port} is in use (HARVESTER_API_PORT)") from exc
+            raise ListenError(f"port {port} is in use (--port or HARVESTER_API_PORT)") from exc
         raise ListenError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc} "
             "(HARVESTER_API_HOST, HARVESTER_API_PORT)"

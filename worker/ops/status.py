@@ -199,13 +199,24 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
     # Redis after Postgres: a job whose rows were read is seen finished if it has finished since.
     in_progress, recent = await _jobs(redis, queue, db.recent)
     now_ms = time.time() * 1000
-    queued = await redis.zcard(queue)
-    # arq rounds a job's score to the millisecond: a job enqueued this instant may sit a fraction
-    # of one in the future. Only jobs due more than a second ahead count as deferred.
-    ready = await redis.zcount(queue, "-inf", now_ms + _DEFER_SLACK_MS)
-    oldest = await redis.zrangebyscore(
-        queue, "-inf", now_ms + _DEFER_SLACK_MS, start=0, num=1, withscores=True
-    )
+    # arq keeps a job in the queue's sorted set until it finishes: the running ones are not
+    # waiting, so they are counted out of queued, ready and the oldest ready job.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zcard(queue)
+        # arq rounds a job's score to the millisecond: a job enqueued this instant may sit a
+        # fraction of one in the future. Only jobs due more than a second ahead are deferred.
+        pipe.zcount(queue, "-inf", now_ms + _DEFER_SLACK_MS)
+        pipe.zrangebyscore(
+            queue, "-inf", now_ms + _DEFER_SLACK_MS, start=0, num=len(in_progress) + 1,
+            withscores=True,
+        )  # fmt: skip
+        for job_id in in_progress:
+            pipe.zscore(queue, job_id)
+        total, due, first, *scores = await pipe.execute()
+    running = set(in_progress)
+    queued = total - sum(1 for x in scores if x is not None)
+    ready = due - sum(1 for x in scores if x is not None and x <= now_ms + _DEFER_SLACK_MS)
+    oldest = [(j, x) for j, x in first if j.decode() not in running][:1]
     per_second, window = rate(db.landed, db.span_s)
     return Status(
         queue=queue,
