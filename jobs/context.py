@@ -10,6 +10,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from worker.engine.budget import ByteBudget
+from worker.engine.credentials import Credentials
 from worker.engine.fetch import Fetcher
 from worker.settings import Settings
 
@@ -22,6 +23,7 @@ class WorkerContext(TypedDict):
     fetcher: Fetcher
     pool: asyncpg.Pool
     budget: ByteBudget
+    credentials: Credentials
     exit_stack: AsyncExitStack
 
 

@@ -71,6 +71,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
         # waves (see worker/engine/slots.py).
         priority=int(ctx["enqueue_time"].timestamp() * 1000),
         sources=states,
+        profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]
@@ -80,7 +81,11 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
 def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
     try:
         batch = parse_batch(
-            args, kwargs, max_urls=ctx["settings"].max_batch_urls, job_id=ctx["job_id"]
+            args,
+            kwargs,
+            max_urls=ctx["settings"].max_batch_urls,
+            job_id=ctx["job_id"],
+            profiles=ctx["credentials"].profiles,
         )
     except BadJobError as exc:
         log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - the reason is all

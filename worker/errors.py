@@ -21,7 +21,9 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-
         ├── ProtocolError          kind "protocol"       truncated body, bad framing (transient)
         ├── TooLargeError          kind "too_large"      body over HARVESTER_MAX_BODY_BYTES
         ├── ContentTypeError       kind "content_type"   declared content type is not JSON
-        └── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
+        ├── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
+        └── AuthError              kind "auth"           an OAuth2 token endpoint gave no token
+                                                         (transient when it timed out or 5xx)
 
 A `FetchError` knows whether it is ``transient`` (worth another attempt) and may carry the
 HTTP ``status`` and a server's ``retry_after`` in seconds. What "transient" means is defined
@@ -156,3 +158,7 @@ class ContentTypeError(FetchError):
 
 class InvalidJSONError(FetchError):
     kind = "invalid_json"
+
+
+class AuthError(FetchError):
+    kind = "auth"

@@ -3,8 +3,9 @@
 ``log.info("job.done", extra={"documents": 10})`` renders as
 ``2026-01-01T00:00:00Z INFO job.done job_id=abc documents=10`` (or one JSON object a line
 with ``HARVESTER_LOG_FORMAT=json``). URLs' credentials are redacted before anything is written,
-and characters that are not printable (newlines, terminal escapes) are written as escapes, so
-text from a job cannot forge a log line or drive an operator's terminal.
+and so is every secret value the process loaded (`register_secret`: credential profiles, OAuth2
+access tokens). Characters that are not printable (newlines, terminal escapes) are written as
+escapes, so text from a job cannot forge a log line or drive an operator's terminal.
 
 arq's own lines pass through `ArqLineFilter`: its job-start line is dropped (arq cuts the job's
 arguments to 80 characters before any redaction could see them; harvester's jobs log
@@ -45,11 +46,48 @@ _SECRET_PARAM = re.compile(
 )
 
 
+REDACTED = "[redacted]"
+
+
+class _Secrets:
+    """The secret values this process holds, replaced wherever they appear in text `redact`
+    sees (log lines, failure details, command-line errors). ``enabled`` exists for the test that
+    proves the scrubbing has teeth; nothing else turns it off."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.pattern: re.Pattern[str] | None = None
+        self.enabled = True
+
+    def add(self, value: str) -> None:
+        if not value or value in self.values:
+            return
+        self.values.add(value)
+        # Longest first, so a secret that contains another is hidden whole.
+        ordered = sorted(self.values, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, ordered)))
+
+    def scrub(self, text: str) -> str:
+        if self.pattern is None or not self.enabled:
+            return text
+        return self.pattern.sub(REDACTED, text)
+
+
+secrets = _Secrets()
+
+
+def register_secret(value: str) -> None:
+    """Have `redact` hide ``value`` from now on, wherever it appears."""
+    secrets.add(value)
+
+
 def redact(text: str) -> str:
-    """Hide credentials in every URL in ``text``: userinfo and token-like query parameters.
+    """Hide credentials in ``text``: every registered secret value, and in every URL its
+    userinfo and token-like query parameters.
 
     Always redact before cutting text short: a cut can remove the "@" that marks userinfo.
     """
+    text = secrets.scrub(text)
     return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
@@ -125,7 +163,8 @@ class JSONFormatter(logging.Formatter):
         }
         if record.exc_info:
             data["exception"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(data, default=lambda o: safe(str(o))).decode()
+        line = orjson.dumps(data, default=lambda o: safe(str(o))).decode()
+        return secrets.scrub(line)  # values nested in dicts and lists too
 
 
 # arq's formats, as arq 0.26-0.28 writes them.

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     # IPv6 literals with a zone id ([fe80::1%25eth0]) name an interface, not just an address.
     allow_ipv6_zone_ids: bool = False
+    # The TOML file of credential profiles jobs name with `auth` (worker.engine.credentials).
+    credentials: Path | None = None
 
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -147,6 +149,18 @@ class Settings(BaseSettings):
                 return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
             except ValueError as exc:
                 raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+        return value
+
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file")
         return value
 
     @field_validator("api_token")

@@ -112,6 +112,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.engine.credentials import profile_names
     from worker.queue.client import check_prefix, enqueue_batches, open_queue, plan_batches
 
     settings = command_settings()
@@ -124,6 +125,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
 
+    profiles = profile_names(settings.credentials) if settings.credentials is not None else None
+
     async def go(lines: Iterable[str]) -> None:
         batches = plan_batches(
             unfetchable.noted(read_urls(lines)),
@@ -131,6 +134,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             source=args.source,
             max_urls=settings.max_batch_urls,
             max_job_bytes=settings.max_job_bytes,
+            auth=args.auth,
+            profiles=profiles,
         )
         async with open_queue(settings) as redis:
             async for job_id in enqueue_batches(redis, batches, job_id_prefix=args.job_id_prefix):
@@ -261,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PREFIX",
         help="make job ids PREFIX-<n>, so enqueueing the same file twice is a no-op",
+    )
+    p.add_argument(
+        "--auth",
+        default=None,
+        metavar="PROFILE",
+        help="the credential profile (HARVESTER_CREDENTIALS) the worker uses for these URLs",
     )
     p.set_defaults(func=cmd_enqueue)
 

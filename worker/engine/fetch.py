@@ -28,7 +28,9 @@ from tenacity import (
 )
 from yarl import URL
 
+from worker.engine.auth import Authorizer, Signed, may_send
 from worker.engine.bodies import check_json, clean_detail
+from worker.engine.credentials import Profile
 from worker.engine.guard import (
     AddressPolicy,
     BlockedAddressError,
@@ -184,6 +186,7 @@ class Fetcher:
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
         self.pacer = HostPacer(settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep)
+        self.auth = Authorizer(session, self._policy)
 
     async def fetch(
         self,
@@ -191,6 +194,7 @@ class Fetcher:
         priority: int = 0,
         validators: Validators | None = None,
         admit: Admit | None = None,
+        profile: Profile | None = None,
     ) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
@@ -198,7 +202,8 @@ class Fetcher:
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
         `Fetched` carries the response's cache headers in ``meta``. A body is passed to
         ``admit`` before its request slot is given back, so bodies waiting for the caller's room
-        never outnumber the slots.
+        never outnumber the slots. With a credential ``profile``, each hop to a host the profile
+        lists carries its secret (`worker.engine.auth`); the outcome keeps ``url`` as given.
         """
         started = time.monotonic()
         try:
@@ -207,14 +212,14 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(target, priority, validators, admit)
+            status, body, meta = await self._attempt(target, priority, validators, admit, profile)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, attempts = await self._retry(
-                    target, exc, started, priority, validators, admit
+                    target, exc, started, priority, validators, admit, profile
                 )
             except _RetriesExhausted as gave_up:
                 return _failed(url, gave_up.last, gave_up.attempts)
@@ -254,6 +259,7 @@ class Fetcher:
         priority: int,
         validators: Validators | None,
         admit: Admit | None,
+        profile: Profile | None,
     ) -> tuple[int, bytes, ResponseMeta | None, int]:
         s = self._settings
         attempts = 1
@@ -284,20 +290,33 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta = await self._attempt(target, priority, validators, admit)
+                    status, body, meta = await self._attempt(
+                        target, priority, validators, admit, profile
+                    )
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, meta, attempts
 
     async def _attempt(
-        self, target: URL, priority: int, validators: Validators | None, admit: Admit | None
+        self,
+        target: URL,
+        priority: int,
+        validators: Validators | None,
+        admit: Admit | None,
+        profile: Profile | None,
     ) -> tuple[int, bytes, ResponseMeta | None]:
         host = target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                status, body, meta = await self._follow(target, validators)
+                try:
+                    status, body, meta = await self._follow(target, validators, profile)
+                except _StaleToken as stale:
+                    # An OAuth2 token refused with 401: a new one, and the request once more.
+                    assert profile is not None
+                    self.auth.expire(profile, stale.token)
+                    status, body, meta = await self._follow(target, validators, profile, True)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
@@ -311,16 +330,30 @@ class Fetcher:
             return status, body, meta
 
     async def _follow(
-        self, url: URL, validators: Validators | None
+        self,
+        url: URL,
+        validators: Validators | None,
+        profile: Profile | None = None,
+        refreshed: bool = False,
     ) -> tuple[int, bytes, ResponseMeta | None]:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         headers = validators.headers() if validators is not None else None
         meta: ResponseMeta | None = None
+        first = url
         for _hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
-            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
+            # Each hop is judged on its own: a redirect elsewhere goes without the secret. The
+            # clean `url` stays for the next hop's join; only the request sees the signed one.
+            sent = Signed(url, headers or {})
+            if profile is not None and may_send(profile, url, first):
+                sent = await self.auth.sign(profile, url, headers)
+            async with self._session.get(
+                sent.url, allow_redirects=False, headers=sent.headers
+            ) as resp:
                 status = resp.status
+                if status == 401 and sent.token is not None and not refreshed:
+                    raise _StaleToken(sent.token)
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
@@ -399,6 +432,14 @@ class Fetcher:
 
 def _failed(url: str, exc: FetchError, attempts: int) -> Failed:
     return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts, exc.retry_after)
+
+
+class _StaleToken(Exception):
+    """A request carrying an OAuth2 access token was answered 401."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__("access token refused")
+        self.token = token
 
 
 class _RetriesExhausted(Exception):

@@ -24,6 +24,7 @@ from worker.engine import counters as metrics
 from worker.engine import store
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
+from worker.engine.credentials import Profile
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome
 from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
@@ -56,6 +57,8 @@ class Batch:
     priority: int = 0
     # The registered sources among the URLs: polled conditionally (`worker.engine.polling`).
     sources: Mapping[str, SourceState] = field(default_factory=dict)
+    # The job's credential profile (its ``auth``), applied to the hosts it lists.
+    profile: Profile | None = None
 
 
 class DeadlineError(Exception):
@@ -284,6 +287,7 @@ class BatchRun:
                 self.batch.priority,
                 state.validators if state is not None else None,
                 lease.take,
+                self.batch.profile,
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from worker.engine import counters as metrics
 from worker.engine import store
+from worker.engine.credentials import profile_names
 from worker.engine.migrate import migrate
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.ops import metrics as ops_metrics
@@ -55,6 +56,9 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 REDIS: Final = web.AppKey("redis", ArqRedis)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
 CONNECTIONS: Final = web.AppKey("connections", ConnectionGuard)
+# The credential profile names, when HARVESTER_CREDENTIALS is set here: a job naming another
+# is refused at the door. Without the file, the worker alone can judge its `auth`.
+PROFILES: Final = web.AppKey("profiles", frozenset)
 # How long a request retries Redis before answering 503 (a worker rides out much longer).
 API_REDIS_RETRY_S: Final = 1.0
 
@@ -257,7 +261,13 @@ async def post_batch(request: web.Request) -> web.Response:
         return _error(422, problem)
     settings = request.app[SETTINGS]
     try:
-        batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
+        batch = parse_batch(
+            (),
+            body,
+            max_urls=settings.max_batch_urls,
+            job_id=job_id or "api",
+            profiles=request.app.get(PROFILES),
+        )
     except BadJobError as exc:
         return _error(422, str(exc))
     try:
@@ -332,6 +342,8 @@ def create_app(settings: Settings) -> web.Application:
     """The API application; its Redis client and Postgres pool live as long as it does."""
     app = web.Application(middlewares=[_middleware], client_max_size=settings.api_max_body_bytes)
     app[SETTINGS] = settings
+    if settings.credentials is not None:
+        app[PROFILES] = profile_names(settings.credentials)
     app[CONNECTIONS] = ConnectionGuard(
         max_connections=settings.api_max_connections, header_timeout=settings.api_header_timeout
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -208,10 +208,9 @@ _ENVELOPE: Final[dict[str, object]] = {
 }
 
 
-def _job_overhead(source: str | None) -> int:
-    """The bytes of a job for a batch of ``source`` with no URLs (``"urls":[]`` included)."""
-    kwargs = {"urls": [], **({"source": source} if source is not None else {})}
-    return len(serialize({**_ENVELOPE, "k": kwargs}))
+def _job_overhead(fields: Mapping[str, object]) -> int:
+    """The bytes of a job with these fields and no URLs (``"urls":[]`` included)."""
+    return len(serialize({**_ENVELOPE, "k": {"urls": [], **fields}}))
 
 
 def plan_batches(
@@ -221,11 +220,14 @@ def plan_batches(
     source: str | None,
     max_urls: int | None,
     max_job_bytes: int,
+    auth: str | None = None,
+    profiles: Collection[str] | None = None,
 ) -> Iterator[FetchBatch]:
     """``urls`` cut into `FetchBatch`es a worker accepts: at most ``batch_size`` URLs (itself
     at most ``max_urls``, HARVESTER_MAX_BATCH_URLS) and, as a job's JSON, at most
     ``max_job_bytes`` (HARVESTER_MAX_JOB_BYTES). The arguments are checked now, before a URL is
-    read; a URL that could not fit in any job raises `BadJobError` when it is reached."""
+    read (``auth`` against ``profiles`` when the credentials file is known); a URL that could
+    not fit in any job raises `BadJobError` when it is reached."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if max_urls is not None and batch_size > max_urls:
@@ -233,21 +235,28 @@ def plan_batches(
             f"a batch size of {batch_size} is over HARVESTER_MAX_BATCH_URLS ({max_urls}): "
             "workers refuse larger jobs"
         )
-    # The model checks a source only as part of a batch: check it on a batch of one now.
-    make_batch(urls=["https://example.invalid/"], source=source)
-    return _cut(iter(urls), batch_size, source, max_urls, max_job_bytes)
+    fields: dict[str, Any] = {
+        k: v for k, v in (("source", source), ("auth", auth)) if v is not None
+    }
+    # The model checks these fields only as part of a batch: check them on a batch of one now.
+    make_batch(urls=["https://example.invalid/"], profiles=profiles, **fields)
+    return _cut(iter(urls), batch_size, fields, max_urls, max_job_bytes)
 
 
 def _cut(
-    urls: Iterator[str], size: int, source: str | None, max_urls: int | None, max_bytes: int
+    urls: Iterator[str],
+    size: int,
+    fields: Mapping[str, Any],
+    max_urls: int | None,
+    max_bytes: int,
 ) -> Iterator[FetchBatch]:
-    overhead = _job_overhead(source)
+    overhead = _job_overhead(fields)
     chunk: list[str] = []
     used = overhead
     for url in urls:
         cost = len(orjson.dumps(url)) + (1 if chunk else 0)  # a comma after the first
         if chunk and (len(chunk) == size or used + cost > max_bytes):
-            yield make_batch(urls=chunk, source=source, max_urls=max_urls)
+            yield make_batch(urls=chunk, max_urls=max_urls, **fields)
             chunk, used, cost = [], overhead, cost - 1
         if used + cost > max_bytes:
             raise BadJobError(
@@ -257,7 +266,7 @@ def _cut(
         chunk.append(url)
         used += cost
     if chunk:
-        yield make_batch(urls=chunk, source=source, max_urls=max_urls)
+        yield make_batch(urls=chunk, max_urls=max_urls, **fields)
 
 
 async def enqueue_urls(

@@ -12,13 +12,14 @@ Refusals are said plainly ("'urls' is empty"), not in pydantic's words.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from yarl import URL
 
+from worker.engine.credentials import NAME as PROFILE_NAME
 from worker.engine.guard import host_problem
 from worker.errors import BadJobError
 
@@ -67,6 +68,13 @@ class FetchBatch(BaseModel):
         "conditionally and land only when changed. The cron sets it; any service may.",
     )
 
+    auth: str | None = Field(
+        default=None,
+        description="The name of a credential profile in the worker's HARVESTER_CREDENTIALS "
+        "file: its secret goes with every request to the hosts the profile lists, never "
+        "anywhere else. An unknown name refuses the job; nothing is fetched.",
+    )
+
     @field_validator("urls")
     @classmethod
     def _storable_and_bounded(cls, urls: list[str], info: ValidationInfo) -> list[str]:
@@ -95,6 +103,25 @@ class FetchBatch(BaseModel):
             )
         return source
 
+    @field_validator("auth")
+    @classmethod
+    def _known_profile(cls, auth: str | None, info: ValidationInfo) -> str | None:
+        if auth is None:
+            return None
+        if not PROFILE_NAME.fullmatch(auth):
+            raise ValueError(
+                "'auth' must be a profile name: letters, digits, '_', '.', '-' (at most 64)"
+            )
+        # Known only where the credentials file is (the worker; an intake that has it).
+        profiles = (info.context or {}).get("profiles")
+        if profiles is not None and auth not in profiles:
+            known = ", ".join(sorted(profiles)[:20]) or "none"
+            raise ValueError(
+                f"'auth': no credential profile named {auth!r} in HARVESTER_CREDENTIALS "
+                f"(profiles: {known})"
+            )
+        return auth
+
     def as_kwargs(self) -> dict[str, Any]:
         """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
         ``{"urls": [...]}`` and older workers read it too."""
@@ -116,15 +143,22 @@ class BatchRequest(FetchBatch):
 
 
 def parse_batch(
-    args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
+    args: Sequence[object],
+    kwargs: Mapping[str, object],
+    *,
+    max_urls: int,
+    job_id: str,
+    profiles: Collection[str] | None = None,
 ) -> FetchBatch:
-    """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong."""
+    """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong.
+    With ``profiles`` (the names of the credential profiles), an unknown ``auth`` is wrong."""
     problems = job_id_problems(job_id, intake=False)
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     batch: FetchBatch | None = None
     try:
-        batch = FetchBatch.model_validate(kwargs, context={"max_urls": max_urls})
+        context = {"max_urls": max_urls, "profiles": profiles}
+        batch = FetchBatch.model_validate(kwargs, context=context)
     except ValidationError as exc:
         problems += describe(exc.errors(), kwargs)
     if problems or batch is None:
@@ -132,10 +166,13 @@ def parse_batch(
     return batch
 
 
-def make_batch(*, max_urls: int | None = None, **fields: Any) -> FetchBatch:
+def make_batch(
+    *, max_urls: int | None = None, profiles: Collection[str] | None = None, **fields: Any
+) -> FetchBatch:
     """A `FetchBatch` from ``fields``, or `BadJobError` saying what is wrong with them."""
     try:
-        return FetchBatch.model_validate(fields, context={"max_urls": max_urls})
+        context = {"max_urls": max_urls, "profiles": profiles}
+        return FetchBatch.model_validate(fields, context=context)
     except ValidationError as exc:
         raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None
 

@@ -31,6 +31,7 @@ from jobs.replay_failures import replay_failures
 from jobs.retention import apply_retention
 from worker.engine import store
 from worker.engine.budget import ByteBudget
+from worker.engine.credentials import load_credentials
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.migrate import migrate
 from worker.errors import ConfigError, RedisUnavailableError
@@ -48,6 +49,8 @@ log = logging.getLogger("harvester.worker")
 async def startup(ctx: dict[str, Any]) -> None:
     """Create the one session and the one pool this process uses, on one exit stack."""
     settings: Settings = ctx.get("settings") or get_settings()
+    # A bad credentials file stops start-up before anything is opened (ConfigError: one line).
+    credentials = load_credentials(settings.credentials)
     stack = AsyncExitStack()
     try:
         session = create_session(settings)
@@ -65,6 +68,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         fetcher=Fetcher(session, settings),
         pool=pool,
         budget=ByteBudget(settings.buffer_bytes),
+        credentials=credentials,
         exit_stack=stack,
     )
     log.info(
@@ -74,6 +78,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             "concurrency": settings.concurrency,
             "per_host": settings.per_host,
             "max_jobs": settings.max_jobs,
+            "profiles": len(credentials.profiles),
             "metrics_port": settings.metrics_port,
             "loop": type(asyncio.get_running_loop()).__module__,
             "pid": os.getpid(),

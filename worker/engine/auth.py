@@ -1,0 +1,196 @@
+"""Credential profiles applied to requests, and the OAuth2 access tokens of the process.
+
+`Authorizer.sign` puts a profile's secret on one request: a header, a query parameter, or an
+OAuth2 access token. The fetcher asks `may_send` before each hop, redirects included, so a secret
+only ever goes to a host (and port) its profile lists, and never from https down to http.
+
+OAuth2 client-credentials tokens are fetched through the process's one session (so the SSRF guard
+judges the token endpoint like any URL), once per profile and process: concurrent requests wait
+for the one fetch in flight, and the token is kept until shortly before ``expires_in`` runs out,
+or until a request carrying it is answered 401 (`Authorizer.expire`). Every secret and token is
+registered with the log scrubber (`worker.logs.register_secret`) before it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from worker.engine.credentials import Profile
+from worker.engine.guard import AddressPolicy, BlockedAddressError
+from worker.errors import TRANSIENT_STATUSES, AuthError, FetchError
+from worker.logs import register_secret
+
+OAUTH2: Final = "oauth2_client_credentials"
+# A token is renewed this long before it expires (a tenth of its life when that is shorter).
+REFRESH_MARGIN_S: Final = 30.0
+MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
+
+Clock = Callable[[], float]
+
+
+def may_send(profile: Profile, url: URL, first: URL) -> bool:
+    """Whether ``profile``'s secret may go with a request to ``url``, a hop of a request that
+    started at ``first``: its host and port are listed, and it is no http downgrade of https."""
+    if first.scheme == "https" and url.scheme != "https":
+        return False
+    return profile.allows(url)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    renew_at: float | None  # clock time; None: until a 401 says otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A request with a profile's secret on it. ``token`` is the OAuth2 access token it carries
+    (None for the other types), for `Authorizer.expire` when the answer is 401."""
+
+    url: URL
+    headers: Mapping[str, str]
+    token: str | None = None
+
+
+class Authorizer:
+    """Applies profiles to requests; holds the process's OAuth2 tokens, one per profile."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        policy: AddressPolicy,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._policy = policy
+        self._clock = clock
+        self._tokens: dict[str, _Token] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def sign(self, profile: Profile, url: URL, headers: Mapping[str, str] | None) -> Signed:
+        """``url`` and ``headers`` with ``profile``'s credential added (never mutated in place:
+        the caller keeps the clean URL for the next hop and for what is stored)."""
+        signed = dict(headers or {})
+        register_secret(profile.secret)
+        if profile.type == "bearer":
+            signed["Authorization"] = f"Bearer {profile.secret}"
+        elif profile.type == "header":
+            signed[profile.key] = profile.secret
+        elif profile.type == "basic":
+            signed["Authorization"] = aiohttp.BasicAuth(profile.key, profile.secret).encode()
+        elif profile.type == "query":
+            return Signed(url.update_query({profile.key: profile.secret}), signed)
+        else:
+            token = await self.token(profile)
+            signed["Authorization"] = f"Bearer {token}"
+            return Signed(url, signed, token)
+        return Signed(url, signed)
+
+    async def token(self, profile: Profile) -> str:
+        """A current access token for ``profile``: the cached one, or one fetched now (by one
+        request at a time; the others wait for it)."""
+        cached = self._fresh(profile.name)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(profile.name, asyncio.Lock())
+        async with lock:
+            cached = self._fresh(profile.name)  # fetched while this request waited
+            if cached is not None:
+                return cached
+            token = await self._fetch(profile)
+            self._tokens[profile.name] = token
+            return token.value
+
+    def expire(self, profile: Profile, used: str) -> None:
+        """A request carrying ``used`` was answered 401: forget that token, unless another
+        request has already replaced it."""
+        cached = self._tokens.get(profile.name)
+        if cached is not None and cached.value == used:
+            del self._tokens[profile.name]
+
+    def _fresh(self, name: str) -> str | None:
+        token = self._tokens.get(name)
+        if token is None or (token.renew_at is not None and self._clock() >= token.renew_at):
+            return None
+        return token.value
+
+    async def _fetch(self, profile: Profile) -> _Token:
+        register_secret(profile.secret)
+        where = f"OAuth2 token for profile {profile.name!r} from {profile.token_url}"
+        url = URL(profile.token_url)
+        form = {"grant_type": "client_credentials"}
+        if profile.scope:
+            form["scope"] = profile.scope
+        started = self._clock()
+        try:
+            self._policy.check(url.raw_host or "")
+            async with self._session.post(
+                url,
+                data=form,
+                auth=aiohttp.BasicAuth(profile.key, profile.secret),
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
+                status = resp.status
+        except FetchError as exc:  # the SSRF guard, or the guarded resolver
+            raise AuthError(f"{where}: {exc.detail}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            blocked = isinstance(exc.os_error, BlockedAddressError)
+            reason = str(exc.os_error) if blocked else f"cannot connect: {exc.os_error}"
+            raise AuthError(f"{where}: {reason}", transient=not blocked) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise AuthError(f"{where}: {type(exc).__name__}", transient=True) from exc
+        if not 200 <= status < 300:
+            raise AuthError(
+                f"{where}: HTTP {status}{_oauth_error(body)}",
+                transient=status in TRANSIENT_STATUSES,
+            )
+        value, expires_in = _read_token(body, where)
+        register_secret(value)
+        renew_at = None
+        if expires_in is not None:
+            renew_at = started + expires_in - min(REFRESH_MARGIN_S, expires_in / 10)
+        return _Token(value, renew_at)
+
+
+def _read_token(body: bytes, where: str) -> tuple[str, float | None]:
+    """The access token and its lifetime in seconds from a token endpoint's JSON answer."""
+    if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+        raise AuthError(f"{where}: answer over {MAX_TOKEN_RESPONSE_BYTES} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise AuthError(f"{where}: answer is not JSON") from None
+    token = data.get("access_token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token or not (token.isascii() and token.isprintable()):
+        raise AuthError(f"{where}: answer has no usable access_token")
+    kind = data.get("token_type", "bearer")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise AuthError(f"{where}: token_type {str(kind)[:40]!r} is not bearer")
+    expires = data.get("expires_in")
+    if expires is None:
+        return token, None
+    if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
+        raise AuthError(f"{where}: expires_in is not a positive number")
+    return token, float(expires)
+
+
+def _oauth_error(body: bytes) -> str:
+    """The RFC 6749 ``error`` code of a refusal, when it is a short plain word."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    code = data.get("error") if isinstance(data, dict) else None
+    if isinstance(code, str) and code.isascii() and code.replace("_", "").isalnum():
+        return f" ({code[:60]})"
+    return ""
