@@ -27,6 +27,7 @@ from arq.worker import Worker
 
 from tests.helpers import TEST_QUEUE, Services, settings_factory, with_database
 from tests.helpers.cli import InProcess
+from tests.helpers.locks import SECRET_ENV, lock_all, profiles_toml
 from tests.helpers.upstream import Upstream
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
@@ -143,6 +144,19 @@ async def upstream() -> AsyncIterator[Upstream]:
         yield up
     finally:
         await up.stop()
+
+
+@pytest.fixture
+def credentials_file(tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A credentials file with a profile of each type (and a wrong twin of each) for the
+    upstream, whose /api/<type>/ paths demand them; the secrets are in the environment."""
+    for name, value in SECRET_ENV.items():
+        monkeypatch.setenv(name, value)
+    lock_all(upstream.locks, upstream.tokens)
+    path = tmp_path / "credentials.toml"
+    host = upstream.base.removeprefix("http://")
+    path.write_text(profiles_toml([host], upstream.url("/oauth/token")))
+    return path
 
 
 @pytest.fixture

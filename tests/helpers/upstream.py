@@ -15,7 +15,11 @@ Routes (all on one loopback port):
   /redirect-to?location=L            one redirect to L
   /served/{name}                     ``upstream.served[name]``: a (body, content type) pair the
                                      test sets
-  /api/{path}                        JSON naming the path: the docs' api.example.com
+  /api/{path}                        JSON naming the path: the docs' api.example.com; a path
+                                     whose first segment is in ``upstream.locks`` demands that
+                                     credential (`tests.helpers.locks`)
+  /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
+  /echo-auth/{name}                  403, its reason phrase echoing the credential it received
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -34,6 +38,8 @@ from email.utils import formatdate
 
 import orjson
 from aiohttp import web
+
+from tests.helpers.locks import Lock, TokenEndpoint, echoed_credential
 
 
 @functools.cache
@@ -75,6 +81,8 @@ class Upstream:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     feeds: dict[str, Feed] = field(default_factory=dict)
     served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    locks: dict[str, Lock] = field(default_factory=dict)
+    tokens: TokenEndpoint = field(default_factory=TokenEndpoint)
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -106,6 +114,8 @@ class Upstream:
         r.add_get("/served/{name}", self._served)
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
+        r.add_post("/oauth/token", self.tokens.handle)
+        r.add_get("/echo-auth/{name}", self._echo_auth)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -142,8 +152,16 @@ class Upstream:
 
     async def _api(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
+        lock = self.locks.get(path.split("/", 1)[0])
+        refusal = lock.judge(request, self.tokens) if lock is not None else None
+        if refusal is not None:
+            return web.json_response({"error": "credentials"}, status=refusal)
         body = {"name": path, "sku": path.replace("/", "-"), "price": len(path), "in_stock": True}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _echo_auth(self, request: web.Request) -> web.Response:
+        reason = f"refused {echoed_credential(request)}"
+        return web.json_response({"error": "echo"}, status=403, reason=reason)
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])

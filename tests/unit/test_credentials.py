@@ -143,7 +143,7 @@ def test_a_bad_profile_is_refused_naming_the_profile_and_field(
 def test_an_unreadable_or_invalid_file_is_refused(tmp_path: Path) -> None:
     """Invalid TOML and a missing file are one-line errors naming the setting."""
     assert "not valid TOML" in _refusal(tmp_path, "[profiles.p\n")
-    with pytest.raises(ConfigError, match="HARVESTER_CREDENTIALS .*cannot read"):
+    with pytest.raises(ConfigError, match=r"HARVESTER_CREDENTIALS .*cannot read"):
         load_credentials(tmp_path / "missing.toml", ENV)
 
 

@@ -14,6 +14,7 @@ registered with the log scrubber (`worker.logs.register_secret`) before it is se
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ REFRESH_MARGIN_S: Final = 30.0
 MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 
 Clock = Callable[[], float]
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """An ``Authorization`` value for HTTP Basic (RFC 7617, UTF-8); aiohttp's `BasicAuth` is
+    deprecated, and its replacement is not in every aiohttp this package allows."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def may_send(profile: Profile, url: URL, first: URL) -> bool:
@@ -86,7 +93,7 @@ class Authorizer:
         elif profile.type == "header":
             signed[profile.key] = profile.secret
         elif profile.type == "basic":
-            signed["Authorization"] = aiohttp.BasicAuth(profile.key, profile.secret).encode()
+            signed["Authorization"] = basic_authorization(profile.key, profile.secret)
         elif profile.type == "query":
             return Signed(url.update_query({profile.key: profile.secret}), signed)
         else:
@@ -136,7 +143,8 @@ class Authorizer:
             async with self._session.post(
                 url,
                 data=form,
-                auth=aiohttp.BasicAuth(profile.key, profile.secret),
+                # RFC 6749 2.3.1: client_secret_basic, the method every server must support.
+                headers={"Authorization": basic_authorization(profile.key, profile.secret)},
                 allow_redirects=False,
             ) as resp:
                 body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
