@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -152,6 +153,27 @@ async def test_bad_bodies_get_clear_4xx(
         assert r.status == status
         assert message in (await r.json())["error"]
     assert await arq_queue.queued_jobs() == []
+
+
+async def test_the_intake_refuses_an_unknown_profile_when_it_has_the_credentials_file(
+    start_api: StartAPI, arq_queue: ArqRedis, credentials_file: Path
+) -> None:
+    """With HARVESTER_CREDENTIALS an unknown `auth` is a 422 naming it and nothing is
+    enqueued; a known one is taken. Without the file the intake cannot know and passes it on
+    (the worker refuses it)."""
+    batch = {"urls": ["https://api.example.com/a"], "auth": "nope"}
+    with_file = await start_api(credentials=credentials_file)
+    without = await start_api()
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        async with session.post(f"{with_file}/batches", json=batch) as r:
+            assert r.status == 422
+            assert "no credential profile named 'nope'" in (await r.json())["error"]
+        assert await arq_queue.queued_jobs() == []
+        async with session.post(f"{with_file}/batches", json={**batch, "auth": "basic"}) as r:
+            assert r.status == 202
+        async with session.post(f"{without}/batches", json=batch) as r:
+            assert r.status == 202
+    assert len(await arq_queue.queued_jobs()) == 2
 
 
 async def test_a_batch_goes_from_queued_to_complete_with_its_summary(

@@ -1,13 +1,31 @@
-"""Credentials in URLs and in DATABASE_URL never reach logs or failure details in clear."""
+"""Credentials in URLs and in DATABASE_URL, and the secrets of credential profiles, never reach
+logs, failure details, Redis, Postgres, status, metrics or API answers in clear."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from arq.worker import Worker
 
 from tests.helpers import Services
-from tests.helpers.cli import cli_env, harvester
+from tests.helpers.cli import InProcess, cli_env, harvester
+from tests.helpers.locks import PROFILE_TYPES, SECRET_ENV
 from tests.helpers.upstream import Upstream
+from worker import logs as logs_module
+from worker.devtools.embedded import free_port
+from worker.engine.auth import basic_authorization
+from worker.logs import KeyValueFormatter
+from worker.ops.api import create_app, serve
+from worker.settings import Settings
 
 SECRETS = (
     "s3cret-pass",
@@ -70,3 +88,160 @@ async def test_secrets_stay_out_of_logs_and_failure_details(
         )
     }
     assert stored == set(urls)
+
+
+async def _redis_text(redis: aioredis.Redis) -> str:
+    """Every key of the Redis database and every value under it, as text."""
+    parts: list[str] = []
+    async for key in redis.scan_iter(count=1000):
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            value: object = await redis.get(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        elif kind == "set":
+            value = await redis.smembers(key)
+        else:
+            value = kind
+        parts.append(f"{key!r} {value!r}")
+    return "\n".join(parts)
+
+
+async def _postgres_text(pool: asyncpg.Pool) -> str:
+    """Every row of every table of harvester's schema, as text."""
+    tables = await pool.fetch(
+        "SELECT quote_ident(table_name) AS t FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+    )
+    assert len(tables) >= 4
+    rows = []
+    for t in tables:
+        rows += [r[0] for r in await pool.fetch(f"SELECT x::text FROM {t['t']} x")]
+    return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def _captured_logs() -> Iterator[io.StringIO]:
+    """Everything logged meanwhile, at DEBUG, as harvester's formatter writes it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def _everywhere_a_secret_could_land(
+    *,
+    services: Services,
+    upstream: Upstream,
+    credentials_file: Path,
+    arq_queue: ArqRedis,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+    cli: InProcess,
+) -> dict[str, str]:
+    """Run a job per profile type (a URL that lands, and one whose server echoes the credential
+    it got in its reason phrase), then read back every place harvester writes to."""
+    job_ids = [f"sweep-{kind}" for kind in PROFILE_TYPES]
+    for kind, job_id in zip(PROFILE_TYPES, job_ids, strict=True):
+        urls = [upstream.url(f"/api/{kind}/ok"), upstream.url(f"/echo-auth/{kind}")]
+        await arq_queue.enqueue_job("fetch_batch", urls=urls, auth=kind, _job_id=job_id)
+    metrics_port = free_port()
+    with _captured_logs() as logs:
+        worker = make_worker(credentials=credentials_file, metrics_port=metrics_port)
+        await worker.main()
+        assert worker.jobs_complete == len(job_ids)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                metrics = await r.text()
+            app = create_app(make_settings(credentials=credentials_file))
+            api = []
+            async with serve(app, "127.0.0.1", 0) as port:
+                for job_id in job_ids:
+                    async with session.get(f"http://127.0.0.1:{port}/batches/{job_id}") as r:
+                        api.append(await r.text())
+    env = cli_env(services)
+    status = await cli("status", "--json", env=env)
+    failures = await cli("failures", "list", "--json", env=env)
+    details = [r["detail"] for r in await pool.fetch("SELECT detail FROM fetch_failures")]
+    assert len(details) == len(job_ids)
+    assert await pool.fetchval("SELECT count(*) FROM documents") == len(job_ids)
+    return {
+        "redis": await _redis_text(redis),
+        "postgres": await _postgres_text(pool),
+        "failure details": "\n".join(details),
+        "logs": logs.getvalue(),
+        "status --json": status.stdout + status.stderr,
+        "failures list": failures.stdout + failures.stderr,
+        "metrics": metrics,
+        "api": "\n".join(api),
+    }
+
+
+def _secret_values(upstream: Upstream) -> dict[str, str]:
+    """Each secret of the run by name: the profiles' and every access token issued."""
+    values = {name: value for name, value in SECRET_ENV.items() if name != "TEST_WRONG_SECRET"}
+    values["basic header"] = basic_authorization("reports", SECRET_ENV["TEST_BASIC_PASSWORD"])
+    assert upstream.tokens.issued, "the OAuth2 profile was not used"
+    values.update({f"access token {i}": t for i, t in enumerate(upstream.tokens.issued)})
+    return values
+
+
+@pytest.mark.parametrize("redaction", [True, False], ids=["redacted", "teeth"])
+async def test_no_secret_of_any_profile_type_lands_anywhere(
+    redaction: bool,
+    services: Services,
+    upstream: Upstream,
+    credentials_file: Path,
+    arq_queue: ArqRedis,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    make_worker: Callable[..., Worker],
+    make_settings: Callable[..., Settings],
+    cli: InProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a run using every profile type, no profile secret and no access token is in
+    Redis, any Postgres table, the worker's log, `status --json`, `failures list`, /metrics,
+    the API's answers or a failure detail. With the scrubber off (the teeth) the secrets the
+    careless upstream echoed are found in the details, the tables, the log and `failures list`:
+    only the scrubbing keeps them out."""
+    monkeypatch.setattr(logs_module.secrets, "enabled", redaction)
+    places = await _everywhere_a_secret_could_land(
+        services=services,
+        upstream=upstream,
+        credentials_file=credentials_file,
+        arq_queue=arq_queue,
+        pool=pool,
+        redis=redis,
+        make_worker=make_worker,
+        make_settings=make_settings,
+        cli=cli,
+    )
+    secrets = _secret_values(upstream)
+    found = {
+        (name, place)
+        for name, value in secrets.items()
+        for place, text in places.items()
+        if value in text
+    }
+    if redaction:
+        assert found == set()
+        assert "[redacted]" in places["failure details"]
+        return
+    echoed = set(secrets) - {"TEST_CLIENT_SECRET", "basic header"}  # never sent to an API
+    for place in ("failure details", "postgres", "logs", "failures list"):
+        assert {name for name, where in found if where == place} == echoed, place

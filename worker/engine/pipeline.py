@@ -294,6 +294,11 @@ class BatchRun:
             log.exception("fetch.internal_error", extra={"url": url})
             outcome = Failed(url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0)
         metrics.record_fetch(outcome)
+        if isinstance(outcome, Failed) and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "fetch.failed",
+                extra={"url": url, "kind": outcome.kind, "detail": outcome.detail},
+            )
         item: Outcome | Polled = outcome
         if state is not None:
             item = settle(state, outcome, self._settings)
