@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from tests.helpers import Services, wait_until
 from tests.helpers.docs import Example, Unmarked, blocks, examples, session_script
+from tests.helpers.locks import Lock
 from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
 from worker.engine.outcomes import BatchSummary
@@ -40,6 +41,16 @@ SESSIONS: dict[str, list[str]] = {
         "http-enqueue",
         "query",
         "procfile",
+    ],
+    # The README's "APIs that need credentials", in a session of its own: its worker has the
+    # credentials file, the quickstart's does not.
+    "README.md#apis": [
+        "apis-bearer",
+        "apis-header",
+        "apis-query",
+        "apis-basic",
+        "apis-oauth2",
+        "apis-worker",
     ],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-sql"],
@@ -82,7 +93,7 @@ def test_every_runnable_example_is_run_by_a_session(repo_root: Path) -> None:
         for b in blocks(doc)
         if isinstance(b, Example) and b.runnable
     }
-    planned = {(doc, name) for doc, names in SESSIONS.items() for name in names}
+    planned = {(doc.split("#")[0], name) for doc, names in SESSIONS.items() for name in names}
     assert runnable == planned
 
 
@@ -118,17 +129,20 @@ async def run_docs(
         honcho_port = free_ports(0, 100)
         replacements = {
             "https://api.example.com": upstream.url("/api"),
+            "https://auth.example.com": upstream.base,  # the OAuth2 token endpoint
+            '"api.example.com"': f'"{upstream.base.removeprefix("http://")}"',  # profile hosts
             "postgresql://harvester:secret@localhost:5432/harvester": services.database_url,
             "redis://localhost:6379/0": services.redis_url,
             "8080": str(api_port),
         }
         ready = {
             "worker": "harvester health",
+            "apis-worker": "harvester health",
             "http-api": f"curl -sf localhost:{api_port}/healthz",
             "api-start": f"curl -sf localhost:{api_port}/healthz",
             "procfile": f"curl -sf localhost:{honcho_port + 100}/healthz",
         }
-        docs_examples = examples(repo_root / doc)
+        docs_examples = examples(repo_root / doc.split("#")[0])
         script = session_script([docs_examples[n] for n in SESSIONS[doc]], replacements, ready)
         (folder / "session.sh").write_text(script)
         env = {
@@ -187,6 +201,33 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
     )
     assert "items/1" in session.stdout  # psql printed the landed rows
+    assert "Traceback" not in session.stderr
+
+
+async def test_the_credential_profile_examples_land_with_their_credentials(
+    run_docs: Callable[..., Awaitable[Session]], upstream: Upstream, pool: asyncpg.Pool
+) -> None:
+    """One example per profile type: each URL lands only because its credential was sent (the
+    upstream answers 401 without it), and the query key is not in the stored URL."""
+    upstream.locks.update(
+        crm=Lock("bearer", "your-crm-token"),
+        weather=Lock("header", "your-weather-key", "X-Api-Key"),
+        maps=Lock("query", "your-maps-key", "key"),
+        reports=Lock("basic", "your-reports-password", "harvester"),
+        billing=Lock("oauth2_client_credentials"),
+    )
+    upstream.tokens.client_secret = "your-billing-client-secret"
+    session = await run_docs("README.md#apis")
+    assert session.returncode == 0, session.stderr[-4000:]
+    wanted = {"crm/contacts", "weather/today", "maps/geocode?q=Berlin", "reports/daily"}
+    wanted.add("billing/invoices")
+
+    async def all_landed() -> bool:
+        return await _landed(pool, "apis") == wanted
+
+    await wait_until(all_landed, timeout=60)
+    assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 0
+    assert upstream.tokens.fetches == 1
     assert "Traceback" not in session.stderr
 
 
