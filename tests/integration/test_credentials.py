@@ -24,6 +24,7 @@ from worker.engine.credentials import Credentials, load_credentials
 from worker.engine.fetch import Fetcher, address_policy
 from worker.engine.outcomes import Failed, Fetched
 from worker.queue.serialization import deserialize
+from worker.scheduling import sources
 from worker.settings import Settings
 
 OAUTH = "oauth2_client_credentials"
@@ -248,3 +249,38 @@ async def test_a_worker_with_a_bad_credentials_file_does_not_start(
     assert "'token'" in run.stderr
     assert "Traceback" not in run.stderr
     assert "inl-42" not in run.stderr + run.stdout
+
+
+async def test_a_scheduled_source_polls_with_its_profile(
+    credentials_file: Path,
+    services: Services,
+    cli: InProcess,
+    upstream: Upstream,
+    arq_queue: ArqRedis,
+    pool: asyncpg.Pool,
+    make_settings: Callable[..., Settings],
+    make_worker: Callable[..., Worker],
+) -> None:
+    """`sources add --auth` stores the profile name (an unknown one is refused when the file is
+    known); each poll job carries it, apart from sources of the same name without it, and the
+    poll lands with the credential."""
+    env = cli_env(services, HARVESTER_CREDENTIALS=str(credentials_file))
+    locked, plain = upstream.url("/api/bearer/polled"), upstream.url("/json/plain")
+    refused = await cli("sources", "add", locked, "--every", "1m", "--auth", "nope", env=env)
+    assert refused.returncode == 2
+    assert "no credential profile named 'nope'" in refused.stderr
+    added = await cli(
+        "sources", "add", locked, "--every", "1m", "--source", "s", "--auth", "bearer", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    assert (
+        await cli("sources", "add", plain, "--every", "1m", "--source", "s", env=env)
+    ).returncode == 0
+    listed = await cli("sources", "list", "--json", env=env)
+    assert '"auth":"bearer"' in listed.stdout
+    done = await sources.enqueue_due(pool, arq_queue, make_settings())
+    assert len(done.jobs) == 2
+    jobs = {tuple(j.kwargs["urls"]): j.kwargs.get("auth") for j in await arq_queue.queued_jobs()}
+    assert jobs == {(locked,): "bearer", (plain,): None}
+    await make_worker(credentials=credentials_file).main()
+    assert await _outcomes(pool) == {locked: ("document", 200), plain: ("document", 200)}

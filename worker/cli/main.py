@@ -22,6 +22,7 @@ from worker.cli.util import (
     EXIT_UNAVAILABLE,
     EXIT_UNHEALTHY,
     command_settings,
+    known_profiles,
     positive,
     read_urls,
     url_lines,
@@ -112,7 +113,6 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from worker.engine.credentials import profile_names
     from worker.queue.client import check_prefix, enqueue_batches, open_queue, plan_batches
 
     settings = command_settings()
@@ -125,7 +125,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
 
-    profiles = profile_names(settings.credentials) if settings.credentials is not None else None
+    profiles = known_profiles()
 
     async def go(lines: Iterable[str]) -> None:
         batches = plan_batches(

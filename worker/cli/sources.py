@@ -12,6 +12,7 @@ import orjson
 
 from worker.cli.util import (
     EXIT_CONFIG,
+    check_auth,
     format_age,
     positive,
     print_table,
@@ -48,8 +49,9 @@ def cmd_add(args: argparse.Namespace) -> int:
         print("harvester: no URLs given (pass URLs or --from-file)", file=sys.stderr)
         return EXIT_CONFIG
     sources.check_urls(urls)  # before connecting: a typo is not a database problem
+    check_auth(args.auth)
     added, updated = with_pool(
-        lambda pool: sources.add(pool, urls, every=args.every, name=args.source)
+        lambda pool: sources.add(pool, urls, every=args.every, name=args.source, auth=args.auth)
     )
     print(f"added {added}, updated {updated} source(s), every {format_duration(args.every)}")
     return 0
@@ -130,6 +132,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="interval, with its unit: 30s, 15m, 2h, 1d, 1h30m",
     )
     a.add_argument("--source", default=None, metavar="NAME", help="stored as documents.source")
+    a.add_argument(
+        "--auth",
+        default=None,
+        metavar="PROFILE",
+        help="the credential profile (HARVESTER_CREDENTIALS) the polls use",
+    )
     a.add_argument(
         "--from-file",
         action="append",

@@ -49,6 +49,25 @@ def command_settings() -> Settings:
     return get_settings().model_copy(update={"redis_retry_time": COMMAND_REDIS_RETRY_S})
 
 
+def known_profiles() -> frozenset[str] | None:
+    """The credential profile names, when HARVESTER_CREDENTIALS is set for this command (None:
+    the command cannot know them, and leaves the judgement of ``auth`` to the worker)."""
+    from worker.engine.credentials import profile_names
+    from worker.settings import get_settings
+
+    path = get_settings().credentials
+    return profile_names(path) if path is not None else None
+
+
+def check_auth(auth: str | None) -> None:
+    """Raise `BadJobError` for a profile name no job may carry, or that the credentials file
+    lacks when the command has it: the job contract's own check, on a batch of one."""
+    from worker.queue.payload import make_batch
+
+    if auth is not None:
+        make_batch(urls=["https://example.invalid/"], auth=auth, profiles=known_profiles())
+
+
 def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """Run ``work`` with the store's pool for the configured database, closed afterwards."""
     from worker.engine import store

@@ -33,7 +33,7 @@ CLAIM_LEASE_MIN_S = 3600.0
 _MAX_REENQUEUE = 100
 
 _DUE = """
-SELECT id, url, name, next_due_at FROM sources
+SELECT id, url, name, auth, next_due_at FROM sources
 WHERE enabled AND next_due_at <= now() AND (claimed_until IS NULL OR claimed_until <= now())
 ORDER BY next_due_at, id
 LIMIT $1
@@ -52,16 +52,16 @@ WHERE harvester_url_key(url) = ANY (SELECT harvester_url_key(u) FROM unnest($1::
 """
 
 _UPSERT = """
-INSERT INTO sources (url, name, interval_s)
-SELECT u, $2, $3 FROM unnest($1::text[]) AS u
+INSERT INTO sources (url, name, interval_s, auth)
+SELECT u, $2, $3, $4 FROM unnest($1::text[]) AS u
 ON CONFLICT (harvester_url_key(url)) DO UPDATE
-    SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s,
+    SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s, auth = EXCLUDED.auth,
         next_due_at = LEAST(sources.next_due_at, now() + make_interval(secs => EXCLUDED.interval_s))
 RETURNING (xmax = 0) AS inserted
 """
 
 _LIST = """
-SELECT id, url, name, interval_s, enabled, next_due_at, last_polled_at, last_status,
+SELECT id, url, name, auth, interval_s, enabled, next_due_at, last_polled_at, last_status,
        last_outcome, consecutive_failures, last_success_at, poll_job_id
 FROM sources
 WHERE ($1::text IS NULL OR name = $1)
@@ -77,6 +77,7 @@ class SourceRow:
     id: int
     url: str
     name: str | None
+    auth: str | None
     interval_s: int
     enabled: bool
     next_due_at: datetime
@@ -119,20 +120,22 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     """Claim the sources that are due and enqueue them as scheduled `fetch_batch` jobs.
 
     At most ``HARVESTER_SOURCES_CLAIM_LIMIT`` sources per run (the rest stay due for the next
-    run), in jobs of at most ``HARVESTER_SOURCES_BATCH_SIZE`` URLs, one source name per job.
+    run), in jobs of at most ``HARVESTER_SOURCES_BATCH_SIZE`` URLs, one source name and
+    credential profile per job.
     """
     jobs: list[str] = []
     with store.translated("cannot claim due sources"):
         async with pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(_DUE, settings.sources_claim_limit)
-            by_name: dict[str | None, list[asyncpg.Record]] = {}
+            groups: dict[tuple[str | None, str | None], list[asyncpg.Record]] = {}
             for r in due:
-                by_name.setdefault(r["name"], []).append(r)
+                groups.setdefault((r["name"], r["auth"]), []).append(r)
             step = settings.sources_batch_size
-            for name, rows in by_name.items():
+            for (name, auth), rows in groups.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    batch = FetchBatch(urls=[r["url"] for r in chunk], source=name, scheduled=True)
+                    urls = [r["url"] for r in chunk]
+                    batch = FetchBatch(urls=urls, source=name, scheduled=True, auth=auth)
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
                     job_id = await _enqueue(redis, poll_job_id(chunk), batch)
@@ -194,9 +197,15 @@ def check_urls(urls: Iterable[str]) -> list[str]:
 
 
 async def add(
-    pool: asyncpg.Pool, urls: Iterable[str], *, every: float, name: str | None
+    pool: asyncpg.Pool,
+    urls: Iterable[str],
+    *,
+    every: float,
+    name: str | None,
+    auth: str | None = None,
 ) -> tuple[int, int]:
-    """Register ``urls`` (or update their interval and name); return (added, updated).
+    """Register ``urls`` (or update their interval, name and credential profile ``auth``);
+    return (added, updated).
 
     Raises `BadJobError` naming the URLs that cannot be polled (not http(s), no host...),
     before anything is registered.
@@ -205,7 +214,7 @@ async def add(
     if not unique:
         return 0, 0
     with store.translated("cannot register sources"):
-        rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)))
+        rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)), auth)
     added = sum(1 for r in rows if r["inserted"])
     return added, len(rows) - added
 
