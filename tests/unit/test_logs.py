@@ -5,8 +5,17 @@ from __future__ import annotations
 import logging
 
 import orjson
+import pytest
 
-from worker.logs import ArqLineFilter, JSONFormatter, KeyValueFormatter, bound_job, redact
+from worker.logs import (
+    ArqLineFilter,
+    JSONFormatter,
+    KeyValueFormatter,
+    bound_job,
+    redact,
+    register_secret,
+    secrets,
+)
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
@@ -103,3 +112,28 @@ def test_arqs_job_start_line_is_dropped_and_bad_jobs_lose_their_traceback() -> N
     assert "job.invalid" in line
     assert "job_id=j1" in line
     assert "'f' must be a function name" in line
+
+
+def test_registered_secrets_are_redacted_everywhere_a_line_can_carry_them() -> None:
+    """A loaded secret is replaced in the message, in string fields, in nested values, in JSON
+    lines and in tracebacks; a secret containing another is hidden whole."""
+    register_secret("sekr1t-unit-abc")
+    register_secret("sekr1t-unit-abc-longer")
+    record = _record("upstream said sekr1t-unit-abc-longer", detail="x sekr1t-unit-abc y")
+    record.__dict__["nested"] = {"echo": ["sekr1t-unit-abc"]}
+    error = ValueError("boom sekr1t-unit-abc")
+    record.exc_info = (ValueError, error, None)
+    for formatter in (KeyValueFormatter(), JSONFormatter()):
+        line = formatter.format(record)
+        assert "sekr1t" not in line, line
+        assert "[redacted]" in line
+    assert redact("a sekr1t-unit-abc-longer b") == "a [redacted] b"
+
+
+def test_the_scrubber_can_be_turned_off_only_for_the_test_that_proves_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``secrets.enabled`` off the value passes: the switch the teeth test uses."""
+    register_secret("sekr1t-unit-off")
+    monkeypatch.setattr(secrets, "enabled", False)
+    assert redact("x sekr1t-unit-off") == "x sekr1t-unit-off"

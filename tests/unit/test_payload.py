@@ -114,3 +114,28 @@ def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:
     else:
         by_model = True
     assert by_schema == by_model
+
+
+def test_auth_is_a_profile_name_checked_against_the_profiles_when_known() -> None:
+    """`auth` must look like a profile name; with the profile names (the worker, an intake with
+    the file) an unknown one is refused, naming it; without them it passes."""
+    ok = parse_batch((), {"urls": ["https://a.example/"], "auth": "crm"}, max_urls=10, job_id="j")
+    assert ok.as_kwargs() == {"urls": ["https://a.example/"], "auth": "crm"}
+    with pytest.raises(BadJobError, match="'auth' must be a profile name"):
+        parse_batch((), {"urls": ["https://a.example/"], "auth": "a b"}, max_urls=10, job_id="j")
+    with pytest.raises(BadJobError, match=r"no credential profile named 'crm'.*profiles: billing"):
+        parse_batch(
+            (),
+            {"urls": ["https://a.example/"], "auth": "crm"},
+            max_urls=10,
+            job_id="j",
+            profiles={"billing"},
+        )
+    with pytest.raises(BadJobError, match=r"profiles: none"):
+        parse_batch(
+            (),
+            {"urls": ["https://a.example/"], "auth": "crm"},
+            max_urls=10,
+            job_id="j",
+            profiles={},
+        )
