@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -141,8 +141,11 @@ def _captured_logs() -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
-async def _everywhere_a_secret_could_land(
-    *,
+Sweep = Callable[[], Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+def sweep(
     services: Services,
     upstream: Upstream,
     credentials_file: Path,
@@ -152,43 +155,48 @@ async def _everywhere_a_secret_could_land(
     make_worker: Callable[..., Worker],
     make_settings: Callable[..., Settings],
     cli: InProcess,
-) -> dict[str, str]:
-    """Run a job per profile type (a URL that lands, and one whose server echoes the credential
-    it got in its reason phrase), then read back every place harvester writes to."""
-    job_ids = [f"sweep-{kind}" for kind in PROFILE_TYPES]
-    for kind, job_id in zip(PROFILE_TYPES, job_ids, strict=True):
-        urls = [upstream.url(f"/api/{kind}/ok"), upstream.url(f"/echo-auth/{kind}")]
-        await arq_queue.enqueue_job("fetch_batch", urls=urls, auth=kind, _job_id=job_id)
-    metrics_port = free_port()
-    with _captured_logs() as logs:
-        worker = make_worker(credentials=credentials_file, metrics_port=metrics_port)
-        await worker.main()
-        assert worker.jobs_complete == len(job_ids)
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
-                metrics = await r.text()
-            app = create_app(make_settings(credentials=credentials_file))
-            api = []
-            async with serve(app, "127.0.0.1", 0) as port:
-                for job_id in job_ids:
-                    async with session.get(f"http://127.0.0.1:{port}/batches/{job_id}") as r:
-                        api.append(await r.text())
-    env = cli_env(services)
-    status = await cli("status", "--json", env=env)
-    failures = await cli("failures", "list", "--json", env=env)
-    details = [r["detail"] for r in await pool.fetch("SELECT detail FROM fetch_failures")]
-    assert len(details) == len(job_ids)
-    assert await pool.fetchval("SELECT count(*) FROM documents") == len(job_ids)
-    return {
-        "redis": await _redis_text(redis),
-        "postgres": await _postgres_text(pool),
-        "failure details": "\n".join(details),
-        "logs": logs.getvalue(),
-        "status --json": status.stdout + status.stderr,
-        "failures list": failures.stdout + failures.stderr,
-        "metrics": metrics,
-        "api": "\n".join(api),
-    }
+) -> Sweep:
+    """A run using every profile type, and the text of every place harvester writes to."""
+
+    async def run() -> dict[str, str]:
+        """Run a job per profile type (a URL that lands, and one whose server echoes the credential
+        it got in its reason phrase), then read back every place harvester writes to."""
+        job_ids = [f"sweep-{kind}" for kind in PROFILE_TYPES]
+        for kind, job_id in zip(PROFILE_TYPES, job_ids, strict=True):
+            urls = [upstream.url(f"/api/{kind}/ok"), upstream.url(f"/echo-auth/{kind}")]
+            await arq_queue.enqueue_job("fetch_batch", urls=urls, auth=kind, _job_id=job_id)
+        metrics_port = free_port()
+        with _captured_logs() as logs:
+            worker = make_worker(credentials=credentials_file, metrics_port=metrics_port)
+            await worker.main()
+            assert worker.jobs_complete == len(job_ids)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                    metrics = await r.text()
+                app = create_app(make_settings(credentials=credentials_file))
+                api = []
+                async with serve(app, "127.0.0.1", 0) as port:
+                    for job_id in job_ids:
+                        async with session.get(f"http://127.0.0.1:{port}/batches/{job_id}") as r:
+                            api.append(await r.text())
+        env = cli_env(services)
+        status = await cli("status", "--json", env=env)
+        failures = await cli("failures", "list", "--json", env=env)
+        details = [r["detail"] for r in await pool.fetch("SELECT detail FROM fetch_failures")]
+        assert len(details) == len(job_ids)
+        assert await pool.fetchval("SELECT count(*) FROM documents") == len(job_ids)
+        return {
+            "redis": await _redis_text(redis),
+            "postgres": await _postgres_text(pool),
+            "failure details": "\n".join(details),
+            "logs": logs.getvalue(),
+            "status --json": status.stdout + status.stderr,
+            "failures list": failures.stdout + failures.stderr,
+            "metrics": metrics,
+            "api": "\n".join(api),
+        }
+
+    return run
 
 
 def _secret_values(upstream: Upstream) -> dict[str, str]:
@@ -202,17 +210,7 @@ def _secret_values(upstream: Upstream) -> dict[str, str]:
 
 @pytest.mark.parametrize("redaction", [True, False], ids=["redacted", "teeth"])
 async def test_no_secret_of_any_profile_type_lands_anywhere(
-    redaction: bool,
-    services: Services,
-    upstream: Upstream,
-    credentials_file: Path,
-    arq_queue: ArqRedis,
-    pool: asyncpg.Pool,
-    redis: aioredis.Redis,
-    make_worker: Callable[..., Worker],
-    make_settings: Callable[..., Settings],
-    cli: InProcess,
-    monkeypatch: pytest.MonkeyPatch,
+    redaction: bool, sweep: Sweep, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a run using every profile type, no profile secret and no access token is in
     Redis, any Postgres table, the worker's log, `status --json`, `failures list`, /metrics,
@@ -220,17 +218,7 @@ async def test_no_secret_of_any_profile_type_lands_anywhere(
     careless upstream echoed are found in the details, the tables, the log and `failures list`:
     only the scrubbing keeps them out."""
     monkeypatch.setattr(logs_module.secrets, "enabled", redaction)
-    places = await _everywhere_a_secret_could_land(
-        services=services,
-        upstream=upstream,
-        credentials_file=credentials_file,
-        arq_queue=arq_queue,
-        pool=pool,
-        redis=redis,
-        make_worker=make_worker,
-        make_settings=make_settings,
-        cli=cli,
-    )
+    places = await sweep()
     secrets = _secret_values(upstream)
     found = {
         (name, place)
