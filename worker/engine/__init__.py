@@ -1,6 +1,7 @@
 """The engine: a batch of URLs in, one recorded outcome per URL out.
 
-Fetching (one shared aiohttp session, the SSRF guard, pacing, priority slots, retries), the
+Fetching (one shared aiohttp session, the SSRF guard, pacing, priority slots, retries, the
+credential profiles and the OAuth2 tokens it applies per hop), the
 outcome values, the pipeline that streams outcomes to COPY writers, the store (pool, COPY,
 Postgres error translation), migrations, scheduled-poll rules, and the metric counters it
 records. It takes plain arguments (a fetcher, a pool, settings, URLs) and returns typed values,
