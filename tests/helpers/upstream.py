@@ -29,6 +29,7 @@ import asyncio
 import functools
 import gzip
 import socket
+import ssl
 import time
 import zlib
 from collections import Counter
@@ -93,6 +94,9 @@ class Upstream:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     feeds: dict[str, Feed] = field(default_factory=dict)
     served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    # Serve HTTPS with this context (base then starts https://), on this loopback address.
+    ssl_context: ssl.SSLContext | None = None
+    host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -127,11 +131,12 @@ class Upstream:
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((self.host, 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.base = f"{scheme}://{self.host}:{sock.getsockname()[1]}"
 
     async def stop(self) -> None:
         if self._runner is not None:
