@@ -26,6 +26,7 @@ Routes (all on one loopback port):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import socket
@@ -33,6 +34,7 @@ import ssl
 import time
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -141,6 +143,15 @@ class Upstream:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Upstream]:
+        """Started for the block, stopped after it, even when it fails."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
 
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:

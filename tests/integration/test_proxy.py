@@ -44,12 +44,8 @@ async def forward_proxy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
 @pytest.fixture
 async def second() -> AsyncIterator[Upstream]:
     """An upstream on 127.0.0.2."""
-    up = Upstream(host="127.0.0.2")
-    await up.start()
-    try:
+    async with Upstream(host="127.0.0.2").serving() as up:
         yield up
-    finally:
-        await up.stop()
 
 
 @pytest.fixture
@@ -66,12 +62,8 @@ async def tls_upstream(ca: tuple[trustme.CA, Path]) -> AsyncIterator[Upstream]:
     """An HTTPS upstream on 127.0.0.2 whose certificate the test CA signed."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca[0].issue_cert("127.0.0.2").configure_cert(context)
-    up = Upstream(host="127.0.0.2", ssl_context=context)
-    await up.start()
-    try:
+    async with Upstream(host="127.0.0.2", ssl_context=context).serving() as up:
         yield up
-    finally:
-        await up.stop()
 
 
 @pytest.fixture
