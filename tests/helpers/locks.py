@@ -15,9 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
-from worker.engine.auth import basic_authorization
+from aiohttp import encode_basic_auth, web
 
 
 @dataclass
@@ -44,7 +42,7 @@ class TokenEndpoint:
         form = await request.post()
         if self.status is not None:
             return web.json_response({"error": "temporarily_unavailable"}, status=self.status)
-        expected = basic_authorization(self.client_id, self.client_secret)
+        expected = encode_basic_auth(self.client_id, self.client_secret)
         if request.headers.get("Authorization") != expected:
             return web.json_response({"error": "invalid_client"}, status=401)
         if form.get("grant_type") != "client_credentials":
@@ -85,7 +83,7 @@ class Lock:
         if self.type == "bearer":
             return f"Bearer {self.secret}"
         if self.type == "basic":
-            return basic_authorization(self.key, self.secret)
+            return encode_basic_auth(self.key, self.secret)
         return self.secret
 
 

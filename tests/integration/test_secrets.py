@@ -22,7 +22,6 @@ from tests.helpers.locks import PROFILE_TYPES, SECRET_ENV
 from tests.helpers.upstream import Upstream
 from worker import logs as logs_module
 from worker.devtools.embedded import free_port
-from worker.engine.auth import basic_authorization
 from worker.logs import KeyValueFormatter
 from worker.ops.api import create_app, serve
 from worker.settings import Settings
@@ -202,7 +201,7 @@ def sweep(
 def _secret_values(upstream: Upstream) -> dict[str, str]:
     """Each secret of the run by name: the profiles' and every access token issued."""
     values = {name: value for name, value in SECRET_ENV.items() if name != "TEST_WRONG_SECRET"}
-    values["basic header"] = basic_authorization("reports", SECRET_ENV["TEST_BASIC_PASSWORD"])
+    values["basic header"] = aiohttp.encode_basic_auth("reports", SECRET_ENV["TEST_BASIC_PASSWORD"])
     assert upstream.tokens.issued, "the OAuth2 profile was not used"
     values.update({f"access token {i}": t for i, t in enumerate(upstream.tokens.issued)})
     return values

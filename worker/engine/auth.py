@@ -14,9 +14,8 @@ registered with the log scrubber (`worker.logs.register_secret`) before it is se
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,6 +25,7 @@ from yarl import URL
 
 from worker.engine.credentials import Profile
 from worker.engine.guard import AddressPolicy, BlockedAddressError
+from worker.engine.proxy import Route
 from worker.errors import TRANSIENT_STATUSES, AuthError, FetchError
 from worker.logs import register_secret
 
@@ -35,12 +35,8 @@ REFRESH_MARGIN_S: Final = 30.0
 MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 
 Clock = Callable[[], float]
-
-
-def basic_authorization(user: str, password: str) -> str:
-    """An ``Authorization`` value for HTTP Basic (RFC 7617, UTF-8); aiohttp's `BasicAuth` is
-    deprecated, and its replacement is not in every aiohttp this package allows."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+# The fetcher's proxy routing (which also judges the target): None when no proxy is configured.
+Router = Callable[[URL], Awaitable[Route | None]]
 
 
 def may_send(profile: Profile, url: URL, first: URL) -> bool:
@@ -75,10 +71,12 @@ class Authorizer:
         session: aiohttp.ClientSession,
         policy: AddressPolicy,
         *,
+        route: Router | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._session = session
         self._policy = policy
+        self._route = route
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -93,7 +91,7 @@ class Authorizer:
         elif profile.type == "header":
             signed[profile.key] = profile.secret
         elif profile.type == "basic":
-            signed["Authorization"] = basic_authorization(profile.key, profile.secret)
+            signed["Authorization"] = aiohttp.encode_basic_auth(profile.key, profile.secret)
         elif profile.type == "query":
             return Signed(url.update_query({profile.key: profile.secret}), signed)
         else:
@@ -137,14 +135,20 @@ class Authorizer:
         form = {"grant_type": "client_credentials"}
         if profile.scope:
             form["scope"] = profile.scope
+        # RFC 6749 2.3.1: client_secret_basic, the method every server must support.
+        client = {"Authorization": aiohttp.encode_basic_auth(profile.key, profile.secret)}
         started = self._clock()
         try:
             self._policy.check(url.raw_host or "")
+            # Through a configured proxy like any fetch, the target judged first.
+            route = None if self._route is None else await self._route(url)
+            headers, to_proxy = (client, None) if route is None else route.headers(url, client)
             async with self._session.post(
                 url,
                 data=form,
-                # RFC 6749 2.3.1: client_secret_basic, the method every server must support.
-                headers={"Authorization": basic_authorization(profile.key, profile.secret)},
+                headers=headers,
+                proxy=None if route is None else route.proxy,
+                proxy_headers=to_proxy,
                 allow_redirects=False,
             ) as resp:
                 body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
