@@ -149,7 +149,15 @@ class FetchBatch(BaseModel):
         extra="forbid",
         strict=True,
         frozen=True,
-        json_schema_extra={"oneOf": [{"required": ["urls"]}, {"required": ["requests"]}]},
+        json_schema_extra={
+            "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
+            # A body only with a method that sends one.
+            "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
+            "then": {
+                "required": ["method"],
+                "properties": {"method": {"enum": sorted(BODY_METHODS)}},
+            },
+        },
     )
 
     urls: list[str] | None = Field(
