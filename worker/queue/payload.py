@@ -142,6 +142,14 @@ class RequestSpec(BaseModel):
         return _check_headers(headers)
 
 
+_BATCH_SCHEMA: Final[Any] = {
+    "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
+    # A body only with a method that sends one.
+    "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
+    "then": {"required": ["method"], "properties": {"method": {"enum": sorted(BODY_METHODS)}}},
+}
+
+
 class FetchBatch(BaseModel):
     """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
 
@@ -149,15 +157,7 @@ class FetchBatch(BaseModel):
         extra="forbid",
         strict=True,
         frozen=True,
-        json_schema_extra={
-            "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
-            # A body only with a method that sends one.
-            "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
-            "then": {
-                "required": ["method"],
-                "properties": {"method": {"enum": sorted(BODY_METHODS)}},
-            },
-        },
+        json_schema_extra=_BATCH_SCHEMA,
     )
 
     urls: list[str] | None = Field(
