@@ -1,10 +1,10 @@
 -- Requests with methods and bodies: an outcome's identity becomes (job id, method, URL, body
 -- hash). Rows of earlier versions are GETs without a body, and their keys do not change.
 --
--- Locks: ADD COLUMN with a constant default changes only the catalog (a brief ACCESS EXCLUSIVE
--- lock per table). Each new unique index is built in this transaction, holding a SHARE lock on
--- its table: reads go on, writes to documents and fetch_failures wait until the build ends
--- (about a second per million rows; see docs/upgrading.md).
+-- Locks: ADD COLUMN with a constant default rewrites nothing, but takes an ACCESS EXCLUSIVE lock
+-- on documents and fetch_failures, held until this migration's transaction commits, after both
+-- unique indexes are built (each reads its whole table): reads and writes of the two tables wait
+-- until then. See docs/upgrading.md.
 ALTER TABLE documents
     ADD COLUMN method    text NOT NULL DEFAULT 'GET',
     ADD COLUMN body_hash bytea,   -- SHA-256 of the request body's canonical JSON; NULL: no body
