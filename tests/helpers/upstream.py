@@ -16,7 +16,8 @@ Routes (all on one loopback port):
   /served/{name}                     ``upstream.served[name]``: a (body, content type) pair the
                                      test sets
   /api/{path}                        JSON naming the path: the docs' api.example.com
-  /echo/{name}                       any method: JSON naming ``name``, the method and the body
+  /echo/{name}?delay=S               any method: JSON naming ``name``, the method and the body,
+                                     after S seconds (0 by default)
   /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
@@ -250,6 +251,7 @@ class Upstream:
         return web.Response(status=302, headers={"Location": request.query["location"]})
 
     async def _echo(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "0")))
         raw = await request.read()
         body = {
             "name": request.match_info["name"],
