@@ -101,10 +101,10 @@ def _header_schema() -> dict[str, Any]:
     }
 
 
-def _check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+def _check_headers(headers: dict[str, str] | None, said: str = "") -> dict[str, str] | None:
     problems = header_problems(headers) if headers else []
     if problems:
-        raise ValueError("'headers': " + "; ".join(problems))
+        raise ValueError(said + "; ".join(problems))
     return headers
 
 
@@ -151,7 +151,7 @@ _BATCH_SCHEMA: Final[Any] = {
 
 
 class FetchBatch(BaseModel):
-    """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
+    """A batch of URLs or requests to fetch: the keyword arguments of one ``fetch_batch`` job."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -215,7 +215,7 @@ class FetchBatch(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers_ok(cls, headers: dict[str, str]) -> dict[str, str]:
-        return _check_headers(headers) or {}
+        return _check_headers(headers, "'headers': ") or {}
 
     @field_validator("source")
     @classmethod
@@ -438,5 +438,7 @@ def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
             words = "must be a string or null"
         return f"'{field}' {words}, got {type(error['input']).__name__}"
     if kind == "value_error":
-        return error["msg"].removeprefix("Value error, ")
+        said = error["msg"].removeprefix("Value error, ")
+        # A request's own validators do not know where the request is: say it for them.
+        return f"'{field}': {said}" if len(error["loc"]) > 1 else said
     return f"'{field}': {error['msg']}"
