@@ -188,7 +188,10 @@ class FetchBatch(BaseModel):
         description="A poll of registered sources: URLs found in `sources` are fetched "
         "conditionally and land only when changed. The cron sets it; any service may.",
     )
-    _requests: list[Request] = PrivateAttr(default_factory=list)
+    # The engine's requests: built by the validator for `requests` (each must be judged), on
+    # first use for `urls` (one body for all, judged once), so intakes never build them.
+    _requests: list[Request] | None = PrivateAttr(default=None)
+    _body: Body | None = PrivateAttr(default=None)
 
     @field_validator("urls", "requests")
     @classmethod
@@ -238,17 +241,16 @@ class FetchBatch(BaseModel):
             raise ValueError("give 'urls' or 'requests', not both")
         if self.scheduled and not (self.urls is not None and self.method == "GET"):
             raise ValueError("'scheduled' polls are GETs of 'urls' (no 'requests', no 'method')")
-        self._requests = self._build()
+        self._body = _body("'json'", self.method, self.json_body)
+        if self.requests is not None:
+            self._requests = self._build(self.requests)
         return self
 
-    def _build(self) -> list[Request]:
-        batch_body = _body("'json'", self.method, self.json_body)
+    def _build(self, specs: list[RequestSpec]) -> list[Request]:
+        batch_body = self._body
         base = self.headers or NO_HEADERS
-        if self.urls is not None:
-            method = self.method
-            return [Request(u, method, batch_body, base) for u in self.urls]
         requests = []
-        for i, spec in enumerate(self.requests or ()):
+        for i, spec in enumerate(specs):
             method = spec.method or self.method
             if spec.json_body is not None:
                 body = _body(f"'requests[{i}].json'", method, spec.json_body)
@@ -265,12 +267,15 @@ class FetchBatch(BaseModel):
 
     def requests_of(self) -> list[Request]:
         """The batch as the engine's requests, in order (duplicates kept)."""
+        if self._requests is None:
+            method, body, base = self.method, self._body, self.headers or NO_HEADERS
+            self._requests = [Request(u, method, body, base) for u in self.urls or ()]
         return self._requests
 
     @property
     def size(self) -> int:
         """How many requests (URLs) the batch holds, duplicates counted."""
-        return len(self._requests)
+        return len(self.urls if self.urls is not None else self.requests or ())
 
     def as_kwargs(self) -> dict[str, Any]:
         """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
