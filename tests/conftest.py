@@ -137,12 +137,8 @@ async def arq_queue(redis: aioredis.Redis, settings: Settings) -> AsyncIterator[
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """A scripted local HTTP upstream (aiohttp.web) on a loopback port."""
-    up = Upstream()
-    await up.start()
-    try:
+    async with Upstream().serving() as up:
         yield up
-    finally:
-        await up.stop()
 
 
 @pytest.fixture
