@@ -4,10 +4,12 @@ here, never from each other)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,23 @@ def with_database(url: str, name: str) -> str:
     head, _, tail = url.partition("?")
     base = head.rsplit("/", 1)[0]
     return f"{base}/{name}" + (f"?{tail}" if tail else "")
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(url: str, prefix: str = "harvester_scratch") -> AsyncIterator[str]:
+    """A new, empty database on the server of ``url``, as a DSN; dropped on exit."""
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(url, name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def closed_port() -> int:

@@ -22,6 +22,9 @@ Routes (all on one loopback port):
                                      credential (`tests.helpers.locks`)
   /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
   /echo-auth/{name}                  403, its reason phrase echoing the credential it received
+  /echo/{name}?delay=S               any method: JSON naming ``name``, the method and the body,
+                                     after S seconds (0 by default)
+  /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -75,6 +78,8 @@ class Hit:
     at: float
     peer_port: int
     headers: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+    body: bytes = b""
 
 
 @dataclass
@@ -137,6 +142,8 @@ class Upstream:
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
+        r.add_route("*", "/echo/{name}", self._echo)
+        r.add_route("*", "/redirect-as/{code}", self._redirect_as)
         r.add_get("/served/{name}", self._served)
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
@@ -166,8 +173,16 @@ class Upstream:
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        body = await request.read() if request.can_read_body else b""
         self.hits.append(
-            Hit(request.path_qs, time.monotonic(), peer[1] if peer else 0, dict(request.headers))
+            Hit(
+                request.path_qs,
+                time.monotonic(),
+                peer[1] if peer else 0,
+                dict(request.headers),
+                request.method,
+                body,
+            )
         )
         self.counts[request.path] += 1
         self.in_flight += 1
@@ -302,6 +317,20 @@ class Upstream:
     async def _redirect_to(self, request: web.Request) -> web.Response:
         # Sent raw, as a hostile server would: not normalised by yarl on the way out.
         return web.Response(status=302, headers={"Location": request.query["location"]})
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "0")))
+        raw = await request.read()
+        body = {
+            "name": request.match_info["name"],
+            "method": request.method,
+            "body": orjson.loads(raw) if raw else None,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _redirect_as(self, request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, headers={"Location": request.query["location"]})
 
     async def _feed(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
+import shutil
 from pathlib import Path
 
 import asyncpg
 
-from tests.helpers import Services, with_database
-from worker.engine.migrate import discover, migrate
+from tests.helpers import Services, scratch_database
+from worker.engine.migrate import SQL_DIR, discover, migrate
 
 
 async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path) -> None:
     """A fresh database gets every migration; a second run applies nothing."""
-    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(services.database_url, name)
-    try:
+    async with scratch_database(services.database_url, "harvester_mig") as url:
         first = await migrate(url)
         second = await migrate(url)
         conn = await asyncpg.connect(url)
@@ -34,9 +30,50 @@ async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path)
             }
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     assert [m.version for m in first] == recorded == [m.version for m in discover()]
     assert second == []
     assert {"documents", "fetch_failures", "schema_migrations"} <= tables
+
+
+_KEYS = "harvester_request_key(url, method, body_hash) = harvester_url_key(url)"
+
+
+async def test_006_keeps_rows_of_005_reachable_under_their_keys(
+    services: Services, tmp_path: Path
+) -> None:
+    """Rows landed before 006 become GETs without a body whose key is still their URL key: a
+    re-run of their job conflicts with them, while a POST of the same URL is a new outcome."""
+    for path in SQL_DIR.glob("00[1-5]_*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    async with scratch_database(services.database_url, "harvester_mig") as url:
+        await migrate(url, tmp_path)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts) "
+                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1)"
+            )
+            await conn.execute(
+                "INSERT INTO fetch_failures (job_id, url, error, attempts) "
+                "VALUES ('old', 'http://a/y', 'timeout', 3)"
+            )
+            applied = await migrate(url)
+            rows = await conn.fetch(
+                f"SELECT url, method, body_hash, request, {_KEYS} FROM documents UNION ALL "
+                f"SELECT url, method, body_hash, request, {_KEYS} FROM fetch_failures ORDER BY url"
+            )
+            insert = (
+                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts, method) "
+                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1, $1) "
+                "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING"
+            )
+            again = await conn.execute(insert, "GET")
+            post = await conn.execute(insert, "POST")
+        finally:
+            await conn.close()
+    assert applied[0].version == 6  # and any later ones
+    assert [tuple(r) for r in rows] == [
+        ("http://a/x", "GET", None, None, True),
+        ("http://a/y", "GET", None, None, True),
+    ]
+    assert (again, post) == ("INSERT 0 0", "INSERT 0 1")

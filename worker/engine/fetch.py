@@ -1,9 +1,12 @@
 """Fetching: the process's one aiohttp session, the retry policy, and aiohttp errors mapped to ours.
 
 A fetch never raises for a URL's own trouble: it returns a `Fetched` document or a `Failed`
-outcome. The first attempt runs outside tenacity so the happy path pays nothing for the retry
-machinery; only after a first transient failure does the call enter an `AsyncRetrying` loop,
-bounded by attempts and by time, with jittered exponential backoff that honours ``Retry-After``.
+outcome. A `Request` carries its method, JSON body and extra headers; redirects are followed as
+browsers and aiohttp do (a 303, or a 301/302 after POST, becomes a GET without the body; 307 and
+308 keep method and body), and a request of any method is retried on transient failures alike.
+The first attempt runs outside tenacity so the happy path pays nothing for the retry machinery;
+only after a first transient failure does the call enter an `AsyncRetrying` loop, bounded by
+attempts and by time, with jittered exponential backoff that honours ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -28,7 +31,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from worker.engine.auth import Authorizer, Signed, may_send
+from worker.engine.auth import Authorizer, may_send
 from worker.engine.bodies import check_json, clean_detail
 from worker.engine.credentials import Profile
 from worker.engine.guard import (
@@ -43,6 +46,7 @@ from worker.engine.guard import (
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostPacer
 from worker.engine.proxy import ProxyRouter, Route, proxy_endpoints
+from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
     TRANSIENT_STATUSES,
@@ -62,6 +66,7 @@ from worker.errors import (
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_JSON_BODY: Final = {"Content-Type": "application/json"}
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
@@ -229,13 +234,14 @@ class Fetcher:
 
     async def fetch(
         self,
-        url: str,
+        request: Request | str,
         priority: int = 0,
         validators: Validators | None = None,
         admit: Admit | None = None,
         profile: Profile | None = None,
     ) -> Outcome:
-        """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
+        """Fetch ``request`` (or a plain GET of a URL, as enqueued) into an `Outcome`; never
+        raises for the URL's own faults. The outcome carries the `Request` it answers.
 
         When slots are scarce, fetches with a lower ``priority`` value go first. With
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
@@ -245,27 +251,31 @@ class Fetcher:
         lists carries its secret (`worker.engine.auth`); the outcome keeps ``url`` as given.
         """
         started = time.monotonic()
+        req = request if isinstance(request, Request) else Request(request)
+        url = req.url
         try:
             target = self._parse(url)
         except FetchError as exc:
-            return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
+            return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0, request=req)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(target, priority, validators, admit, profile)
+            status, body, meta = await self._attempt(
+                target, req, priority, validators, admit, profile
+            )
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return _failed(url, exc, attempts)
+                return _failed(req, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, attempts = await self._retry(
-                    target, exc, started, priority, validators, admit, profile
+                    target, req, exc, started, priority, validators, admit, profile
                 )
             except _RetriesExhausted as gave_up:
-                return _failed(url, gave_up.last, gave_up.attempts)
+                return _failed(req, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if status == 304 and meta is not None:
             return NotModified(url, elapsed_ms, attempts, meta)
-        return Fetched(url, status, body, elapsed_ms, attempts, meta)
+        return Fetched(url, status, body, elapsed_ms, attempts, meta, req)
 
     def _parse(self, raw: str) -> URL:
         if len(raw) > self._settings.max_url_length:
@@ -293,6 +303,7 @@ class Fetcher:
     async def _retry(
         self,
         target: URL,
+        request: Request,
         first: FetchError,
         started: float,
         priority: int,
@@ -330,7 +341,7 @@ class Fetcher:
                 with attempt:
                     attempts += 1
                     status, body, meta = await self._attempt(
-                        target, priority, validators, admit, profile
+                        target, request, priority, validators, admit, profile
                     )
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
@@ -339,6 +350,7 @@ class Fetcher:
     async def _attempt(
         self,
         target: URL,
+        request: Request,
         priority: int,
         validators: Validators | None,
         admit: Admit | None,
@@ -350,12 +362,14 @@ class Fetcher:
         async with self._slots.slot(priority):
             try:
                 try:
-                    status, body, meta = await self._follow(target, validators, profile)
+                    status, body, meta = await self._follow(target, request, validators, profile)
                 except _StaleToken as stale:
                     # An OAuth2 token refused with 401: a new one, and the request once more.
                     assert profile is not None
                     self.auth.expire(profile, stale.token)
-                    status, body, meta = await self._follow(target, validators, profile, True)
+                    status, body, meta = await self._follow(
+                        target, request, validators, profile, True
+                    )
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
@@ -371,12 +385,15 @@ class Fetcher:
     async def _follow(
         self,
         url: URL,
+        request: Request,
         validators: Validators | None,
         profile: Profile | None = None,
         refreshed: bool = False,
     ) -> tuple[int, bytes, ResponseMeta | None]:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
-        headers = validators.headers() if validators is not None else None
+        method = request.method
+        data = None if request.body is None else request.body.encoded
+        headers = _headers(request, validators, with_body=data is not None)
         meta: ResponseMeta | None = None
         first = url
         for _hop in range(self._settings.max_redirects + 1):
@@ -385,14 +402,16 @@ class Fetcher:
             route = None if self._router is None else await self._route(url)
             # Each hop is judged on its own: a redirect elsewhere goes without the secret. The
             # clean `url` stays for the next hop's join; only the request sees the signed one.
-            signed = Signed(url, headers or {})
+            wire, token = url, None
+            sent: Mapping[str, str] | None = headers
             if profile is not None and may_send(profile, url, first):
                 signed = await self.auth.sign(profile, url, headers)
-            sent, to_proxy = (
-                (signed.headers, None) if route is None else route.headers(url, signed.headers)
-            )
-            async with self._session.get(
-                signed.url,
+                wire, sent, token = signed.url, signed.headers, signed.token
+            sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
+            async with self._session.request(
+                method,
+                wire,
+                data=data,
                 allow_redirects=False,
                 headers=sent,
                 proxy=None if route is None else route.proxy,
@@ -401,11 +420,16 @@ class Fetcher:
                 status = resp.status
                 if status == 407 and route is not None:
                     raise proxy_refusal(status)
-                if status == 401 and signed.token is not None and not refreshed:
-                    raise _StaleToken(signed.token)
+                if status == 401 and token is not None and not refreshed:
+                    raise _StaleToken(token)
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
+                    if status == 303 or (status in (301, 302) and method == "POST"):
+                        # As browsers and aiohttp do: the next hop is a GET without the body.
+                        if data is not None:
+                            headers = _headers(request, validators, with_body=False)
+                        method, data = "GET", None
                     continue
                 if validators is not None:
                     meta = ResponseMeta.from_headers(resp.headers)
@@ -486,8 +510,29 @@ class Fetcher:
         return b"".join(chunks)
 
 
-def _failed(url: str, exc: FetchError, attempts: int) -> Failed:
-    return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts, exc.retry_after)
+def _headers(
+    request: Request, validators: Validators | None, *, with_body: bool
+) -> dict[str, str] | None:
+    """The headers a request adds to the session's (None when it adds none: a plain GET)."""
+    if validators is None and not request.headers and not with_body:
+        return None
+    headers = validators.headers() if validators is not None else {}
+    own = request.headers
+    # A caller's own Content-Type (application/vnd.x+json) wins over ours; none goes with a
+    # request that lost its body to a redirect.
+    if with_body and not any(name.lower() == "content-type" for name in own):
+        headers.update(_JSON_BODY)
+    for name, value in own.items():
+        if with_body or name.lower() != "content-type":
+            headers[name] = value
+    return headers
+
+
+def _failed(request: Request, exc: FetchError, attempts: int) -> Failed:
+    detail = clean_detail(exc.detail)
+    return Failed(
+        request.url, exc.kind, detail, exc.status, attempts, exc.retry_after, request=request
+    )
 
 
 class _StaleToken(Exception):

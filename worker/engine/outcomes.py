@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from worker.engine.requests import Request, RequestKey
 from worker.engine.schedule import fresh_for
 
 _MAX_VALIDATOR: Final = 1024
@@ -66,7 +67,8 @@ def _validator(value: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A URL landed as JSON. ``meta`` is set for conditional requests only."""
+    """A URL landed as JSON. ``meta`` is set for conditional requests only; ``request`` is the
+    request fetched (None: a plain GET of ``url``)."""
 
     url: str
     status: int
@@ -74,6 +76,7 @@ class Fetched:
     elapsed_ms: int
     attempts: int
     meta: ResponseMeta | None = None
+    request: Request | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,8 @@ class NotModified:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``."""
+    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``;
+    ``request`` as in `Fetched`."""
 
     url: str
     kind: str
@@ -96,9 +100,24 @@ class Failed:
     status: int | None
     attempts: int
     retry_after: float | None = None
+    request: Request | None = None
 
 
 Outcome = Fetched | Failed | NotModified
+
+
+def outcome_key(outcome: Fetched | Failed) -> RequestKey:
+    """The identity of the request ``outcome`` answers, with the outcome's URL (which is the
+    stored form once a chunk is written)."""
+    request = outcome.request
+    if request is None:
+        return (outcome.url, "GET", None)
+    return request.key(outcome.url)
+
+
+def is_plain(outcome: Fetched | Failed) -> bool:
+    """True if ``outcome`` answers a GET without a body (its row needs no request columns)."""
+    return outcome.request is None or outcome.request.plain
 
 
 @dataclass(frozen=True, slots=True)
