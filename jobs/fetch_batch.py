@@ -60,11 +60,12 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
     """The pipeline's run of this try: its deadline, priority and source states."""
     settings = ctx["settings"]
     job_try = ctx["job_try"]
-    # A scheduled batch is plain GETs of `urls` (the payload refuses anything else).
-    states = await sources.load_states(ctx["pool"], batch.urls or []) if batch.scheduled else {}
+    requests = batch.requests_of()
+    urls = [r.url for r in requests]
+    states = await sources.load_states(ctx["pool"], urls) if batch.scheduled else {}
     run = pipeline.Batch(
         job_id=ctx["job_id"],
-        requests=batch.requests_of(),
+        requests=requests,
         source=batch.source,
         deadline=started + settings.job_timeout - deadline_margin(settings),
         record_unfinished=job_try >= settings.job_tries,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import pytest
 
 from tests.helpers import Services
 from tests.helpers.cli import InProcess, cli_env, table_rows
@@ -34,7 +35,7 @@ async def test_sources_commands_manage_the_table(
     listed = await cli("sources", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     header, rows = table_rows(listed.stdout)
-    assert header == ["id", "name", "every", "due", "polled", "outcome", "url"]
+    assert header == ["id", "name", "every", "due", "polled", "outcome", "url", "sends"]
     assert [(r[1], r[2], r[4], r[6]) for r in rows] == [
         ("cat", "15m", "never", "https://api.example/a"),
         ("cat", "15m", "never", "https://api.example/b"),
@@ -106,8 +107,75 @@ async def test_sources_list_fits_80_columns_and_keeps_long_urls_whole(
     assert max(len(line) for line in listed.stdout.splitlines()) <= 80
     assert listed.stdout.startswith("sources")
     header, rows = table_rows(listed.stdout)
-    assert header == ["id", "name", "every", "due", "polled", "outcome", "url"]
+    assert header == ["id", "name", "every", "due", "polled", "outcome", "url", "sends"]
     assert [(r[1], r[2], r[3], r[4], r[6]) for r in rows] == [
         ("catalog-eu", "90m", "now", "never", long_url),
         ("", "2d", "off", "never", "https://api.example/short"),
     ]
+
+
+async def test_sources_add_stores_what_the_polls_send(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """--method, --json, --header (repeatable), --since-param and --since-path are stored with
+    the source, and `sources list` shows them briefly (all of them with --json)."""
+    env = cli_env(services, COLUMNS="160")
+    url = "https://api.example/search"
+    added = await cli(
+        "sources", "add", url, "--every", "5m", "--method", "post",
+        "--json", '{"q": "shoes", "size": 50}',
+        "--header", "Accept: application/vnd.x+json", "--header", "X-Tenant: t1",
+        "--since-param", "since", "--since-path", "meta.cursor",
+        env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    row = await pool.fetchrow(
+        "SELECT method, body, headers, since_param, since_path, since_value FROM sources"
+    )
+    assert row is not None
+    assert dict(row) == {
+        "method": "POST",
+        "body": {"q": "shoes", "size": 50},
+        "headers": {"Accept": "application/vnd.x+json", "X-Tenant": "t1"},
+        "since_param": "since",
+        "since_path": "meta.cursor",
+        "since_value": None,
+    }
+    _, rows = table_rows((await cli("sources", "list", env=env)).stdout)
+    assert rows[0][7] == "POST json, 2 headers, since=(none yet)"
+    (listed,) = [
+        json.loads(x) for x in (await cli("sources", "list", "--json", env=env)).stdout.splitlines()
+    ]
+    assert (listed["method"], listed["body"], listed["since_path"]) == (
+        "POST",
+        {"q": "shoes", "size": 50},
+        "meta.cursor",
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--header", "Authorization: Bearer x"], "header 'Authorization' is refused"),
+        (["--header", "Cookie: a=b"], "header 'Cookie' is refused"),
+        (["--header", "no colon"], "is not 'Name: value'"),
+        (["--json", '{"q": 1}'], "'json' is a request body, which only POST, PUT and PATCH"),
+        (["--method", "DELETE"], "'method' must be one of GET, POST, PUT, PATCH"),
+        (["--method", "POST", "--json", "{nope"], "--json is not JSON"),
+        (["--since-param", "since"], "give both --since-param and --since-path"),
+        (["--since-path", "a.b"], "give both --since-param and --since-path"),
+        (["--since-param", "a&b", "--since-path", "c"], "is not a query parameter name"),
+        (["--since-param", "s", "--since-path", "a..b"], "--since-path is not a body path"),
+    ],
+)
+async def test_sources_add_refuses_bad_request_flags(
+    cli: InProcess, services: Services, pool: asyncpg.Pool, flags: list[str], message: str
+) -> None:
+    """Each bad flag is one line on stderr, exit 2, and nothing is stored."""
+    bad = await cli(
+        "sources", "add", "https://api.example/a", "--every", "1m", *flags, env=cli_env(services)
+    )
+    assert bad.returncode == 2, bad.stderr
+    assert message in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert await pool.fetchval("SELECT count(*) FROM sources") == 0

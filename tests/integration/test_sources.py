@@ -151,7 +151,22 @@ async def test_a_poll_that_lost_its_claim_does_not_overwrite_the_state(
     )
     ids = dict(await pool.fetch("SELECT url, id FROM sources"))  # type: ignore[arg-type]
     updates = [
-        SourceUpdate(ids[u], u, "changed", True, 200, None, None, None, b"h", True, 0, 60.0)
+        SourceUpdate(
+            ids[u],
+            u,
+            "changed",
+            True,
+            200,
+            None,
+            None,
+            None,
+            b"h",
+            True,
+            0,
+            60.0,
+            None,
+            (u, "GET", None),
+        )
         for u in ("https://api.example/mine", "https://api.example/stolen")
     ]
     await write_chunk(pool, Chunk("A", None, [], [], updates), max_url_length=8192)

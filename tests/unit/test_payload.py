@@ -183,13 +183,36 @@ def test_auth_is_a_profile_name_checked_against_the_profiles_when_known() -> Non
         ({"urls": ["u"], "headers": {"X": 1}}, "'headers.X' must be a string"),
         ({"urls": ["u"], "headers": ["X: 1"]}, "'headers' must be an object"),
         ({"requests": [{"url": "u", "headers": {"te": "x"}}]}, "hop-by-hop"),
-        ({"urls": ["u"], "scheduled": True, "method": "POST"}, "'scheduled' polls are GETs"),
+        (
+            {"requests": [{"url": "u", "headers": {"Authorization": "x"}}], "scheduled": True},
+            "header 'Authorization' is refused",
+        ),
     ],
 )
 def test_bad_requests_say_what_is_wrong(kwargs: dict, message: str) -> None:
     """Each malformed method, body, header or request list is refused in a plain sentence."""
     with pytest.raises(BadJobError, match=message):
         parse_batch((), kwargs, max_urls=5, job_id="j")
+
+
+def test_scheduled_batches_take_requests_with_methods_and_bodies() -> None:
+    """A poll of sources may be a batch of requests: POSTs with bodies and headers."""
+    b = parse_batch(
+        (),
+        {
+            "scheduled": True,
+            "requests": [{"url": "http://a/1", "method": "POST", "json": {"q": 1}}],
+            "headers": {"Accept": "application/vnd.x+json"},
+        },
+        max_urls=5,
+        job_id="poll-1",
+    )
+    (request,) = b.requests_of()
+    assert (b.scheduled, request.method, request.body and request.body.encoded) == (
+        True,
+        "POST",
+        b'{"q":1}',
+    )
 
 
 def test_requests_inherit_and_override_the_batch() -> None:

@@ -7,12 +7,17 @@ from collections.abc import Callable
 from worker.engine.outcomes import Failed, Fetched, NotModified, ResponseMeta
 from worker.engine.polling import (
     CHANGED,
+    MAX_SINCE_VALUE,
     NOT_MODIFIED,
     UNCHANGED,
     SourceState,
+    answered,
     content_hash,
+    poll_request,
+    read_cursor,
     settle,
 )
+from worker.engine.requests import Body, Request
 from worker.settings import Settings
 
 BODY = b'{"v": 1}'
@@ -99,3 +104,54 @@ def test_failure_retry_after_pushes_the_next_poll(settings: Settings) -> None:
     """A 429 with a long Retry-After is not polled again before it."""
     failed = Failed("u", "http_status", "HTTP 429", 429, 1, retry_after=5000.0)
     assert settle(state(), failed, settings).update.delay_s == 5000
+
+
+def test_a_fetched_body_gives_the_next_cursor_and_one_without_it_keeps_the_last(
+    settings: Settings,
+) -> None:
+    """The value at since_path becomes since_value; a body without it, or a 304, or a failure
+    keeps the value the source had."""
+    cursor = state(since_param="since", since_path="page.next[0]", since_value="old")
+    found = Fetched("u", 200, b'{"page": {"next": ["abc", "x"]}}', 5, 1, meta())
+    assert settle(cursor, found, settings).update.since_value == "abc"
+    for outcome in (
+        Fetched("u", 200, b'{"page": {}}', 5, 1, meta()),
+        Fetched("u", 200, b"[1, 2]", 5, 1, meta()),
+        NotModified("u", 5, 1, meta()),
+        Failed("u", "http_status", "HTTP 500", 500, 1),
+    ):
+        assert settle(cursor, outcome, settings).update.since_value == "old"
+
+
+def test_a_cursor_is_a_string_or_a_number_of_a_json_body() -> None:
+    """Numbers are sent as JSON writes them; objects, lists, booleans, nulls, too-long
+    strings and bodies that are not JSON give no cursor."""
+    assert read_cursor(b'{"c": 42}', "c") == "42"
+    assert read_cursor(b'{"c": 1.5}', "c") == "1.5"
+    assert read_cursor(b'{"c": "2026-01-01T00:00:00Z"}', "c") == "2026-01-01T00:00:00Z"
+    for body in (b'{"c": {}}', b'{"c": [1]}', b'{"c": true}', b'{"c": null}', b"not json"):
+        assert read_cursor(body, "c") is None
+    assert read_cursor(b'{"c": "' + b"x" * (MAX_SINCE_VALUE + 1) + b'"}', "c") is None
+
+
+def test_a_poll_sends_its_cursor_in_the_query_replacing_a_value_the_url_has() -> None:
+    """since_param=since_value is added to the query (or replaces the URL's own value); a
+    source without a value yet is polled as registered."""
+    request = Request("https://api.example/x?since=0&page=1", "POST", Body.of({"q": 1}))
+    with_value = state(since_param="since", since_path="c", since_value="a b")
+    sent = poll_request(with_value, request)
+    assert (sent.url, sent.method, sent.body) == (
+        "https://api.example/x?since=a+b&page=1",
+        "POST",
+        request.body,
+    )
+    assert poll_request(state(since_param="since", since_path="c"), request) is request
+    answer = answered(Fetched(sent.url, 200, BODY, 5, 1, request=sent), request)
+    assert (answer.url, answer.request) == (request.url, request)  # type: ignore[union-attr]
+
+
+def test_only_gets_are_conditional() -> None:
+    """A POST poll is always fetched: no validators go with it."""
+    s = state()
+    assert s.conditional(Request(s.url)) == s.validators
+    assert s.conditional(Request(s.url, "POST", Body.of([1]))) is None

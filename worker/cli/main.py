@@ -21,6 +21,7 @@ from worker.cli.util import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_UNHEALTHY,
+    add_request_arguments,
     command_settings,
     known_profiles,
     positive,
@@ -278,17 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='instead of FILE: request objects {"url", "method", "json", "headers"}, as JSON '
         "lines or one JSON array (- for standard input)",
     )
-    p.add_argument("--method", default=None, help="GET (default), POST, PUT or PATCH")
-    p.add_argument(
-        "--json", default=None, metavar="JSON", help="a request body: JSON, or @FILE holding it"
-    )
-    p.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        metavar="'NAME: VALUE'",
-        help="an extra header (repeatable); never a secret: Authorization and Cookie are refused",
-    )
+    add_request_arguments(p)
     p.add_argument(
         "--batch-size",
         type=positive,

@@ -12,11 +12,13 @@ import orjson
 
 from worker.cli.util import (
     EXIT_CONFIG,
-    check_auth,
+    add_request_arguments,
     format_age,
+    known_profiles,
     positive,
     print_table,
     read_urls,
+    request_fields,
     table,
     url_lines,
     with_pool,
@@ -48,10 +50,17 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not urls:
         print("harvester: no URLs given (pass URLs or --from-file)", file=sys.stderr)
         return EXIT_CONFIG
-    sources.check_urls(urls)  # before connecting: a typo is not a database problem
-    check_auth(args.auth)
+    # Judged before connecting: a typo is not a database problem.
+    sources.check_urls(urls)
+    spec = sources.poll_spec(
+        auth=args.auth,
+        request=request_fields(args.method, args.json, args.header),
+        since_param=args.since_param,
+        since_path=args.since_path,
+        profiles=known_profiles() if args.auth is not None else None,
+    )
     added, updated = with_pool(
-        lambda pool: sources.add(pool, urls, every=args.every, name=args.source, auth=args.auth)
+        lambda pool: sources.add(pool, urls, every=args.every, name=args.source, spec=spec)
     )
     print(f"added {added}, updated {updated} source(s), every {format_duration(args.every)}")
     return 0
@@ -77,7 +86,7 @@ def _print_table(rows: list[SourceRow]) -> None:
     from worker.logs import safe
 
     now = datetime.now(UTC)
-    t = table("id", "name*", "every", "due", "polled", "outcome", "url*", title="sources")
+    t = table("id", "name*", "every", "due", "polled", "outcome", "url*", "sends*", title="sources")
     for r in rows:
         due = (r.next_due_at - now).total_seconds()
         polled = r.last_polled_at
@@ -92,8 +101,24 @@ def _print_table(rows: list[SourceRow]) -> None:
             "never" if polled is None else f"{format_age((now - polled).total_seconds())} ago",
             Text(safe(outcome)),
             Text(safe(r.url)),
+            Text(safe(_sends(r))),
         )
     print_table(t)
+
+
+def _sends(r: SourceRow) -> str:
+    """What a source's polls send beyond a plain GET, briefly: ``POST json, 2 headers, auth
+    api, since=cursor``."""
+    parts = [] if r.method == "GET" and r.body is None else [r.method]
+    if r.body is not None:
+        parts[-1] += " json"
+    if r.headers:
+        parts.append(f"{len(r.headers)} header{'s' if len(r.headers) > 1 else ''}")
+    if r.auth is not None:
+        parts.append(f"auth {r.auth}")
+    if r.since_param is not None:
+        parts.append(f"{r.since_param}={r.since_value or '(none yet)'}")
+    return ", ".join(parts)
 
 
 def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
@@ -137,6 +162,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=None,
         metavar="PROFILE",
         help="the credential profile (HARVESTER_CREDENTIALS) the polls use",
+    )
+    add_request_arguments(a)
+    a.add_argument(
+        "--since-param",
+        default=None,
+        metavar="PARAM",
+        help="an incremental cursor: each poll sends ?PARAM=the value read by --since-path",
+    )
+    a.add_argument(
+        "--since-path",
+        default=None,
+        metavar="PATH",
+        help="where the cursor is in a poll's JSON body: a.b[0].c (a body without it keeps the "
+        "last value)",
     )
     a.add_argument(
         "--from-file",

@@ -59,15 +59,6 @@ def known_profiles() -> frozenset[str] | None:
     return profile_names(path) if path is not None else None
 
 
-def check_auth(auth: str | None) -> None:
-    """Raise `BadJobError` for a profile name no job may carry, or that the credentials file
-    lacks when the command has it: the job contract's own check, on a batch of one."""
-    from worker.queue.payload import make_batch
-
-    if auth is not None:
-        make_batch(urls=["https://example.invalid/"], auth=auth, profiles=known_profiles())
-
-
 def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """Run ``work`` with the store's pool for the configured database, closed afterwards."""
     from worker.engine import store
@@ -158,6 +149,21 @@ def read_urls(stream: Iterable[str]) -> Iterator[str]:
         url = line.strip()
         if url and not url.startswith("#"):
             yield url
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--json`` and ``--header``: what `request_fields` reads."""
+    parser.add_argument("--method", default=None, help="GET (default), POST, PUT or PATCH")
+    parser.add_argument(
+        "--json", default=None, metavar="JSON", help="a request body: JSON, or @FILE holding it"
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra header (repeatable); never a secret: Authorization and Cookie are refused",
+    )
 
 
 def request_fields(

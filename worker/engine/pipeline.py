@@ -28,7 +28,16 @@ from worker.engine.budget import ByteBudget, Lease
 from worker.engine.credentials import Profile
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome, outcome_key
-from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
+from worker.engine.polling import (
+    NOT_MODIFIED,
+    UNCHANGED,
+    Polled,
+    SourceState,
+    SourceUpdate,
+    answered,
+    poll_request,
+    settle,
+)
 from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
 from worker.errors import StoreError
@@ -57,8 +66,8 @@ class Batch:
     record_unfinished: bool = False
     # Fetch slots go to the lowest value first (the job's enqueue time: oldest job first).
     priority: int = 0
-    # The registered sources among the URLs (plain GETs): polled conditionally
-    # (`worker.engine.polling`).
+    # The registered sources among the requests, by URL: polled (conditionally when GETs) with
+    # their cursors (`worker.engine.polling`).
     sources: Mapping[str, SourceState] = field(default_factory=dict)
     # The job's credential profile (its ``auth``), applied to the hosts it lists.
     profile: Profile | None = None
@@ -184,7 +193,7 @@ class ChunkWriter:
         t.landed.update(map(outcome_key, chunk.docs))
         t.landed.update(map(outcome_key, chunk.fails))
         for u in chunk.updates:
-            t.landed.add((u.url, "GET", None))
+            t.landed.add(u.key)
             if u.outcome in (UNCHANGED, NOT_MODIFIED) and not u.document:
                 t.polls[u.outcome] += 1
         t.documents += written.documents
@@ -282,14 +291,14 @@ class BatchRun:
 
     async def _fetch_one(self, request: Request) -> None:
         sources = self.batch.sources
-        state = sources.get(request.url) if sources and request.plain else None
+        state = sources.get(request.url) if sources else None
         lease = self._lease
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
-                request,
+                request if state is None else poll_request(state, request),
                 self.batch.priority,
-                state.validators if state is not None else None,
+                state.conditional(request) if state is not None else None,
                 lease.take,
                 self.batch.profile,
             )
@@ -306,6 +315,7 @@ class BatchRun:
             )
         item: Outcome | Polled = outcome
         if state is not None:
+            outcome = answered(outcome, request)
             item = settle(state, outcome, self._settings)
             if isinstance(outcome, Fetched) and item.row is not outcome:
                 lease.give(len(outcome.body))  # admitted, but the poll found it unchanged

@@ -4,20 +4,36 @@ A poll is a conditional fetch of a registered source. `settle` turns its outcome
 source's new state (`SourceUpdate`) and the row to land, if any: a changed body lands as a
 document, a failure as a failure row, a 304 or a body identical to the last one lands nothing.
 The update and the row go to Postgres in the same transaction (see `worker.engine.store`).
+
+A poll is conditional only when it is a GET (`conditional`); a POST poll is always fetched and
+only its content hash tells a change. A source with an incremental cursor (``since_param``,
+``since_path``) is polled with its last cursor value in the query (`poll_request`), and the
+value read from a fetched body at ``since_path`` becomes the next one (a body without it keeps
+the old value).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from typing import Final
 
-from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators
+import orjson
+from yarl import URL
+
+from worker.engine.bodypath import lookup, parse_path
+from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators, outcome_key
+from worker.engine.requests import Request, RequestKey
 from worker.engine.schedule import next_poll_delay
 from worker.settings import Settings
 
 CHANGED = "changed"
 UNCHANGED = "unchanged"
 NOT_MODIFIED = "not_modified"
+# A cursor is read from bodies up to this size (orjson builds the whole body as Python objects),
+# and kept when it is at most this long (it goes into every next poll's URL).
+SINCE_PARSE_MAX_BYTES: Final = 4 * 1024 * 1024
+MAX_SINCE_VALUE: Final = 1024
 
 
 def content_hash(body: bytes) -> bytes:
@@ -36,11 +52,60 @@ class SourceState:
     last_modified: str | None
     content_hash: bytes | None
     consecutive_failures: int
+    since_param: str | None = None
+    since_path: str | None = None
+    since_value: str | None = None
 
     @property
     def validators(self) -> Validators:
         # Even empty, validators make the fetch report the response's cache headers.
         return Validators(self.etag, self.last_modified)
+
+    def conditional(self, request: Request) -> Validators | None:
+        """The validators that make a poll by ``request`` conditional: GETs only (a POST
+        asks something of the upstream each time, so it is always fetched)."""
+        return self.validators if request.method == "GET" else None
+
+    def since(self, body: bytes) -> str | None:
+        """The cursor the next poll sends, after a poll fetched ``body``."""
+        if self.since_path is None:
+            return self.since_value
+        found = read_cursor(body, self.since_path)
+        return self.since_value if found is None else found
+
+
+def read_cursor(body: bytes, path: str) -> str | None:
+    """The value at ``path`` in the JSON ``body`` as query text, or None when the body is not
+    JSON, too large to read, or holds no string or number there (or one too long to send)."""
+    if len(body) > SINCE_PARSE_MAX_BYTES:
+        return None
+    try:
+        value = lookup(orjson.loads(body), parse_path(path))
+    except (orjson.JSONDecodeError, ValueError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= MAX_SINCE_VALUE else None
+
+
+def poll_request(state: SourceState, request: Request) -> Request:
+    """``request`` as a poll of ``state`` sends it: with ``since_param=since_value`` in its
+    query (replacing a value the URL has) when the source has a cursor value."""
+    if state.since_param is None or state.since_value is None:
+        return request
+    url = str(URL(request.url).update_query({state.since_param: state.since_value}))
+    return replace(request, url=url)
+
+
+def answered(outcome: Outcome, request: Request) -> Outcome:
+    """``outcome`` as the answer to the source's own ``request``: its rows and state keep the
+    source's URL, not the URL with the cursor that was sent."""
+    if outcome.url == request.url:
+        return outcome
+    if isinstance(outcome, NotModified):
+        return replace(outcome, url=request.url)
+    return replace(outcome, url=request.url, request=request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +124,8 @@ class SourceUpdate:
     document: bool  # a documents row of this job holds the source's current content
     consecutive_failures: int
     delay_s: float
+    since_value: str | None  # the cursor the next poll sends
+    key: RequestKey  # the identity of the poll's request in its job
 
     def refused(self, detail: str) -> SourceUpdate:
         """This update when Postgres refused the body it was to land with."""
@@ -118,6 +185,8 @@ def _failed(state: SourceState, outcome: Failed, settings: Settings) -> Polled:
             consecutive_failures=failures,
             retry_after=outcome.retry_after,
         ),
+        since_value=state.since_value,
+        key=outcome_key(outcome),
     )
     return Polled(update, outcome)
 
@@ -137,6 +206,8 @@ def _not_modified(state: SourceState, outcome: NotModified, delay: float) -> Pol
         document=False,
         consecutive_failures=0,
         delay_s=delay,
+        since_value=state.since_value,
+        key=(outcome.url, "GET", None),  # only a GET is conditional
     )
     return Polled(update, None)
 
@@ -159,5 +230,7 @@ def _fetched(state: SourceState, outcome: Fetched, delay: float, store_unchanged
         document=store,
         consecutive_failures=0,
         delay_s=delay,
+        since_value=state.since(outcome.body),
+        key=outcome_key(outcome),
     )
     return Polled(update, outcome if store else None)

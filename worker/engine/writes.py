@@ -74,12 +74,14 @@ UPDATE sources AS s SET
     consecutive_failures = v.failures,
     last_success_at = CASE WHEN v.ok THEN now() ELSE s.last_success_at END,
     next_due_at = now() + make_interval(secs => v.delay),
+    since_value = v.since_value,
     poll_job_id = NULL,
     claimed_until = NULL
 FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[],
-            $8::bytea[], $9::boolean[], $10::boolean[], $11::integer[], $12::float8[])
+            $8::bytea[], $9::boolean[], $10::boolean[], $11::integer[], $12::float8[],
+            $13::text[])
     AS v(id, outcome, status, error, etag, last_modified, content_hash, ok, document, failures,
-         delay)
+         delay, since_value)
 -- Only while this job holds the claim (or none is held): a poll that outlived its claim must not
 -- overwrite the state a newer poll of the same source recorded.
 WHERE s.id = v.id AND (s.poll_job_id IS NULL OR s.poll_job_id = $1)
@@ -248,6 +250,7 @@ async def _update_sources(conn: Conn, job_id: str, updates: Sequence[SourceUpdat
         [u.document for u in updates],
         [u.consecutive_failures for u in updates],
         [u.delay_s for u in updates],
+        [u.since_value for u in updates],
     )
 
 

@@ -186,8 +186,9 @@ class FetchBatch(BaseModel):
     )
     scheduled: bool = Field(
         default=False,
-        description="A poll of registered sources: URLs found in `sources` are fetched "
-        "conditionally and land only when changed. The cron sets it; any service may.",
+        description="A poll of registered sources: requests whose URL is in `sources` land only "
+        "when changed (GETs are fetched conditionally) and carry the source's cursor. The cron "
+        "sets it; any service may.",
     )
     # The engine's requests: built by the validator for `requests` (each must be judged), on
     # first use for `urls` (one body for all, judged once), so intakes never build them.
@@ -266,8 +267,6 @@ class FetchBatch(BaseModel):
             )
         if self.urls is not None and self.requests is not None:
             raise ValueError("give 'urls' or 'requests', not both")
-        if self.scheduled and not (self.urls is not None and self.method == "GET"):
-            raise ValueError("'scheduled' polls are GETs of 'urls' (no 'requests', no 'method')")
         self._body = _body("'json'", self.method, self.json_body)
         if self.requests is not None:
             self._requests = self._build(self.requests)

@@ -6,34 +6,45 @@ and enqueues them as ordinary `fetch_batch` jobs with ``scheduled: true`` before
 run cut short (SIGTERM, a lost connection) rolls its claim back and the sources stay due; a job
 it had already enqueued has an id derived from the sources and their due time, so the next
 run's enqueue of the same poll is a no-op in arq.
+
+A source's poll is a request like any job's: its method, JSON body and extra headers are stored
+with it (judged by the job contract when it is added), and go out in the poll job as one of its
+``requests`` (plain GET sources as ``urls``, as before). Its incremental cursor is not in the
+job: the worker reads it with the source's state and puts it in the query
+(`worker.engine.polling.poll_request`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
 from worker.engine import store
+from worker.engine.bodypath import parse_path
 from worker.engine.polling import SourceState
+from worker.engine.requests import NO_HEADERS, Request, canonical_json
 from worker.errors import BadJobError, StoreError
 from worker.queue.client import submit
-from worker.queue.payload import FetchBatch, url_problem
+from worker.queue.payload import FetchBatch, RequestSpec, make_batch, url_problem
 from worker.settings import Settings
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
 # (a job lost with its queue); at least this, and several job timeouts.
 CLAIM_LEASE_MIN_S = 3600.0
 _MAX_REENQUEUE = 100
+# A cursor's query parameter: a plain name, so that it reads the same in every URL.
+_SINCE_PARAM: Final = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 _DUE = """
-SELECT id, url, name, auth, next_due_at FROM sources
+SELECT id, url, name, auth, method, body, headers, next_due_at FROM sources
 WHERE enabled AND next_due_at <= now() AND (claimed_until IS NULL OR claimed_until <= now())
 ORDER BY next_due_at, id
 LIMIT $1
@@ -46,23 +57,32 @@ WHERE id = ANY($1::bigint[])
 """
 
 _STATES = """
-SELECT id, url, interval_s, etag, last_modified, content_hash, consecutive_failures
+SELECT id, url, interval_s, etag, last_modified, content_hash, consecutive_failures,
+       since_param, since_path, since_value
 FROM sources
 WHERE harvester_url_key(url) = ANY (SELECT harvester_url_key(u) FROM unnest($1::text[]) AS u)
 """
 
 _UPSERT = """
-INSERT INTO sources (url, name, interval_s, auth)
-SELECT u, $2, $3, $4 FROM unnest($1::text[]) AS u
+INSERT INTO sources (url, name, interval_s, auth, method, body, headers, since_param, since_path)
+SELECT u, $2, $3, $4, $5, $6, $7, $8, $9 FROM unnest($1::text[]) AS u
 ON CONFLICT (harvester_url_key(url)) DO UPDATE
     SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s, auth = EXCLUDED.auth,
+        method = EXCLUDED.method, body = EXCLUDED.body, headers = EXCLUDED.headers,
+        since_param = EXCLUDED.since_param, since_path = EXCLUDED.since_path,
+        -- A cursor read by another path, or sent as another parameter, means nothing now.
+        since_value = CASE
+            WHEN (sources.since_param, sources.since_path)
+                IS NOT DISTINCT FROM (EXCLUDED.since_param, EXCLUDED.since_path)
+            THEN sources.since_value END,
         next_due_at = LEAST(sources.next_due_at, now() + make_interval(secs => EXCLUDED.interval_s))
 RETURNING (xmax = 0) AS inserted
 """
 
 _LIST = """
-SELECT id, url, name, auth, interval_s, enabled, next_due_at, last_polled_at, last_status,
-       last_outcome, consecutive_failures, last_success_at, poll_job_id
+SELECT id, url, name, auth, method, body, headers, since_param, since_path, since_value,
+       interval_s, enabled, next_due_at, last_polled_at, last_status, last_outcome,
+       consecutive_failures, last_success_at, poll_job_id
 FROM sources
 WHERE ($1::text IS NULL OR name = $1)
 ORDER BY id
@@ -78,6 +98,12 @@ class SourceRow:
     url: str
     name: str | None
     auth: str | None
+    method: str
+    body: Any  # the JSON request body; None: none
+    headers: dict[str, str]
+    since_param: str | None
+    since_path: str | None
+    since_value: str | None
     interval_s: int
     enabled: bool
     next_due_at: datetime
@@ -93,6 +119,59 @@ class SourceRow:
             name: (value.isoformat() if isinstance(value, datetime) else value)
             for name, value in ((f, getattr(self, f)) for f in self.__slots__)
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PollSpec:
+    """What a source's polls send beyond its URL, judged by `poll_spec`."""
+
+    auth: str | None = None
+    method: str = "GET"
+    body: bytes | None = None  # canonical JSON
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    since_param: str | None = None
+    since_path: str | None = None
+
+
+def poll_spec(
+    *,
+    auth: str | None = None,
+    request: Mapping[str, Any] | None = None,
+    since_param: str | None = None,
+    since_path: str | None = None,
+    profiles: Collection[str] | None = None,
+) -> PollSpec:
+    """A source's `PollSpec` from its credential profile, its ``request`` fields (``method``,
+    ``json``, ``headers``, as a job spells them) and cursor settings; `BadJobError` saying what is
+    wrong. The request is judged by the job contract (`FetchBatch`), as a poll job will be."""
+    batch = make_batch(
+        urls=["https://example.invalid/"],
+        scheduled=True,
+        auth=auth,
+        profiles=profiles,
+        **(request or {}),
+    )
+    req: Request = batch.requests_of()[0]
+    if (since_param is None) != (since_path is None):
+        raise BadJobError("give both --since-param and --since-path, or neither")
+    if since_param is not None and not _SINCE_PARAM.fullmatch(since_param):
+        raise BadJobError(
+            f"--since-param {since_param[:80]!r} is not a query parameter name "
+            "(letters, digits, '_', '.', '-', '[', ']'; at most 64)"
+        )
+    if since_path is not None:
+        try:
+            parse_path(since_path)
+        except ValueError as exc:
+            raise BadJobError(f"--since-path is not a body path: {exc}") from None
+    return PollSpec(
+        auth=batch.auth,
+        method=req.method,
+        body=None if req.body is None else req.body.encoded,
+        headers=req.headers,
+        since_param=since_param,
+        since_path=since_path,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +213,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
             for (name, auth), rows in groups.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    urls = [r["url"] for r in chunk]
-                    batch = FetchBatch(urls=urls, source=name, scheduled=True, auth=auth)
+                    batch = poll_batch(chunk, source=name, auth=auth)
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
                     job_id = await _enqueue(redis, poll_job_id(chunk), batch)
@@ -144,6 +222,24 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
                     )
                     jobs.append(job_id)
     return Enqueued(len(due), tuple(jobs))
+
+
+def poll_batch(
+    rows: Sequence[asyncpg.Record], *, source: str | None, auth: str | None
+) -> FetchBatch:
+    """The scheduled batch that polls ``rows``: ``urls`` when every one is a plain GET (the
+    form every worker version reads), else ``requests`` with each source's method, body and
+    headers."""
+    if all(r["method"] == "GET" and r["body"] is None and not r["headers"] for r in rows):
+        urls = [r["url"] for r in rows]
+        return FetchBatch(urls=urls, source=source, scheduled=True, auth=auth)
+    requests = [
+        RequestSpec.model_validate(
+            {"url": r["url"], "method": r["method"], "json": r["body"], "headers": r["headers"]}
+        )
+        for r in rows
+    ]
+    return FetchBatch(requests=requests, source=source, scheduled=True, auth=auth)
 
 
 async def _enqueue(redis: ArqRedis, job_id: str, batch: FetchBatch) -> str:
@@ -176,6 +272,9 @@ async def load_states(pool: asyncpg.Pool, urls: Sequence[str]) -> dict[str, Sour
             last_modified=r["last_modified"],
             content_hash=r["content_hash"],
             consecutive_failures=r["consecutive_failures"],
+            since_param=r["since_param"],
+            since_path=r["since_path"],
+            since_value=r["since_value"],
         )
         for r in rows
     }
@@ -202,10 +301,11 @@ async def add(
     *,
     every: float,
     name: str | None,
-    auth: str | None = None,
+    spec: PollSpec | None = None,
 ) -> tuple[int, int]:
-    """Register ``urls`` (or update their interval, name and credential profile ``auth``);
-    return (added, updated).
+    """Register ``urls`` (or update their interval, name and what their polls send: ``spec``,
+    from `poll_spec`; None: plain GETs); return (added, updated). A changed cursor setting
+    forgets the cursor's value.
 
     Raises `BadJobError` naming the URLs that cannot be polled (not http(s), no host...),
     before anything is registered.
@@ -213,8 +313,20 @@ async def add(
     unique = check_urls(urls)
     if not unique:
         return 0, 0
+    p = spec or PollSpec()
     with store.translated("cannot register sources"):
-        rows = await pool.fetch(_UPSERT, unique, name, max(1, round(every)), auth)
+        rows = await pool.fetch(
+            _UPSERT,
+            unique,
+            name,
+            max(1, round(every)),
+            p.auth,
+            p.method,
+            p.body,
+            canonical_json(dict(p.headers)),  # jsonb takes JSON text
+            p.since_param,
+            p.since_path,
+        )
     added = sum(1 for r in rows if r["inserted"])
     return added, len(rows) - added
 
