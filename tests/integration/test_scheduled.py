@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -12,6 +14,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 
 from tests.helpers import wait_until
+from tests.helpers.locks import SECRET_ENV
 from tests.helpers.upstream import Feed, Upstream
 from worker.runtime.app import create_worker
 from worker.scheduling import sources
@@ -168,3 +171,102 @@ async def test_two_workers_with_cron_poll_each_due_source_once(
             await w.close()
     assert sorted(upstream.counts[f"/feed/two{i}"] for i in range(40)) == [1] * 40
     assert await pool.fetchval("SELECT count(*) FROM documents") == 41
+
+
+async def test_a_post_source_polls_with_its_body_headers_and_credential(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    upstream: Upstream,
+    credentials_file: Path,
+    make_settings: Callable[..., Settings],
+    make_worker: Callable[..., Worker],
+) -> None:
+    """The poll job carries the source's method, body, headers and profile name (never its
+    secret); the upstream gets all of them and the bearer token. A POST is never conditional:
+    the next poll fetches again, and the same answer lands nothing."""
+    url = upstream.url("/echo/search")
+    spec = sources.poll_spec(
+        auth="bearer",
+        request={"method": "POST", "json": {"q": "shoes"}, "headers": {"X-Tenant": "t1"}},
+    )
+    await sources.add(pool, [url], every=60, name="search", spec=spec)
+    await sources.enqueue_due(pool, arq_queue, make_settings())
+    (job,) = await arq_queue.queued_jobs()
+    assert job.kwargs == {
+        "requests": [
+            {"url": url, "method": "POST", "json": {"q": "shoes"}, "headers": {"X-Tenant": "t1"}}
+        ],
+        "source": "search",
+        "scheduled": True,
+        "auth": "bearer",
+    }
+    await make_worker(credentials=credentials_file).main()
+    await due_now(pool)
+    await sources.enqueue_due(pool, arq_queue, make_settings())
+    await make_worker(credentials=credentials_file).main()
+
+    first, second = upstream.hits_for("/echo/search")
+    for hit in (first, second):
+        assert (hit.method, hit.body) == ("POST", b'{"q":"shoes"}')
+        assert hit.headers["X-Tenant"] == "t1"
+        assert hit.headers["Authorization"] == f"Bearer {SECRET_ENV['TEST_BEARER_TOKEN']}"
+        assert "If-None-Match" not in hit.headers
+    assert (await state(pool, url))["last_outcome"] == "unchanged"
+    doc = await pool.fetchrow("SELECT url, method, request, source FROM documents")
+    assert doc is not None
+    assert dict(doc) == {
+        "url": url,
+        "method": "POST",
+        "request": {"q": "shoes"},
+        "source": "search",
+    }
+    stored = await pool.fetchval("SELECT string_agg(row_to_json(s)::text, '') FROM sources s")
+    assert "bearer" in stored
+    assert all(secret not in stored for secret in SECRET_ENV.values())
+
+
+async def test_a_get_source_with_headers_stays_conditional(
+    pool: asyncpg.Pool, poll: Poll, upstream: Upstream
+) -> None:
+    """A GET source's headers go with every poll, and its polls stay conditional: 304."""
+    upstream.feeds["h"] = Feed(etag=True)
+    url = upstream.url("/feed/h")
+    spec = sources.poll_spec(request={"headers": {"Accept": "application/vnd.x+json"}})
+    await sources.add(pool, [url], every=900, name=None, spec=spec)
+    await poll()
+    await due_now(pool)
+    await poll()
+    first, second = upstream.hits_for("/feed/h")
+    assert first.headers["Accept"] == second.headers["Accept"] == "application/vnd.x+json"
+    assert second.headers["If-None-Match"] == '"v1"'
+    assert (await state(pool, url))["last_outcome"] == "not_modified"
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 1
+
+
+async def test_the_since_cursor_goes_from_one_poll_to_the_next(
+    pool: asyncpg.Pool, poll: Poll, upstream: Upstream
+) -> None:
+    """The first poll is sent as registered; the cursor its body holds goes out as ?since= on
+    the next (replacing the URL's own value); a body without it keeps the cursor. Rows keep
+    the source's URL."""
+    url = upstream.url("/served/items?since=0&limit=5")
+    upstream.served["items"] = (b'{"meta": {"cursor": "abc"}, "items": [1]}', "application/json")
+    spec = sources.poll_spec(since_param="since", since_path="meta.cursor")
+    await sources.add(pool, [url], every=60, name=None, spec=spec)
+    await poll()
+    assert (await state(pool, url))["since_value"] == "abc"
+
+    upstream.served["items"] = (b'{"meta": {}, "items": [2]}', "application/json")
+    await due_now(pool)
+    await poll()
+    assert (await state(pool, url))["since_value"] == "abc"
+    await due_now(pool)
+    await poll()
+
+    sent = [parse_qs(urlsplit(h.path).query) for h in upstream.hits_for("/served/items")]
+    assert sent == [
+        {"since": ["0"], "limit": ["5"]},
+        {"since": ["abc"], "limit": ["5"]},
+        {"since": ["abc"], "limit": ["5"]},
+    ]
+    assert await pool.fetchval("SELECT array_agg(DISTINCT url) FROM documents") == [url]
