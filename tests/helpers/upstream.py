@@ -146,7 +146,7 @@ class Upstream:
         r.add_route("*", "/redirect-as/{code}", self._redirect_as)
         r.add_get("/served/{name}", self._served)
         # The documentation's https://api.example.com, for the examples the tests run.
-        r.add_get("/api/{path:.*}", self._api)
+        r.add_route("*", "/api/{path:.*}", self._api)
         r.add_post("/oauth/token", self.tokens.handle)
         r.add_get("/echo-auth/{name}", self._echo_auth)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -207,7 +207,15 @@ class Upstream:
         refusal = lock.judge(request, self.tokens) if lock is not None else None
         if refusal is not None:
             return web.json_response({"error": "credentials"}, status=refusal)
-        body = {"name": path, "sku": path.replace("/", "-"), "price": len(path), "in_stock": True}
+        body: dict[str, object] = {
+            "name": path,
+            "sku": path.replace("/", "-"),
+            "price": len(path),
+            "in_stock": True,
+        }
+        if path == "v1/changes":  # docs/scheduled-sources.md's incremental feed
+            since = int(request.query.get("since", "0"))
+            body = {"changes": [since + 1], "meta": {"next_since": str(since + 1)}}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _echo_auth(self, request: web.Request) -> web.Response:

@@ -18,6 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from arq.worker import Worker
 
 from tests.helpers import Services, wait_until
 from tests.helpers.docs import Example, Unmarked, blocks, examples, session_script
@@ -25,6 +27,8 @@ from tests.helpers.locks import Lock
 from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
 from worker.engine.outcomes import BatchSummary
+from worker.scheduling import sources
+from worker.settings import Settings
 
 # The examples each document's session runs, in order; every runnable example of the docs is in
 # exactly one of these (a test checks).
@@ -53,7 +57,7 @@ SESSIONS: dict[str, list[str]] = {
         "apis-worker",
     ],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell", "jobs-enqueue-requests"],
-    "docs/scheduled-sources.md": ["sources-cli", "sources-sql"],
+    "docs/scheduled-sources.md": ["sources-cli", "sources-requests", "sources-sql"],
     "docs/data-model.md": ["data-queries", "data-sources", "data-json"],
     "docs/http-api.md": ["api-start", "api-curl"],
     "docs/cli.md": ["cli-tour"],
@@ -253,14 +257,33 @@ async def test_the_job_contract_examples_enqueue_once(
 
 
 async def test_the_scheduled_sources_examples_register_sources(
-    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool
+    run_docs: Callable[..., Awaitable[Session]],
+    pool: asyncpg.Pool,
+    upstream: Upstream,
+    arq_queue: ArqRedis,
+    make_settings: Callable[..., Settings],
+    make_worker: Callable[..., Worker],
 ) -> None:
-    """The CLI and SQL examples register the sources they name; disable takes effect."""
+    """The CLI and SQL examples register the sources they name; disable takes effect. Polled
+    twice, the changes feed sends its header and, the second time, the cursor the first
+    poll's body gave; the search source is a POST with its body."""
     session = await run_docs("docs/scheduled-sources.md")
     assert session.returncode == 0, session.stderr[-4000:]
     rows = dict(await pool.fetch("SELECT url, enabled FROM sources"))
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert [enabled for url, enabled in rows.items() if url.endswith("/v1/fx")] == [False]
+    for _ in range(2):
+        await pool.execute("UPDATE sources SET next_due_at = now()")
+        await sources.enqueue_due(pool, arq_queue, make_settings())
+        await make_worker().main()
+    changes = upstream.hits_for("/api/v1/changes")
+    assert [h.path.removeprefix("/api/v1/changes") for h in changes] == ["", "?since=1"]
+    assert {h.headers["Accept"] for h in changes} == {"application/vnd.x+json"}
+    (search, *_) = upstream.hits_for("/api/v1/search")
+    assert (search.method, json.loads(search.body)) == (
+        "POST",
+        {"query": "in_stock:true", "size": 100},
+    )
 
 
 async def test_the_data_model_queries_run(
