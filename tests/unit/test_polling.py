@@ -109,18 +109,20 @@ def test_failure_retry_after_pushes_the_next_poll(settings: Settings) -> None:
 def test_a_fetched_body_gives_the_next_cursor_and_one_without_it_keeps_the_last(
     settings: Settings,
 ) -> None:
-    """The value at since_path becomes since_value; a body without it, or a 304, or a failure
-    keeps the value the source had."""
+    """The value at since_path is the new since_value; a body without it, a 304, a failure
+    and a body Postgres refused give none (the source keeps its value)."""
     cursor = state(since_param="since", since_path="page.next[0]", since_value="old")
     found = Fetched("u", 200, b'{"page": {"next": ["abc", "x"]}}', 5, 1, meta())
-    assert settle(cursor, found, settings).update.since_value == "abc"
+    update = settle(cursor, found, settings).update
+    assert update.since_value == "abc"
+    assert update.refused("not jsonb").since_value is None
     for outcome in (
         Fetched("u", 200, b'{"page": {}}', 5, 1, meta()),
         Fetched("u", 200, b"[1, 2]", 5, 1, meta()),
         NotModified("u", 5, 1, meta()),
         Failed("u", "http_status", "HTTP 500", 500, 1),
     ):
-        assert settle(cursor, outcome, settings).update.since_value == "old"
+        assert settle(cursor, outcome, settings).update.since_value is None
 
 
 def test_a_cursor_is_a_string_or_a_number_of_a_json_body() -> None:

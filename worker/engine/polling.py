@@ -66,12 +66,9 @@ class SourceState:
         asks something of the upstream each time, so it is always fetched)."""
         return self.validators if request.method == "GET" else None
 
-    def since(self, body: bytes) -> str | None:
-        """The cursor the next poll sends, after a poll fetched ``body``."""
-        if self.since_path is None:
-            return self.since_value
-        found = read_cursor(body, self.since_path)
-        return self.since_value if found is None else found
+    def cursor_in(self, body: bytes) -> str | None:
+        """The cursor a fetched ``body`` gives the next poll (None: keep the last one)."""
+        return None if self.since_path is None else read_cursor(body, self.since_path)
 
 
 def read_cursor(body: bytes, path: str) -> str | None:
@@ -124,7 +121,7 @@ class SourceUpdate:
     document: bool  # a documents row of this job holds the source's current content
     consecutive_failures: int
     delay_s: float
-    since_value: str | None  # the cursor the next poll sends
+    since_value: str | None  # a new cursor for the next poll (None: keep the last one)
     key: RequestKey  # the identity of the poll's request in its job
 
     def refused(self, detail: str) -> SourceUpdate:
@@ -136,6 +133,7 @@ class SourceUpdate:
             error=detail,
             content_hash=None,
             document=False,
+            since_value=None,  # read from a body that did not land
             consecutive_failures=max(1, self.consecutive_failures),
         )
 
@@ -185,7 +183,7 @@ def _failed(state: SourceState, outcome: Failed, settings: Settings) -> Polled:
             consecutive_failures=failures,
             retry_after=outcome.retry_after,
         ),
-        since_value=state.since_value,
+        since_value=None,
         key=outcome_key(outcome),
     )
     return Polled(update, outcome)
@@ -206,7 +204,7 @@ def _not_modified(state: SourceState, outcome: NotModified, delay: float) -> Pol
         document=False,
         consecutive_failures=0,
         delay_s=delay,
-        since_value=state.since_value,
+        since_value=None,
         key=(outcome.url, "GET", None),  # only a GET is conditional
     )
     return Polled(update, None)
@@ -230,7 +228,7 @@ def _fetched(state: SourceState, outcome: Fetched, delay: float, store_unchanged
         document=store,
         consecutive_failures=0,
         delay_s=delay,
-        since_value=state.since(outcome.body),
+        since_value=state.cursor_in(outcome.body),
         key=outcome_key(outcome),
     )
     return Polled(update, outcome if store else None)

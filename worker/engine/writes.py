@@ -74,7 +74,7 @@ UPDATE sources AS s SET
     consecutive_failures = v.failures,
     last_success_at = CASE WHEN v.ok THEN now() ELSE s.last_success_at END,
     next_due_at = now() + make_interval(secs => v.delay),
-    since_value = v.since_value,
+    since_value = COALESCE(v.since_value, s.since_value),
     poll_job_id = NULL,
     claimed_until = NULL
 FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[],
