@@ -50,6 +50,9 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
         (
             "harvester sources add https://api.example.com/v1/rates --every 15m --source rates",
             "harvester sources add --from-file feeds.txt --every 1h30m",
+            "harvester sources add https://api.example.com/v1/changes --every 5m "
+            "--header 'Accept: application/vnd.x+json' --since-param since "
+            "--since-path meta.next_since",
         ),
     ),
     "sources list": ("DATABASE_URL", ("harvester sources list --source rates",)),
