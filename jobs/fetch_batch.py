@@ -79,8 +79,13 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
 
 def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
     try:
+        settings = ctx["settings"]
         batch = parse_batch(
-            args, kwargs, max_urls=ctx["settings"].max_batch_urls, job_id=ctx["job_id"]
+            args,
+            kwargs,
+            max_urls=settings.max_batch_urls,
+            job_id=ctx["job_id"],
+            max_pages=settings.max_pages,
         )
     except BadJobError as exc:
         log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - the reason is all

@@ -21,7 +21,9 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-
         ├── ProtocolError          kind "protocol"       truncated body, bad framing (transient)
         ├── TooLargeError          kind "too_large"      body over HARVESTER_MAX_BODY_BYTES
         ├── ContentTypeError       kind "content_type"   declared content type is not JSON
-        └── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
+        ├── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
+        ├── PaginationError        kind "pagination"     a page's next page cannot be followed
+        └── PaginationLoopError    kind "pagination_loop"  a next page the walk fetched already
 
 A `FetchError` knows whether it is ``transient`` (worth another attempt) and may carry the
 HTTP ``status`` and a server's ``retry_after`` in seconds. What "transient" means is defined
@@ -156,3 +158,11 @@ class ContentTypeError(FetchError):
 
 class InvalidJSONError(FetchError):
     kind = "invalid_json"
+
+
+class PaginationError(FetchError):
+    kind = "pagination"
+
+
+class PaginationLoopError(FetchError):
+    kind = "pagination_loop"

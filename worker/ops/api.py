@@ -257,7 +257,13 @@ async def post_batch(request: web.Request) -> web.Response:
         return _error(422, problem)
     settings = request.app[SETTINGS]
     try:
-        batch = parse_batch((), body, max_urls=settings.max_batch_urls, job_id=job_id or "api")
+        batch = parse_batch(
+            (),
+            body,
+            max_urls=settings.max_batch_urls,
+            job_id=job_id or "api",
+            max_pages=settings.max_pages,
+        )
     except BadJobError as exc:
         return _error(422, str(exc))
     try:

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from yarl import URL
 
 from worker.engine.guard import host_problem
+from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
 from worker.errors import BadJobError
 
 JOB_NAME: Final = "fetch_batch"
@@ -46,6 +55,128 @@ def has_control(text: str) -> bool:
     return first_control(text) is not None
 
 
+_STRICT: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Cursor(BaseModel):
+    """Cursor pagination: a value read from each page's body, sent as a query parameter."""
+
+    model_config = _STRICT
+
+    path: str = Field(
+        description="Where the cursor is in a page's body (`meta.next_cursor`).",
+        json_schema_extra={"pattern": PATH_PATTERN},
+    )
+    param: str = Field(
+        min_length=1, description="The query parameter of the first page's URL that carries it."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, path: str) -> str:
+        return _checked_path("paginate.cursor.path", path)
+
+
+class Paginate(BaseModel):
+    """How each request's pages are walked; see docs/jobs.md, "Paginated walks"."""
+
+    # The schema says what `_one_style` checks, so the OpenAPI document refuses the same.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["next"],
+                    "properties": {"next": {"type": "string"}, "cursor": {"type": "null"}},
+                },
+                {
+                    "required": ["cursor"],
+                    "properties": {"cursor": {"type": "object"}, "next": {"type": "null"}},
+                },
+            ],
+            "if": {"required": ["next"], "properties": {"next": {"const": "json"}}},
+            "then": {"required": ["path"], "properties": {"path": {"type": "string"}}},
+            "else": {"properties": {"path": {"type": "null"}}},
+        },
+    )
+
+    next: Literal["link", "json"] | None = Field(
+        default=None,
+        description='`"link"`: follow `Link: <...>; rel="next"`; `"json"`: the next URL is in '
+        "the body at `path`. Give `next` or `cursor`, not both.",
+    )
+    path: str | None = Field(
+        default=None,
+        description="With `next: json`: where the next URL is in a page's body: dotted keys and "
+        "`[n]` list indexes (`links.next`, `data[-1].href`).",
+        json_schema_extra={"pattern": PATH_PATTERN},
+    )
+    cursor: Cursor | None = Field(default=None, description="Cursor pagination.")
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES,
+        ge=1,
+        description="Pages walked per request at most, the first included; the walk stops "
+        "there. At most HARVESTER_MAX_PAGES (1,000 by default).",
+    )
+    cross_origin: bool = Field(
+        default=False,
+        description="Follow next pages on another origin (scheme, host, port) than the first.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        return None if path is None else _checked_path("paginate.path", path)
+
+    @field_validator("max_pages")
+    @classmethod
+    def _capped(cls, max_pages: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_pages")
+        if limit is not None and max_pages > limit:
+            raise ValueError(
+                f"'paginate.max_pages' is {max_pages}, over the limit of {limit} "
+                "(HARVESTER_MAX_PAGES)"
+            )
+        return max_pages
+
+    @model_validator(mode="after")
+    def _one_style(self) -> Paginate:
+        if (self.next is None) == (self.cursor is None):
+            raise ValueError("'paginate' needs either 'next' (\"link\" or \"json\") or 'cursor'")
+        if self.next == "json" and self.path is None:
+            raise ValueError('\'paginate.path\' is required with "next": "json"')
+        if self.next != "json" and self.path is not None:
+            raise ValueError('\'paginate.path\' goes with "next": "json" only')
+        return self
+
+    def spec(self) -> PageSpec:
+        """The engine's form of this walk."""
+        if self.cursor is not None:
+            return PageSpec(
+                "cursor",
+                parse_path(self.cursor.path),
+                self.cursor.param,
+                self.max_pages,
+                self.cross_origin,
+            )
+        path = parse_path(self.path) if self.path is not None else ()
+        style: Literal["link", "json"] = "json" if self.next == "json" else "link"
+        return PageSpec(style, path, "", self.max_pages, self.cross_origin)
+
+
+def _checked_path(field: str, path: str) -> str:
+    try:
+        parse_path(path)
+    except ValueError as exc:
+        raise ValueError(
+            f"'{field}' is not a path: {exc} (a path is dotted keys and [n] indexes, "
+            "e.g. links.next or data[-1].id)"
+        ) from None
+    return path
+
+
 class FetchBatch(BaseModel):
     """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
 
@@ -65,6 +196,11 @@ class FetchBatch(BaseModel):
         default=False,
         description="A poll of registered sources: URLs found in `sources` are fetched "
         "conditionally and land only when changed. The cron sets it; any service may.",
+    )
+    paginate: Paginate | None = Field(
+        default=None,
+        description="Walk each URL's pages: each page lands as a row of its own, numbered, "
+        'with its URL. See docs/jobs.md, "Paginated walks".',
     )
 
     @field_validator("urls")
@@ -116,15 +252,24 @@ class BatchRequest(FetchBatch):
 
 
 def parse_batch(
-    args: Sequence[object], kwargs: Mapping[str, object], *, max_urls: int, job_id: str
+    args: Sequence[object],
+    kwargs: Mapping[str, object],
+    *,
+    max_urls: int,
+    job_id: str,
+    max_pages: int | None = None,
 ) -> FetchBatch:
-    """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong."""
+    """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong.
+    ``max_urls`` and ``max_pages`` are the settings' limits (HARVESTER_MAX_BATCH_URLS,
+    HARVESTER_MAX_PAGES)."""
     problems = job_id_problems(job_id, intake=False)
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     batch: FetchBatch | None = None
     try:
-        batch = FetchBatch.model_validate(kwargs, context={"max_urls": max_urls})
+        batch = FetchBatch.model_validate(
+            kwargs, context={"max_urls": max_urls, "max_pages": max_pages}
+        )
     except ValidationError as exc:
         problems += describe(exc.errors(), kwargs)
     if problems or batch is None:
@@ -132,10 +277,14 @@ def parse_batch(
     return batch
 
 
-def make_batch(*, max_urls: int | None = None, **fields: Any) -> FetchBatch:
+def make_batch(
+    *, max_urls: int | None = None, max_pages: int | None = None, **fields: Any
+) -> FetchBatch:
     """A `FetchBatch` from ``fields``, or `BadJobError` saying what is wrong with them."""
     try:
-        return FetchBatch.model_validate(fields, context={"max_urls": max_urls})
+        return FetchBatch.model_validate(
+            fields, context={"max_urls": max_urls, "max_pages": max_pages}
+        )
     except ValidationError as exc:
         raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None
 
@@ -182,19 +331,25 @@ _TYPE_WORDS: Final = {
     "list_type": "must be a list of strings",
     "string_type": "must be a string or null",
     "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "model_type": "must be an object",
+}
+# The models of nested fields, by where they sit, for naming the fields they allow.
+_NESTED: Final[dict[tuple[str | int, ...], type[BaseModel]]] = {
+    (): FetchBatch,
+    ("paginate",): Paginate,
+    ("paginate", "cursor"): Cursor,
 }
 
 
 def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list[str]:
     """One plain sentence per problem pydantic found in ``data`` (a job's keyword arguments)."""
-    problems: list[str] = []
-    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
-    if unknown:
-        allowed = ", ".join(FetchBatch.model_fields)
-        problems.append(
-            f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}; allowed: {allowed}"
-        )
-    items = [e for e in errors if len(e["loc"]) == 2 and e["type"] == "string_type"]
+    problems = _unknown_fields(errors)
+    items = [
+        e
+        for e in errors
+        if len(e["loc"]) == 2 and isinstance(e["loc"][1], int) and e["type"] == "string_type"
+    ]
     if items:
         first = items[0]
         problems.append(
@@ -207,17 +362,40 @@ def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list
     return problems
 
 
+def _unknown_fields(errors: Sequence[ErrorDetails]) -> list[str]:
+    """One sentence per object that holds fields its model does not take."""
+    unknown: dict[tuple[str | int, ...], list[str]] = {}
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(_dotted(e["loc"]))
+    problems = []
+    for parent, names in unknown.items():
+        model = _NESTED.get(parent)
+        allowed = f"; allowed: {', '.join(model.model_fields)}" if model is not None else ""
+        problems.append(f"unknown field(s) {', '.join(map(repr, sorted(names)))}{allowed}")
+    return problems
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
 def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "payload"
+    field = _dotted(error["loc"]) if error["loc"] else "payload"
     kind = error["type"]
+    ctx = error.get("ctx", {})
     if kind == "missing":
         return f"'{field}' is required" + (": a list of URL strings" if field == "urls" else "")
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         return f"'{field}' is empty"
     if kind == "string_too_long":
-        return f"'{field}' is longer than {error.get('ctx', {}).get('max_length')} characters"
+        return f"'{field}' is longer than {ctx.get('max_length')} characters"
     if kind in _TYPE_WORDS:
-        return f"'{field}' {_TYPE_WORDS[kind]}, got {type(data.get(field)).__name__}"
+        return f"'{field}' {_TYPE_WORDS[kind]}, got {type(error['input']).__name__}"
+    if kind == "literal_error":
+        return f"'{field}' must be {ctx.get('expected')}, got {error['input']!r}"
+    if kind == "greater_than_equal":
+        return f"'{field}' must be at least {ctx.get('ge')}, got {error['input']!r}"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
     return f"'{field}': {error['msg']}"
