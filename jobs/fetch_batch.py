@@ -50,6 +50,7 @@ async def _abandon(ctx: JobContext, batch: FetchBatch, job_try: int) -> dict[str
         ctx["settings"],
         kind="abandoned",
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
+        paginated=batch.paginate is not None,
     )
     log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
     metrics.record_job("abandoned")
@@ -71,6 +72,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
         # waves (see worker/engine/slots.py).
         priority=int(ctx["enqueue_time"].timestamp() * 1000),
         sources=states,
+        paginate=batch.paginate.spec() if batch.paginate is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]

@@ -15,7 +15,13 @@ Routes (all on one loopback port):
   /redirect-to?location=L            one redirect to L
   /served/{name}                     ``upstream.served[name]``: a (body, content type) pair the
                                      test sets
-  /api/{path}                        JSON naming the path: the docs' api.example.com
+  /api/{path}                        JSON naming the path: the docs' api.example.com (and
+                                     /api/paged/{style}/{name}: `pages` under it)
+  /pages/{style}/{name}?n=N          N pages (style link, json or cursor), page K of them at
+                                     ?page=K (?cursor=cK for cursor); scripted by fail_at=K (page
+                                     K answers 404), loop_at=K (page K's next is page 1),
+                                     next_base=B (next pages on base B), gate_at=K (page K
+                                     answers once the test sets ``upstream.gate``)
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -103,6 +109,7 @@ class Upstream:
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
+        r.add_get("/pages/{style}/{name}", self._pages)
         r.add_get("/served/{name}", self._served)
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
@@ -142,6 +149,8 @@ class Upstream:
 
     async def _api(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
+        if path.startswith("paged/"):
+            return await paged(request, "/api/paged", *path.split("/")[1:3])
         body = {"name": path, "sku": path.replace("/", "-"), "price": len(path), "in_stock": True}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -235,6 +244,10 @@ class Upstream:
         # Sent raw, as a hostile server would: not normalised by yarl on the way out.
         return web.Response(status=302, headers={"Location": request.query["location"]})
 
+    async def _pages(self, request: web.Request) -> web.Response:
+        style, name = request.match_info["style"], request.match_info["name"]
+        return await paged(request, "/pages", style, name, self.gate)
+
     async def _feed(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         feed = self.feeds.setdefault(name, Feed())
@@ -258,3 +271,44 @@ class Upstream:
             del headers["Content-Type"]
             return web.Response(status=304, headers=headers)
         return web.Response(body=feed.body(name), headers=headers)
+
+
+async def paged(
+    request: web.Request, prefix: str, style: str, name: str, gate: asyncio.Event | None = None
+) -> web.Response:
+    """Page K of a paged endpoint (see the module docstring): its items, and its next page in
+    the ``Link`` header (style link), the body's ``links.next`` (json) or ``meta.next_cursor``
+    (cursor)."""
+    q = request.query
+    n = int(q.get("n", "3"))
+    cursor = q.get("cursor", "")
+    page = int(cursor.removeprefix("c") or "1") if style == "cursor" else int(q.get("page", "1"))
+    if gate is not None and page == int(q.get("gate_at", "0")):
+        await gate.wait()
+    if page == int(q.get("fail_at", "0")):
+        return web.Response(
+            status=404, body=b'{"error": "scripted"}', content_type="application/json"
+        )
+    nxt = page + 1 if page < n else None
+    if nxt is not None and page == int(q.get("loop_at", "0")):
+        nxt = 1
+    body: dict[str, object] = {
+        "name": name,
+        "page": page,
+        "items": [page * 10 + i for i in range(3)],
+    }
+    headers = {}
+    if nxt is not None:
+        kept = {k: v for k, v in q.items() if k not in ("page", "cursor")}
+        target = request.url.with_path(f"{prefix}/{style}/{name}").with_query(kept)
+        target = target.update_query(page=nxt) if style != "cursor" else target
+        link = f"{q.get('next_base', '')}{target.path_qs}"
+        if style == "link":
+            headers["Link"] = f'<{link}>; rel="next", <{prefix}/{style}/{name}>; rel="first"'
+        elif style == "json":
+            body["links"] = {"next": link}
+    if style == "json" and nxt is None:
+        body["links"] = {"next": None}
+    if style == "cursor":
+        body["meta"] = {"next_cursor": f"c{nxt}" if nxt is not None else None}
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)

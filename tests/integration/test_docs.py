@@ -40,6 +40,9 @@ SESSIONS: dict[str, list[str]] = {
         "http-enqueue",
         "query",
         "procfile",
+        "pages-link",
+        "pages-json",
+        "pages-cursor",
     ],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-sql"],
@@ -183,6 +186,12 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         return await _landed(pool) >= {"items/1", "items/2", "items/3", "items/4", "items/5"}
 
     await wait_until(all_landed, timeout=60)
+
+    async def all_pages_landed() -> bool:
+        pages = await pool.fetch("SELECT url, page FROM documents WHERE source = 'pages'")
+        return len(pages) == 9  # three pages for each of the three styles
+
+    await wait_until(all_pages_landed, timeout=60)
     assert (
         await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
     )

@@ -63,6 +63,8 @@ _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "applicatio
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
+# What one attempt got: status, body, cache headers (conditional requests), Link headers.
+_Response = tuple[int, bytes, ResponseMeta | None, tuple[str, ...]]
 # Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
 Admit = Callable[[int], Awaitable[None]]
 
@@ -191,6 +193,8 @@ class Fetcher:
         priority: int = 0,
         validators: Validators | None = None,
         admit: Admit | None = None,
+        *,
+        links: bool = False,
     ) -> Outcome:
         """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
 
@@ -198,7 +202,8 @@ class Fetcher:
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
         `Fetched` carries the response's cache headers in ``meta``. A body is passed to
         ``admit`` before its request slot is given back, so bodies waiting for the caller's room
-        never outnumber the slots.
+        never outnumber the slots. With ``links`` a `Fetched` carries the response's ``Link``
+        headers (a paginated walk reads its next page there).
         """
         started = time.monotonic()
         try:
@@ -207,21 +212,23 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(target, priority, validators, admit)
+            status, body, meta, link = await self._attempt(
+                target, priority, validators, admit, links
+            )
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
-                status, body, meta, attempts = await self._retry(
-                    target, exc, started, priority, validators, admit
+                status, body, meta, link, attempts = await self._retry(
+                    target, exc, started, priority, validators, admit, links
                 )
             except _RetriesExhausted as gave_up:
                 return _failed(url, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if status == 304 and meta is not None:
             return NotModified(url, elapsed_ms, attempts, meta)
-        return Fetched(url, status, body, elapsed_ms, attempts, meta)
+        return Fetched(url, status, body, elapsed_ms, attempts, meta, link)
 
     def _parse(self, raw: str) -> URL:
         if len(raw) > self._settings.max_url_length:
@@ -254,7 +261,8 @@ class Fetcher:
         priority: int,
         validators: Validators | None,
         admit: Admit | None,
-    ) -> tuple[int, bytes, ResponseMeta | None, int]:
+        links: bool,
+    ) -> tuple[int, bytes, ResponseMeta | None, tuple[str, ...], int]:
         s = self._settings
         attempts = 1
         # The time bound covers the waits too: never sleep past it to try once more.
@@ -284,20 +292,27 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta = await self._attempt(target, priority, validators, admit)
+                    status, body, meta, link = await self._attempt(
+                        target, priority, validators, admit, links
+                    )
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
-        return status, body, meta, attempts
+        return status, body, meta, link, attempts
 
     async def _attempt(
-        self, target: URL, priority: int, validators: Validators | None, admit: Admit | None
-    ) -> tuple[int, bytes, ResponseMeta | None]:
+        self,
+        target: URL,
+        priority: int,
+        validators: Validators | None,
+        admit: Admit | None,
+        links: bool,
+    ) -> _Response:
         host = target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                status, body, meta = await self._follow(target, validators)
+                status, body, meta, link = await self._follow(target, validators, links)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
@@ -308,11 +323,9 @@ class Fetcher:
             # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
             if admit is not None and body:
                 await admit(len(body))
-            return status, body, meta
+            return status, body, meta, link
 
-    async def _follow(
-        self, url: URL, validators: Validators | None
-    ) -> tuple[int, bytes, ResponseMeta | None]:
+    async def _follow(self, url: URL, validators: Validators | None, links: bool) -> _Response:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         headers = validators.headers() if validators is not None else None
         meta: ResponseMeta | None = None
@@ -328,7 +341,7 @@ class Fetcher:
                 if validators is not None:
                     meta = ResponseMeta.from_headers(resp.headers)
                     if status == 304:
-                        return status, b"", meta
+                        return status, b"", meta, ()
                 if not 200 <= status < 300:
                     raise HTTPStatusError(
                         f"HTTP {status} {resp.reason or ''}".strip(),
@@ -338,12 +351,13 @@ class Fetcher:
                     )
                 self._check_content_type(resp)
                 body = await self._read(resp)
+                link = tuple(resp.headers.getall("Link", ())) if links else ()
             try:
                 check_json(body)
             except InvalidJSONError as exc:
                 exc.status = status
                 raise
-            return status, body, meta
+            return status, body, meta, link
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
 
     def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:

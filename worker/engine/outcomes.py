@@ -66,7 +66,10 @@ def _validator(value: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A URL landed as JSON. ``meta`` is set for conditional requests only."""
+    """A URL landed as JSON. ``meta`` is set for conditional requests only, ``links`` (the
+    response's ``Link`` headers) for pages of a walk that follows them. A page of a walk has
+    ``url`` the URL as enqueued, its ``page`` number, ``page_url``, and ``next_url`` (None on the
+    walk's last page)."""
 
     url: str
     status: int
@@ -74,6 +77,10 @@ class Fetched:
     elapsed_ms: int
     attempts: int
     meta: ResponseMeta | None = None
+    links: tuple[str, ...] = ()
+    page: int | None = None
+    page_url: str | None = None
+    next_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +95,8 @@ class NotModified:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``."""
+    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``; for a
+    page of a walk, the ``page`` that could not be landed and its ``page_url`` when known."""
 
     url: str
     kind: str
@@ -96,6 +104,8 @@ class Failed:
     status: int | None
     attempts: int
     retry_after: float | None = None
+    page: int | None = None
+    page_url: str | None = None
 
 
 Outcome = Fetched | Failed | NotModified
@@ -115,6 +125,7 @@ class BatchSummary:
     seconds: float = 0.0
     unchanged: int = 0  # scheduled polls whose body had not changed: no row
     not_modified: int = 0  # scheduled polls answered 304: no row
+    pages: int = 0  # documents that are pages of paginated walks (counted in documents too)
 
     @property
     def failed(self) -> int:
@@ -136,6 +147,7 @@ class BatchSummary:
             "failures": dict(sorted(self.failures.items())),
             "unchanged": self.unchanged,
             "not_modified": self.not_modified,
+            "pages": self.pages,
             "seconds": round(self.seconds, 3),
             "urls_per_second": round(self.urls_per_second, 1),
         }

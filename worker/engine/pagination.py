@@ -127,6 +127,16 @@ class PageSpec:
         return self.style != "link"
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where an interrupted walk goes on: the ``page`` to fetch next, its ``url``, and the page
+    URLs it fetched already (``seen``, for loops)."""
+
+    page: int
+    url: str
+    seen: frozenset[str] = frozenset()
+
+
 class Walk:
     """One request's walk through its pages: feed it each page, it answers the next URL.
 
@@ -136,13 +146,16 @@ class Walk:
 
     __slots__ = ("_current", "_first", "_origin", "_seen", "page", "spec", "url")
 
-    def __init__(self, spec: PageSpec, first_url: str) -> None:
+    def __init__(self, spec: PageSpec, first_url: str, resume: Resume | None = None) -> None:
         self.spec = spec
-        self.url = first_url
-        self.page = 1
-        self._first = self._current = URL(first_url)
+        self._first = URL(first_url)
         self._origin = _origin(self._first)
         self._seen = {str(self._first.with_fragment(None))}
+        if resume is None:
+            self.url, self.page, self._current = first_url, 1, self._first
+        else:
+            self.url, self.page, self._current = resume.url, resume.page, URL(resume.url)
+            self._seen.update(resume.seen)
 
     def next_url(self, links: Sequence[str], body: bytes) -> str | None:
         """The URL of the page after the current one, or None when the walk is over; moves the
@@ -156,7 +169,9 @@ class Walk:
         nxt = self._resolve(target)
         text = str(nxt)
         if text in self._seen:
-            raise PaginationLoopError(f"page {self.page} leads back to {text}, fetched already")
+            raise PaginationLoopError(
+                f"page {self.page} leads back to {text}, fetched already", target=text
+            )
         self._seen.add(text)
         self.page += 1
         self._current, self.url = nxt, text
@@ -190,11 +205,14 @@ class Walk:
         nxt = target if target.scheme and target.absolute else self._current.join(target)
         nxt = nxt.with_fragment(None)
         if nxt.scheme not in ("http", "https"):
-            raise PaginationError(f"the next page's scheme {nxt.scheme!r} is not http or https")
+            raise PaginationError(
+                f"the next page's scheme {nxt.scheme!r} is not http or https", target=str(nxt)
+            )
         if not self.spec.cross_origin and _origin(nxt) != self._origin:
             raise PaginationError(
                 f"the next page {nxt.scheme}://{nxt.host_port_subcomponent} is on another "
-                "origin than the first page (set paginate.cross_origin to follow it)"
+                "origin than the first page (set paginate.cross_origin to follow it)",
+                target=str(nxt),
             )
         return nxt
 

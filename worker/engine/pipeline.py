@@ -21,11 +21,12 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from worker.backoff import Backoff
 from worker.engine import counters as metrics
-from worker.engine import store
+from worker.engine import store, walks
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
 from worker.engine.fetch import Fetcher
-from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome
+from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome, Validators
+from worker.engine.pagination import PageSpec, Resume
 from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
 from worker.engine.writes import Chunk, Written, write_chunk
 from worker.errors import StoreError
@@ -56,6 +57,8 @@ class Batch:
     priority: int = 0
     # The registered sources among the URLs: polled conditionally (`worker.engine.polling`).
     sources: Mapping[str, SourceState] = field(default_factory=dict)
+    # Walk each URL's pages (`worker.engine.walks`); None: one request per URL.
+    paginate: PageSpec | None = None
 
 
 class DeadlineError(Exception):
@@ -75,6 +78,7 @@ class _Tally:
 
     landed: set[str] = field(default_factory=set)
     documents: int = 0
+    pages: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     polls: Counter[str] = field(default_factory=Counter)
 
@@ -175,13 +179,16 @@ class ChunkWriter:
 
     def _count(self, chunk: Chunk, written: Written) -> None:
         t = self._tally
-        t.landed.update(d.url for d in chunk.docs)
+        # A page of a walk that has a next page does not end its URL.
+        t.landed.update(d.url for d in chunk.docs if d.next_url is None)
         t.landed.update(f.url for f in chunk.fails)
         for u in chunk.updates:
             t.landed.add(u.url)
             if u.outcome in (UNCHANGED, NOT_MODIFIED) and not u.document:
                 t.polls[u.outcome] += 1
         t.documents += written.documents
+        if self._batch.paginate is not None:
+            t.pages += written.documents
         for f in (*chunk.fails, *written.refused):
             t.failures[f.kind] += 1
         if written.refused:
@@ -210,11 +217,12 @@ class BatchRun:
         self._tally = _Tally()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._timed_out = False
+        self._resume: dict[str, Resume] = {}
 
     async def run(self) -> BatchSummary:
         started = time.monotonic()
         distinct = list(dict.fromkeys(self.batch.urls))
-        todo = await without_outcome(self._pool, self.batch.job_id, distinct, self._settings)
+        todo = await self._plan(distinct)
         try:
             await self._fetch_and_land(todo)
         finally:
@@ -233,7 +241,17 @@ class BatchRun:
             seconds=time.monotonic() - started,
             unchanged=t.polls[UNCHANGED],
             not_modified=t.polls[NOT_MODIFIED],
+            pages=t.pages,
         )
+
+    async def _plan(self, distinct: list[str]) -> list[str]:
+        """The URLs left to do; for walks, also where interrupted ones go on."""
+        b, s = self.batch, self._settings
+        if b.paginate is None:
+            return await without_outcome(self._pool, b.job_id, distinct, s)
+        plan = await walks.plan(self._pool, b.job_id, distinct, s.max_url_length)
+        self._resume = plan.resume
+        return plan.todo
 
     async def _fetch_and_land(self, todo: list[str]) -> None:
         s = self._settings
@@ -275,31 +293,49 @@ class BatchRun:
             await self._fetch_one(url)
 
     async def _fetch_one(self, url: str) -> None:
+        if self.batch.paginate is not None:
+            await self._walk(url, self.batch.paginate)
+            return
         state = self.batch.sources.get(url) if self.batch.sources else None
-        lease = self._lease
+        outcome = await self._fetch(url, state.validators if state is not None else None)
+        item: Outcome | Polled = outcome
+        if state is not None:
+            item = settle(state, outcome, self._settings)
+            if isinstance(outcome, Fetched) and item.row is not outcome:
+                self._lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
+        await self._put(item)
+
+    async def _fetch(
+        self, url: str, validators: Validators | None = None, *, links: bool = False
+    ) -> Outcome:
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
-                url,
-                self.batch.priority,
-                state.validators if state is not None else None,
-                lease.take,
+                url, self.batch.priority, validators, self._lease.take, links=links
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.
             log.exception("fetch.internal_error", extra={"url": url})
             outcome = Failed(url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0)
         metrics.record_fetch(outcome)
-        item: Outcome | Polled = outcome
-        if state is not None:
-            item = settle(state, outcome, self._settings)
-            if isinstance(outcome, Fetched) and item.row is not outcome:
-                lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
+        return outcome
+
+    async def _put(self, item: object) -> None:
         queue = self._queue
         if queue.full():
             await queue.put(item)
         else:
             queue.put_nowait(item)
+
+    async def _walk(self, url: str, spec: PageSpec) -> None:
+        """Walk the pages of ``url`` inside this fetch loop: one request at a time per walk,
+        each page through the same `Fetcher` (and so the same per-host decisions) as any URL."""
+        links = spec.style == "link"
+
+        async def fetch(page_url: str) -> Outcome:
+            return await self._fetch(page_url, links=links)
+
+        await walks.walk(url, spec, fetch, self._put, self._resume.get(url))
 
     async def _settle_deadline(self, todo: list[str]) -> None:
         unfinished = [u for u in todo if u not in self._tally.landed]
@@ -314,6 +350,7 @@ class BatchRun:
             self._settings,
             kind="deadline",
             detail="the job's last allowed run ended before this URL was fetched",
+            paginated=self.batch.paginate is not None,
         )
 
 
@@ -346,15 +383,25 @@ async def record_failures(
     *,
     kind: str,
     detail: str,
+    paginated: bool = False,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``urls`` that has no outcome yet for
-    ``job.job_id`` (under ``job.source``); return how many."""
-    todo = await without_outcome(pool, job.job_id, urls, settings)
+    ``job.job_id`` (under ``job.source``); return how many. For a ``paginated`` job, a URL
+    whose walk has not ended gets one, for the page its walk would have fetched next."""
+    fails = (
+        await walks.unfinished(pool, job.job_id, urls, settings.max_url_length, kind, detail)
+        if paginated
+        else [
+            Failed(u, kind, detail, None, 0)
+            for u in await without_outcome(pool, job.job_id, urls, settings)
+        ]
+    )
     step = settings.copy_chunk_rows
-    for i in range(0, len(todo), step):
-        fails = [Failed(u, kind, detail, None, 0) for u in todo[i : i + step]]
-        await write_retried(pool, Chunk(job.job_id, job.source, fails=fails), settings)
-    return len(todo)
+    for i in range(0, len(fails), step):
+        await write_retried(
+            pool, Chunk(job.job_id, job.source, fails=fails[i : i + step]), settings
+        )
+    return len(fails)
 
 
 async def without_outcome(

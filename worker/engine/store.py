@@ -22,13 +22,13 @@ from worker.settings import Settings
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
     job_id text, url text, source text, status integer, body jsonb,
-    elapsed_ms integer, attempts integer
+    elapsed_ms integer, attempts integer, page integer, page_url text, next_url text
 ) ON COMMIT DELETE ROWS;
 -- Out of line but uncompressed: staged bodies are compressed once, in documents.
 ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
     job_id text, url text, source text, error text, status integer,
-    attempts integer, detail text
+    attempts integer, detail text, page integer, page_url text
 ) ON COMMIT DELETE ROWS;
 """
 

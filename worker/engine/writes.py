@@ -29,25 +29,50 @@ from worker.engine.store import (
 )
 from worker.errors import StoreError
 
-_DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
-_FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "detail")
+_DOC_COLUMNS = (
+    "job_id",
+    "url",
+    "source",
+    "status",
+    "body",
+    "elapsed_ms",
+    "attempts",
+    "page",
+    "page_url",
+    "next_url",
+)
+_FAIL_COLUMNS = (
+    "job_id",
+    "url",
+    "source",
+    "error",
+    "status",
+    "attempts",
+    "detail",
+    "page",
+    "page_url",
+)
 
 _MOVE_DOCUMENTS = """
-INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
-SELECT job_id, url, source, status, body, elapsed_ms, attempts FROM harvester_stage_documents
-ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, page, page_url,
+                       next_url)
+SELECT job_id, url, source, status, body, elapsed_ms, attempts, page, page_url, next_url
+    FROM harvester_stage_documents
+ON CONFLICT (job_id, harvester_url_key(url), COALESCE(page, 0)) DO NOTHING
 """
 
 _MOVE_FAILURES = """
-INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail)
-SELECT job_id, url, source, error, status, attempts, detail FROM harvester_stage_failures
+INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, page, page_url)
+SELECT job_id, url, source, error, status, attempts, detail, page, page_url
+    FROM harvester_stage_failures
 ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
 """
 
 _INSERT_DOCUMENT = """
-INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, page, page_url,
+                       next_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (job_id, harvester_url_key(url), COALESCE(page, 0)) DO NOTHING
 """
 
 # A poll's source states, one statement per chunk, in the chunk's transaction: a document and
@@ -110,12 +135,28 @@ class Chunk:
         return replace(self, docs=docs, fails=fails)
 
     def doc_records(self) -> list[tuple[object, ...]]:
-        j, s = self.job_id, self.source
-        return [(j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs]
+        return [self.doc_record(d) for d in self.docs]
+
+    def doc_record(self, d: Fetched) -> tuple[object, ...]:
+        """A document's row, in the order of `_DOC_COLUMNS`."""
+        return (
+            self.job_id,
+            d.url,
+            self.source,
+            d.status,
+            d.body,
+            d.elapsed_ms,
+            d.attempts,
+            d.page,
+            d.page_url,
+            d.next_url,
+        )
 
     def fail_records(self, fails: Sequence[Failed]) -> list[tuple[object, ...]]:
         j, s = self.job_id, self.source
-        return [(j, f.url, s, f.kind, f.status, f.attempts, f.detail) for f in fails]
+        return [
+            (j, f.url, s, f.kind, f.status, f.attempts, f.detail, f.page, f.page_url) for f in fails
+        ]
 
 
 _Outcome = TypeVar("_Outcome", Fetched, Failed)
@@ -225,13 +266,21 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
         for d in chunk.docs:
             try:
                 async with conn.transaction():  # a savepoint per row
-                    row = (d.url, chunk.source, d.status, d.body, d.elapsed_ms, d.attempts)
-                    n_docs += rows_affected(
-                        await conn.execute(_INSERT_DOCUMENT, chunk.job_id, *row)
-                    )
+                    row = chunk.doc_record(d)
+                    n_docs += rows_affected(await conn.execute(_INSERT_DOCUMENT, *row))
             except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
-                refused.append(Failed(d.url, "invalid_json", detail, d.status, d.attempts))
+                refused.append(
+                    Failed(
+                        d.url,
+                        "invalid_json",
+                        detail,
+                        d.status,
+                        d.attempts,
+                        page=d.page,
+                        page_url=d.page_url,
+                    )
+                )
         fails = [*chunk.fails, *refused]
         n_fail = await _stage_failures(conn, chunk, fails) if fails else 0
         updates = chunk.updates

@@ -231,6 +231,15 @@ class FetchBatch(BaseModel):
             )
         return source
 
+    @model_validator(mode="after")
+    def _walks_are_not_polls(self) -> FetchBatch:
+        if self.scheduled and self.paginate is not None:
+            raise ValueError(
+                "'paginate' cannot be combined with 'scheduled': a poll of a registered source "
+                "fetches one page"
+            )
+        return self
+
     def as_kwargs(self) -> dict[str, Any]:
         """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
         ``{"urls": [...]}`` and older workers read it too."""

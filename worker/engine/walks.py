@@ -1,0 +1,148 @@
+"""Paginated walks in a batch: a request's pages fetched one after another, each landed as an
+outcome of its own, and where an interrupted walk goes on.
+
+`walk` drives a `pagination.Walk` with the batch's fetch (so every page goes through the
+`Fetcher`: pacing, slots, the SSRF guard, retries, and whatever is decided per host) and hands
+each page to the writers. `plan` reads what earlier runs of the job landed: a walk that ended
+(its last page says there is no next one, or it ended in a failure) is done; one that was
+interrupted goes on from the first page that has no row, so a redo adds no row twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+
+from worker.engine.bodies import clean_detail
+from worker.engine.outcomes import Failed, Fetched, Outcome
+from worker.engine.pagination import PageSpec, Resume, Walk
+from worker.engine.store import stored_url, translated
+from worker.errors import PaginationError
+
+FetchPage = Callable[[str], Awaitable[Outcome]]
+Emit = Callable[[Outcome], Awaitable[None]]
+
+_LANDED = """
+SELECT url, page, page_url, next_url, false AS failed FROM documents
+    WHERE job_id = $1 AND page IS NOT NULL
+UNION ALL
+SELECT url, page, page_url, NULL, true FROM fetch_failures WHERE job_id = $1
+"""
+
+
+async def walk(
+    url: str, spec: PageSpec, fetch: FetchPage, emit: Emit, resume: Resume | None
+) -> None:
+    """Walk the pages of ``url`` (from ``resume`` when given), emitting one outcome per page:
+    its document, or the failure that ends the walk (a page that could not be fetched, or a
+    next page that cannot be followed)."""
+    pages = Walk(spec, url, resume)
+    page_url = pages.url
+    while True:
+        page = pages.page
+        outcome = await fetch(page_url)
+        if not isinstance(outcome, Fetched):
+            if isinstance(outcome, Failed):
+                await emit(replace(outcome, url=url, page=page, page_url=page_url))
+            return
+        try:
+            nxt = pages.next_url(outcome.links, outcome.body)
+        except PaginationError as exc:
+            await emit(_page(outcome, url, page_url, page, None))
+            detail = clean_detail(exc.detail)
+            await emit(Failed(url, exc.kind, detail, None, 0, page=page + 1, page_url=exc.target))
+            return
+        await emit(_page(outcome, url, page_url, page, nxt))
+        if nxt is None:
+            return
+        page_url = nxt
+
+
+def _page(fetched: Fetched, url: str, page_url: str, page: int, nxt: str | None) -> Fetched:
+    return replace(fetched, url=url, links=(), page=page, page_url=page_url, next_url=nxt)
+
+
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    page: int
+    page_url: str
+    next_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The walks of a run: which URLs to walk and, for interrupted ones, where from."""
+
+    todo: list[str]
+    resume: dict[str, Resume]
+
+
+async def plan(pool: asyncpg.Pool, job_id: str, urls: Sequence[str], max_url_length: int) -> Plan:
+    """The walks of ``urls`` still to do for ``job_id``, after what earlier runs landed."""
+    with translated("cannot read the pages landed"):
+        rows = await pool.fetch(_LANDED, job_id)
+    return plan_from([dict(r) for r in rows], urls, max_url_length)
+
+
+def plan_from(rows: Iterable[Mapping[str, Any]], urls: Sequence[str], max_url_length: int) -> Plan:
+    """`plan` from the rows it read (pure, for tests)."""
+    ended: set[str] = set()
+    pages: dict[str, dict[int, _Landed]] = defaultdict(dict)
+    for r in rows:
+        if r["failed"]:
+            ended.add(r["url"])
+        else:
+            pages[r["url"]][r["page"]] = _Landed(r["page"], r["page_url"], r["next_url"])
+    todo: list[str] = []
+    resume: dict[str, Resume] = {}
+    for url in dict.fromkeys(urls):
+        key = stored_url(url, max_url_length)
+        if key in ended:
+            continue
+        landed = pages.get(key)
+        if not landed or 1 not in landed:
+            # Not started, or page 1 missing: the walk starts over; rows that landed are kept.
+            todo.append(url)
+            continue
+        where = _resume_at(landed)
+        if where is not None:
+            todo.append(url)
+            resume[url] = where
+    return Plan(todo, resume)
+
+
+def _resume_at(landed: dict[int, _Landed]) -> Resume | None:
+    """Where a walk that has page 1 goes on: after the last page of its unbroken run from page 1
+    (pages after a gap may have landed first, with several writers), or None if that page was
+    its last."""
+    last = 1
+    while last + 1 in landed:
+        last += 1
+    nxt = landed[last].next_url
+    if nxt is None:
+        return None
+    # Pages after a gap are fetched again (and not landed twice): not seen yet, for loops.
+    return Resume(last + 1, nxt, frozenset(landed[n].page_url for n in range(1, last + 1)))
+
+
+async def unfinished(
+    pool: asyncpg.Pool,
+    job_id: str,
+    urls: Sequence[str],
+    max_url_length: int,
+    kind: str,
+    detail: str,
+) -> list[Failed]:
+    """A failure of ``kind`` for each walk of ``urls`` that has not ended, for the page it
+    would have fetched next (page 1 if it has not started)."""
+    walks = await plan(pool, job_id, urls, max_url_length)
+    fails = []
+    for url in walks.todo:
+        at = walks.resume.get(url)
+        page, page_url = (1, url) if at is None else (at.page, at.url)
+        fails.append(Failed(url, kind, detail, None, 0, page=page, page_url=page_url))
+    return fails
