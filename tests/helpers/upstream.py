@@ -30,11 +30,13 @@ Routes (all on one loopback port):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import socket
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -69,6 +71,17 @@ class Feed:
 
     def body(self, name: str) -> bytes:
         return orjson.dumps({"name": name, "version": self.version})
+
+
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[Upstream]:
+    """A started `Upstream`, stopped on the way out."""
+    up = Upstream()
+    await up.start()
+    try:
+        yield up
+    finally:
+        await up.stop()
 
 
 @dataclass

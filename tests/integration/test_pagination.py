@@ -12,7 +12,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.helpers.upstream import Upstream
+from tests.helpers.upstream import Upstream, serving
 from worker.engine import pipeline
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Fetched
@@ -43,12 +43,8 @@ def walk(
 @pytest.fixture
 async def other() -> AsyncIterator[Upstream]:
     """A second upstream: another origin (another port)."""
-    up = Upstream()
-    await up.start()
-    try:
+    async with serving() as up:
         yield up
-    finally:
-        await up.stop()
 
 
 async def _pages(pool: asyncpg.Pool, job_id: str) -> list[tuple[Any, ...]]:
