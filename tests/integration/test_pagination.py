@@ -20,6 +20,7 @@ from worker.engine.pagination import PageSpec
 from worker.engine.writes import Chunk, write_chunk
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch
+from worker.scheduling.replay import replay_failures
 from worker.settings import Settings
 
 Walk = Callable[..., Awaitable[BatchSummary]]
@@ -253,3 +254,28 @@ async def test_a_paginated_job_through_the_worker(
         ("j?n=3", 2),
         ("j?n=3", 3),
     ]
+
+
+async def test_failures_of_walks_are_not_replayed(
+    upstream: Upstream, pool: asyncpg.Pool, walk: Walk, arq_queue: ArqRedis
+) -> None:
+    """A replay would fetch the enqueued URL without its walk: failures of pages are left out."""
+    await walk("w-replay", [upstream.url("/pages/link/t?n=3&fail_at=2")], PageSpec("link"))
+    await pool.execute(
+        "INSERT INTO fetch_failures (job_id, url, error, attempts) VALUES ('j', 'http://x/', 'timeout', 1)"
+    )
+    result = await replay_failures(
+        pool, arq_queue, kinds=["http_status", "timeout"], batch_size=10, limit=10
+    )
+    assert result.urls == 1
+    assert await pool.fetchval("SELECT replayed_by FROM fetch_failures WHERE page = 2") is None
+
+
+async def test_urls_the_fetcher_refuses_fail_as_their_first_page(
+    pool: asyncpg.Pool, walk: Walk
+) -> None:
+    """An unusable URL in a paginated batch is a failure of page 1, and the batch goes on."""
+    summary = await walk("w-bad", ["nope", "http://[::1", " ftp://x/ "], PageSpec("link"))
+    assert summary.failures == {"invalid_url": 3}
+    rows = await _failures(pool, "w-bad")
+    assert sorted((r[1], r[2]) for r in rows) == [("invalid_url", 1)] * 3

@@ -10,12 +10,14 @@ import pytest
 from worker.engine.pagination import (
     PAGE_PARSE_MAX_BYTES,
     PageSpec,
+    Resume,
     Walk,
     lookup,
     next_link,
     parse_path,
     render_path,
 )
+from worker.engine.walks import plan_from
 from worker.errors import BadJobError, PaginationError, PaginationLoopError
 from worker.queue.payload import parse_batch
 
@@ -273,3 +275,50 @@ def test_bad_paginate_fields_say_what_is_wrong(paginate: object, message: str) -
     """Each malformed paginate refuses the job with a plain sentence naming the field."""
     with pytest.raises(BadJobError, match=message):
         _paginate(paginate)
+
+
+# -- where an interrupted walk goes on -----------------------------------------------------------
+
+
+def _row(url: str, page: int, nxt: str | None = None, failed: bool = False) -> dict[str, object]:
+    return {
+        "url": url,
+        "page": page,
+        "page_url": f"{url}?p={page}",
+        "next_url": nxt,
+        "failed": failed,
+    }
+
+
+def test_plan_resumes_after_the_unbroken_run_of_pages() -> None:
+    """Walks not started are done from page 1; ended ones not at all; interrupted ones go on
+    from the first missing page, with only the pages before it counted as seen."""
+    rows = [
+        _row("a", 1, "a?p=2"),
+        _row("a", 2, "a?p=3"),  # a: 1, 2 landed, 3 not yet
+        _row("b", 1, "b?p=2"),
+        _row("b", 2, None),  # b: ended
+        _row("c", 1, "c?p=2"),
+        _row("c", 3, "c?p=4"),  # c: 3 landed before 2
+        _row("d", 1, "d?p=2"),
+        _row("d", 2, failed=True),  # d: ended in a failure
+        _row("e", 2, "e?p=3"),  # e: page 1 missing
+    ]
+    plan = plan_from(rows, ["a", "b", "c", "d", "e", "f", "a"], 8192)
+    assert plan.todo == ["a", "c", "e", "f"]
+    assert plan.resume == {
+        "a": Resume(3, "a?p=3", frozenset({"a?p=1", "a?p=2"})),
+        "c": Resume(2, "c?p=2", frozenset({"c?p=1"})),
+    }
+
+
+def test_a_resumed_walk_counts_its_pages_and_knows_its_loops() -> None:
+    """A Walk resumed at page 3 numbers on from there and refuses the pages it had seen."""
+    resume = Resume(3, "https://a/p/3", frozenset({"https://a/p/2"}))
+    walk = Walk(PageSpec("link", max_pages=4), "https://a/p/1", resume)
+    for seen in ("https://a/p/2", "https://a/p/3", "https://a/p/1"):
+        with pytest.raises(PaginationLoopError):
+            walk.next_url([f'<{seen}>; rel="next"'], b"")
+    assert walk.next_url(['<https://a/p/4>; rel="next"'], b"") == "https://a/p/4"
+    assert walk.page == 4
+    assert walk.next_url(['<https://a/p/5>; rel="next"'], b"") is None  # max_pages

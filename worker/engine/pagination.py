@@ -148,7 +148,7 @@ class Walk:
 
     def __init__(self, spec: PageSpec, first_url: str, resume: Resume | None = None) -> None:
         self.spec = spec
-        self._first = URL(first_url)
+        self._first = URL(first_url.strip())  # as the fetcher reads it
         self._origin = _origin(self._first)
         self._seen = {str(self._first.with_fragment(None))}
         if resume is None:
@@ -156,6 +156,7 @@ class Walk:
         else:
             self.url, self.page, self._current = resume.url, resume.page, URL(resume.url)
             self._seen.update(resume.seen)
+            self._seen.add(resume.url)
 
     def next_url(self, links: Sequence[str], body: bytes) -> str | None:
         """The URL of the page after the current one, or None when the walk is over; moves the

@@ -335,7 +335,13 @@ class BatchRun:
         async def fetch(page_url: str) -> Outcome:
             return await self._fetch(page_url, links=links)
 
-        await walks.walk(url, spec, fetch, self._put, self._resume.get(url))
+        try:
+            await walks.walk(url, spec, fetch, self._put, self._resume.get(url))
+        except Exception as exc:
+            # A bug must cost one walk a failure row, never the whole batch.
+            log.exception("walk.internal_error", extra={"url": url})
+            detail = clean_detail(f"{type(exc).__name__}: {exc}")
+            await self._put(Failed(url, "internal", detail, None, 0))
 
     async def _settle_deadline(self, todo: list[str]) -> None:
         unfinished = [u for u in todo if u not in self._tally.landed]

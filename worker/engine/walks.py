@@ -40,15 +40,17 @@ async def walk(
     """Walk the pages of ``url`` (from ``resume`` when given), emitting one outcome per page:
     its document, or the failure that ends the walk (a page that could not be fetched, or a
     next page that cannot be followed)."""
-    pages = Walk(spec, url, resume)
-    page_url = pages.url
+    page, page_url = (1, url) if resume is None else (resume.page, resume.url)
+    pages: Walk | None = None
     while True:
-        page = pages.page
         outcome = await fetch(page_url)
         if not isinstance(outcome, Fetched):
             if isinstance(outcome, Failed):
                 await emit(replace(outcome, url=url, page=page, page_url=page_url))
             return
+        if pages is None:
+            # Built once a page came: a URL the fetcher refuses is page 1's failure already.
+            pages = Walk(spec, url, resume)
         try:
             nxt = pages.next_url(outcome.links, outcome.body)
         except PaginationError as exc:
@@ -59,7 +61,7 @@ async def walk(
         await emit(_page(outcome, url, page_url, page, nxt))
         if nxt is None:
             return
-        page_url = nxt
+        page, page_url = pages.page, nxt
 
 
 def _page(fetched: Fetched, url: str, page_url: str, page: int, nxt: str | None) -> Fetched:

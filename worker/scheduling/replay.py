@@ -66,6 +66,7 @@ LIMIT $4
 _CANDIDATES = f"""
 FROM fetch_failures f LEFT JOIN replays r ON r.job_id = f.job_id
 WHERE f.replayed_by IS NULL
+  AND f.page IS NULL  -- a page of a walk: its job's paginate is not kept, so not replayable
   AND ($1::text[] IS NULL OR f.error = ANY($1))
   AND (NOT $2::boolean OR {TRANSIENT_SQL})
   AND ($3::timestamptz IS NULL OR f.failed_at >= $3)
