@@ -193,7 +193,10 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
 
     await wait_until(all_pages_landed, timeout=60)
     assert (
-        await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
+        await pool.fetchval(
+            "SELECT count(*) - count(DISTINCT (job_id, url, COALESCE(page, 0))) FROM documents"
+        )
+        == 0
     )
     assert "items/1" in session.stdout  # psql printed the landed rows
     assert "Traceback" not in session.stderr
