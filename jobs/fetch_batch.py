@@ -1,4 +1,4 @@
-"""The `fetch_batch` job: fetch a batch of URLs and land one outcome per URL in Postgres."""
+"""The `fetch_batch` job: fetch a batch of requests and land one outcome per request in Postgres."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def _abandon(ctx: JobContext, batch: FetchBatch, job_try: int) -> dict[str
     recorded = await pipeline.record_failures(
         ctx["pool"],
         Chunk(ctx["job_id"], batch.source),
-        batch.urls,
+        batch.requests_of(),
         ctx["settings"],
         kind="abandoned",
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
@@ -61,10 +61,11 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
     """The pipeline's run of this try: its deadline, priority and source states."""
     settings = ctx["settings"]
     job_try = ctx["job_try"]
-    states = await sources.load_states(ctx["pool"], batch.urls) if batch.scheduled else {}
+    # A scheduled batch is plain GETs of `urls` (the payload refuses anything else).
+    states = await sources.load_states(ctx["pool"], batch.urls or []) if batch.scheduled else {}
     run = pipeline.Batch(
         job_id=ctx["job_id"],
-        urls=batch.urls,
+        requests=batch.requests_of(),
         source=batch.source,
         deadline=started + settings.job_timeout - deadline_margin(settings),
         record_unfinished=job_try >= settings.job_tries,
@@ -97,7 +98,7 @@ def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> Fetc
     # redaction could see them: counts, never URLs.
     log.info(
         "job.started",
-        extra={"try": ctx["job_try"], "urls": len(batch.urls), "source": batch.source},
+        extra={"try": ctx["job_try"], "urls": batch.size, "source": batch.source},
     )
     return batch
 

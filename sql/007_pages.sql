@@ -6,9 +6,7 @@
 -- page and page_url say which page could not be landed.
 --
 -- Locks: ADD COLUMN without a default changes only the catalog. The new unique index is built
--- in this transaction, holding a SHARE lock on documents: reads go on, writes wait until the
--- build ends. Workers of earlier versions name the old index in ON CONFLICT: stop them before
--- this migration runs (see docs/upgrading.md).
+-- in this transaction, and documents stays locked until it commits (see docs/upgrading.md).
 ALTER TABLE documents
     ADD COLUMN page     integer CHECK (page >= 1),
     ADD COLUMN page_url text,
@@ -17,6 +15,6 @@ ALTER TABLE fetch_failures
     ADD COLUMN page     integer CHECK (page >= 1),
     ADD COLUMN page_url text;
 
-CREATE UNIQUE INDEX documents_job_url_page_key
-    ON documents (job_id, harvester_url_key(url), COALESCE(page, 0));
-DROP INDEX documents_job_url_key;
+CREATE UNIQUE INDEX documents_job_request_page_key
+    ON documents (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0));
+DROP INDEX documents_job_request_key;

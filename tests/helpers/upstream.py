@@ -17,11 +17,13 @@ Routes (all on one loopback port):
                                      test sets
   /api/{path}                        JSON naming the path: the docs' api.example.com (and
                                      /api/paged/{style}/{name}: `pages` under it)
-  /pages/{style}/{name}?n=N          N pages (style link, json or cursor), page K of them at
+  /pages/{style}/{name}?n=N          any method: N pages (style link, json or cursor), page K at
                                      ?page=K (?cursor=cK for cursor); scripted by fail_at=K (page
                                      K answers 404), loop_at=K (page K's next is page 1),
                                      next_base=B (next pages on base B), gate_at=K (page K
                                      answers once the test sets ``upstream.gate``)
+  /echo/{name}                       any method: JSON naming ``name``, the method and the body
+  /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
                                      with 304, Cache-Control max-age, or a failure status
@@ -56,6 +58,8 @@ class Hit:
     at: float
     peer_port: int
     headers: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+    body: bytes = b""
 
 
 @dataclass
@@ -122,7 +126,9 @@ class Upstream:
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
-        r.add_get("/pages/{style}/{name}", self._pages)
+        r.add_route("*", "/pages/{style}/{name}", self._pages)
+        r.add_route("*", "/echo/{name}", self._echo)
+        r.add_route("*", "/redirect-as/{code}", self._redirect_as)
         r.add_get("/served/{name}", self._served)
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
@@ -140,8 +146,16 @@ class Upstream:
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        body = await request.read() if request.can_read_body else b""
         self.hits.append(
-            Hit(request.path_qs, time.monotonic(), peer[1] if peer else 0, dict(request.headers))
+            Hit(
+                request.path_qs,
+                time.monotonic(),
+                peer[1] if peer else 0,
+                dict(request.headers),
+                request.method,
+                body,
+            )
         )
         self.counts[request.path] += 1
         self.in_flight += 1
@@ -260,6 +274,19 @@ class Upstream:
     async def _pages(self, request: web.Request) -> web.Response:
         style, name = request.match_info["style"], request.match_info["name"]
         return await paged(request, "/pages", style, name, self.gate)
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body = {
+            "name": request.match_info["name"],
+            "method": request.method,
+            "body": orjson.loads(raw) if raw else None,
+        }
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _redirect_as(self, request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, headers={"Location": request.query["location"]})
 
     async def _feed(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

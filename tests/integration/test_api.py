@@ -134,6 +134,20 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
         (b'{"urls": ["x"], "job_id": "poll-x"}', "application/json", 422, "reserved"),
         (b'{"urls": ["x"], "job_id": "replay-x"}', "application/json", 422, "reserved"),
         (b'{"urls": ["' + b"x" * 70_000 + b'"]}', "application/json", 413, "over 65536 bytes"),
+        (
+            b'{"urls": ["x"], "headers": {"Authorization": "Bearer s3cret"}}',
+            "application/json",
+            422,
+            "header 'Authorization' is refused: it carries a secret",
+        ),
+        (b'{"urls": ["x"], "headers": {"COOKIE": "a=b"}}', "application/json", 422, "secret"),
+        (b'{"urls": ["x"], "headers": {"Keep-Alive": "5"}}', "application/json", 422, "hop-by-hop"),
+        (b'{"urls": ["x"], "headers": {"Host": "b"}}', "application/json", 422, "from the URL"),
+        (b'{"urls": ["x"], "headers": {"X": "a\\r\\nb"}}', "application/json", 422, "control"),
+        (b'{"urls": ["x"], "json": {"q": 1}}', "application/json", 422, "only POST, PUT"),
+        (b'{"urls": ["x"], "method": "HEAD"}', "application/json", 422, "'method' must be"),
+        (b'{"requests": [{"url": "x", "m": 1}]}', "application/json", 422, "'requests[0]' has"),
+        (b'{"urls": ["x"], "requests": [{"url": "x"}]}', "application/json", 422, "not both"),
     ],
 )
 async def test_bad_bodies_get_clear_4xx(
@@ -223,6 +237,34 @@ async def test_metrics_and_openapi(api: tuple[aiohttp.ClientSession, str]) -> No
         "/metrics",
         "/openapi.json",
     }
+    batch = doc["components"]["schemas"]["Batch"]["properties"]
+    assert {"urls", "requests", "method", "json", "headers"} <= set(batch)
+    assert "Authorization" in batch["headers"]["description"]
+
+
+async def test_a_post_batch_through_the_api_lands_each_body(
+    api: tuple[aiohttp.ClientSession, str],
+    upstream: Upstream,
+    make_worker: Callable[..., Worker],
+    pool: object,
+) -> None:
+    """A batch of POST requests posted to the intake is fetched with its bodies and headers."""
+    session, base = api
+    url = upstream.url("/echo/api-search")
+    body = {
+        "job_id": "api-post",
+        "method": "POST",
+        "headers": {"X-Client": "api-test"},
+        "requests": [{"url": url, "json": {"q": "a"}}, {"url": url, "json": {"q": "b"}}],
+    }
+    async with session.post(f"{base}/batches", json=body, headers=AUTH) as r:
+        assert r.status == 202, await r.text()
+        assert (await r.json())["urls"] == 2
+    await make_worker().main()
+    hits = upstream.hits_for("/echo/api-search")
+    assert sorted(h.body for h in hits) == [b'{"q":"a"}', b'{"q":"b"}']
+    assert {h.method for h in hits} == {"POST"}
+    assert {h.headers["X-Client"] for h in hits} == {"api-test"}
 
 
 def test_no_token_only_on_loopback(make_settings: Callable[..., Settings]) -> None:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from tests.helpers import TEST_QUEUE, Services, with_database
 from tests.helpers.cli import InProcess, cli_env, harvester, run
 from tests.helpers.upstream import Upstream
+from worker.engine.migrate import discover
 from worker.queue.serialization import job_deserializer
 
 
@@ -32,7 +33,7 @@ async def test_migrate_creates_the_schema_once(cli: InProcess, services: Service
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
     assert first.returncode == 0, first.stderr
-    assert "applied 5 migration(s)" in first.stdout
+    assert f"applied {len(discover())} migration(s)" in first.stdout
     assert "001_documents" in first.stdout
     assert second.returncode == 0
     assert "applied 0 migration(s)" in second.stdout

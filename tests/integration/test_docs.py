@@ -44,7 +44,7 @@ SESSIONS: dict[str, list[str]] = {
         "pages-json",
         "pages-cursor",
     ],
-    "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell"],
+    "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell", "jobs-enqueue-requests"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-sql"],
     "docs/data-model.md": ["data-queries", "data-sources", "data-json"],
     "docs/http-api.md": ["api-start", "api-curl"],
@@ -206,13 +206,21 @@ async def test_the_job_contract_examples_enqueue_once(
     run_docs: Callable[..., Awaitable[Session]], redis: aioredis.Redis
 ) -> None:
     """The raw-Redis recipe enqueues one job (the transaction is a no-op when repeated), and
-    the shell examples print job ids, the second --job-id-prefix run the same ids."""
+    the shell examples print job ids, the second --job-id-prefix run the same ids; the requests
+    example enqueues its three requests as POSTs with their bodies and the header."""
     session = await run_docs("docs/jobs.md")
     assert session.returncode == 0, session.stderr[-4000:]
     job = json.loads(await redis.get("arq:job:catalog-raw-0002"))
     assert job["k"]["source"] == "catalog"
     ids = session.stdout.split()
     assert ids.count("nightly-2026-11-30-0") == 2
+    searches = json.loads(await redis.get("arq:job:search-2026-11-30-0"))["k"]
+    assert (searches["method"], searches["headers"]) == ("POST", {"Accept": "application/json"})
+    assert [r.get("json") for r in searches["requests"]] == [
+        {"q": "chairs", "page": 1},
+        {"q": "tables", "page": 1},
+        None,
+    ]
 
 
 async def test_the_scheduled_sources_examples_register_sources(

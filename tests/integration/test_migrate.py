@@ -40,3 +40,105 @@ async def test_migrate_applies_once_in_order(services: Services, tmp_path: Path)
     assert [m.version for m in first] == recorded == [m.version for m in discover()]
     assert second == []
     assert {"documents", "fetch_failures", "schema_migrations"} <= tables
+
+
+async def test_006_keeps_rows_of_005_reachable_under_their_keys(
+    services: Services, tmp_path: Path
+) -> None:
+    """Rows landed before 006 become GETs without a body whose key is still their URL key: a
+    re-run of their job conflicts with them, while a POST of the same URL is a new outcome."""
+    import shutil
+
+    from worker.engine.migrate import SQL_DIR
+
+    for path in SQL_DIR.glob("00[1-5]_*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(services.database_url, name)
+    try:
+        await migrate(url, tmp_path)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts) "
+                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1)"
+            )
+            await conn.execute(
+                "INSERT INTO fetch_failures (job_id, url, error, attempts) "
+                "VALUES ('old', 'http://a/y', 'timeout', 3)"
+            )
+            shutil.copy(next(SQL_DIR.glob("006_*.sql")), tmp_path)
+            applied = await migrate(url, tmp_path)
+            rows = await conn.fetch(
+                "SELECT url, method, body_hash, request, "
+                "harvester_request_key(url, method, body_hash) = harvester_url_key(url) AS same "
+                "FROM documents UNION ALL SELECT url, method, body_hash, request, "
+                "harvester_request_key(url, method, body_hash) = harvester_url_key(url) "
+                "FROM fetch_failures ORDER BY url"
+            )
+            again = await conn.execute(
+                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts) "
+                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1) "
+                "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING"
+            )
+            post = await conn.execute(
+                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts, method) "
+                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1, 'POST') "
+                "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [m.version for m in applied] == [6]
+    assert [tuple(r) for r in rows] == [
+        ("http://a/x", "GET", None, None, True),
+        ("http://a/y", "GET", None, None, True),
+    ]
+    assert (again, post) == ("INSERT 0 0", "INSERT 0 1")
+
+
+async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
+    services: Services, tmp_path: Path
+) -> None:
+    """After 007 a request holds a row per page; a page, or an unpaginated row landed before
+    007, conflicts with itself on a re-run."""
+    import shutil
+
+    from worker.engine.migrate import SQL_DIR
+
+    for path in SQL_DIR.glob("00[1-6]_*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(services.database_url, name)
+    insert = (
+        "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts{}) "
+        "VALUES ('old', 'http://a/x', 200, '{{}}', 1, 1{}) "
+        "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) "
+        "DO NOTHING"
+    )
+    try:
+        await migrate(url, tmp_path)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(insert.format("", "").split(" ON CONFLICT")[0])
+            applied = await migrate(url)
+            results = [
+                await conn.execute(insert.format("", "")),
+                await conn.execute(insert.format(", page, page_url", ", 1, 'http://a/x'")),
+                await conn.execute(insert.format(", page, page_url", ", 2, 'http://a/x?p=2'")),
+                await conn.execute(insert.format(", page, page_url", ", 2, 'http://a/x?p=2'")),
+            ]
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [m.version for m in applied] == [7]
+    assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0"]

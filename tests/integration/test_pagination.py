@@ -17,6 +17,7 @@ from worker.engine import pipeline
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Fetched
 from worker.engine.pagination import PageSpec
+from worker.engine.requests import Body, Request
 from worker.engine.writes import Chunk, write_chunk
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch
@@ -35,7 +36,10 @@ def walk(
     def run(
         job_id: str, urls: list[str], spec: PageSpec, **options: Any
     ) -> Awaitable[BatchSummary]:
-        batch = pipeline.Batch(job_id=job_id, urls=urls, source=None, paginate=spec, **options)
+        requests = [u if isinstance(u, Request) else Request(u) for u in urls]
+        batch = pipeline.Batch(
+            job_id=job_id, requests=requests, source=None, paginate=spec, **options
+        )
         return pipeline.run(batch, fetcher=make_fetcher(settings), pool=pool, settings=settings)
 
     return run
@@ -279,3 +283,18 @@ async def test_urls_the_fetcher_refuses_fail_as_their_first_page(
     assert summary.failures == {"invalid_url": 3}
     rows = await _failures(pool, "w-bad")
     assert sorted((r[1], r[2]) for r in rows) == [("invalid_url", 1)] * 3
+
+
+async def test_a_post_walk_sends_its_body_with_every_page(
+    upstream: Upstream, pool: asyncpg.Pool, walk: Walk
+) -> None:
+    """Pages after the first are asked with the first request's method and body, and every
+    page is a row of that request (its method and body hash)."""
+    first = Request(upstream.url("/pages/json/p?n=3"), "POST", Body.of({"q": "x"}))
+    summary = await walk("w-post", [first], PageSpec("json", ("links", "next")))
+    assert (summary.documents, summary.failures) == (3, {})
+    assert [h.method for h in upstream.hits] == ["POST"] * 3
+    rows = await pool.fetch(
+        "SELECT DISTINCT url, method, body_hash FROM documents WHERE job_id = 'w-post'"
+    )
+    assert [tuple(r) for r in rows] == [(first.url, "POST", first.body_hash)]

@@ -16,6 +16,7 @@ from worker.engine import pipeline
 from worker.engine.bodies import PARSE_MAX_BYTES
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched
+from worker.engine.requests import Request
 from worker.engine.writes import Chunk, write_chunk
 from worker.settings import Settings
 
@@ -32,7 +33,7 @@ def run_batch(
         job_id: str, urls: list[str], *, settings: Settings = settings, **options: Any
     ) -> Awaitable[BatchSummary]:
         options.setdefault("source", None)
-        batch = pipeline.Batch(job_id=job_id, urls=urls, **options)
+        batch = pipeline.Batch(job_id=job_id, requests=[Request(u) for u in urls], **options)
         return pipeline.run(batch, fetcher=make_fetcher(settings), pool=pool, settings=settings)
 
     return run
@@ -248,12 +249,12 @@ async def test_failures_recorded_for_overlong_urls_are_short_and_recorded_once(
     """record_failures (abandoned or deadline rows) stores an over-long URL short, and a second
     call for the same URLs records nothing."""
     s = make_settings(max_url_length=2048)
-    urls = ["http://example.com/?q=" + "x" * 100_000, "http://example.com/short"]
+    urls = [Request("http://example.com/?q=" + "x" * 100_000), Request("http://example.com/short")]
     job = Chunk("gone", None)
     assert await pipeline.record_failures(pool, job, urls, s, kind="abandoned", detail="x") == 2
     assert await pipeline.record_failures(pool, job, urls, s, kind="abandoned", detail="x") == 0
     lengths = [r["n"] for r in await pool.fetch("SELECT length(url) AS n FROM fetch_failures")]
-    assert sorted(lengths) == [len(urls[1]), 1024 + len("…#sha256=") + 64]
+    assert sorted(lengths) == [len(urls[1].url), 1024 + len("…#sha256=") + 64]
 
 
 async def test_a_landed_body_is_not_kept_alive_while_the_next_url_is_fetched(

@@ -93,13 +93,16 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
     assert kinds == {"http://bad": "invalid_json", "http://f": "http_status"}
 
 
-async def test_existing_urls_lists_both_tables(pool: asyncpg.Pool) -> None:
+async def test_existing_requests_lists_both_tables(pool: asyncpg.Pool) -> None:
     """An interrupted job's landed URLs are known, from documents and failures alike."""
     await write_chunk(
         pool, Chunk("j", None, [_doc("http://a")], [_fail("http://b")]), max_url_length=8192
     )
     await write_chunk(pool, Chunk("other", None, [_doc("http://c")], []), max_url_length=8192)
-    assert await store.existing_urls(pool, "j") == {"http://a", "http://b"}
+    assert await store.existing_requests(pool, "j") == {
+        ("http://a", "GET", None),
+        ("http://b", "GET", None),
+    }
 
 
 async def test_unreachable_database_is_a_store_error(make_settings) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from worker.engine.pagination import (
     parse_path,
     render_path,
 )
+from worker.engine.requests import Body, Request
 from worker.engine.walks import plan_from
 from worker.errors import BadJobError, PaginationError, PaginationLoopError
 from worker.queue.payload import parse_batch
@@ -267,7 +268,7 @@ def test_each_style_becomes_a_spec() -> None:
         ({"next": "link", "max_pages": 0}, "'paginate.max_pages' must be at least 1"),
         ({"next": "link", "max_pages": 1001}, "over the limit of 1000 \\(HARVESTER_MAX_PAGES\\)"),
         ({"next": "link", "max_pages": "5"}, "'paginate.max_pages' must be an integer"),
-        ({"next": "link", "depth": 1}, "unknown field\\(s\\) 'paginate.depth'; allowed: next"),
+        ({"next": "link", "depth": 1}, "'paginate' has an unknown field 'depth'; allowed: next"),
         ("link", "'paginate' must be an object, got str"),
     ],
 )
@@ -304,12 +305,16 @@ def test_plan_resumes_after_the_unbroken_run_of_pages() -> None:
         _row("d", 2, failed=True),  # d: ended in a failure
         _row("e", 2, "e?p=3"),  # e: page 1 missing
     ]
-    plan = plan_from(rows, ["a", "b", "c", "d", "e", "f", "a"], 8192)
-    assert plan.todo == ["a", "c", "e", "f"]
+    requests = [Request(u) for u in ["a", "b", "c", "d", "e", "f", "a"]]
+    plan = plan_from(rows, requests, 8192)
+    assert [r.url for r in plan.todo] == ["a", "c", "e", "f"]
     assert plan.resume == {
-        "a": Resume(3, "a?p=3", frozenset({"a?p=1", "a?p=2"})),
-        "c": Resume(2, "c?p=2", frozenset({"c?p=1"})),
+        Request("a"): Resume(3, "a?p=3", frozenset({"a?p=1", "a?p=2"})),
+        Request("c"): Resume(2, "c?p=2", frozenset({"c?p=1"})),
     }
+    # Another request of the same URL (a POST with a body) is another walk.
+    post = Request("a", "POST", Body.of({"q": 1}))
+    assert plan_from(rows, [post], 8192).todo == [post]
 
 
 def test_a_resumed_walk_counts_its_pages_and_knows_its_loops() -> None:

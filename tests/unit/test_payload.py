@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import BadJobError
-from worker.queue.payload import FetchBatch, job_id_problems, parse_batch
+from worker.queue.payload import FetchBatch, field_names, job_id_problems, parse_batch
 
 
 def test_valid_payload() -> None:
@@ -79,7 +79,7 @@ def test_the_readmes_contract_table_names_exactly_the_models_fields(repo_root: P
     """The job contract other services read is the one the worker enforces: no field missing
     from the README, none documented that the model does not take."""
     rows = _contract_rows((repo_root / "README.md").read_text(encoding="utf-8"))
-    assert rows == list(FetchBatch.model_fields)
+    assert rows == field_names(FetchBatch)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,23 @@ def test_the_readmes_contract_table_names_exactly_the_models_fields(repo_root: P
         {"urls": ["http://a/"], "extra": 1},
         {"urls": ["http://a/"] * 6},
         {},
+        {"requests": [{"url": "http://a/"}]},
+        {"requests": [{"url": "http://a/", "method": "POST", "json": {"q": [1]}}]},
+        {"requests": [{"url": "http://a/"}] * 6},
+        {"requests": [{"url": "http://a/", "verb": "GET"}]},
+        {"requests": [{"url": "http://a/", "headers": {"Cookie": "a=b"}}]},
+        {"urls": ["http://a/"], "requests": [{"url": "http://a/"}]},
+        {"urls": ["http://a/"], "method": "POST", "json": {"q": 1}},
+        {"urls": ["http://a/"], "method": "PATCH", "json": None},
+        {"urls": ["http://a/"], "json": {"q": 1}},
+        {"urls": ["http://a/"], "method": "GET", "json": [1]},
+        {"urls": ["http://a/"], "method": "DELETE"},
+        {"urls": ["http://a/"], "headers": {"Accept": "application/vnd.x+json"}},
+        {"urls": ["http://a/"], "headers": {"authorization": "Bearer x"}},
+        {"urls": ["http://a/"], "headers": {"Proxy-Connection": "x"}},
+        {"urls": ["http://a/"], "headers": {"X-A": "a\r\nb"}},
+        {"urls": ["http://a/"], "headers": {"bad name": "x"}},
+        {"urls": ["http://a/"], "headers": {f"X-{i}": "v" for i in range(33)}},
         {"urls": ["http://a/"], "paginate": {"next": "link", "max_pages": 5}},
         {"urls": ["http://a/"], "paginate": {"next": "json", "path": "links.next"}},
         {"urls": ["http://a/"], "paginate": {"next": None, "cursor": {"path": "c", "param": "p"}}},
@@ -130,3 +147,76 @@ def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:
     else:
         by_model = True
     assert by_schema == by_model
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"urls": ["u"], "requests": [{"url": "u"}]}, "not both"),
+        ({"requests": []}, "'requests' is empty"),
+        ({"requests": ["u"]}, r"'requests\[0\]' must be an object"),
+        ({"requests": [{"url": "u", "verb": "GET"}]}, r"'requests\[0\]' has an unknown field"),
+        ({"requests": [{"method": "GET"}]}, r"'requests\[0\].url' is required"),
+        ({"requests": [{"url": "u"}] * 6}, "'requests' has 6 items, over the limit of 5"),
+        ({"requests": [{"url": "u\x00"}]}, "NUL"),
+        ({"urls": ["u"], "method": "DELETE"}, "'method' must be one of GET, POST, PUT, PATCH"),
+        ({"urls": ["u"], "json": {"q": 1}}, "'json' is a request body, which only POST"),
+        ({"urls": ["u"], "method": "POST", "json": {"q": "\x00"}}, "'json' contains a NUL"),
+        (
+            {"requests": [{"url": "u", "method": "GET", "json": [1]}]},
+            r"'requests\[0\].json' is a request body",
+        ),
+        (
+            {"method": "POST", "json": 1, "requests": [{"url": "u", "method": "GET"}]},
+            r"'requests\[0\]' is a GET request, which has no body, but the batch has 'json'",
+        ),
+        ({"urls": ["u"], "headers": {"Cookie": "a=b"}}, "header 'Cookie' is refused"),
+        ({"urls": ["u"], "headers": {"X": 1}}, "'headers.X' must be a string"),
+        ({"urls": ["u"], "headers": ["X: 1"]}, "'headers' must be an object"),
+        ({"requests": [{"url": "u", "headers": {"te": "x"}}]}, "hop-by-hop"),
+        ({"urls": ["u"], "scheduled": True, "method": "POST"}, "'scheduled' polls are GETs"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(kwargs: dict, message: str) -> None:
+    """Each malformed method, body, header or request list is refused in a plain sentence."""
+    with pytest.raises(BadJobError, match=message):
+        parse_batch((), kwargs, max_urls=5, job_id="j")
+
+
+def test_requests_inherit_and_override_the_batch() -> None:
+    """A request takes the batch's method, body and headers unless it gives its own."""
+    b = parse_batch(
+        (),
+        {
+            "method": "POST",
+            "json": {"q": 1},
+            "headers": {"X-A": "1"},
+            "requests": [
+                {"url": "http://a/1"},
+                {"url": "http://a/2", "method": "PUT", "json": [2], "headers": {"X-B": "2"}},
+            ],
+        },
+        max_urls=5,
+        job_id="j",
+    )
+    first, second = b.requests_of()
+    assert (first.method, first.body and first.body.encoded, dict(first.headers)) == (
+        "POST",
+        b'{"q":1}',
+        {"X-A": "1"},
+    )
+    assert (second.method, second.body and second.body.encoded, dict(second.headers)) == (
+        "PUT",
+        b"[2]",
+        {"X-A": "1", "X-B": "2"},
+    )
+    assert b.size == 2
+
+
+def test_a_plain_batch_is_enqueued_as_before() -> None:
+    """Defaults stay out of the job, so a plain batch is {"urls": [...]} and `json` keeps its
+    name on the wire."""
+    assert parse_batch((), {"urls": ["u"]}, max_urls=5, job_id="j").as_kwargs() == {"urls": ["u"]}
+    post = parse_batch((), {"urls": ["u"], "method": "POST", "json": None}, max_urls=5, job_id="j")
+    assert post.as_kwargs() == {"urls": ["u"], "method": "POST"}
+    assert post.requests_of()[0].body is None

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.cli import helptext
 from worker.cli.util import (
@@ -23,7 +23,9 @@ from worker.cli.util import (
     EXIT_UNHEALTHY,
     command_settings,
     positive,
+    read_requests,
     read_urls,
+    request_fields,
     url_lines,
 )
 from worker.errors import (
@@ -35,6 +37,10 @@ from worker.errors import (
 )
 from worker.logs import configure, redact, safe
 from worker.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the queue's modules load only when a command that needs them runs
+    from worker.queue.client import Item
+    from worker.queue.payload import FetchBatch
 
 log = logging.getLogger("harvester.cli")
 
@@ -120,25 +126,34 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             f"--batch-size {args.batch_size} is over HARVESTER_MAX_BATCH_URLS "
             f"({settings.max_batch_urls}): workers refuse larger jobs"
         )
+    if (args.file is None) == (args.requests is None):
+        raise UsageError("give a FILE of URLs or --requests FILE of request objects (one)")
     check_prefix(args.job_id_prefix)
+    shared = request_fields(args.method, args.json, args.header)
+    path = args.requests or args.file
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
 
     async def go(lines: Iterable[str]) -> None:
-        batches = plan_batches(
-            unfetchable.noted(read_urls(lines)),
+        name = "standard input" if path == "-" else path
+        items = read_requests(lines, name) if args.requests else read_urls(lines)
+        batches: Iterable[FetchBatch] = plan_batches(
+            unfetchable.noted(items),
             batch_size=args.batch_size,
             source=args.source,
             max_urls=settings.max_batch_urls,
             max_job_bytes=settings.max_job_bytes,
+            shared=shared,
         )
+        if args.requests:
+            batches = list(batches)  # every request is checked before one is enqueued
         async with open_queue(settings) as redis:
             async for job_id in enqueue_batches(redis, batches, job_id_prefix=args.job_id_prefix):
                 job_ids.append(job_id)
 
     try:
-        with url_lines(args.file) as lines:
-            size = None if args.file == "-" else Path(args.file).stat().st_size
+        with url_lines(path) as lines:
+            size = None if path == "-" else Path(path).stat().st_size
             _with_progress(lines, size, go)
     finally:
         for job_id in job_ids:
@@ -155,15 +170,16 @@ class _Unfetchable:
         self.count = 0
         self.first: tuple[str, str] | None = None
 
-    def noted(self, urls: Iterable[str]) -> Iterator[str]:
+    def noted(self, items: Iterable[Item]) -> Iterator[Item]:
         from worker.queue.payload import url_problem
 
-        for url in urls:
-            problem = url_problem(url)
-            if problem is not None:
+        for item in items:
+            url = item if isinstance(item, str) else item.get("url")
+            problem = url_problem(url) if isinstance(url, str) else None
+            if problem is not None and isinstance(url, str):
                 self.count += 1
                 self.first = self.first or (url, problem)
-            yield url
+            yield item
 
     def warn(self) -> None:
         if self.first is None:
@@ -247,7 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("enqueue", help="enqueue URLs (one a line) as fetch_batch jobs")
-    p.add_argument("file", metavar="FILE", help="a file of URLs, or - for standard input")
+    p.add_argument(
+        "file", metavar="FILE", nargs="?", help="a file of URLs, or - for standard input"
+    )
+    p.add_argument(
+        "--requests",
+        default=None,
+        metavar="FILE",
+        help='instead of FILE: request objects {"url", "method", "json", "headers"}, as JSON '
+        "lines or one JSON array (- for standard input)",
+    )
+    p.add_argument("--method", default=None, help="GET (default), POST, PUT or PATCH")
+    p.add_argument(
+        "--json", default=None, metavar="JSON", help="a request body: JSON, or @FILE holding it"
+    )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra header (repeatable); never a secret: Authorization and Cookie are refused",
+    )
     p.add_argument(
         "--batch-size",
         type=positive,

@@ -139,3 +139,90 @@ def read_urls(stream: Iterable[str]) -> Iterator[str]:
         url = line.strip()
         if url and not url.startswith("#"):
             yield url
+
+
+def request_fields(
+    method: str | None, json_arg: str | None, headers: Sequence[str]
+) -> dict[str, object]:
+    """The job fields of ``enqueue``'s --method, --json (JSON, or ``@FILE``) and --header
+    ('Name: value', repeatable), left out when not given; the job model judges the values."""
+    fields: dict[str, object] = {}
+    if method is not None:
+        fields["method"] = method.upper()
+    if json_arg is not None:
+        fields["json"] = _json_arg(json_arg)
+    if headers:
+        fields["headers"] = dict(_header_arg(h) for h in headers)
+    return fields
+
+
+def _json_arg(text: str) -> object:
+    import orjson
+
+    where = "--json"
+    if text.startswith("@"):
+        where = f"--json {text}"
+        try:
+            with open(text[1:], "rb") as fh:
+                text = fh.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"cannot read {text[1:]}: {why}") from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{where} is not JSON: {exc}") from None
+
+
+def _header_arg(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise UsageError(f"--header {text[:80]!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def read_requests(lines: Iterable[str], name: str) -> Iterator[dict[str, object]]:
+    """Request objects from a file of JSON lines (one object a line, blank lines skipped) or
+    holding one JSON array of objects (its first character is ``[``); anything else is a
+    `UsageError` naming the place."""
+    numbered = ((n, line.strip()) for n, line in enumerate(lines, 1))
+    first = next(((n, text) for n, text in numbered if text), None)
+    if first is None:
+        return
+    number, text = first
+    if text.startswith("["):  # a JSON array: the whole file is it
+        whole = "\n".join([text, *(t for _, t in numbered)])
+        for n, item in enumerate(_array(whole, name)):
+            yield _request(item, name, f"item {n}")
+        return
+    yield _request(_json_line(text, name, number), name, f"line {number}")
+    for number, text in numbered:
+        if text:
+            yield _request(_json_line(text, name, number), name, f"line {number}")
+
+
+def _request(item: object, name: str, where: str) -> dict[str, object]:
+    if not isinstance(item, dict):
+        raise UsageError(f"{name}: {where} is not a JSON object (a request: url, ...)")
+    return item
+
+
+def _array(text: str, name: str) -> Iterator[object]:
+    import orjson
+
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{name} is not a JSON array of requests: {exc}") from None
+    if not isinstance(value, list):
+        raise UsageError(f"{name} is not a JSON array of requests")
+    return iter(value)
+
+
+def _json_line(text: str, name: str, number: int) -> object:
+    import orjson
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{name}: line {number} is not JSON: {exc}") from None

@@ -1,9 +1,12 @@
 """Fetching: the process's one aiohttp session, the retry policy, and aiohttp errors mapped to ours.
 
 A fetch never raises for a URL's own trouble: it returns a `Fetched` document or a `Failed`
-outcome. The first attempt runs outside tenacity so the happy path pays nothing for the retry
-machinery; only after a first transient failure does the call enter an `AsyncRetrying` loop,
-bounded by attempts and by time, with jittered exponential backoff that honours ``Retry-After``.
+outcome. A `Request` carries its method, JSON body and extra headers; redirects are followed as
+browsers and aiohttp do (a 303, or a 301/302 after POST, becomes a GET without the body; 307 and
+308 keep method and body), and a request of any method is retried on transient failures alike.
+The first attempt runs outside tenacity so the happy path pays nothing for the retry machinery;
+only after a first transient failure does the call enter an `AsyncRetrying` loop, bounded by
+attempts and by time, with jittered exponential backoff that honours ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from worker.engine.guard import (
 )
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostPacer
+from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
     TRANSIENT_STATUSES,
@@ -55,6 +59,7 @@ from worker.errors import (
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_JSON_BODY: Final = {"Content-Type": "application/json"}
 _PERMANENT_DNS_ERRORS: Final = frozenset(
     {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 )
@@ -189,14 +194,15 @@ class Fetcher:
 
     async def fetch(
         self,
-        url: str,
+        request: Request | str,
         priority: int = 0,
         validators: Validators | None = None,
         admit: Admit | None = None,
         *,
         links: bool = False,
     ) -> Outcome:
-        """Fetch ``url`` (as enqueued) into an `Outcome`; never raises for the URL's own faults.
+        """Fetch ``request`` (or a plain GET of a URL, as enqueued) into an `Outcome`; never
+        raises for the URL's own faults. The outcome carries the `Request` it answers.
 
         When slots are scarce, fetches with a lower ``priority`` value go first. With
         ``validators`` the request is conditional: a 304 comes back as `NotModified`, and a
@@ -206,29 +212,31 @@ class Fetcher:
         headers (a paginated walk reads its next page there).
         """
         started = time.monotonic()
+        req = request if isinstance(request, Request) else Request(request)
+        url = req.url
         try:
             target = self._parse(url)
         except FetchError as exc:
-            return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0)
+            return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0, request=req)
         attempts = 1
         try:
             status, body, meta, link = await self._attempt(
-                target, priority, validators, admit, links
+                target, req, priority, validators, admit, links
             )
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return _failed(url, exc, attempts)
+                return _failed(req, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, link, attempts = await self._retry(
-                    target, exc, started, priority, validators, admit, links
+                    target, req, exc, started, priority, validators, admit, links
                 )
             except _RetriesExhausted as gave_up:
-                return _failed(url, gave_up.last, gave_up.attempts)
+                return _failed(req, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if status == 304 and meta is not None:
             return NotModified(url, elapsed_ms, attempts, meta)
-        return Fetched(url, status, body, elapsed_ms, attempts, meta, link)
+        return Fetched(url, status, body, elapsed_ms, attempts, meta, req, link)
 
     def _parse(self, raw: str) -> URL:
         if len(raw) > self._settings.max_url_length:
@@ -256,6 +264,7 @@ class Fetcher:
     async def _retry(
         self,
         target: URL,
+        request: Request,
         first: FetchError,
         started: float,
         priority: int,
@@ -293,7 +302,7 @@ class Fetcher:
                 with attempt:
                     attempts += 1
                     status, body, meta, link = await self._attempt(
-                        target, priority, validators, admit, links
+                        target, request, priority, validators, admit, links
                     )
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
@@ -302,6 +311,7 @@ class Fetcher:
     async def _attempt(
         self,
         target: URL,
+        request: Request,
         priority: int,
         validators: Validators | None,
         admit: Admit | None,
@@ -312,7 +322,7 @@ class Fetcher:
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
-                status, body, meta, link = await self._follow(target, validators, links)
+                status, body, meta, link = await self._follow(target, request, validators, links)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
@@ -325,18 +335,29 @@ class Fetcher:
                 await admit(len(body))
             return status, body, meta, link
 
-    async def _follow(self, url: URL, validators: Validators | None, links: bool) -> _Response:
+    async def _follow(
+        self, url: URL, request: Request, validators: Validators | None, links: bool
+    ) -> _Response:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
-        headers = validators.headers() if validators is not None else None
+        method = request.method
+        data = None if request.body is None else request.body.encoded
+        headers = _headers(request, validators, with_body=data is not None)
         meta: ResponseMeta | None = None
         for _hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
-            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
+            async with self._session.request(
+                method, url, data=data, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
+                    if status == 303 or (status in (301, 302) and method == "POST"):
+                        # As browsers and aiohttp do: the next hop is a GET without the body.
+                        if data is not None:
+                            headers = _headers(request, validators, with_body=False)
+                        method, data = "GET", None
                     continue
                 if validators is not None:
                     meta = ResponseMeta.from_headers(resp.headers)
@@ -411,8 +432,29 @@ class Fetcher:
         return b"".join(chunks)
 
 
-def _failed(url: str, exc: FetchError, attempts: int) -> Failed:
-    return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, attempts, exc.retry_after)
+def _headers(
+    request: Request, validators: Validators | None, *, with_body: bool
+) -> dict[str, str] | None:
+    """The headers a request adds to the session's (None when it adds none: a plain GET)."""
+    if validators is None and not request.headers and not with_body:
+        return None
+    headers = validators.headers() if validators is not None else {}
+    own = request.headers
+    # A caller's own Content-Type (application/vnd.x+json) wins over ours; none goes with a
+    # request that lost its body to a redirect.
+    if with_body and not any(name.lower() == "content-type" for name in own):
+        headers.update(_JSON_BODY)
+    for name, value in own.items():
+        if with_body or name.lower() != "content-type":
+            headers[name] = value
+    return headers
+
+
+def _failed(request: Request, exc: FetchError, attempts: int) -> Failed:
+    detail = clean_detail(exc.detail)
+    return Failed(
+        request.url, exc.kind, detail, exc.status, attempts, exc.retry_after, request=request
+    )
 
 
 class _RetriesExhausted(Exception):

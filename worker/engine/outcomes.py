@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from worker.engine.requests import Request, RequestKey
 from worker.engine.schedule import fresh_for
 
 _MAX_VALIDATOR: Final = 1024
@@ -66,10 +67,11 @@ def _validator(value: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A URL landed as JSON. ``meta`` is set for conditional requests only, ``links`` (the
-    response's ``Link`` headers) for pages of a walk that follows them. A page of a walk has
-    ``url`` the URL as enqueued, its ``page`` number, ``page_url``, and ``next_url`` (None on the
-    walk's last page)."""
+    """A URL landed as JSON. ``meta`` is set for conditional requests only; ``request`` is the
+    request fetched (None: a plain GET of ``url``). ``links`` (the response's ``Link`` headers)
+    is set for pages of a walk that follows them. A page of a walk has ``url`` the URL as
+    enqueued, its ``page`` number, ``page_url``, and ``next_url`` (None on the walk's last
+    page)."""
 
     url: str
     status: int
@@ -77,6 +79,7 @@ class Fetched:
     elapsed_ms: int
     attempts: int
     meta: ResponseMeta | None = None
+    request: Request | None = None
     links: tuple[str, ...] = ()
     page: int | None = None
     page_url: str | None = None
@@ -95,8 +98,9 @@ class NotModified:
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``; for a
-    page of a walk, the ``page`` that could not be landed and its ``page_url`` when known."""
+    """A URL that could not be landed, with a stable ``kind`` and a human ``detail``;
+    ``request`` as in `Fetched`; for a page of a walk, the ``page`` that could not be landed
+    and its ``page_url`` when known."""
 
     url: str
     kind: str
@@ -104,11 +108,26 @@ class Failed:
     status: int | None
     attempts: int
     retry_after: float | None = None
+    request: Request | None = None
     page: int | None = None
     page_url: str | None = None
 
 
 Outcome = Fetched | Failed | NotModified
+
+
+def outcome_key(outcome: Fetched | Failed) -> RequestKey:
+    """The identity of the request ``outcome`` answers, with the outcome's URL (which is the
+    stored form once a chunk is written)."""
+    request = outcome.request
+    if request is None:
+        return (outcome.url, "GET", None)
+    return request.key(outcome.url)
+
+
+def is_plain(outcome: Fetched | Failed) -> bool:
+    """True if ``outcome`` answers a GET without a body (its row needs no request columns)."""
+    return outcome.request is None or outcome.request.plain
 
 
 @dataclass(frozen=True, slots=True)

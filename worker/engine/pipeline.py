@@ -1,10 +1,11 @@
 """A batch from URLs to rows: fetchers feed a bounded queue that writers drain in COPY chunks.
 
 This is the core of harvester. It never sees arq: `run` takes a fetcher, a pool, settings and
-URLs, and returns a `BatchSummary`. Memory is bounded by the queue, the writers' chunks and the
-process's `ByteBudget`, not by the size of the batch.
+requests, and returns a `BatchSummary`. Memory is bounded by the queue, the writers' chunks and
+the process's `ByteBudget`, not by the size of the batch. A request's identity (URL, method,
+body hash: `worker.engine.requests`) is what "already landed" means.
 
-    urls -> BatchRun.fetch_one (x concurrency) -> queue -> ChunkWriter (x writers) -> COPY
+    requests -> BatchRun.fetch_one (x concurrency) -> queue -> ChunkWriter (x writers) -> COPY
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -25,9 +26,10 @@ from worker.engine import store, walks
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
 from worker.engine.fetch import Fetcher
-from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome, Validators
+from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome, Validators, outcome_key
 from worker.engine.pagination import PageSpec, Resume
 from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceState, SourceUpdate, settle
+from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
 from worker.errors import StoreError
 from worker.settings import Settings
@@ -47,7 +49,7 @@ class Batch:
     """One run of a job's batch: what to fetch and how (the job's side of `run`)."""
 
     job_id: str
-    urls: Sequence[str]
+    requests: Sequence[Request]
     source: str | None
     # time.monotonic() at which fetching stops and what was fetched lands; None: no deadline.
     deadline: float | None = None
@@ -55,7 +57,8 @@ class Batch:
     record_unfinished: bool = False
     # Fetch slots go to the lowest value first (the job's enqueue time: oldest job first).
     priority: int = 0
-    # The registered sources among the URLs: polled conditionally (`worker.engine.polling`).
+    # The registered sources among the URLs (plain GETs): polled conditionally
+    # (`worker.engine.polling`).
     sources: Mapping[str, SourceState] = field(default_factory=dict)
     # Walk each URL's pages (`worker.engine.walks`); None: one request per URL.
     paginate: PageSpec | None = None
@@ -76,7 +79,7 @@ class DeadlineError(Exception):
 class _Tally:
     """What a run's writers have landed so far, shared by them."""
 
-    landed: set[str] = field(default_factory=set)
+    landed: set[RequestKey] = field(default_factory=set)
     documents: int = 0
     pages: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -179,11 +182,11 @@ class ChunkWriter:
 
     def _count(self, chunk: Chunk, written: Written) -> None:
         t = self._tally
-        # A page of a walk that has a next page does not end its URL.
-        t.landed.update(d.url for d in chunk.docs if d.next_url is None)
-        t.landed.update(f.url for f in chunk.fails)
+        # A page of a walk that has a next page does not end its request.
+        t.landed.update(outcome_key(d) for d in chunk.docs if d.next_url is None)
+        t.landed.update(map(outcome_key, chunk.fails))
         for u in chunk.updates:
-            t.landed.add(u.url)
+            t.landed.add((u.url, "GET", None))
             if u.outcome in (UNCHANGED, NOT_MODIFIED) and not u.document:
                 t.polls[u.outcome] += 1
         t.documents += written.documents
@@ -217,11 +220,11 @@ class BatchRun:
         self._tally = _Tally()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._timed_out = False
-        self._resume: dict[str, Resume] = {}
+        self._resume: dict[Request, Resume] = {}
 
     async def run(self) -> BatchSummary:
         started = time.monotonic()
-        distinct = list(dict.fromkeys(self.batch.urls))
+        distinct = list(dict.fromkeys(self.batch.requests))
         todo = await self._plan(distinct)
         try:
             await self._fetch_and_land(todo)
@@ -233,7 +236,7 @@ class BatchRun:
         return BatchSummary(
             job_id=self.batch.job_id,
             source=self.batch.source,
-            urls=len(self.batch.urls),
+            urls=len(self.batch.requests),
             distinct_urls=len(distinct),
             already_done=len(distinct) - len(todo),
             documents=t.documents,
@@ -244,8 +247,8 @@ class BatchRun:
             pages=t.pages,
         )
 
-    async def _plan(self, distinct: list[str]) -> list[str]:
-        """The URLs left to do; for walks, also where interrupted ones go on."""
+    async def _plan(self, distinct: list[Request]) -> list[Request]:
+        """The requests left to do; for walks, also where interrupted ones go on."""
         b, s = self.batch, self._settings
         if b.paginate is None:
             return await without_outcome(self._pool, b.job_id, distinct, s)
@@ -253,7 +256,7 @@ class BatchRun:
         self._resume = plan.resume
         return plan.todo
 
-    async def _fetch_and_land(self, todo: list[str]) -> None:
+    async def _fetch_and_land(self, todo: list[Request]) -> None:
         s = self._settings
         writers = [
             ChunkWriter(self._pool, self.batch, s, self._lease, self._tally)
@@ -270,7 +273,7 @@ class BatchRun:
                 raise store_errors.exceptions[0] from group
             raise
 
-    async def _fetch_all(self, todo: list[str], n_writers: int) -> None:
+    async def _fetch_all(self, todo: list[Request], n_writers: int) -> None:
         feed = iter(todo)
         deadline = self.batch.deadline
         loop = asyncio.get_running_loop()
@@ -285,19 +288,20 @@ class BatchRun:
         for _ in range(n_writers):
             await self._queue.put(_DONE)
 
-    async def _fetch_loop(self, feed: Iterator[str]) -> None:
+    async def _fetch_loop(self, feed: Iterator[Request]) -> None:
         # Long-lived coroutines pulling from one iterator: cheaper than a task per URL. Each URL
         # is one call of fetch_one, so its body is not kept alive in this loop's variables
         # while the next URL is fetched (outside the budget, which stops counting it once landed).
-        for url in feed:
-            await self._fetch_one(url)
+        for request in feed:
+            await self._fetch_one(request)
 
-    async def _fetch_one(self, url: str) -> None:
+    async def _fetch_one(self, request: Request) -> None:
         if self.batch.paginate is not None:
-            await self._walk(url, self.batch.paginate)
+            await self._walk(request, self.batch.paginate)
             return
-        state = self.batch.sources.get(url) if self.batch.sources else None
-        outcome = await self._fetch(url, state.validators if state is not None else None)
+        sources = self.batch.sources
+        state = sources.get(request.url) if sources and request.plain else None
+        outcome = await self._fetch(request, state.validators if state is not None else None)
         item: Outcome | Polled = outcome
         if state is not None:
             item = settle(state, outcome, self._settings)
@@ -306,17 +310,18 @@ class BatchRun:
         await self._put(item)
 
     async def _fetch(
-        self, url: str, validators: Validators | None = None, *, links: bool = False
+        self, request: Request, validators: Validators | None = None, *, links: bool = False
     ) -> Outcome:
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
-                url, self.batch.priority, validators, self._lease.take, links=links
+                request, self.batch.priority, validators, self._lease.take, links=links
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.
-            log.exception("fetch.internal_error", extra={"url": url})
-            outcome = Failed(url, "internal", clean_detail(f"{type(exc).__name__}: {exc}"), None, 0)
+            log.exception("fetch.internal_error", extra={"url": request.url})
+            detail = clean_detail(f"{type(exc).__name__}: {exc}")
+            outcome = Failed(request.url, "internal", detail, None, 0, request=request)
         metrics.record_fetch(outcome)
         return outcome
 
@@ -327,24 +332,27 @@ class BatchRun:
         else:
             queue.put_nowait(item)
 
-    async def _walk(self, url: str, spec: PageSpec) -> None:
-        """Walk the pages of ``url`` inside this fetch loop: one request at a time per walk,
-        each page through the same `Fetcher` (and so the same per-host decisions) as any URL."""
+    async def _walk(self, request: Request, spec: PageSpec) -> None:
+        """Walk the pages of ``request`` inside this fetch loop: one request at a time per walk,
+        each page through the same `Fetcher` (and so the same per-host decisions) as any
+        request, with the first request's method, body and headers."""
         links = spec.style == "link"
 
         async def fetch(page_url: str) -> Outcome:
-            return await self._fetch(page_url, links=links)
+            page = request if page_url == request.url else replace(request, url=page_url)
+            return await self._fetch(page, links=links)
 
         try:
-            await walks.walk(url, spec, fetch, self._put, self._resume.get(url))
+            await walks.walk(request, spec, fetch, self._put, self._resume.get(request))
         except Exception as exc:
             # A bug must cost one walk a failure row, never the whole batch.
-            log.exception("walk.internal_error", extra={"url": url})
+            log.exception("walk.internal_error", extra={"url": request.url})
             detail = clean_detail(f"{type(exc).__name__}: {exc}")
-            await self._put(Failed(url, "internal", detail, None, 0))
+            await self._put(Failed(request.url, "internal", detail, None, 0, request=request))
 
-    async def _settle_deadline(self, todo: list[str]) -> None:
-        unfinished = [u for u in todo if u not in self._tally.landed]
+    async def _settle_deadline(self, todo: list[Request]) -> None:
+        landed = self._tally.landed
+        unfinished = [r for r in todo if r.key() not in landed]
         if not unfinished:
             return
         if not self.batch.record_unfinished:
@@ -368,9 +376,10 @@ async def run(
     settings: Settings,
     budget: ByteBudget | None = None,
 ) -> BatchSummary:
-    """Fetch ``batch.urls`` and land one outcome per distinct URL for ``batch.job_id``.
+    """Fetch ``batch.requests`` and land one outcome per distinct request (URL, method, body)
+    for ``batch.job_id``.
 
-    URLs that already have an outcome for this job (an earlier run was interrupted) are not
+    Requests that already have an outcome for this job (an earlier run was interrupted) are not
     fetched again. At ``batch.deadline`` fetching stops and what was fetched lands; the URLs
     left then raise `DeadlineError` or, with ``record_unfinished``, land as failures of kind
     ``deadline``. Raises `StoreError` if Postgres cannot take the rows; everything a URL can do
@@ -384,22 +393,22 @@ async def run(
 async def record_failures(
     pool: asyncpg.Pool,
     job: Chunk,
-    urls: Sequence[str],
+    requests: Sequence[Request],
     settings: Settings,
     *,
     kind: str,
     detail: str,
     paginated: bool = False,
 ) -> int:
-    """Land a failure row of ``kind`` for each of ``urls`` that has no outcome yet for
-    ``job.job_id`` (under ``job.source``); return how many. For a ``paginated`` job, a URL
+    """Land a failure row of ``kind`` for each of ``requests`` that has no outcome yet for
+    ``job.job_id`` (under ``job.source``); return how many. For a ``paginated`` job, a request
     whose walk has not ended gets one, for the page its walk would have fetched next."""
     fails = (
-        await walks.unfinished(pool, job.job_id, urls, settings.max_url_length, kind, detail)
+        await walks.unfinished(pool, job.job_id, requests, settings.max_url_length, kind, detail)
         if paginated
         else [
-            Failed(u, kind, detail, None, 0)
-            for u in await without_outcome(pool, job.job_id, urls, settings)
+            Failed(r.url, kind, detail, None, 0, request=r)
+            for r in await without_outcome(pool, job.job_id, requests, settings)
         ]
     )
     step = settings.copy_chunk_rows
@@ -411,10 +420,13 @@ async def record_failures(
 
 
 async def without_outcome(
-    pool: asyncpg.Pool, job_id: str, urls: Sequence[str], settings: Settings
-) -> list[str]:
-    """The distinct ``urls`` that have no row for ``job_id`` yet. Rows hold URLs in their
-    `store.stored_url` form, so payload URLs are compared in that form."""
-    done = await store.existing_urls(pool, job_id)
+    pool: asyncpg.Pool, job_id: str, requests: Sequence[Request], settings: Settings
+) -> list[Request]:
+    """The distinct ``requests`` that have no row for ``job_id`` yet. Rows hold URLs in their
+    `store.stored_url` form, so requests are compared in that form."""
+    done = await store.existing_requests(pool, job_id)
+    distinct = list(dict.fromkeys(requests))
+    if not done:
+        return distinct  # a job's first run: nothing to compare
     limit = settings.max_url_length
-    return [u for u in dict.fromkeys(urls) if store.stored_url(u, limit) not in done]
+    return [r for r in distinct if r.key(store.stored_url(r.url, limit)) not in done]

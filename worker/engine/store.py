@@ -1,6 +1,7 @@
 """Postgres for harvester: the pool's life, the one boundary where asyncpg errors become
 `StoreError`, and the small helpers every module that queries shares (command status, the
-stored form of a URL, the outcomes a job already has). Chunk writes are `worker.engine.writes`.
+stored form of a URL, the requests a job already has outcomes for). Chunk writes are
+`worker.engine.writes`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from worker.engine.requests import RequestKey
 from worker.errors import ConfigError, SchemaError, StoreError
 from worker.logs import redact
 from worker.settings import Settings
@@ -22,20 +24,24 @@ from worker.settings import Settings
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
     job_id text, url text, source text, status integer, body jsonb,
-    elapsed_ms integer, attempts integer, page integer, page_url text, next_url text
+    elapsed_ms integer, attempts integer,
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text, next_url text
 ) ON COMMIT DELETE ROWS;
 -- Out of line but uncompressed: staged bodies are compressed once, in documents.
 ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
     job_id text, url text, source text, error text, status integer,
-    attempts integer, detail text, page integer, page_url text
+    attempts integer, detail text,
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text
 ) ON COMMIT DELETE ROWS;
 """
 
 _EXISTING = """
-SELECT url FROM documents WHERE job_id = $1
+SELECT url, method, body_hash FROM documents WHERE job_id = $1
 UNION ALL
-SELECT url FROM fetch_failures WHERE job_id = $1
+SELECT url, method, body_hash FROM fetch_failures WHERE job_id = $1
 """
 
 CLOSE_TIMEOUT_S = 10.0
@@ -176,19 +182,19 @@ def stored_url(url: str, max_length: int) -> str:
     """The form in which ``url`` is stored in a row: itself, or, when it is longer than
     ``max_length`` (HARVESTER_MAX_URL_LENGTH, so it can only have failed), a bounded prefix and
     the SHA-256 of the whole URL. The one definition: rows are written in this form and
-    `existing_urls` is compared with payload URLs mapped through it."""
+    `existing_requests` is compared with payload URLs mapped through it."""
     if len(url) <= max_length:
         return url
     digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{url[: min(max_length, STORED_URL_PREFIX)]}…#sha256={digest}"
 
 
-async def existing_urls(pool: asyncpg.Pool, job_id: str) -> set[str]:
-    """URLs of ``job_id`` that already have an outcome (from an earlier, interrupted run), in
-    their `stored_url` form."""
+async def existing_requests(pool: asyncpg.Pool, job_id: str) -> set[RequestKey]:
+    """The requests of ``job_id`` that already have an outcome (from an earlier, interrupted
+    run), as `RequestKey`s of their URL in its `stored_url` form."""
     with translated("cannot read existing outcomes"):
         rows = await pool.fetch(_EXISTING, job_id)
-    return {r["url"] for r in rows}
+    return {(r["url"], r["method"], r["body_hash"]) for r in rows}
 
 
 async def close_pool(pool: asyncpg.Pool) -> None:

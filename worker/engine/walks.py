@@ -3,9 +3,11 @@ outcome of its own, and where an interrupted walk goes on.
 
 `walk` drives a `pagination.Walk` with the batch's fetch (so every page goes through the
 `Fetcher`: pacing, slots, the SSRF guard, retries, and whatever is decided per host) and hands
-each page to the writers. `plan` reads what earlier runs of the job landed: a walk that ended
-(its last page says there is no next one, or it ended in a failure) is done; one that was
-interrupted goes on from the first page that has no row, so a redo adds no row twice.
+each page to the writers. Every page is an outcome of the request the caller enqueued (its URL,
+method and body hash) with its own page number and URL. `plan` reads what earlier runs of the
+job landed: a walk that ended (its last page says there is no next one, or it ended in a
+failure) is done; one that was interrupted goes on from the first page that has no row, so a
+redo adds no row twice.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncpg
 from worker.engine.bodies import clean_detail
 from worker.engine.outcomes import Failed, Fetched, Outcome
 from worker.engine.pagination import PageSpec, Resume, Walk
+from worker.engine.requests import Request, RequestKey
 from worker.engine.store import stored_url, translated
 from worker.errors import PaginationError
 
@@ -27,26 +30,28 @@ FetchPage = Callable[[str], Awaitable[Outcome]]
 Emit = Callable[[Outcome], Awaitable[None]]
 
 _LANDED = """
-SELECT url, page, page_url, next_url, false AS failed FROM documents
+SELECT url, method, body_hash, page, page_url, next_url, false AS failed FROM documents
     WHERE job_id = $1 AND page IS NOT NULL
 UNION ALL
-SELECT url, page, page_url, NULL, true FROM fetch_failures WHERE job_id = $1
+SELECT url, method, body_hash, page, page_url, NULL, true FROM fetch_failures WHERE job_id = $1
 """
 
 
 async def walk(
-    url: str, spec: PageSpec, fetch: FetchPage, emit: Emit, resume: Resume | None
+    request: Request, spec: PageSpec, fetch: FetchPage, emit: Emit, resume: Resume | None
 ) -> None:
-    """Walk the pages of ``url`` (from ``resume`` when given), emitting one outcome per page:
-    its document, or the failure that ends the walk (a page that could not be fetched, or a
-    next page that cannot be followed)."""
+    """Walk the pages of ``request`` (from ``resume`` when given), emitting one outcome per
+    page, each identified as ``request`` with its page number and URL: its document, or the
+    failure that ends the walk (a page that could not be fetched, or a next page that cannot be
+    followed). ``fetch`` fetches a page's URL."""
+    url = request.url
     page, page_url = (1, url) if resume is None else (resume.page, resume.url)
     pages: Walk | None = None
     while True:
         outcome = await fetch(page_url)
         if not isinstance(outcome, Fetched):
             if isinstance(outcome, Failed):
-                await emit(replace(outcome, url=url, page=page, page_url=page_url))
+                await emit(replace(outcome, url=url, request=request, page=page, page_url=page_url))
             return
         if pages is None:
             # Built once a page came: a URL the fetcher refuses is page 1's failure already.
@@ -54,18 +59,33 @@ async def walk(
         try:
             nxt = pages.next_url(outcome.links, outcome.body)
         except PaginationError as exc:
-            await emit(_page(outcome, url, page_url, page, None))
-            detail = clean_detail(exc.detail)
-            await emit(Failed(url, exc.kind, detail, None, 0, page=page + 1, page_url=exc.target))
+            await emit(_page(outcome, request, page_url, page, None))
+            await emit(_ended(request, exc, page + 1))
             return
-        await emit(_page(outcome, url, page_url, page, nxt))
+        await emit(_page(outcome, request, page_url, page, nxt))
         if nxt is None:
             return
         page, page_url = pages.page, nxt
 
 
-def _page(fetched: Fetched, url: str, page_url: str, page: int, nxt: str | None) -> Fetched:
-    return replace(fetched, url=url, links=(), page=page, page_url=page_url, next_url=nxt)
+def _page(fetched: Fetched, request: Request, page_url: str, page: int, nxt: str | None) -> Fetched:
+    return replace(
+        fetched,
+        url=request.url,
+        request=request,
+        links=(),
+        page=page,
+        page_url=page_url,
+        next_url=nxt,
+    )
+
+
+def _ended(request: Request, exc: PaginationError, page: int) -> Failed:
+    """The failure of the page a walk could not go on to."""
+    detail = clean_detail(exc.detail)
+    return Failed(
+        request.url, exc.kind, detail, None, 0, request=request, page=page, page_url=exc.target
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,43 +97,48 @@ class _Landed:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The walks of a run: which URLs to walk and, for interrupted ones, where from."""
+    """The walks of a run: which requests to walk and, for interrupted ones, where from."""
 
-    todo: list[str]
-    resume: dict[str, Resume]
+    todo: list[Request]
+    resume: dict[Request, Resume]
 
 
-async def plan(pool: asyncpg.Pool, job_id: str, urls: Sequence[str], max_url_length: int) -> Plan:
-    """The walks of ``urls`` still to do for ``job_id``, after what earlier runs landed."""
+async def plan(
+    pool: asyncpg.Pool, job_id: str, requests: Sequence[Request], max_url_length: int
+) -> Plan:
+    """The walks of ``requests`` still to do for ``job_id``, after what earlier runs landed."""
     with translated("cannot read the pages landed"):
         rows = await pool.fetch(_LANDED, job_id)
-    return plan_from([dict(r) for r in rows], urls, max_url_length)
+    return plan_from([dict(r) for r in rows], requests, max_url_length)
 
 
-def plan_from(rows: Iterable[Mapping[str, Any]], urls: Sequence[str], max_url_length: int) -> Plan:
+def plan_from(
+    rows: Iterable[Mapping[str, Any]], requests: Sequence[Request], max_url_length: int
+) -> Plan:
     """`plan` from the rows it read (pure, for tests)."""
-    ended: set[str] = set()
-    pages: dict[str, dict[int, _Landed]] = defaultdict(dict)
+    ended: set[RequestKey] = set()
+    pages: dict[RequestKey, dict[int, _Landed]] = defaultdict(dict)
     for r in rows:
+        key = (r["url"], r.get("method", "GET"), r.get("body_hash"))
         if r["failed"]:
-            ended.add(r["url"])
+            ended.add(key)
         else:
-            pages[r["url"]][r["page"]] = _Landed(r["page"], r["page_url"], r["next_url"])
-    todo: list[str] = []
-    resume: dict[str, Resume] = {}
-    for url in dict.fromkeys(urls):
-        key = stored_url(url, max_url_length)
+            pages[key][r["page"]] = _Landed(r["page"], r["page_url"], r["next_url"])
+    todo: list[Request] = []
+    resume: dict[Request, Resume] = {}
+    for request in dict.fromkeys(requests):
+        key = request.key(stored_url(request.url, max_url_length))
         if key in ended:
             continue
         landed = pages.get(key)
         if not landed or 1 not in landed:
             # Not started, or page 1 missing: the walk starts over; rows that landed are kept.
-            todo.append(url)
+            todo.append(request)
             continue
         where = _resume_at(landed)
         if where is not None:
-            todo.append(url)
-            resume[url] = where
+            todo.append(request)
+            resume[request] = where
     return Plan(todo, resume)
 
 
@@ -134,17 +159,17 @@ def _resume_at(landed: dict[int, _Landed]) -> Resume | None:
 async def unfinished(
     pool: asyncpg.Pool,
     job_id: str,
-    urls: Sequence[str],
+    requests: Sequence[Request],
     max_url_length: int,
     kind: str,
     detail: str,
 ) -> list[Failed]:
-    """A failure of ``kind`` for each walk of ``urls`` that has not ended, for the page it
+    """A failure of ``kind`` for each walk of ``requests`` that has not ended, for the page it
     would have fetched next (page 1 if it has not started)."""
-    walks = await plan(pool, job_id, urls, max_url_length)
+    walks = await plan(pool, job_id, requests, max_url_length)
     fails = []
-    for url in walks.todo:
-        at = walks.resume.get(url)
-        page, page_url = (1, url) if at is None else (at.page, at.url)
-        fails.append(Failed(url, kind, detail, None, 0, page=page, page_url=page_url))
+    for r in walks.todo:
+        at = walks.resume.get(r)
+        page, page_url = (1, r.url) if at is None else (at.page, at.url)
+        fails.append(Failed(r.url, kind, detail, None, 0, request=r, page=page, page_url=page_url))
     return fails

@@ -17,7 +17,7 @@ from typing import TypeVar
 import asyncpg
 
 from worker.engine.bodies import clean_detail
-from worker.engine.outcomes import Failed, Fetched
+from worker.engine.outcomes import Failed, Fetched, is_plain
 from worker.engine.polling import SourceUpdate
 from worker.engine.store import (
     ACQUIRE_TIMEOUT_S,
@@ -29,50 +29,39 @@ from worker.engine.store import (
 )
 from worker.errors import StoreError
 
-_DOC_COLUMNS = (
-    "job_id",
-    "url",
-    "source",
-    "status",
-    "body",
-    "elapsed_ms",
-    "attempts",
-    "page",
-    "page_url",
-    "next_url",
-)
-_FAIL_COLUMNS = (
-    "job_id",
-    "url",
-    "source",
-    "error",
-    "status",
-    "attempts",
-    "detail",
-    "page",
-    "page_url",
-)
+_DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
+_FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "detail")
+# Only a chunk holding a request other than a plain GET copies these (the columns' defaults,
+# GET and NULL, are a plain GET's), so plain batches COPY what they always did.
+_REQUEST_COLUMNS = ("method", "body_hash", "request")
+# Likewise, only a chunk holding pages of paginated walks copies these (NULL otherwise).
+_DOC_PAGE_COLUMNS = ("page", "page_url", "next_url")
+_FAIL_PAGE_COLUMNS = ("page", "page_url")
 
+# The unique key of both tables is (job_id, harvester_request_key(...)): sql/006_requests.sql.
 _MOVE_DOCUMENTS = """
-INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, page, page_url,
-                       next_url)
-SELECT job_id, url, source, status, body, elapsed_ms, attempts, page, page_url, next_url
-    FROM harvester_stage_documents
-ON CONFLICT (job_id, harvester_url_key(url), COALESCE(page, 0)) DO NOTHING
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash,
+                       request, page, page_url, next_url)
+SELECT job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash, request, page,
+       page_url, next_url
+FROM harvester_stage_documents
+ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) DO NOTHING
 """
 
 _MOVE_FAILURES = """
-INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, page, page_url)
-SELECT job_id, url, source, error, status, attempts, detail, page, page_url
-    FROM harvester_stage_failures
-ON CONFLICT (job_id, harvester_url_key(url)) DO NOTHING
+INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, method,
+                            body_hash, request, page, page_url)
+SELECT job_id, url, source, error, status, attempts, detail, method, body_hash, request, page,
+       page_url
+FROM harvester_stage_failures
+ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING
 """
 
 _INSERT_DOCUMENT = """
-INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, page, page_url,
-                       next_url)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (job_id, harvester_url_key(url), COALESCE(page, 0)) DO NOTHING
+INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash,
+                       request, page, page_url, next_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) DO NOTHING
 """
 
 # A poll's source states, one statement per chunk, in the chunk's transaction: a document and
@@ -134,29 +123,77 @@ class Chunk:
             return self
         return replace(self, docs=docs, fails=fails)
 
-    def doc_records(self) -> list[tuple[object, ...]]:
-        return [self.doc_record(d) for d in self.docs]
-
-    def doc_record(self, d: Fetched) -> tuple[object, ...]:
-        """A document's row, in the order of `_DOC_COLUMNS`."""
-        return (
-            self.job_id,
-            d.url,
-            self.source,
-            d.status,
-            d.body,
-            d.elapsed_ms,
-            d.attempts,
-            d.page,
-            d.page_url,
-            d.next_url,
-        )
-
-    def fail_records(self, fails: Sequence[Failed]) -> list[tuple[object, ...]]:
+    def doc_records(self) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
+        """The documents as COPY records, and the columns they fill."""
         j, s = self.job_id, self.source
-        return [
-            (j, f.url, s, f.kind, f.status, f.attempts, f.detail, f.page, f.page_url) for f in fails
-        ]
+        requests, pages = _extras(self.docs)
+        if not requests and not pages:
+            rows: list[tuple[object, ...]] = [
+                (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs
+            ]
+            return rows, _DOC_COLUMNS
+        columns = (
+            _DOC_COLUMNS
+            + (_REQUEST_COLUMNS if requests else ())
+            + (_DOC_PAGE_COLUMNS if pages else ())
+        )
+        return [self.doc_record(d, requests=requests, pages=pages) for d in self.docs], columns
+
+    def doc_record(
+        self, d: Fetched, *, requests: bool = True, pages: bool = True
+    ) -> tuple[object, ...]:
+        """A document's row: `_DOC_COLUMNS`, then the request's and the page's columns."""
+        row: tuple[object, ...] = (
+            *(self.job_id, d.url, self.source, d.status, d.body, d.elapsed_ms, d.attempts),
+        )
+        if requests:
+            row += _request_fields(d)
+        if pages:
+            row += (d.page, d.page_url, d.next_url)
+        return row
+
+    def fail_records(
+        self, fails: Sequence[Failed]
+    ) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
+        """``fails`` as COPY records, and the columns they fill."""
+        j, s = self.job_id, self.source
+        requests, pages = _extras(fails)
+        if not requests and not pages:
+            rows: list[tuple[object, ...]] = [
+                (j, f.url, s, f.kind, f.status, f.attempts, f.detail) for f in fails
+            ]
+            return rows, _FAIL_COLUMNS
+        columns = (
+            _FAIL_COLUMNS
+            + (_REQUEST_COLUMNS if requests else ())
+            + (_FAIL_PAGE_COLUMNS if pages else ())
+        )
+        records = []
+        for f in fails:
+            row: tuple[object, ...] = (j, f.url, s, f.kind, f.status, f.attempts, f.detail)
+            if requests:
+                row += _request_fields(f)
+            if pages:
+                row += (f.page, f.page_url)
+            records.append(row)
+        return records, columns
+
+
+def _extras(outcomes: Sequence[Fetched] | Sequence[Failed]) -> tuple[bool, bool]:
+    """Whether ``outcomes`` need the request columns (not all plain GETs) and the page columns
+    (some are pages of walks)."""
+    return (
+        not all(map(is_plain, outcomes)),
+        any(o.page is not None for o in outcomes),
+    )
+
+
+def _request_fields(outcome: Fetched | Failed) -> tuple[str, bytes | None, bytes | None]:
+    """The method, body hash and body (canonical JSON, as jsonb) of an outcome's request."""
+    r = outcome.request
+    if r is None:
+        return ("GET", None, None)
+    return (r.method, r.body_hash, None if r.body is None else r.body.encoded)
 
 
 _Outcome = TypeVar("_Outcome", Fetched, Failed)
@@ -207,21 +244,20 @@ async def _copy_direct(conn: Conn, chunk: Chunk) -> Written:
     # never conflicts, and COPY straight into the tables parses and compresses each body once
     # (staging costs a second TOAST compression). A conflict aborts it; see write_chunk.
     if chunk.docs:
-        await conn.copy_records_to_table(
-            "documents", records=chunk.doc_records(), columns=_DOC_COLUMNS
-        )
+        records, columns = chunk.doc_records()
+        await conn.copy_records_to_table("documents", records=records, columns=columns)
     if chunk.fails:
-        await conn.copy_records_to_table(
-            "fetch_failures", records=chunk.fail_records(chunk.fails), columns=_FAIL_COLUMNS
-        )
+        records, columns = chunk.fail_records(chunk.fails)
+        await conn.copy_records_to_table("fetch_failures", records=records, columns=columns)
     return Written(len(chunk.docs), len(chunk.fails))
 
 
 async def _copy_staged(conn: Conn, chunk: Chunk) -> Written:
     n_docs = n_fail = 0
     if chunk.docs:
+        records, columns = chunk.doc_records()
         await conn.copy_records_to_table(
-            "harvester_stage_documents", records=chunk.doc_records(), columns=_DOC_COLUMNS
+            "harvester_stage_documents", records=records, columns=columns
         )
         n_docs = rows_affected(await conn.execute(_MOVE_DOCUMENTS))
     if chunk.fails:
@@ -231,9 +267,8 @@ async def _copy_staged(conn: Conn, chunk: Chunk) -> Written:
 
 async def _stage_failures(conn: Conn, chunk: Chunk, fails: Sequence[Failed]) -> int:
     """Land ``fails`` through staging, skipping those already there; return rows added."""
-    await conn.copy_records_to_table(
-        "harvester_stage_failures", records=chunk.fail_records(fails), columns=_FAIL_COLUMNS
-    )
+    records, columns = chunk.fail_records(fails)
+    await conn.copy_records_to_table("harvester_stage_failures", records=records, columns=columns)
     return rows_affected(await conn.execute(_MOVE_FAILURES))
 
 
@@ -266,8 +301,9 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
         for d in chunk.docs:
             try:
                 async with conn.transaction():  # a savepoint per row
-                    row = chunk.doc_record(d)
-                    n_docs += rows_affected(await conn.execute(_INSERT_DOCUMENT, *row))
+                    n_docs += rows_affected(
+                        await conn.execute(_INSERT_DOCUMENT, *chunk.doc_record(d))
+                    )
             except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
                 refused.append(
@@ -277,6 +313,7 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
                         detail,
                         d.status,
                         d.attempts,
+                        request=d.request,
                         page=d.page,
                         page_url=d.page_url,
                     )

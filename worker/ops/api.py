@@ -272,11 +272,11 @@ async def post_batch(request: web.Request) -> web.Response:
         return _error(409, str(exc))
     # Never a header from raw input: the id may hold anything a URL path cannot.
     location = f"/batches/{quote(new_id, safe='')}"
-    body = {"job_id": new_id, "urls": len(batch.urls), "status_url": location}
+    body = {"job_id": new_id, "urls": batch.size, "status_url": location}
     if not new:
         # The same batch under the same id: enqueueing is idempotent, nothing was added.
         return _json({**body, "duplicate": True}, status=200, Location=location)
-    log.info("api.enqueued", extra={"job_id": new_id, "urls": len(batch.urls)})
+    log.info("api.enqueued", extra={"job_id": new_id, "urls": batch.size})
     return _json(body, status=202, Location=location)
 
 

@@ -15,7 +15,10 @@ from worker.settings import Settings
 def batch_schema(settings: Settings) -> dict[str, Any]:
     """The JSON Schema of ``POST /batches``'s body, from the payload model."""
     schema = _inlined(BatchRequest.model_json_schema())
-    schema["properties"]["urls"]["maxItems"] = settings.max_batch_urls
+    for field in ("urls", "requests"):
+        # An optional list is "anyOf": [the list, null].
+        listed = schema["properties"][field]["anyOf"][0]
+        listed["maxItems"] = settings.max_batch_urls
     paginate = schema["properties"]["paginate"]["anyOf"][0]
     paginate["properties"]["max_pages"]["maximum"] = settings.max_pages
     return schema

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -208,24 +208,32 @@ _ENVELOPE: Final[dict[str, object]] = {
 }
 
 
-def _job_overhead(source: str | None) -> int:
-    """The bytes of a job for a batch of ``source`` with no URLs (``"urls":[]`` included)."""
-    kwargs = {"urls": [], **({"source": source} if source is not None else {})}
-    return len(serialize({**_ENVELOPE, "k": kwargs}))
+def _job_overhead(fields: Mapping[str, object]) -> int:
+    """The bytes of a job of ``fields`` whose list (``"urls":[]`` or ``"requests":[]``) is
+    empty."""
+    return len(serialize({**_ENVELOPE, "k": fields}))
+
+
+# What a job's list may hold: URLs, or request objects ({"url", "method", "json", "headers"}).
+Item = str | Mapping[str, object]
 
 
 def plan_batches(
-    urls: Iterable[str],
+    items: Iterable[Item],
     *,
     batch_size: int,
     source: str | None,
     max_urls: int | None,
     max_job_bytes: int,
+    shared: Mapping[str, object] | None = None,
 ) -> Iterator[FetchBatch]:
-    """``urls`` cut into `FetchBatch`es a worker accepts: at most ``batch_size`` URLs (itself
+    """``items`` cut into `FetchBatch`es a worker accepts: at most ``batch_size`` URLs (itself
     at most ``max_urls``, HARVESTER_MAX_BATCH_URLS) and, as a job's JSON, at most
-    ``max_job_bytes`` (HARVESTER_MAX_JOB_BYTES). The arguments are checked now, before a URL is
-    read; a URL that could not fit in any job raises `BadJobError` when it is reached."""
+    ``max_job_bytes`` (HARVESTER_MAX_JOB_BYTES). ``items`` are URLs (the jobs' ``urls``) or,
+    when the first is an object, request objects (their ``requests``); ``shared`` holds the
+    fields every job carries (``method``, ``json``, ``headers``). The arguments are checked now,
+    before an item is read; an item that could not fit in any job raises `BadJobError` when it
+    is reached."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if max_urls is not None and batch_size > max_urls:
@@ -233,31 +241,50 @@ def plan_batches(
             f"a batch size of {batch_size} is over HARVESTER_MAX_BATCH_URLS ({max_urls}): "
             "workers refuse larger jobs"
         )
-    # The model checks a source only as part of a batch: check it on a batch of one now.
-    make_batch(urls=["https://example.invalid/"], source=source)
-    return _cut(iter(urls), batch_size, source, max_urls, max_job_bytes)
+    fields: dict[str, Any] = {**(shared or {})}
+    if source is not None:
+        fields["source"] = source
+    # The model checks these only as part of a batch: check them on a batch of one now.
+    make_batch(urls=["https://example.invalid/"], **fields)
+    return _cut(iter(items), batch_size, fields, max_urls, max_job_bytes)
 
 
 def _cut(
-    urls: Iterator[str], size: int, source: str | None, max_urls: int | None, max_bytes: int
+    items: Iterator[Item],
+    size: int,
+    fields: dict[str, Any],
+    max_urls: int | None,
+    max_bytes: int,
 ) -> Iterator[FetchBatch]:
-    overhead = _job_overhead(source)
-    chunk: list[str] = []
-    used = overhead
-    for url in urls:
-        cost = len(orjson.dumps(url)) + (1 if chunk else 0)  # a comma after the first
+    chunk: list[Item] = []
+    key = "urls"
+    overhead = used = 0
+    for item in items:
+        if not chunk and not used:  # the first item says which list the jobs hold
+            key = "urls" if isinstance(item, str) else "requests"
+            overhead = used = _job_overhead({key: [], **fields})
+        cost = len(orjson.dumps(item)) + (1 if chunk else 0)  # a comma after the first
         if chunk and (len(chunk) == size or used + cost > max_bytes):
-            yield make_batch(urls=chunk, source=source, max_urls=max_urls)
+            yield _batch_of(key, chunk, fields, max_urls)
             chunk, used, cost = [], overhead, cost - 1
         if used + cost > max_bytes:
+            url = item if isinstance(item, str) else str(item.get("url"))
             raise BadJobError(
-                f"a URL of {len(url.encode(errors='replace'))} bytes cannot fit in a job under "
+                f"a {key[:-1]} of {cost} bytes cannot fit in a job under "
                 f"HARVESTER_MAX_JOB_BYTES ({max_bytes}): {redact(url)[:100]}..."
             )
-        chunk.append(url)
+        chunk.append(item)
         used += cost
     if chunk:
-        yield make_batch(urls=chunk, source=source, max_urls=max_urls)
+        yield _batch_of(key, chunk, fields, max_urls)
+
+
+def _batch_of(
+    key: str, chunk: list[Item], fields: dict[str, Any], max_urls: int | None
+) -> FetchBatch:
+    # Fields as Any: the batch's lists and shared fields, checked by the model, not by mypy.
+    batch_fields: dict[str, Any] = {key: chunk, **fields}
+    return make_batch(max_urls=max_urls, **batch_fields)
 
 
 async def enqueue_urls(

@@ -6,19 +6,25 @@ generated from it), scheduled-source polls and replays. Adding a field to a job 
 here (with its description, which the OpenAPI document shows), and to the README's contract
 table, which a test keeps equal to this model's fields.
 
-Refusals are said plainly ("'urls' is empty"), not in pydantic's words.
+A batch is either ``urls`` (plain GETs, or all with the batch's ``method``, ``json`` and
+``headers``) or ``requests``, each of which may override those three; `FetchBatch.requests_of`
+turns either into the engine's `Request` values. Refusals are said plainly ("'urls' is empty"),
+not in pydantic's words.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -29,6 +35,16 @@ from yarl import URL
 
 from worker.engine.guard import host_problem
 from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
+from worker.engine.requests import (
+    BODY_METHODS,
+    MAX_HEADERS,
+    NO_HEADERS,
+    REFUSED_HEADERS,
+    Body,
+    Request,
+    header_problems,
+    merged_headers,
+)
 from worker.errors import BadJobError
 
 JOB_NAME: Final = "fetch_batch"
@@ -53,6 +69,78 @@ def first_control(text: str) -> str | None:
 def has_control(text: str) -> bool:
     """True if ``text`` holds a character `first_control` names."""
     return first_control(text) is not None
+
+
+Method = Literal["GET", "POST", "PUT", "PATCH"]
+_METHODS: Final = get_args(Method)
+
+_METHOD_DOC: Final = "The HTTP method: GET (the default), POST, PUT or PATCH."
+_JSON_DOC: Final = (
+    "A JSON request body, sent as application/json (POST, PUT and PATCH only; null: no body). "
+    "Its SHA-256 is part of the outcome's identity."
+)
+_HEADERS_DOC: Final = (
+    "Extra request headers, {name: value}. Never secrets: a job is stored in Redis, so "
+    "Authorization, Proxy-Authorization and Cookie are refused (use a credential profile), as "
+    "are hop-by-hop headers, Host and Content-Length. At most 32, 8 KB in all."
+)
+
+
+def _header_schema() -> dict[str, Any]:
+    # Case-insensitive without a regex flag JSON Schema does not have: [Hh][Oo][Ss][Tt].
+    refused = "|".join(
+        "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in name)
+        for name in REFUSED_HEADERS
+    )
+    return {
+        "maxProperties": MAX_HEADERS,
+        "propertyNames": {
+            "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$",
+            "not": {"pattern": f"^({refused})$"},
+        },
+        "additionalProperties": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+    }
+
+
+def _check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    problems = header_problems(headers) if headers else []
+    if problems:
+        raise ValueError("'headers': " + "; ".join(problems))
+    return headers
+
+
+def _storable_url(url: str) -> str:
+    # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
+    if "\x00" in url:
+        raise ValueError("contains a NUL character, which cannot be stored")
+    return url
+
+
+class RequestSpec(BaseModel):
+    """One request of a batch's ``requests``: its fields override the batch's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    url: str = Field(description="The URL, stored exactly as given.")
+    method: Method | None = Field(default=None, description=_METHOD_DOC + " Default: the batch's.")
+    json_body: JsonValue = Field(
+        default=None, alias="json", description=_JSON_DOC + " Default: the batch's."
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Extra headers, over the batch's (same rules).",
+        json_schema_extra=_header_schema(),
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_ok(cls, url: str) -> str:
+        return _storable_url(url)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_ok(cls, headers: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_headers(headers)
 
 
 _STRICT: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -177,15 +265,41 @@ def _checked_path(field: str, path: str) -> str:
     return path
 
 
+_BATCH_SCHEMA: Final[Any] = {
+    "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
+    # A body only with a method that sends one.
+    "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
+    "then": {"required": ["method"], "properties": {"method": {"enum": sorted(BODY_METHODS)}}},
+}
+
+
 class FetchBatch(BaseModel):
     """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        json_schema_extra=_BATCH_SCHEMA,
+    )
 
-    urls: list[str] = Field(
+    urls: list[str] | None = Field(
+        default=None,
         min_length=1,
         description="The URLs to fetch, stored exactly as given; duplicates get one outcome. "
-        "At most HARVESTER_MAX_BATCH_URLS (10,000 by default).",
+        "At most HARVESTER_MAX_BATCH_URLS (10,000 by default). Exactly one of urls and "
+        "requests.",
+    )
+    requests: list[RequestSpec] | None = Field(
+        default=None,
+        min_length=1,
+        description="Instead of urls, when requests differ: {url, method, json, headers} each; "
+        "equal requests (URL, method, body) get one outcome. Same limit as urls.",
+    )
+    method: Method = Field(default="GET", description=_METHOD_DOC)
+    json_body: JsonValue = Field(default=None, alias="json", description=_JSON_DOC)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description=_HEADERS_DOC, json_schema_extra=_header_schema()
     )
     source: str | None = Field(
         default=None,
@@ -199,27 +313,37 @@ class FetchBatch(BaseModel):
     )
     paginate: Paginate | None = Field(
         default=None,
-        description="Walk each URL's pages: each page lands as a row of its own, numbered, "
+        description="Walk each request's pages: each page lands as a row of its own, numbered, "
         'with its URL. See docs/jobs.md, "Paginated walks".',
     )
+    _requests: list[Request] = PrivateAttr(default_factory=list)
+
+    @field_validator("urls", "requests")
+    @classmethod
+    def _bounded(cls, items: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        limit = (info.context or {}).get("max_urls")
+        if items is not None and limit is not None and len(items) > limit:
+            raise ValueError(
+                f"'{info.field_name}' has {len(items)} items, over the limit of {limit} "
+                "(HARVESTER_MAX_BATCH_URLS)"
+            )
+        return items
 
     @field_validator("urls")
     @classmethod
-    def _storable_and_bounded(cls, urls: list[str], info: ValidationInfo) -> list[str]:
-        limit = (info.context or {}).get("max_urls")
-        if limit is not None and len(urls) > limit:
-            raise ValueError(
-                f"'urls' has {len(urls)} items, over the limit of {limit} "
-                "(HARVESTER_MAX_BATCH_URLS)"
-            )
-        # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
-        nul = [i for i, u in enumerate(urls) if "\x00" in u]
+    def _storable(cls, urls: list[str] | None) -> list[str] | None:
+        nul = [i for i, u in enumerate(urls or ()) if "\x00" in u]
         if nul:
             raise ValueError(
                 f"'urls' item(s) at index {', '.join(map(str, nul[:5]))} contain a NUL "
                 "character, which cannot be stored"
             )
         return urls
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_ok(cls, headers: dict[str, str]) -> dict[str, str]:
+        return _check_headers(headers) or {}
 
     @field_validator("source")
     @classmethod
@@ -232,18 +356,74 @@ class FetchBatch(BaseModel):
         return source
 
     @model_validator(mode="after")
-    def _walks_are_not_polls(self) -> FetchBatch:
+    def _requests_made(self) -> FetchBatch:
+        if self.urls is None and self.requests is None:
+            raise ValueError(
+                "'urls' is required: a list of URL strings (or 'requests', a list of "
+                "{url, method, json, headers} objects)"
+            )
+        if self.urls is not None and self.requests is not None:
+            raise ValueError("give 'urls' or 'requests', not both")
+        if self.scheduled and not (self.urls is not None and self.method == "GET"):
+            raise ValueError("'scheduled' polls are GETs of 'urls' (no 'requests', no 'method')")
         if self.scheduled and self.paginate is not None:
             raise ValueError(
                 "'paginate' cannot be combined with 'scheduled': a poll of a registered source "
                 "fetches one page"
             )
+        self._requests = self._build()
         return self
+
+    def _build(self) -> list[Request]:
+        batch_body = _body("'json'", self.method, self.json_body)
+        base = self.headers or NO_HEADERS
+        if self.urls is not None:
+            method = self.method
+            return [Request(u, method, batch_body, base) for u in self.urls]
+        requests = []
+        for i, spec in enumerate(self.requests or ()):
+            method = spec.method or self.method
+            if spec.json_body is not None:
+                body = _body(f"'requests[{i}].json'", method, spec.json_body)
+            elif batch_body is not None and method not in BODY_METHODS:
+                raise ValueError(
+                    f"'requests[{i}]' is a {method} request, which has no body, but the batch "
+                    "has 'json': give the body per request instead"
+                )
+            else:
+                body = batch_body
+            headers = merged_headers(base, spec.headers or NO_HEADERS)
+            requests.append(Request(spec.url, method, body, headers))
+        return requests
+
+    def requests_of(self) -> list[Request]:
+        """The batch as the engine's requests, in order (duplicates kept)."""
+        return self._requests
+
+    @property
+    def size(self) -> int:
+        """How many requests (URLs) the batch holds, duplicates counted."""
+        return len(self._requests)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
         ``{"urls": [...]}`` and older workers read it too."""
-        return self.model_dump(exclude_defaults=True)
+        return self.model_dump(exclude_defaults=True, by_alias=True)
+
+
+def _body(field: str, method: str, value: JsonValue) -> Body | None:
+    """The body of ``field`` for a ``method`` request, or `ValueError` saying why not."""
+    if value is None:
+        return None
+    if method not in BODY_METHODS:
+        raise ValueError(
+            f"{field} is a request body, which only POST, PUT and PATCH send; "
+            f"this request's method is {method}"
+        )
+    try:
+        return Body.of(value)
+    except ValueError as exc:
+        raise ValueError(f"{field} {exc}") from None
 
 
 class BatchRequest(FetchBatch):
@@ -337,32 +517,47 @@ def url_problem(url: str) -> str | None:
 # -- pydantic's errors, said plainly -----------------------------------------------------------
 
 _TYPE_WORDS: Final = {
-    "list_type": "must be a list of strings",
-    "string_type": "must be a string or null",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
     "bool_type": "must be true or false",
-    "int_type": "must be an integer",
+    "dict_type": "must be an object",
     "model_type": "must be an object",
+    "int_type": "must be an integer",
 }
-# The models of nested fields, by where they sit, for naming the fields they allow.
-_NESTED: Final[dict[tuple[str | int, ...], type[BaseModel]]] = {
-    (): FetchBatch,
-    ("paginate",): Paginate,
-    ("paginate", "cursor"): Cursor,
-}
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    """The fields of ``model`` as a job spells them (``json``, not ``json_body``)."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    """A field's place as a caller writes it: ``requests[2].headers``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "payload"
 
 
 def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list[str]:
     """One plain sentence per problem pydantic found in ``data`` (a job's keyword arguments)."""
-    problems = _unknown_fields(errors)
-    items = [
-        e
-        for e in errors
-        if len(e["loc"]) == 2 and isinstance(e["loc"][1], int) and e["type"] == "string_type"
-    ]
+    problems: list[str] = []
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    top = sorted(str(e["loc"][0]) for e in unknown if len(e["loc"]) == 1)
+    if top:
+        allowed = ", ".join(field_names(FetchBatch))
+        problems.append(f"unknown field(s) {', '.join(map(repr, top))}; allowed: {allowed}")
+    for e in unknown:
+        if len(e["loc"]) > 1:
+            problems.append(
+                f"'{_path(e['loc'][:-1])}' has an unknown field {str(e['loc'][-1])!r}; allowed: "
+                + ", ".join(field_names(_model_at(e["loc"][:-1])))
+            )
+    items = [e for e in errors if e["loc"][:1] == ("urls",) and e["type"] == "string_type"]
     if items:
         first = items[0]
         problems.append(
-            f"'{first['loc'][0]}' must contain only strings: {len(items)} item(s) are not, "
+            f"'urls' must contain only strings: {len(items)} item(s) are not, "
             f"the first at index {first['loc'][1]} is {type(first['input']).__name__}"
         )
     for e in errors:
@@ -371,40 +566,37 @@ def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list
     return problems
 
 
-def _unknown_fields(errors: Sequence[ErrorDetails]) -> list[str]:
-    """One sentence per object that holds fields its model does not take."""
-    unknown: dict[tuple[str | int, ...], list[str]] = {}
-    for e in errors:
-        if e["type"] == "extra_forbidden":
-            unknown.setdefault(tuple(e["loc"][:-1]), []).append(_dotted(e["loc"]))
-    problems = []
-    for parent, names in unknown.items():
-        model = _NESTED.get(parent)
-        allowed = f"; allowed: {', '.join(model.model_fields)}" if model is not None else ""
-        problems.append(f"unknown field(s) {', '.join(map(repr, sorted(names)))}{allowed}")
-    return problems
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
+    """The model of the object at ``loc`` (a nested one: a request, paginate, its cursor)."""
+    if loc[:1] == ("paginate",):
+        return Cursor if len(loc) > 1 else Paginate
+    return RequestSpec
 
 
 def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
-    field = _dotted(error["loc"]) if error["loc"] else "payload"
+    field = _path(error["loc"])
     kind = error["type"]
-    ctx = error.get("ctx", {})
     if kind == "missing":
-        return f"'{field}' is required" + (": a list of URL strings" if field == "urls" else "")
+        return f"'{field}' is required"
     if kind in ("too_short", "string_too_short"):
         return f"'{field}' is empty"
     if kind == "string_too_long":
-        return f"'{field}' is longer than {ctx.get('max_length')} characters"
-    if kind in _TYPE_WORDS:
-        return f"'{field}' {_TYPE_WORDS[kind]}, got {type(error['input']).__name__}"
+        return f"'{field}' is longer than {error.get('ctx', {}).get('max_length')} characters"
+    if kind == "literal_error" and not field.startswith("paginate"):
+        return f"'{field}' must be one of {', '.join(_METHODS)}, got {error['input']!r}"
     if kind == "literal_error":
-        return f"'{field}' must be {ctx.get('expected')}, got {error['input']!r}"
+        return f"'{field}' must be {error.get('ctx', {}).get('expected')}, got {error['input']!r}"
     if kind == "greater_than_equal":
-        return f"'{field}' must be at least {ctx.get('ge')}, got {error['input']!r}"
+        return (
+            f"'{field}' must be at least {error.get('ctx', {}).get('ge')}, got {error['input']!r}"
+        )
+    if kind in _TYPE_WORDS:
+        words = _TYPE_WORDS[kind]
+        if field == "urls" and kind == "list_type":
+            words = "must be a list of strings"
+        elif field == "source" and kind == "string_type":
+            words = "must be a string or null"
+        return f"'{field}' {words}, got {type(error['input']).__name__}"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
     return f"'{field}': {error['msg']}"
