@@ -4,12 +4,18 @@ here, never from each other)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from jobs.cron import cron_name
 from worker.settings import Settings, load_settings
@@ -88,3 +94,29 @@ def settings_factory(**base: Any) -> Callable[..., Settings]:
         return load_settings(**{**base, **overrides})
 
     return factory
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(services: Services) -> AsyncIterator[str]:
+    """The URL of an empty database of its own on the session's Postgres, dropped after."""
+    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(services.database_url, name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def migrations_up_to(folder: Path, last: int) -> Path:
+    """``folder`` holding harvester's migrations numbered up to ``last`` (to migrate a database
+    to an earlier version)."""
+    from worker.engine.migrate import SQL_DIR
+
+    for path in SQL_DIR.glob("*.sql"):
+        if path.name[:3].isdigit() and int(path.name[:3]) <= last:
+            shutil.copy(path, folder / path.name)
+    return folder

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.helpers import Services, with_database
+from tests.helpers import Services, migrations_up_to, scratch_database, with_database
 from worker.engine.migrate import discover, migrate
 
 
@@ -47,18 +47,8 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
 ) -> None:
     """Rows landed before 006 become GETs without a body whose key is still their URL key: a
     re-run of their job conflicts with them, while a POST of the same URL is a new outcome."""
-    import shutil
-
-    from worker.engine.migrate import SQL_DIR
-
-    for path in SQL_DIR.glob("00[1-5]_*.sql"):
-        shutil.copy(path, tmp_path / path.name)
-    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(services.database_url, name)
-    try:
-        await migrate(url, tmp_path)
+    async with scratch_database(services) as url:
+        await migrate(url, migrations_up_to(tmp_path, 5))
         conn = await asyncpg.connect(url)
         try:
             await conn.execute(
@@ -69,8 +59,7 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
                 "INSERT INTO fetch_failures (job_id, url, error, attempts) "
                 "VALUES ('old', 'http://a/y', 'timeout', 3)"
             )
-            shutil.copy(next(SQL_DIR.glob("006_*.sql")), tmp_path)
-            applied = await migrate(url, tmp_path)
+            applied = await migrate(url, migrations_up_to(tmp_path, 6))
             rows = await conn.fetch(
                 "SELECT url, method, body_hash, request, "
                 "harvester_request_key(url, method, body_hash) = harvester_url_key(url) AS same "
@@ -90,9 +79,6 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
             )
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     assert [m.version for m in applied] == [6]
     assert [tuple(r) for r in rows] == [
         ("http://a/x", "GET", None, None, True),
@@ -106,39 +92,28 @@ async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
 ) -> None:
     """After 007 a request holds a row per page; a page, or an unpaginated row landed before
     007, conflicts with itself on a re-run."""
-    import shutil
-
-    from worker.engine.migrate import SQL_DIR
-
-    for path in SQL_DIR.glob("00[1-6]_*.sql"):
-        shutil.copy(path, tmp_path / path.name)
-    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(services.database_url, name)
     insert = (
         "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts{}) "
-        "VALUES ('old', 'http://a/x', 200, '{{}}', 1, 1{}) "
-        "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) "
-        "DO NOTHING"
+        "VALUES ('old', 'http://a/x', 200, '{{}}', 1, 1{})"
     )
-    try:
-        await migrate(url, tmp_path)
+    on_conflict = (
+        " ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0))"
+        " DO NOTHING"
+    )
+    async with scratch_database(services) as url:
+        await migrate(url, migrations_up_to(tmp_path, 6))
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(insert.format("", "").split(" ON CONFLICT")[0])
+            await conn.execute(insert.format("", ""))
             applied = await migrate(url)
+            page = (", page, page_url", ", {}, 'http://a/x?p={}'")
             results = [
-                await conn.execute(insert.format("", "")),
-                await conn.execute(insert.format(", page, page_url", ", 1, 'http://a/x'")),
-                await conn.execute(insert.format(", page, page_url", ", 2, 'http://a/x?p=2'")),
-                await conn.execute(insert.format(", page, page_url", ", 2, 'http://a/x?p=2'")),
+                await conn.execute(insert.format("", "") + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(1, 1)) + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
             ]
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
     assert [m.version for m in applied] == [7]
     assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0"]
