@@ -144,17 +144,18 @@ class Walk:
     page is fed they are the first page's.
     """
 
-    __slots__ = ("_current", "_first", "_origin", "_seen", "page", "spec", "url")
+    __slots__ = ("_first", "_origin", "_prefix", "_seen", "page", "spec", "url")
 
     def __init__(self, spec: PageSpec, first_url: str, resume: Resume | None = None) -> None:
         self.spec = spec
         self._first = URL(first_url.strip())  # as the fetcher reads it
         self._origin = _origin(self._first)
-        self._seen = {str(self._first.with_fragment(None))}
-        if resume is None:
-            self.url, self.page, self._current = first_url, 1, self._first
-        else:
-            self.url, self.page, self._current = resume.url, resume.page, URL(resume.url)
+        # An absolute next URL that starts with this needs no parsing to be on the same origin.
+        self._prefix = f"{self._first.origin()}/"
+        self._seen = {first_url, str(self._first.with_fragment(None))}
+        self.url, self.page = first_url, 1
+        if resume is not None:
+            self.url, self.page = resume.url, resume.page
             self._seen.update(resume.seen)
             self._seen.add(resume.url)
 
@@ -168,32 +169,28 @@ class Walk:
         if target is None:
             return None
         nxt = self._resolve(target)
-        text = str(nxt)
-        if text in self._seen:
+        if nxt in self._seen:
             raise PaginationLoopError(
-                f"page {self.page} leads back to {text}, fetched already", target=text
+                f"page {self.page} leads back to {nxt}, fetched already", target=nxt
             )
-        self._seen.add(text)
+        self._seen.add(nxt)
         self.page += 1
-        self._current, self.url = nxt, text
-        return text
+        self.url = nxt
+        return nxt
 
-    def _target(self, links: Sequence[str], body: bytes) -> URL | None:
+    def _target(self, links: Sequence[str], body: bytes) -> str | URL | None:
         spec = self.spec
         if spec.style == "link":
-            found = next_link(links)
-            return None if not found else _url(found)
+            return next_link(links) or None
         value = lookup(_parse(body), spec.path)
+        if value is None or value == "":
+            return None
         if spec.style == "json":
-            if value is None or value == "":
-                return None
             if not isinstance(value, str):
                 raise PaginationError(
                     f"the next URL at {render_path(spec.path)} is {_json_type(value)}, not a string"
                 )
-            return _url(value)
-        if value is None or value == "":
-            return None
+            return value
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise PaginationError(
                 f"the cursor at {render_path(spec.path)} is {_json_type(value)}, "
@@ -201,9 +198,15 @@ class Walk:
             )
         return self._first.update_query({spec.param: str(value)})
 
-    def _resolve(self, target: URL) -> URL:
+    def _resolve(self, target: str | URL) -> str:
+        """The next page's URL, without fragment, judged; as given when it plainly is one on
+        the first page's origin (the common case, which costs no parsing)."""
+        if isinstance(target, str):
+            if target.startswith(self._prefix) and target.isascii() and _PLAIN.fullmatch(target):
+                return target
+            target = _url(target)
         # Most APIs give absolute links: joining those would only cost a reparse.
-        nxt = target if target.scheme and target.absolute else self._current.join(target)
+        nxt = target if target.scheme and target.absolute else URL(self.url).join(target)
         nxt = nxt.with_fragment(None)
         if nxt.scheme not in ("http", "https"):
             raise PaginationError(
@@ -215,7 +218,11 @@ class Walk:
                 "origin than the first page (set paginate.cross_origin to follow it)",
                 target=str(nxt),
             )
-        return nxt
+        return str(nxt)
+
+
+# A URL with nothing to normalise away: no fragment, no whitespace or control characters.
+_PLAIN: Final = re.compile(r"[^#\s\x00-\x1f\x7f]*")
 
 
 def render_path(path: Path) -> str:

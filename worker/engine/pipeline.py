@@ -15,7 +15,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
@@ -336,12 +337,7 @@ class BatchRun:
         """Walk the pages of ``request`` inside this fetch loop: one request at a time per walk,
         each page through the same `Fetcher` (and so the same per-host decisions) as any
         request, with the first request's method, body and headers."""
-        links = spec.style == "link"
-
-        async def fetch(page_url: str) -> Outcome:
-            page = request if page_url == request.url else replace(request, url=page_url)
-            return await self._fetch(page, links=links)
-
+        fetch = partial(self._fetch, links=spec.style == "link")
         try:
             await walks.walk(request, spec, fetch, self._put, self._resume.get(request))
         except Exception as exc:
