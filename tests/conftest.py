@@ -27,7 +27,7 @@ from arq.worker import Worker
 
 from tests.helpers import TEST_QUEUE, Services, settings_factory, with_database
 from tests.helpers.cli import InProcess
-from tests.helpers.upstream import Upstream, serving
+from tests.helpers.upstream import Upstream
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
 from worker.engine.fetch import Fetcher, create_session
@@ -137,7 +137,7 @@ async def arq_queue(redis: aioredis.Redis, settings: Settings) -> AsyncIterator[
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """A scripted local HTTP upstream (aiohttp.web) on a loopback port."""
-    async with serving() as up:
+    async with Upstream().serving() as up:
         yield up
 
 

@@ -18,6 +18,7 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-
         ├── HTTPStatusError        kind "http_status"    non-2xx (transient: 408, 429, 5xx)
         ├── TimeoutError_          kind "timeout"        connect or read timed out (transient)
         ├── ConnectError           kind "connect"        refused, reset, DNS failure (transient)
+        ├── ProxyError             kind "proxy"          the forward proxy refused or failed
         ├── ProtocolError          kind "protocol"       truncated body, bad framing (transient)
         ├── TooLargeError          kind "too_large"      body over HARVESTER_MAX_BODY_BYTES
         ├── ContentTypeError       kind "content_type"   declared content type is not JSON
@@ -42,7 +43,7 @@ TRANSIENT_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Failure kinds a later try may clear: the network, the upstream's state, our own time limits.
 # (The fetcher retries only the transient cases of connect and protocol at once: a TLS error or
 # a name that does not exist is final for the job, but a replay later may find it fixed.)
-TRANSIENT_KINDS: Final = ("timeout", "connect", "protocol", "deadline", "abandoned")
+TRANSIENT_KINDS: Final = ("timeout", "connect", "protocol", "proxy", "deadline", "abandoned")
 
 
 def is_transient_failure(kind: str, status: int | None) -> bool:
@@ -141,6 +142,13 @@ class TimeoutError_(FetchError):  # the builtin name is taken
 class ConnectError(FetchError):
     kind = "connect"
     transient = True
+
+
+class ProxyError(FetchError):
+    """The forward proxy refused the request (407: its credentials) or could not reach the
+    target (a 5xx to CONNECT), or could not be reached itself."""
+
+    kind = "proxy"
 
 
 class ProtocolError(FetchError):

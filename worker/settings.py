@@ -10,15 +10,18 @@ import hashlib
 import ipaddress
 import os
 import re
+import ssl
 import tempfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -35,6 +38,43 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_API_TOKEN_LENGTH = 16
 
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """A forward proxy: its ``http://host:port`` and, apart, the credentials it wants (the
+    password never shows in a repr)."""
+
+    url: str
+    user: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+
+
+def parse_proxy_url(value: str, *, inline_password: bool) -> ProxySpec:
+    """``http://[user[:password]@]host:port`` as a `ProxySpec`, or ValueError saying what is
+    wrong (never quoting the value: it may hold a password)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme != "http":
+        raise ValueError("must start with http:// (https:// targets go through it by CONNECT)")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError("cannot read the host and port (http://host:port)") from exc
+    if not host or port is None:
+        raise ValueError("needs a host and a port (http://host:port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be http://host:port, without a path, query or fragment")
+    if parts.password is not None and not inline_password:
+        raise ValueError(
+            "must not hold a password: put it in an environment variable of its own and name "
+            "that variable in HARVESTER_PROXY_PASSWORD_ENV"
+        )
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = unquote(parts.username) if parts.username else None
+    password = SecretStr(unquote(parts.password)) if parts.password else None
+    return ProxySpec(f"http://{netloc}", user, password)
 
 
 class Settings(BaseSettings):
@@ -80,6 +120,16 @@ class Settings(BaseSettings):
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     # IPv6 literals with a zone id ([fe80::1%25eth0]) name an interface, not just an address.
     allow_ipv6_zone_ids: bool = False
+    # A forward proxy for every request (its password by reference only), or the conventional
+    # HTTP_PROXY / HTTPS_PROXY / NO_PROXY when trust_env is set; never both.
+    proxy_url: str | None = None
+    proxy_password_env: str | None = None
+    trust_env: bool = False
+    http_proxy: SecretStr | None = Field(default=None, validation_alias="HTTP_PROXY")
+    https_proxy: SecretStr | None = Field(default=None, validation_alias="HTTPS_PROXY")
+    no_proxy: str | None = Field(default=None, validation_alias="NO_PROXY")
+    # CA certificates (PEM) to trust besides the system's: a TLS-inspecting proxy, an internal CA.
+    ca_file: Path | None = None
 
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -140,6 +190,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     uvloop: bool = True
 
+    # Filled from the proxy settings after validation: scheme -> proxy, and NO_PROXY's entries.
+    _proxies: dict[str, ProxySpec] = PrivateAttr(default_factory=dict)
+    _no_proxy: tuple[str, ...] = PrivateAttr(default=())
+
     @field_validator("allowed_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
@@ -167,6 +221,31 @@ class Settings(BaseSettings):
             raise ValueError("has leading or trailing whitespace")
         if len(token) < MIN_API_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
+        return value
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _check_proxy_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_proxy_url(value, inline_password=False)
+        return value
+
+    @field_validator("proxy_password_env")
+    @classmethod
+    def _check_proxy_password_env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("must be the name of an environment variable, not a value")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as exc:
+                problem = f"cannot read CA certificates from {str(value)!r}: {exc}"
+                raise ValueError(problem) from None
         return value
 
     @field_validator("database_url")
@@ -198,6 +277,16 @@ class Settings(BaseSettings):
             return self.metrics_dir
         digest = hashlib.sha1(self.queue.encode(), usedforsecurity=False).hexdigest()[:10]
         return Path(tempfile.gettempdir()) / f"harvester-metrics-{os.getuid()}-{digest}"
+
+    @property
+    def proxies(self) -> dict[str, ProxySpec]:
+        """The forward proxy for each URL scheme (``http``, ``https``) that has one."""
+        return dict(self._proxies)
+
+    @property
+    def no_proxy_hosts(self) -> tuple[str, ...]:
+        """NO_PROXY's entries (with HARVESTER_TRUST_ENV): hosts reached without the proxy."""
+        return self._no_proxy
 
     @property
     def fetch_backoff(self) -> Backoff:
@@ -244,7 +333,46 @@ class Settings(BaseSettings):
             )
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")
+        self._resolve_proxies()
         return self
+
+    def _resolve_proxies(self) -> None:
+        if self.proxy_url is not None and self.trust_env:
+            raise ValueError("set HARVESTER_PROXY_URL or HARVESTER_TRUST_ENV=true, not both")
+        if self.proxy_url is not None:
+            spec = parse_proxy_url(self.proxy_url, inline_password=False)
+            spec = ProxySpec(spec.url, spec.user, self._proxy_password(spec))
+            self._proxies = {"http": spec, "https": spec}
+        elif self.proxy_password_env is not None:
+            raise ValueError("HARVESTER_PROXY_PASSWORD_ENV is set without HARVESTER_PROXY_URL")
+        if not self.trust_env:
+            return
+        for scheme, value in (("http", self.http_proxy), ("https", self.https_proxy)):
+            if value is not None and value.get_secret_value().strip():
+                try:
+                    spec = parse_proxy_url(value.get_secret_value(), inline_password=True)
+                except ValueError as exc:
+                    variable = f"{scheme.upper()}_PROXY"
+                    raise ValueError(f"{variable} (HARVESTER_TRUST_ENV): {exc}") from None
+                self._proxies[scheme] = spec
+        entries = (self.no_proxy or "").replace(" ", ",").split(",")
+        self._no_proxy = tuple(e.strip().lower() for e in entries if e.strip())
+
+    def _proxy_password(self, spec: ProxySpec) -> SecretStr | None:
+        name = self.proxy_password_env
+        if name is None:
+            return None
+        if spec.user is None:
+            raise ValueError(
+                "HARVESTER_PROXY_URL needs a user name (http://user@host:port) to go with the "
+                f"password in {name} (HARVESTER_PROXY_PASSWORD_ENV)"
+            )
+        password = os.environ.get(name)
+        if not password:
+            raise ValueError(
+                f"HARVESTER_PROXY_PASSWORD_ENV names {name}, which is not set or is empty"
+            )
+        return SecretStr(password)
 
 
 _URL_PARTS = re.compile(r"[/?#]")
@@ -278,12 +406,18 @@ def _check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
             raise ValueError(f"the TLS file {value!r} ({name}) does not exist")
 
 
+# Settings read under their conventional names, without the HARVESTER_ prefix.
+_CONVENTIONAL: Final = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"})
+
+
 def _variable_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
     if field in ("database_url", "DATABASE_URL", "HARVESTER_DATABASE_URL"):
         return "DATABASE_URL"
     if field in ("redis_url", "REDIS_URL", "HARVESTER_REDIS_URL"):
         return "REDIS_URL"
+    if field.upper() in _CONVENTIONAL:
+        return field.upper()
     return f"HARVESTER_{field.upper()}"
 
 

@@ -38,6 +38,22 @@ def with_database(url: str, name: str) -> str:
     return f"{base}/{name}" + (f"?{tail}" if tail else "")
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(url: str, prefix: str = "harvester_scratch") -> AsyncIterator[str]:
+    """A new, empty database on the server of ``url``, as a DSN; dropped on exit."""
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield with_database(url, name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, noted, closed): a stopped server's."""
     with socket.socket() as sock:
@@ -94,21 +110,6 @@ def settings_factory(**base: Any) -> Callable[..., Settings]:
         return load_settings(**{**base, **overrides})
 
     return factory
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(services: Services) -> AsyncIterator[str]:
-    """The URL of an empty database of its own on the session's Postgres, dropped after."""
-    name = f"harvester_mig_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield with_database(services.database_url, name)
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def migrations_up_to(folder: Path, last: int) -> Path:

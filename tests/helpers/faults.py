@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import asyncpg
 
 from tests.helpers import wait_until
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
-from worker.queue.client import enqueue_urls, open_queue
+from worker.queue.client import Item, enqueue_batches, open_queue, plan_batches
 from worker.settings import load_settings
 
 FAULT_QUEUE = "harvester:faults"
@@ -33,12 +34,27 @@ FAST = {
 }
 
 
-async def enqueue(stack: Stack, urls: list[str], batch_size: int, prefix: str) -> list[str]:
+async def enqueue(
+    stack: Stack,
+    urls: Sequence[Item],
+    batch_size: int,
+    prefix: str,
+    shared: Mapping[str, object] | None = None,
+) -> list[str]:
+    """Enqueue ``urls`` (or request objects, with the ``shared`` fields) on the stack's queue."""
     settings = load_settings(
         redis_url=stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
     )
+    batches = plan_batches(
+        urls,
+        batch_size=batch_size,
+        source=None,
+        max_urls=None,
+        max_job_bytes=8 << 20,
+        shared=shared,
+    )
     async with open_queue(settings) as redis:
-        return await enqueue_urls(redis, urls, batch_size=batch_size, job_id_prefix=prefix)
+        return [job_id async for job_id in enqueue_batches(redis, batches, job_id_prefix=prefix)]
 
 
 @dataclass
@@ -107,15 +123,18 @@ class WorkerProcess:
 
 
 async def outcome_counts(database_url: str) -> tuple[int, int, int]:
-    """(distinct (job, url) outcomes, documents, duplicated (job, url) pairs) across both tables."""
+    """(distinct outcomes, documents, duplicated outcomes) across both tables, an outcome being a
+    request of a job: (job, method, url, body hash), for a GET (job, url)."""
     conn = await asyncpg.connect(database_url)
     try:
         row = await conn.fetchrow(
             """
-            WITH o AS (SELECT job_id, url FROM documents UNION ALL SELECT job_id, url FROM fetch_failures)
-            SELECT (SELECT count(*) FROM (SELECT DISTINCT job_id, url FROM o) d) AS outcomes,
+            WITH o AS (SELECT job_id, method, url, body_hash FROM documents
+                       UNION ALL SELECT job_id, method, url, body_hash FROM fetch_failures)
+            SELECT (SELECT count(*) FROM (SELECT DISTINCT * FROM o) d) AS outcomes,
                    (SELECT count(*) FROM documents) AS documents,
-                   (SELECT count(*) FROM (SELECT 1 FROM o GROUP BY job_id, url HAVING count(*) > 1) x) AS dups
+                   (SELECT count(*) FROM (SELECT 1 FROM o GROUP BY job_id, method, url, body_hash
+                                          HAVING count(*) > 1) x) AS dups
             """
         )
     finally:

@@ -9,6 +9,8 @@ Routes (all on one loopback port):
   /gate/{name}                       JSON once the test sets ``upstream.gate``
   /gzip/{name}                       gzip-encoded JSON
   /gzip-bomb                         a small gzip body that inflates past any sane cap
+  /encoded/{encoding}/{name}         JSON in that Content-Encoding (gzip, deflate, br, zstd)
+  /bomb/{encoding}                   a small body in that encoding that inflates to 64 MiB
   /big?size=N                        a JSON string body of about N bytes, streamed
   /invalid-json, /nul, /html, /empty a body harvester must refuse, each a different way
   /redirect/{n}                      n redirects, then JSON; /loop redirects to itself
@@ -22,7 +24,8 @@ Routes (all on one loopback port):
                                      K answers 404), loop_at=K (page K's next is page 1),
                                      next_base=B (next pages on base B), gate_at=K (page K
                                      answers once the test sets ``upstream.gate``)
-  /echo/{name}                       any method: JSON naming ``name``, the method and the body
+  /echo/{name}?delay=S               any method: JSON naming ``name``, the method and the body,
+                                     after S seconds (0 by default)
   /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
   /feed/{name}                       a pollable source scripted by ``upstream.feeds[name]``
                                      (`Feed`): versioned body, ETag / Last-Modified honoured
@@ -36,20 +39,37 @@ import contextlib
 import functools
 import gzip
 import socket
+import ssl
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
+import brotli
 import orjson
 from aiohttp import web
+from backports import zstd
+
+# Every Content-Encoding harvester asks for, and how to produce it.
+ENCODINGS = {
+    "gzip": lambda data: gzip.compress(data, compresslevel=9),
+    "deflate": lambda data: zlib.compress(data, 9),
+    "br": lambda data: brotli.compress(data, quality=5),
+    "zstd": lambda data: zstd.compress(data, level=3),
+}
 
 
 @functools.cache
+def bomb(encoding: str) -> bytes:
+    """64 MiB of spaces inside a JSON string, compressed to 64 KiB or (much) less; built once."""
+    return ENCODINGS[encoding](b'"' + b" " * (64 * 1024 * 1024) + b'"')
+
+
 def gzip_bomb() -> bytes:
-    """64 MiB of spaces inside a JSON string, gzipped to about 64 KiB; built once."""
-    return gzip.compress(b'"' + b" " * (64 * 1024 * 1024) + b'"', compresslevel=9)
+    """The gzip `bomb`."""
+    return bomb("gzip")
 
 
 @dataclass
@@ -77,17 +97,6 @@ class Feed:
         return orjson.dumps({"name": name, "version": self.version})
 
 
-@contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[Upstream]:
-    """A started `Upstream`, stopped on the way out."""
-    up = Upstream()
-    await up.start()
-    try:
-        yield up
-    finally:
-        await up.stop()
-
-
 @dataclass
 class Upstream:
     hits: list[Hit] = field(default_factory=list)
@@ -98,6 +107,9 @@ class Upstream:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     feeds: dict[str, Feed] = field(default_factory=dict)
     served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    # Serve HTTPS with this context (base then starts https://), on this loopback address.
+    ssl_context: ssl.SSLContext | None = None
+    host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -116,6 +128,8 @@ class Upstream:
         r.add_get("/slow/{name}", self._slow)
         r.add_get("/gzip/{name}", self._gzip)
         r.add_get("/gzip-bomb", self._gzip_bomb)
+        r.add_get("/encoded/{encoding}/{name}", self._encoded)
+        r.add_get("/bomb/{encoding}", self._bomb)
         r.add_get("/big", self._big)
         r.add_get("/invalid-json", self._invalid_json)
         r.add_get("/nul", self._nul)
@@ -133,15 +147,25 @@ class Upstream:
         # The documentation's https://api.example.com, for the examples the tests run.
         r.add_get("/api/{path:.*}", self._api)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((self.host, 0))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
-        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.base = f"{scheme}://{self.host}:{sock.getsockname()[1]}"
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Upstream]:
+        """Started for the block, stopped after it, even when it fails."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
 
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
@@ -228,6 +252,20 @@ class Upstream:
             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
         )
 
+    async def _encoded(self, request: web.Request) -> web.Response:
+        encoding = request.match_info["encoding"]
+        body = ENCODINGS[encoding](self._body(request.match_info["name"]))
+        return web.Response(
+            body=body, headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+        )
+
+    async def _bomb(self, request: web.Request) -> web.Response:
+        encoding = request.match_info["encoding"]
+        return web.Response(
+            body=bomb(encoding),
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+
     async def _big(self, request: web.Request) -> web.StreamResponse:
         size = int(request.query.get("size", "1000000"))
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -276,6 +314,7 @@ class Upstream:
         return await paged(request, "/pages", style, name, self.gate)
 
     async def _echo(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "0")))
         raw = await request.read()
         body = {
             "name": request.match_info["name"],

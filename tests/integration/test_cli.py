@@ -118,6 +118,28 @@ async def test_enqueue_rejects_a_bad_batch_size(cli: InProcess, services: Servic
     assert "--batch-size" in result.stderr
 
 
+async def test_enqueue_under_a_taken_job_id_exits_1_and_names_the_id(
+    cli: InProcess, services: Services
+) -> None:
+    """The same prefix for the same URLs is a no-op; for other URLs the id is taken: exit 1."""
+    prefix = f"taken-{uuid.uuid4().hex[:8]}"
+    env = cli_env(services)
+    first = await cli(
+        "enqueue", "-", "--job-id-prefix", prefix, env=env, stdin="https://a.test/1\n"
+    )
+    again = await cli(
+        "enqueue", "-", "--job-id-prefix", prefix, env=env, stdin="https://a.test/1\n"
+    )
+    other = await cli(
+        "enqueue", "-", "--job-id-prefix", prefix, env=env, stdin="https://a.test/2\n"
+    )
+    assert (first.returncode, again.returncode) == (0, 0)
+    assert first.stdout.split() == again.stdout.split() == [f"{prefix}-0"]
+    assert other.returncode == 1
+    assert f"job id '{prefix}-0' is already used by a different batch" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
 @pytest.mark.integration
 def test_demo_runs_end_to_end_in_a_reduced_size(tmp_path: Path) -> None:
     """`harvester demo` starts its own servers, lands every URL and prints a summary."""

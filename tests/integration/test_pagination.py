@@ -12,7 +12,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
-from tests.helpers.upstream import Upstream, serving
+from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Fetched
@@ -48,7 +48,7 @@ def walk(
 @pytest.fixture
 async def other() -> AsyncIterator[Upstream]:
     """A second upstream: another origin (another port)."""
-    async with serving() as up:
+    async with Upstream().serving() as up:
         yield up
 
 

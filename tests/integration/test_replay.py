@@ -376,3 +376,20 @@ async def test_a_replayed_url_lands_as_a_document_of_the_new_job(
         " AND harvester_url_key(d.url) = harvester_url_key(f.url) WHERE f.job_id = 'original'"
     )
     assert link is not None
+
+
+async def test_only_failures_of_gets_without_a_body_are_replayed(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, redis: aioredis.Redis
+) -> None:
+    """A POST's failure is not replayed (it was not stored whole); a GET's is, as a plain GET."""
+    await _fail(pool, "p", "http://x/get")
+    post = await _fail(pool, "p", "http://x/post")
+    await pool.execute(
+        "UPDATE fetch_failures SET method = 'POST', body_hash = sha256('{}'), request = '{}' "
+        "WHERE id = $1",
+        post,
+    )
+    result = await replay_failures(pool, arq_queue, batch_size=10, limit=10)
+    [job_id] = result.jobs
+    assert (await _queued(redis, job_id))["urls"] == ["http://x/get"]
+    assert (await _replayed_by(pool))["http://x/post"] is None

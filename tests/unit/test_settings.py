@@ -111,6 +111,7 @@ def test_the_configuration_page_lists_every_setting_once(repo_root: Path) -> Non
     rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
     names = {f: f"HARVESTER_{f.upper()}" for f in Settings.model_fields}
     names.update(database_url="DATABASE_URL", redis_url="REDIS_URL")
+    names.update(http_proxy="HTTP_PROXY", https_proxy="HTTPS_PROXY", no_proxy="NO_PROXY")
     assert sorted(rows) == sorted(names.values())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
@@ -33,13 +33,17 @@ from yarl import URL
 
 from worker.engine.bodies import check_json, clean_detail
 from worker.engine.guard import (
+    PERMANENT_DNS_ERRORS,
     AddressPolicy,
     BlockedAddressError,
     GuardedResolver,
+    ProxyEndpoints,
+    TargetCheck,
     guarded_socket_factory,
 )
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostPacer
+from worker.engine.proxy import ProxyRouter, Route, proxy_endpoints
 from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
@@ -52,6 +56,7 @@ from worker.errors import (
     InvalidJSONError,
     InvalidURLError,
     ProtocolError,
+    ProxyError,
     RedirectError,
     TimeoutError_,
     TooLargeError,
@@ -60,9 +65,6 @@ from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _JSON_BODY: Final = {"Content-Type": "application/json"}
-_PERMANENT_DNS_ERRORS: Final = frozenset(
-    {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-)
 _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
@@ -85,14 +87,18 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
     Must be called inside a running event loop; close it with ``await session.close()``.
     """
     policy = address_policy(settings)
+    # The operator's proxies may be private; what they connect to is judged by TargetCheck.
+    endpoints = proxy_endpoints(settings)
+    proxies = ProxyEndpoints(endpoints) if endpoints else None
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
         limit_per_host=settings.per_host,
-        resolver=GuardedResolver(DefaultResolver(), policy),
+        resolver=GuardedResolver(DefaultResolver(), policy, proxies),
         # The last word of the SSRF guard: every address is judged as its socket is created.
-        socket_factory=guarded_socket_factory(policy),
+        socket_factory=guarded_socket_factory(policy, proxies),
         ttl_dns_cache=60,
         enable_cleanup_closed=True,
+        ssl=tls_context(settings),
     )
     timeout = aiohttp.ClientTimeout(
         total=settings.request_timeout,
@@ -113,6 +119,15 @@ def create_session(settings: Settings) -> aiohttp.ClientSession:
         max_line_size=16 * 1024,
         max_field_size=16 * 1024,
     )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | bool:
+    """The system's CAs plus HARVESTER_CA_FILE's, or True (aiohttp's default) without one."""
+    if settings.ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=settings.ca_file)
+    return context
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -143,9 +158,13 @@ def map_client_error(exc: BaseException) -> FetchError:
         exc.os_error, BlockedAddressError
     ):
         return BlockedError(str(exc.os_error))
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return ProxyError(f"cannot connect to the proxy: {exc.os_error}", transient=True)
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return proxy_refusal(exc.status)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         # A name that does not exist will not exist on the next attempt either.
-        gone = getattr(exc.os_error, "errno", None) in _PERMANENT_DNS_ERRORS
+        gone = getattr(exc.os_error, "errno", None) in PERMANENT_DNS_ERRORS
         return ConnectError(f"DNS lookup failed: {exc.os_error}", transient=not gone)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return ConnectError(f"TLS error: {exc}", transient=False)
@@ -169,6 +188,21 @@ def map_client_error(exc: BaseException) -> FetchError:
     return InvalidURLError(f"invalid host: {exc}")
 
 
+def proxy_refusal(status: int) -> ProxyError:
+    """The proxy answered ``status`` instead of forwarding the request (or opening a tunnel)."""
+    if status == 407:
+        return ProxyError(
+            "the proxy refused the credentials (HTTP 407): check the user in HARVESTER_PROXY_URL "
+            "and the variable HARVESTER_PROXY_PASSWORD_ENV names",
+            status=status,
+        )
+    return ProxyError(
+        f"the proxy answered HTTP {status} instead of reaching the target",
+        status=status,
+        transient=status in TRANSIENT_STATUSES,
+    )
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, FetchError) and exc.transient
 
@@ -187,6 +221,9 @@ class Fetcher:
         self._session = session
         self._settings = settings
         self._policy = address_policy(settings)
+        # None without a proxy: then a request pays two None tests for proxies, per hop.
+        self._router = ProxyRouter.from_settings(settings)
+        self._targets = TargetCheck(self._policy)
         # In-flight requests of the whole process, handed out oldest job first (worker.slots).
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
@@ -346,10 +383,20 @@ class Fetcher:
         for _hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
+            route = None if self._router is None else await self._route(url)
+            sent, to_proxy = (headers, None) if route is None else route.headers(url, headers)
             async with self._session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
+                method,
+                url,
+                data=data,
+                allow_redirects=False,
+                headers=sent,
+                proxy=None if route is None else route.proxy,
+                proxy_headers=to_proxy,
             ) as resp:
                 status = resp.status
+                if status == 407 and route is not None:
+                    raise proxy_refusal(status)
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
@@ -380,6 +427,13 @@ class Fetcher:
                 raise
             return status, body, meta, link
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
+
+    async def _route(self, url: URL) -> Route | None:
+        """With a proxy configured, every target is judged before its request (the connector
+        sees only the proxy's address), and then routed, through the proxy or past it."""
+        await self._targets.check(url.raw_host or "")
+        assert self._router is not None
+        return self._router.route(url)
 
     def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:
         location = resp.headers.get("Location")

@@ -14,6 +14,11 @@ Three checks, each on what the next step will actually use:
    address took (a literal, DNS, anything an HTTP library's heuristics call a literal), nothing
    reaches ``connect()`` without passing the policy.
 
+With a forward proxy the connector connects to the proxy, not to the target, so checks 2 and 3
+see only the proxy's address. The proxy is the operator's choice and may be private: its
+host:port (`ProxyEndpoints`) is let through checks 2 and 3. The target is judged before the
+request instead (`TargetCheck`): resolved here, and refused if any of its addresses is refused.
+
 The policy refuses loopback, private, link-local (cloud metadata), CGNAT, multicast, reserved,
 documentation and site-local ranges and a few host-local cloud endpoints, and IPv6 forms that
 carry such an IPv4 address (mapped, translated, compatible, 6to4, Teredo, NAT64), unless
@@ -22,15 +27,18 @@ HARVESTER_ALLOWED_NETWORKS opens a range.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final
 from urllib.parse import unquote
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from worker.errors import BlockedError, FetchError, InvalidURLError
+from worker.errors import BlockedError, ConnectError, FetchError, InvalidURLError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,6 +89,12 @@ _HOST_NAME = re.compile(
 )
 
 _VERDICT_CACHE_SIZE = 10_000
+# Lookup failures that say the name does not exist: the next attempt will not find it either.
+PERMANENT_DNS_ERRORS: Final = frozenset(
+    {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+)
+# How long a proxied target's verdict is kept (the connector's DNS cache keeps answers as long).
+TARGET_VERDICT_TTL: Final = 60.0
 
 
 def host_problem(host: str) -> str | None:
@@ -207,16 +221,121 @@ class AddressPolicy:
                 raise BlockedAddressError(f"refused to connect to {addr}: address not allowed")
 
 
-def guarded_socket_factory(policy: AddressPolicy) -> Callable[[AddrInfo], socket.socket]:
+class ProxyEndpoints:
+    """The operator's forward proxies (host, port), which the connector may reach whatever
+    their address: names as configured, and the addresses those names resolved to."""
+
+    def __init__(self, endpoints: Iterable[tuple[str, int]]) -> None:
+        self._names = frozenset((host.strip("[]").lower(), port) for host, port in endpoints)
+        self._addresses = {(h, p) for h, p in self._names if _is_address(h)}
+
+    def is_proxy(self, host: str, port: int) -> bool:
+        """Whether ``host`` (as the connector resolves it) and ``port`` name a proxy."""
+        return (host.lower(), port) in self._names
+
+    def remember(self, results: Iterable[ResolveResult]) -> None:
+        """Note the addresses a proxy's name resolved to, for the socket factory."""
+        self._addresses.update((r["host"], r["port"]) for r in results)
+
+    def is_proxy_address(self, address: str, port: int) -> bool:
+        """Whether a socket to ``address``:``port`` is a connection to a proxy."""
+        return (address, port) in self._addresses
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def guarded_socket_factory(
+    policy: AddressPolicy, proxies: ProxyEndpoints | None = None
+) -> Callable[[AddrInfo], socket.socket]:
     """A socket factory for aiohttp's connector that judges every address before a socket for
-    it exists (aiohttp calls it for each address it is about to connect to)."""
+    it exists (aiohttp calls it for each address it is about to connect to). A socket to one of
+    ``proxies`` passes: the proxy's target was judged by `TargetCheck`."""
 
     def factory(addr_info: AddrInfo) -> socket.socket:
         family, type_, proto, _, address = addr_info
-        policy.check_sockaddr(family, address[0])
+        if proxies is None or not proxies.is_proxy_address(address[0], address[1]):
+            policy.check_sockaddr(family, address[0])
         return socket.socket(family=family, type=type_, proto=proto)
 
     return factory
+
+
+Lookup = Callable[[str], Awaitable[list[str]]]
+
+
+async def lookup(host: str) -> list[str]:
+    """Every address ``host`` resolves to (both families), as the system resolver answers."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class TargetCheck:
+    """Judges the target of a request that goes through a proxy, which will resolve and connect
+    to it out of the connector's sight: a name is resolved here, and refused if ANY of its
+    addresses is refused (the proxy may connect to any of them). Verdicts are kept for
+    `TARGET_VERDICT_TTL` seconds."""
+
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolve: Lookup = lookup,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy = policy
+        self._resolve = resolve
+        self._clock = clock
+        self._verdicts: dict[str, tuple[float, FetchError | None]] = {}
+
+    async def check(self, host: str) -> None:
+        """Raise `BlockedError`, `InvalidURLError` or `ConnectError` (lookup failed) unless
+        ``host`` (a URL's raw host) may be requested through a proxy."""
+        self._policy.check(host)  # literals and malformed hosts, as for a direct request
+        cached = self._verdicts.get(host)
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            refusal = cached[1]
+        else:
+            refusal = await self._judge(host)
+            if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+                self._verdicts.clear()
+            self._verdicts[host] = (now + TARGET_VERDICT_TTL, refusal)
+        if refusal is not None:
+            raise type(refusal)(refusal.detail, transient=refusal.transient)
+
+    async def _judge(self, host: str) -> FetchError | None:
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if _is_address(unquote(literal)):
+            return None  # an address literal: AddressPolicy.check has judged it
+        try:
+            addresses = await self._resolve(host.rstrip("."))
+        except socket.gaierror as exc:
+            gone = exc.errno in PERMANENT_DNS_ERRORS
+            return ConnectError(f"DNS lookup failed: {exc}", transient=not gone)
+        except (OSError, UnicodeError) as exc:
+            return ConnectError(f"DNS lookup failed: {exc}")
+        refused = sorted({a for a in addresses if not _allowed_address(self._policy, a)})
+        if refused or not addresses:
+            return BlockedError(
+                f"{host} resolves to addresses that are not allowed ({', '.join(refused)})"
+            )
+        return None
+
+
+def _allowed_address(policy: AddressPolicy, host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # not an address at all: never connect to it
+    zoned = isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
+    if zoned and not policy.allow_zone_ids:
+        return False
+    return policy.is_allowed(addr)
 
 
 class GuardedResolver(AbstractResolver):
@@ -225,29 +344,28 @@ class GuardedResolver(AbstractResolver):
     If nothing is left, raises `BlockedError`, so no connection is ever opened to the target.
     """
 
-    def __init__(self, inner: AbstractResolver, policy: AddressPolicy) -> None:
+    def __init__(
+        self,
+        inner: AbstractResolver,
+        policy: AddressPolicy,
+        proxies: ProxyEndpoints | None = None,
+    ) -> None:
         self._inner = inner
         self._policy = policy
+        self._proxies = proxies
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        kept = [r for r in results if self._allowed(r["host"])]
+        if self._proxies is not None and self._proxies.is_proxy(host, port):
+            self._proxies.remember(results)  # the operator's proxy, wherever it is
+            return results
+        kept = [r for r in results if _allowed_address(self._policy, r["host"])]
         if not kept:
             addrs = ", ".join(sorted({r["host"] for r in results}))
             raise BlockedError(f"{host} resolves only to addresses that are not allowed ({addrs})")
         return kept
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return False  # not an address at all: never connect to it
-        zoned = isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
-        if zoned and not self._policy.allow_zone_ids:
-            return False
-        return self._policy.is_allowed(addr)
 
     async def close(self) -> None:
         await self._inner.close()

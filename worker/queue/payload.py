@@ -102,10 +102,10 @@ def _header_schema() -> dict[str, Any]:
     }
 
 
-def _check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+def _check_headers(headers: dict[str, str] | None, said: str = "") -> dict[str, str] | None:
     problems = header_problems(headers) if headers else []
     if problems:
-        raise ValueError("'headers': " + "; ".join(problems))
+        raise ValueError(said + "; ".join(problems))
     return headers
 
 
@@ -274,7 +274,7 @@ _BATCH_SCHEMA: Final[Any] = {
 
 
 class FetchBatch(BaseModel):
-    """A batch of URLs to fetch: the keyword arguments of one ``fetch_batch`` job."""
+    """A batch of URLs or requests to fetch: the keyword arguments of one ``fetch_batch`` job."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -316,7 +316,10 @@ class FetchBatch(BaseModel):
         description="Walk each request's pages: each page lands as a row of its own, numbered, "
         'with its URL. See docs/jobs.md, "Paginated walks".',
     )
-    _requests: list[Request] = PrivateAttr(default_factory=list)
+    # The engine's requests: built by the validator for `requests` (each must be judged), on
+    # first use for `urls` (one body for all, judged once), so intakes never build them.
+    _requests: list[Request] | None = PrivateAttr(default=None)
+    _body: Body | None = PrivateAttr(default=None)
 
     @field_validator("urls", "requests")
     @classmethod
@@ -343,7 +346,7 @@ class FetchBatch(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers_ok(cls, headers: dict[str, str]) -> dict[str, str]:
-        return _check_headers(headers) or {}
+        return _check_headers(headers, "'headers': ") or {}
 
     @field_validator("source")
     @classmethod
@@ -371,17 +374,16 @@ class FetchBatch(BaseModel):
                 "'paginate' cannot be combined with 'scheduled': a poll of a registered source "
                 "fetches one page"
             )
-        self._requests = self._build()
+        self._body = _body("'json'", self.method, self.json_body)
+        if self.requests is not None:
+            self._requests = self._build(self.requests)
         return self
 
-    def _build(self) -> list[Request]:
-        batch_body = _body("'json'", self.method, self.json_body)
+    def _build(self, specs: list[RequestSpec]) -> list[Request]:
+        batch_body = self._body
         base = self.headers or NO_HEADERS
-        if self.urls is not None:
-            method = self.method
-            return [Request(u, method, batch_body, base) for u in self.urls]
         requests = []
-        for i, spec in enumerate(self.requests or ()):
+        for i, spec in enumerate(specs):
             method = spec.method or self.method
             if spec.json_body is not None:
                 body = _body(f"'requests[{i}].json'", method, spec.json_body)
@@ -398,12 +400,15 @@ class FetchBatch(BaseModel):
 
     def requests_of(self) -> list[Request]:
         """The batch as the engine's requests, in order (duplicates kept)."""
+        if self._requests is None:
+            method, body, base = self.method, self._body, self.headers or NO_HEADERS
+            self._requests = [Request(u, method, body, base) for u in self.urls or ()]
         return self._requests
 
     @property
     def size(self) -> int:
         """How many requests (URLs) the batch holds, duplicates counted."""
-        return len(self._requests)
+        return len(self.urls if self.urls is not None else self.requests or ())
 
     def as_kwargs(self) -> dict[str, Any]:
         """The job's keyword arguments as enqueued: defaults left out, so a plain batch is
@@ -598,5 +603,7 @@ def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
             words = "must be a string or null"
         return f"'{field}' {words}, got {type(error['input']).__name__}"
     if kind == "value_error":
-        return error["msg"].removeprefix("Value error, ")
+        said = error["msg"].removeprefix("Value error, ")
+        # A request's own validators do not know where the request is: say it for them.
+        return f"'{field}': {said}" if len(error["loc"]) > 1 else said
     return f"'{field}': {error['msg']}"
