@@ -8,8 +8,14 @@ repeated (medians are reported):
   harvester    jobs through Redis, `harvester worker --burst`, until every row is committed
   naive        the seed tutorial's pattern through arq (see bench/naive.py)
 
-plus harvester with 2 worker processes and with batches of 100, 1,000 and 10,000 URLs. Prints a
-table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
+plus harvester with 2 worker processes and with batches of 100, 1,000 and 10,000 URLs, and
+against a JSON API upstream (`bench.api`, granian):
+
+  api plain    plain GETs, batches of 1,000
+  api pages    walks of 10 pages following `Link: rel="next"`, batches of 100 walks (1,000 pages):
+               the same number of rows, each page a row; compared with api plain
+
+Prints a table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import redis.asyncio as aioredis
 from bench import upstream as upstream_mod
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
-from worker.queue.client import enqueue_urls, open_queue
+from worker.queue.client import enqueue_batch, enqueue_urls, open_queue
+from worker.queue.payload import FetchBatch, make_batch
 from worker.settings import load_settings
 
 QUEUE = "harvester:bench"
@@ -65,12 +72,22 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
+# Pages per walk in the "api pages" case.
+WALK_PAGES = 10
+
+
 class Bench:
     def __init__(
-        self, args: argparse.Namespace, up: upstream_mod.Upstream, db: str, rd: str
+        self,
+        args: argparse.Namespace,
+        up: upstream_mod.Upstream,
+        api: upstream_mod.Api,
+        db: str,
+        rd: str,
     ) -> None:
         self.args = args
         self.up = up
+        self.api_up = api
         self.db = db
         self.rd = rd
 
@@ -109,6 +126,12 @@ class Bench:
                 for i in range(0, len(urls), batch):
                     await redis.enqueue_job(function, urls=urls[i : i + batch])
 
+    async def _enqueue_batches(self, batches: list[FetchBatch]) -> None:
+        settings = load_settings(database_url=self.db, redis_url=self.rd, queue=QUEUE)
+        async with open_queue(settings) as redis:
+            for batch in batches:
+                await enqueue_batch(redis, batch)
+
     async def _count(self, table: str) -> int:
         conn = await asyncpg.connect(self.db)
         try:
@@ -146,6 +169,31 @@ class Bench:
         asyncio.run(self._reset())
         n = self.args.urls
         asyncio.run(self._enqueue(self.urls(kb, n, f"h{time.monotonic_ns()}"), batch))
+        name = "harvester" if workers == 1 else f"harvester x{workers}"
+        return self._work(name, kb, batch, n, workers, **settings)
+
+    def api(self, kb: int, pages: int = 0) -> Run:
+        """The API upstream: plain GETs, or walks of ``pages`` pages (the same number of rows)."""
+        asyncio.run(self._reset())
+        n = self.args.urls
+        tag = time.monotonic_ns()
+        if pages:
+            walks = [self.api_up.url(kb, i, pages) + f"&r={tag}" for i in range(n // pages)]
+            size = 1000 // pages
+            paginate = {"next": "link", "max_pages": pages}
+            batches = [
+                make_batch(urls=walks[i : i + size], paginate=paginate)
+                for i in range(0, len(walks), size)
+            ]
+            asyncio.run(self._enqueue_batches(batches))
+            return self._work("api pages", kb, size, len(walks) * pages)
+        asyncio.run(self._enqueue([self.api_up.url(kb, i) + f"&r={tag}" for i in range(n)], 1000))
+        return self._work("api plain", kb, 1000, n)
+
+    def _work(
+        self, name: str, kb: int, batch: int, n: int, workers: int = 1, **settings: object
+    ) -> Run:
+        """Run ``workers`` burst workers over what is queued; ``n`` rows must land."""
         env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
         started = time.perf_counter()
         procs = [
@@ -158,7 +206,6 @@ class Bench:
         landed = asyncio.run(self._count("documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
-        name = "harvester" if workers == 1 else f"harvester x{workers}"
         return Run(name, kb, batch, workers, n, seconds, wall, max(rss for _, rss in waited))
 
     def naive(self, kb: int, batch: int) -> Run:
@@ -185,9 +232,13 @@ def _paired_ratio(a: Run, b: Run) -> float:
 
 
 def ratios(runs: list[Run]) -> dict[str, float]:
-    """harvester runs against the ceiling and the naive baseline of the same body size."""
+    """harvester runs against the ceiling and the naive baseline of the same body size, and
+    paged API walks against plain API GETs."""
     out: dict[str, float] = {}
     for r in runs:
+        plain = next((x for x in runs if x.name == "api plain" and x.size_kb == r.size_kb), None)
+        if r.name == "api pages" and plain is not None:
+            out[f"{r.size_kb}K api pages / api plain"] = round(_paired_ratio(r, plain), 3)
         if not r.name.startswith("harvester"):
             continue
         for base in ("ceiling", "naive"):
@@ -215,6 +266,8 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
             (f"harvester2 {kb} b1000", lambda kb=kb: b.harvester(kb, 1000, workers=2)),
             (f"harvester {kb} b100", lambda kb=kb: b.harvester(kb, 100)),
             (f"harvester {kb} b10000", lambda kb=kb: b.harvester(kb, 10000)),
+            (f"api plain {kb}", lambda kb=kb: b.api(kb)),
+            (f"api pages {kb}", lambda kb=kb: b.api(kb, WALK_PAGES)),
         ]
     return plan
 
@@ -235,6 +288,9 @@ def _table(runs: list[Run]) -> str:
                 shown.append(f"{_paired_ratio(r, ceiling):.2f}x ceiling")
             if r.name.startswith("harvester") and naive:
                 shown.append(f"{_paired_ratio(r, naive):.2f}x naive")
+            plain = next((x for x in group if x.name == "api plain"), None)
+            if r.name == "api pages" and plain:
+                shown.append(f"{_paired_ratio(r, plain):.3f}x api plain")
             lines.append(
                 f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
                 f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
@@ -270,13 +326,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
         root = Path(tmp)
         up = upstream_mod.start(root / "upstream", sizes, prefer=args.upstream)
+        api = upstream_mod.start_api()
         pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
         try:
             db = args.database_url or pg.start()  # type: ignore[union-attr]
             rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
             asyncio.run(migrate(db))
-            bench = Bench(args, up, db, rurl)
+            bench = Bench(args, up, api, db, rurl)
             plan = _plan(bench, sizes)
             if args.only:
                 wanted = [w.strip() for w in args.only.split(",")]
@@ -294,6 +351,7 @@ def main() -> int:
             runs = [_median(v) for v in samples.values()]
         finally:
             up.stop()
+            api.stop()
             if rd is not None:
                 rd.stop()
             if pg is not None:

@@ -61,11 +61,15 @@ class Upstream:
         return f"{self.base}{self.prefix}/{size_kb}k.json?i={i}"
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _stop(self.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _write_files(root: Path, sizes_kb: list[int]) -> Path:
@@ -116,7 +120,15 @@ http {{
     return subprocess.Popen(["nginx", "-c", str(conf), *user_opts], stderr=subprocess.DEVNULL)
 
 
-def _granian(www: Path, port: int) -> subprocess.Popen[bytes]:
+def _granian(port: int) -> list[str]:
+    """The command of a one-worker granian on a loopback ``port`` (an app to follow)."""
+    return [
+        *(sys.executable, "-m", "granian", "--interface", "asginl", "--host", "127.0.0.1"),
+        *("--port", str(port), "--workers", "1", "--no-ws", "--log-level", "warning"),
+    ]
+
+
+def _granian_static(www: Path, port: int) -> subprocess.Popen[bytes]:
     app = www.parent / "granian_app.py"
     app.write_text(
         "async def app(scope, receive, send):\n"
@@ -125,20 +137,7 @@ def _granian(www: Path, port: int) -> subprocess.Popen[bytes]:
     )
     return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asginl",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-ws",
-            "--log-level",
-            "warning",
+            *_granian(port),
             "--static-path-route",
             "/s",
             "--static-path-mount",
@@ -155,7 +154,33 @@ def start(root: Path, sizes_kb: list[int], prefer: str | None = None) -> Upstrea
     www = _write_files(root, sizes_kb)
     port = _free_port()
     use_nginx = prefer == "nginx" or (prefer is None and shutil.which("nginx") is not None)
-    proc = _nginx(root, www, port) if use_nginx else _granian(www, port)
+    proc = _nginx(root, www, port) if use_nginx else _granian_static(www, port)
     _wait_for_port(port)
     base = f"http://127.0.0.1:{port}"
     return Upstream("nginx", base, proc) if use_nginx else Upstream("granian", base, proc, "/s")
+
+
+@dataclass
+class Api:
+    """The API upstream (`bench.api`): plain and Link-paged JSON from one granian process."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+
+    def url(self, size_kb: int, i: int, pages: int = 0) -> str:
+        return f"{self.base}/api/{size_kb}k.json?i={i}" + (f"&pages={pages}" if pages else "")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def start_api() -> Api:
+    """Start `bench.api` under granian on a free loopback port."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*_granian(port), "bench.api:app"],
+        cwd=Path(__file__).resolve().parent.parent,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for_port(port)
+    return Api(f"http://127.0.0.1:{port}", proc)

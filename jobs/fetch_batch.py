@@ -50,6 +50,7 @@ async def _abandon(ctx: JobContext, batch: FetchBatch, job_try: int) -> dict[str
         ctx["settings"],
         kind="abandoned",
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
+        paginated=batch.paginate is not None,
     )
     log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
     metrics.record_job("abandoned")
@@ -74,6 +75,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
         priority=int(ctx["enqueue_time"].timestamp() * 1000),
         sources=states,
         profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
+        paginate=batch.paginate.spec() if batch.paginate is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]
@@ -82,12 +84,14 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
 
 def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
     try:
+        settings = ctx["settings"]
         batch = parse_batch(
             args,
             kwargs,
-            max_urls=ctx["settings"].max_batch_urls,
+            max_urls=settings.max_batch_urls,
             job_id=ctx["job_id"],
             profiles=ctx["credentials"].profiles,
+            max_pages=settings.max_pages,
         )
     except BadJobError as exc:
         log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - the reason is all

@@ -23,8 +23,10 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-
         ├── TooLargeError          kind "too_large"      body over HARVESTER_MAX_BODY_BYTES
         ├── ContentTypeError       kind "content_type"   declared content type is not JSON
         ├── InvalidJSONError       kind "invalid_json"   body is not JSON Postgres can store
-        └── AuthError              kind "auth"           an OAuth2 token endpoint gave no token
-                                                         (transient when it timed out or 5xx)
+        ├── AuthError              kind "auth"           an OAuth2 token endpoint gave no token
+        │                                                (transient when it timed out or 5xx)
+        └── PaginationError        kind "pagination"     a page's next page cannot be followed
+            └── PaginationLoopError    kind "pagination_loop"  a next page fetched already
 
 A `FetchError` knows whether it is ``transient`` (worth another attempt) and may carry the
 HTTP ``status`` and a server's ``retry_after`` in seconds. What "transient" means is defined
@@ -170,3 +172,17 @@ class InvalidJSONError(FetchError):
 
 class AuthError(FetchError):
     kind = "auth"
+
+
+class PaginationError(FetchError):
+    """A page's next page cannot be followed; ``target`` is its URL when one was read."""
+
+    kind = "pagination"
+
+    def __init__(self, detail: str, *, target: str | None = None) -> None:
+        super().__init__(detail)
+        self.target = target
+
+
+class PaginationLoopError(PaginationError):
+    kind = "pagination_loop"

@@ -138,6 +138,8 @@ class Settings(BaseSettings):
     # The largest job a worker reads from Redis (its JSON, URLs included).
     max_job_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     max_url_length: int = Field(default=8192, ge=64, le=1_000_000)
+    # The highest `paginate.max_pages` a job may ask for.
+    max_pages: int = Field(default=1000, ge=1, le=1_000_000)
     job_timeout: float = Field(default=120.0, ge=5, le=86_400)
     max_jobs: int = Field(default=4, ge=1, le=1000)
     job_tries: int = Field(default=20, ge=1, le=1000)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from jobs.cron import cron_name
 from worker.settings import Settings, load_settings
@@ -37,7 +41,6 @@ def with_database(url: str, name: str) -> str:
 @contextlib.asynccontextmanager
 async def scratch_database(url: str, prefix: str = "harvester_scratch") -> AsyncIterator[str]:
     """A new, empty database on the server of ``url``, as a DSN; dropped on exit."""
-    import asyncpg
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
@@ -107,3 +110,14 @@ def settings_factory(**base: Any) -> Callable[..., Settings]:
         return load_settings(**{**base, **overrides})
 
     return factory
+
+
+def migrations_up_to(folder: Path, last: int) -> Path:
+    """``folder`` holding harvester's migrations numbered up to ``last`` (to migrate a database
+    to an earlier version)."""
+    from worker.engine.migrate import SQL_DIR
+
+    for path in SQL_DIR.glob("*.sql"):
+        if path.name[:3].isdigit() and int(path.name[:3]) <= last:
+            shutil.copy(path, folder / path.name)
+    return folder

@@ -19,9 +19,15 @@ Routes (all on one loopback port):
                                      test sets
   /api/{path}                        JSON naming the path: the docs' api.example.com; a path
                                      whose first segment is in ``upstream.locks`` demands that
-                                     credential (`tests.helpers.locks`)
+                                     credential (`tests.helpers.locks`); /api/paged/{style}/{name}:
+                                     `pages` under it
   /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
   /echo-auth/{name}                  403, its reason phrase echoing the credential it received
+  /pages/{style}/{name}?n=N          any method: N pages (style link, json or cursor), page K at
+                                     ?page=K (?cursor=cK for cursor); scripted by fail_at=K (page
+                                     K answers 404), loop_at=K (page K's next is page 1),
+                                     next_base=B (next pages on base B), gate_at=K (page K
+                                     answers once the test sets ``upstream.gate``)
   /echo/{name}?delay=S               any method: JSON naming ``name``, the method and the body,
                                      after S seconds (0 by default)
   /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
@@ -142,6 +148,7 @@ class Upstream:
         r.add_get("/loop", self._loop)
         r.add_get("/redirect-to", self._redirect_to)
         r.add_get("/feed/{name}", self._feed)
+        r.add_route("*", "/pages/{style}/{name}", self._pages)
         r.add_route("*", "/echo/{name}", self._echo)
         r.add_route("*", "/redirect-as/{code}", self._redirect_as)
         r.add_get("/served/{name}", self._served)
@@ -203,6 +210,8 @@ class Upstream:
 
     async def _api(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
+        if path.startswith("paged/"):
+            return await paged(request, "/api/paged", *path.split("/")[1:3])
         lock = self.locks.get(path.split("/", 1)[0])
         refusal = lock.judge(request, self.tokens) if lock is not None else None
         if refusal is not None:
@@ -326,6 +335,10 @@ class Upstream:
         # Sent raw, as a hostile server would: not normalised by yarl on the way out.
         return web.Response(status=302, headers={"Location": request.query["location"]})
 
+    async def _pages(self, request: web.Request) -> web.Response:
+        style, name = request.match_info["style"], request.match_info["name"]
+        return await paged(request, "/pages", style, name, self.gate)
+
     async def _echo(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("delay", "0")))
         raw = await request.read()
@@ -363,3 +376,44 @@ class Upstream:
             del headers["Content-Type"]
             return web.Response(status=304, headers=headers)
         return web.Response(body=feed.body(name), headers=headers)
+
+
+async def paged(
+    request: web.Request, prefix: str, style: str, name: str, gate: asyncio.Event | None = None
+) -> web.Response:
+    """Page K of a paged endpoint (see the module docstring): its items, and its next page in
+    the ``Link`` header (style link), the body's ``links.next`` (json) or ``meta.next_cursor``
+    (cursor)."""
+    q = request.query
+    n = int(q.get("n", "3"))
+    cursor = q.get("cursor", "")
+    page = int(cursor.removeprefix("c") or "1") if style == "cursor" else int(q.get("page", "1"))
+    if gate is not None and page == int(q.get("gate_at", "0")):
+        await gate.wait()
+    if page == int(q.get("fail_at", "0")):
+        return web.Response(
+            status=404, body=b'{"error": "scripted"}', content_type="application/json"
+        )
+    nxt = page + 1 if page < n else None
+    if nxt is not None and page == int(q.get("loop_at", "0")):
+        nxt = 1
+    body: dict[str, object] = {
+        "name": name,
+        "page": page,
+        "items": [page * 10 + i for i in range(3)],
+    }
+    headers = {}
+    if nxt is not None:
+        kept = {k: v for k, v in q.items() if k not in ("page", "cursor")}
+        target = request.url.with_path(f"{prefix}/{style}/{name}").with_query(kept)
+        target = target.update_query(page=nxt) if style != "cursor" else target
+        link = f"{q.get('next_base', '')}{target.path_qs}"
+        if style == "link":
+            headers["Link"] = f'<{link}>; rel="next", <{prefix}/{style}/{name}>; rel="first"'
+        elif style == "json":
+            body["links"] = {"next": link}
+    if style == "json" and nxt is None:
+        body["links"] = {"next": None}
+    if style == "cursor":
+        body["meta"] = {"next_cursor": f"c{nxt}" if nxt is not None else None}
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)

@@ -284,3 +284,31 @@ async def test_a_scheduled_source_polls_with_its_profile(
     assert jobs == {(locked,): "bearer", (plain,): None}
     await make_worker(credentials=credentials_file).main()
     assert await _outcomes(pool) == {locked: ("document", 200), plain: ("document", 200)}
+
+
+async def test_a_walk_stores_and_follows_next_links_without_an_echoed_query_secret(
+    credentials_file: Path,
+    upstream: Upstream,
+    arq_queue: ArqRedis,
+    pool: asyncpg.Pool,
+    make_worker: Callable[..., Worker],
+) -> None:
+    """An API that builds its next links from the signed URL (``?api_key=...&page=2``): each
+    page is asked with the key once, and no page_url or next_url stores it."""
+    secret = SECRET_ENV["TEST_QUERY_KEY"]
+    url = upstream.url("/pages/link/keyed?n=3")
+    await arq_queue.enqueue_job(
+        "fetch_batch", urls=[url], auth="query", paginate={"next": "link"}, _job_id="keyed"
+    )
+    worker = make_worker(credentials=credentials_file)
+    await worker.main()
+    rows = await pool.fetch(
+        "SELECT page, page_url, next_url FROM documents WHERE job_id = 'keyed' ORDER BY page"
+    )
+    assert [r["page"] for r in rows] == [1, 2, 3]
+    stored = " ".join(f"{r['page_url']} {r['next_url']}" for r in rows)
+    assert secret not in stored
+    assert "api_key" not in stored
+    asked = [h.path for h in upstream.hits if h.path.startswith("/pages/link/keyed")]
+    assert len(asked) == 3
+    assert all(p.count("api_key=") == 1 and secret in p for p in asked)

@@ -45,6 +45,9 @@ SESSIONS: dict[str, list[str]] = {
         "http-enqueue",
         "query",
         "procfile",
+        "pages-link",
+        "pages-json",
+        "pages-cursor",
     ],
     # The README's "APIs that need credentials", in a session of its own: its worker has the
     # credentials file, the quickstart's does not.
@@ -201,8 +204,17 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         return await _landed(pool) >= {"items/1", "items/2", "items/3", "items/4", "items/5"}
 
     await wait_until(all_landed, timeout=60)
+
+    async def all_pages_landed() -> bool:
+        pages = await pool.fetch("SELECT url, page FROM documents WHERE source = 'pages'")
+        return len(pages) == 9  # three pages for each of the three styles
+
+    await wait_until(all_pages_landed, timeout=60)
     assert (
-        await pool.fetchval("SELECT count(*) - count(DISTINCT (job_id, url)) FROM documents") == 0
+        await pool.fetchval(
+            "SELECT count(*) - count(DISTINCT (job_id, url, COALESCE(page, 0))) FROM documents"
+        )
+        == 0
     )
     assert "items/1" in session.stdout  # psql printed the landed rows
     assert "Traceback" not in session.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.helpers import Services, scratch_database
+from tests.helpers import Services, migrations_up_to, scratch_database
 from worker.engine.migrate import SQL_DIR, discover, migrate
 
 
@@ -57,7 +57,7 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
                 "INSERT INTO fetch_failures (job_id, url, error, attempts) "
                 "VALUES ('old', 'http://a/y', 'timeout', 3)"
             )
-            applied = await migrate(url)
+            applied = await migrate(url, migrations_up_to(tmp_path, 6))
             rows = await conn.fetch(
                 f"SELECT url, method, body_hash, request, {_KEYS} FROM documents UNION ALL "
                 f"SELECT url, method, body_hash, request, {_KEYS} FROM fetch_failures ORDER BY url"
@@ -77,3 +77,41 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
         ("http://a/y", "GET", None, None, True),
     ]
     assert (again, post) == ("INSERT 0 0", "INSERT 0 1")
+
+
+async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
+    services: Services, tmp_path: Path
+) -> None:
+    """After 007 a request holds a row per page; a page, or an unpaginated row landed before
+    007, conflicts with itself on a re-run."""
+    insert = (
+        "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts{}) "
+        "VALUES ('old', 'http://a/x', 200, '{{}}', 1, 1{})"
+    )
+    on_conflict = (
+        " ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0))"
+        " DO NOTHING"
+    )
+    async with scratch_database(services.database_url, "harvester_mig") as url:
+        await migrate(url, migrations_up_to(_folder(tmp_path, "006"), 6))
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(insert.format("", ""))
+            applied = await migrate(url, migrations_up_to(_folder(tmp_path, "007"), 7))
+            page = (", page, page_url", ", {}, 'http://a/x?p={}'")
+            results = [
+                await conn.execute(insert.format("", "") + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(1, 1)) + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
+                await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
+            ]
+        finally:
+            await conn.close()
+    assert [m.version for m in applied] == [7]
+    assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0"]
+
+
+def _folder(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    return folder

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
-from worker.engine.auth import may_send
-from worker.engine.credentials import load_credentials, profile_names
+from worker.engine.auth import may_send, unsigned
+from worker.engine.credentials import Profile, load_credentials, profile_names
 from worker.errors import ConfigError
 from worker.logs import redact
 
@@ -172,3 +172,17 @@ def test_a_secret_goes_only_to_the_listed_host_and_port(tmp_path: Path) -> None:
     local = URL("http://127.0.0.1:8443/x")
     assert may_send(crm, local, local)
     assert not may_send(crm, URL("http://127.0.0.1:8444/x"), local)
+
+
+def test_unsigned_takes_only_a_query_profiles_parameter_off_a_url() -> None:
+    """A next link that echoes the key loses it and keeps every other byte; other profile
+    types and URLs without the parameter are left as they are."""
+    query = Profile("q", "query", frozenset(), "api_key", "s3cr3t")
+    bearer = Profile("b", "bearer", frozenset(), "", "s3cr3t")
+    assert unsigned(query, "https://a.test/x?api_key=s3cr3t&page=2") == "https://a.test/x?page=2"
+    assert unsigned(query, "https://a.test/x?q=a%20b&api_key=s3cr3t") == "https://a.test/x?q=a%20b"
+    assert unsigned(query, "https://a.test/x?api_key=s3cr3t#f") == "https://a.test/x#f"
+    assert unsigned(query, "https://a.test/api_key?x=1") == "https://a.test/api_key?x=1"
+    assert unsigned(query, "https://a.test/x?my_api_key=1") == "https://a.test/x?my_api_key=1"
+    assert unsigned(bearer, "https://a.test/x?api_key=s3cr3t") == "https://a.test/x?api_key=s3cr3t"
+    assert unsigned(None, "https://a.test/x?api_key=1") == "https://a.test/x?api_key=1"

@@ -112,6 +112,22 @@ def test_the_readmes_contract_table_names_exactly_the_models_fields(repo_root: P
         {"urls": ["http://a/"], "headers": {"X-A": "a\r\nb"}},
         {"urls": ["http://a/"], "headers": {"bad name": "x"}},
         {"urls": ["http://a/"], "headers": {f"X-{i}": "v" for i in range(33)}},
+        {"urls": ["http://a/"], "paginate": {"next": "link", "max_pages": 5}},
+        {"urls": ["http://a/"], "paginate": {"next": "json", "path": "links.next"}},
+        {"urls": ["http://a/"], "paginate": {"next": None, "cursor": {"path": "c", "param": "p"}}},
+        {"urls": ["http://a/"], "paginate": None},
+        {"urls": ["http://a/"], "paginate": {}},
+        {"urls": ["http://a/"], "paginate": {"next": None}},
+        {"urls": ["http://a/"], "paginate": {"next": "json"}},
+        {"urls": ["http://a/"], "paginate": {"next": "link", "path": "a"}},
+        {"urls": ["http://a/"], "paginate": {"next": "json", "path": "a..b"}},
+        {
+            "urls": ["http://a/"],
+            "paginate": {"next": "link", "cursor": {"path": "c", "param": "p"}},
+        },
+        {"urls": ["http://a/"], "paginate": {"cursor": {"path": "c", "param": ""}}},
+        {"urls": ["http://a/"], "paginate": {"next": "link", "max_pages": 1001}},
+        {"urls": ["http://a/"], "paginate": {"next": "link", "extra": 1}},
     ],
 )
 def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:
@@ -125,7 +141,7 @@ def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:
     by_schema = jsonschema.Draft202012Validator(schema).is_valid(body)
     fields = {k: v for k, v in body.items() if k != "job_id"}
     try:
-        parse_batch((), fields, max_urls=5, job_id=body.get("job_id") or "j")
+        parse_batch((), fields, max_urls=5, job_id=body.get("job_id") or "j", max_pages=1000)
     except BadJobError:
         by_model = False
     else:

@@ -47,6 +47,21 @@ def may_send(profile: Profile, url: URL, first: URL) -> bool:
     return profile.allows(url)
 
 
+def unsigned(profile: Profile | None, url: str) -> str:
+    """``url`` without a query profile's parameter: a next-page link an API built from the
+    signed URL it was asked (``?api_key=...&page=2``) is stored and followed clean; the
+    parameter goes back on by `Authorizer.sign`, only to the profile's hosts. The rest of the
+    URL is kept byte for byte."""
+    if profile is None or profile.type != "query" or profile.key not in url:
+        return url
+    base, _, rest = url.partition("?")
+    query, hashmark, fragment = rest.partition("#")
+    kept = [p for p in query.split("&") if p.partition("=")[0] != profile.key]
+    if len(kept) == query.count("&") + 1:
+        return url
+    return base + ("?" + "&".join(kept) if kept else "") + hashmark + fragment
+
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str

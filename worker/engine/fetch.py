@@ -72,6 +72,8 @@ _JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "applicatio
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
+# What one attempt got: status, body, cache headers (conditional requests), Link headers.
+_Response = tuple[int, bytes, ResponseMeta | None, tuple[str, ...]]
 # Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
 Admit = Callable[[int], Awaitable[None]]
 
@@ -239,6 +241,8 @@ class Fetcher:
         validators: Validators | None = None,
         admit: Admit | None = None,
         profile: Profile | None = None,
+        *,
+        links: bool = False,
     ) -> Outcome:
         """Fetch ``request`` (or a plain GET of a URL, as enqueued) into an `Outcome`; never
         raises for the URL's own faults. The outcome carries the `Request` it answers.
@@ -249,6 +253,8 @@ class Fetcher:
         ``admit`` before its request slot is given back, so bodies waiting for the caller's room
         never outnumber the slots. With a credential ``profile``, each hop to a host the profile
         lists carries its secret (`worker.engine.auth`); the outcome keeps ``url`` as given.
+        With ``links`` a `Fetched` carries the response's ``Link`` headers (a paginated walk
+        reads its next page there).
         """
         started = time.monotonic()
         req = request if isinstance(request, Request) else Request(request)
@@ -259,23 +265,23 @@ class Fetcher:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0, request=req)
         attempts = 1
         try:
-            status, body, meta = await self._attempt(
-                target, req, priority, validators, admit, profile
+            status, body, meta, link = await self._attempt(
+                target, req, priority, validators, admit, profile, links
             )
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(req, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
-                status, body, meta, attempts = await self._retry(
-                    target, req, exc, started, priority, validators, admit, profile
+                status, body, meta, link, attempts = await self._retry(
+                    target, req, exc, started, priority, validators, admit, profile, links
                 )
             except _RetriesExhausted as gave_up:
                 return _failed(req, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if status == 304 and meta is not None:
             return NotModified(url, elapsed_ms, attempts, meta)
-        return Fetched(url, status, body, elapsed_ms, attempts, meta, req)
+        return Fetched(url, status, body, elapsed_ms, attempts, meta, req, link)
 
     def _parse(self, raw: str) -> URL:
         if len(raw) > self._settings.max_url_length:
@@ -310,7 +316,8 @@ class Fetcher:
         validators: Validators | None,
         admit: Admit | None,
         profile: Profile | None,
-    ) -> tuple[int, bytes, ResponseMeta | None, int]:
+        links: bool,
+    ) -> tuple[int, bytes, ResponseMeta | None, tuple[str, ...], int]:
         s = self._settings
         attempts = 1
         # The time bound covers the waits too: never sleep past it to try once more.
@@ -340,12 +347,12 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta = await self._attempt(
-                        target, request, priority, validators, admit, profile
+                    status, body, meta, link = await self._attempt(
+                        target, request, priority, validators, admit, profile, links
                     )
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
-        return status, body, meta, attempts
+        return status, body, meta, link, attempts
 
     async def _attempt(
         self,
@@ -355,20 +362,23 @@ class Fetcher:
         validators: Validators | None,
         admit: Admit | None,
         profile: Profile | None,
-    ) -> tuple[int, bytes, ResponseMeta | None]:
+        links: bool,
+    ) -> _Response:
         host = target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
         async with self._slots.slot(priority):
             try:
                 try:
-                    status, body, meta = await self._follow(target, request, validators, profile)
+                    status, body, meta, link = await self._follow(
+                        target, request, validators, links, profile
+                    )
                 except _StaleToken as stale:
                     # An OAuth2 token refused with 401: a new one, and the request once more.
                     assert profile is not None
                     self.auth.expire(profile, stale.token)
-                    status, body, meta = await self._follow(
-                        target, request, validators, profile, True
+                    status, body, meta, link = await self._follow(
+                        target, request, validators, links, profile, True
                     )
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
@@ -380,16 +390,17 @@ class Fetcher:
             # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
             if admit is not None and body:
                 await admit(len(body))
-            return status, body, meta
+            return status, body, meta, link
 
     async def _follow(
         self,
         url: URL,
         request: Request,
         validators: Validators | None,
+        links: bool,
         profile: Profile | None = None,
         refreshed: bool = False,
-    ) -> tuple[int, bytes, ResponseMeta | None]:
+    ) -> _Response:
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         method = request.method
         data = None if request.body is None else request.body.encoded
@@ -434,7 +445,7 @@ class Fetcher:
                 if validators is not None:
                     meta = ResponseMeta.from_headers(resp.headers)
                     if status == 304:
-                        return status, b"", meta
+                        return status, b"", meta, ()
                 if not 200 <= status < 300:
                     raise HTTPStatusError(
                         f"HTTP {status} {resp.reason or ''}".strip(),
@@ -444,12 +455,13 @@ class Fetcher:
                     )
                 self._check_content_type(resp)
                 body = await self._read(resp)
+                link = tuple(resp.headers.getall("Link", ())) if links else ()
             try:
                 check_json(body)
             except InvalidJSONError as exc:
                 exc.status = status
                 raise
-            return status, body, meta
+            return status, body, meta, link
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
 
     async def _route(self, url: URL) -> Route | None:

@@ -68,7 +68,10 @@ def _validator(value: str | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Fetched:
     """A URL landed as JSON. ``meta`` is set for conditional requests only; ``request`` is the
-    request fetched (None: a plain GET of ``url``)."""
+    request fetched (None: a plain GET of ``url``). ``links`` (the response's ``Link`` headers)
+    is set for pages of a walk that follows them. A page of a walk has ``url`` the URL as
+    enqueued, its ``page`` number, ``page_url``, and ``next_url`` (None on the walk's last
+    page)."""
 
     url: str
     status: int
@@ -77,6 +80,10 @@ class Fetched:
     attempts: int
     meta: ResponseMeta | None = None
     request: Request | None = None
+    links: tuple[str, ...] = ()
+    page: int | None = None
+    page_url: str | None = None
+    next_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +99,8 @@ class NotModified:
 @dataclass(frozen=True, slots=True)
 class Failed:
     """A URL that could not be landed, with a stable ``kind`` and a human ``detail``;
-    ``request`` as in `Fetched`."""
+    ``request`` as in `Fetched`; for a page of a walk, the ``page`` that could not be landed
+    and its ``page_url`` when known."""
 
     url: str
     kind: str
@@ -101,6 +109,8 @@ class Failed:
     attempts: int
     retry_after: float | None = None
     request: Request | None = None
+    page: int | None = None
+    page_url: str | None = None
 
 
 Outcome = Fetched | Failed | NotModified
@@ -134,6 +144,7 @@ class BatchSummary:
     seconds: float = 0.0
     unchanged: int = 0  # scheduled polls whose body had not changed: no row
     not_modified: int = 0  # scheduled polls answered 304: no row
+    pages: int = 0  # documents that are pages of paginated walks (counted in documents too)
 
     @property
     def failed(self) -> int:
@@ -155,6 +166,7 @@ class BatchSummary:
             "failures": dict(sorted(self.failures.items())),
             "unchanged": self.unchanged,
             "not_modified": self.not_modified,
+            "pages": self.pages,
             "seconds": round(self.seconds, 3),
             "urls_per_second": round(self.urls_per_second, 1),
         }

@@ -16,18 +16,29 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from worker.backoff import Backoff
 from worker.engine import counters as metrics
-from worker.engine import store
+from worker.engine import store, walks
+from worker.engine.auth import unsigned
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
 from worker.engine.credentials import Profile
 from worker.engine.fetch import Fetcher
-from worker.engine.outcomes import BatchSummary, Failed, Fetched, Outcome, outcome_key
+from worker.engine.outcomes import (
+    BatchSummary,
+    Failed,
+    Fetched,
+    NotModified,
+    Outcome,
+    Validators,
+    outcome_key,
+)
+from worker.engine.pagination import PageSpec, Resume
 from worker.engine.polling import (
     NOT_MODIFIED,
     UNCHANGED,
@@ -37,6 +48,7 @@ from worker.engine.polling import (
     answered,
     poll_request,
     settle,
+    walk_settled,
 )
 from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
@@ -71,6 +83,8 @@ class Batch:
     sources: Mapping[str, SourceState] = field(default_factory=dict)
     # The job's credential profile (its ``auth``), applied to the hosts it lists.
     profile: Profile | None = None
+    # Walk each URL's pages (`worker.engine.walks`); None: one request per URL.
+    paginate: PageSpec | None = None
 
 
 class DeadlineError(Exception):
@@ -90,6 +104,7 @@ class _Tally:
 
     landed: set[RequestKey] = field(default_factory=set)
     documents: int = 0
+    pages: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     polls: Counter[str] = field(default_factory=Counter)
 
@@ -190,13 +205,17 @@ class ChunkWriter:
 
     def _count(self, chunk: Chunk, written: Written) -> None:
         t = self._tally
-        t.landed.update(map(outcome_key, chunk.docs))
+        # A page of a walk that has a next page does not end its request.
+        t.landed.update(outcome_key(d) for d in chunk.docs if d.next_url is None)
         t.landed.update(map(outcome_key, chunk.fails))
         for u in chunk.updates:
-            t.landed.add(u.key)
+            if u.key is not None:
+                t.landed.add(u.key)
             if u.outcome in (UNCHANGED, NOT_MODIFIED) and not u.document:
                 t.polls[u.outcome] += 1
         t.documents += written.documents
+        if self._batch.paginate is not None:
+            t.pages += written.documents
         for f in (*chunk.fails, *written.refused):
             t.failures[f.kind] += 1
         if written.refused:
@@ -225,11 +244,12 @@ class BatchRun:
         self._tally = _Tally()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._timed_out = False
+        self._resume: dict[Request, Resume] = {}
 
     async def run(self) -> BatchSummary:
         started = time.monotonic()
         distinct = list(dict.fromkeys(self.batch.requests))
-        todo = await without_outcome(self._pool, self.batch.job_id, distinct, self._settings)
+        todo = await self._plan(distinct)
         try:
             await self._fetch_and_land(todo)
         finally:
@@ -248,7 +268,17 @@ class BatchRun:
             seconds=time.monotonic() - started,
             unchanged=t.polls[UNCHANGED],
             not_modified=t.polls[NOT_MODIFIED],
+            pages=t.pages,
         )
+
+    async def _plan(self, distinct: list[Request]) -> list[Request]:
+        """The requests left to do; for walks, also where interrupted ones go on."""
+        b, s = self.batch, self._settings
+        if b.paginate is None:
+            return await without_outcome(self._pool, b.job_id, distinct, s)
+        plan = await walks.plan(self._pool, b.job_id, distinct, s.max_url_length)
+        self._resume = plan.resume
+        return plan.todo
 
     async def _fetch_and_land(self, todo: list[Request]) -> None:
         s = self._settings
@@ -292,15 +322,31 @@ class BatchRun:
     async def _fetch_one(self, request: Request) -> None:
         sources = self.batch.sources
         state = sources.get(request.url) if sources else None
-        lease = self._lease
+        if self.batch.paginate is not None:
+            await self._walk(request, self.batch.paginate, state)
+            return
+        if state is None:
+            await self._put(await self._fetch(request))
+            return
+        sent = poll_request(state, request)
+        outcome = answered(await self._fetch(sent, state.conditional(request)), request)
+        item = settle(state, outcome, self._settings)
+        if isinstance(outcome, Fetched) and item.row is not outcome:
+            self._lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
+        await self._put(item)
+
+    async def _fetch(
+        self, request: Request, validators: Validators | None = None, *, links: bool = False
+    ) -> Outcome:
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
-                request if state is None else poll_request(state, request),
+                request,
                 self.batch.priority,
-                state.conditional(request) if state is not None else None,
-                lease.take,
+                validators,
+                self._lease.take,
                 self.batch.profile,
+                links=links,
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.
@@ -313,17 +359,63 @@ class BatchRun:
                 "fetch.failed",
                 extra={"url": request.url, "kind": outcome.kind, "detail": outcome.detail},
             )
-        item: Outcome | Polled = outcome
-        if state is not None:
-            outcome = answered(outcome, request)
-            item = settle(state, outcome, self._settings)
-            if isinstance(outcome, Fetched) and item.row is not outcome:
-                lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
+        return outcome
+
+    async def _put(self, item: object) -> None:
         queue = self._queue
         if queue.full():
             await queue.put(item)
         else:
             queue.put_nowait(item)
+
+    async def _walk(self, request: Request, spec: PageSpec, state: SourceState | None) -> None:
+        """Walk the pages of ``request`` inside this fetch loop: one request at a time per walk,
+        each page through the same `Fetcher` (and so the same per-host decisions) as any
+        request, with the first request's method, body and headers. A registered source's walk
+        starts from its poll request (`_poll_walk`)."""
+        fetch: walks.FetchPage = partial(self._fetch, links=spec.style == "link")
+        emit: walks.Emit = self._put
+        first = request
+        resume = self._resume.get(request)
+        if state is not None:
+            first = poll_request(state, request)
+            fetch, emit = self._poll_walk(request, state, spec, resumed=resume is not None)
+        profile = self.batch.profile
+        clean = None if profile is None or profile.type != "query" else partial(unsigned, profile)
+        try:
+            await walks.walk(first, spec, fetch, emit, resume, clean)
+        except Exception as exc:
+            # A bug must cost one walk a failure row, never the whole batch.
+            log.exception("walk.internal_error", extra={"url": request.url})
+            detail = clean_detail(f"{type(exc).__name__}: {exc}")
+            await self._put(Failed(request.url, "internal", detail, None, 0, request=request))
+
+    def _poll_walk(
+        self, request: Request, state: SourceState, spec: PageSpec, *, resumed: bool
+    ) -> tuple[walks.FetchPage, walks.Emit]:
+        """The fetch and emit of a walk polling ``state``: the first page is conditional (a 304
+        settles the poll, and there is no walk), its outcome settles the source; every page is
+        an outcome of the source's own ``request``. A ``resumed`` walk's page 1 landed in an
+        earlier run, with the source's state."""
+        links = spec.style == "link"
+        # The validators of the walk's first fetch, when that is page 1.
+        pending: list[Validators | None] = [] if resumed else [state.conditional(request)]
+
+        async def fetch(asked: Request) -> Outcome:
+            validators = pending.pop() if pending else None
+            outcome = await self._fetch(asked, validators, links=links)
+            if isinstance(outcome, NotModified):
+                await self._put(settle(state, answered(outcome, request), self._settings))
+            return outcome
+
+        async def emit(outcome: Outcome) -> None:
+            page = answered(outcome, request)
+            if isinstance(page, Fetched | Failed) and page.page == 1:
+                await self._put(walk_settled(state, page, self._settings))
+            else:
+                await self._put(page)
+
+        return fetch, emit
 
     async def _settle_deadline(self, todo: list[Request]) -> None:
         landed = self._tally.landed
@@ -339,6 +431,7 @@ class BatchRun:
             self._settings,
             kind="deadline",
             detail="the job's last allowed run ended before this URL was fetched",
+            paginated=self.batch.paginate is not None,
         )
 
 
@@ -372,15 +465,25 @@ async def record_failures(
     *,
     kind: str,
     detail: str,
+    paginated: bool = False,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``requests`` that has no outcome yet for
-    ``job.job_id`` (under ``job.source``); return how many."""
-    todo = await without_outcome(pool, job.job_id, requests, settings)
+    ``job.job_id`` (under ``job.source``); return how many. For a ``paginated`` job, a request
+    whose walk has not ended gets one, for the page its walk would have fetched next."""
+    fails = (
+        await walks.unfinished(pool, job.job_id, requests, settings.max_url_length, kind, detail)
+        if paginated
+        else [
+            Failed(r.url, kind, detail, None, 0, request=r)
+            for r in await without_outcome(pool, job.job_id, requests, settings)
+        ]
+    )
     step = settings.copy_chunk_rows
-    for i in range(0, len(todo), step):
-        fails = [Failed(r.url, kind, detail, None, 0, request=r) for r in todo[i : i + step]]
-        await write_retried(pool, Chunk(job.job_id, job.source, fails=fails), settings)
-    return len(todo)
+    for i in range(0, len(fails), step):
+        await write_retried(
+            pool, Chunk(job.job_id, job.source, fails=fails[i : i + step]), settings
+        )
+    return len(fails)
 
 
 async def without_outcome(

@@ -9,7 +9,8 @@ A poll is conditional only when it is a GET (`conditional`); a POST poll is alwa
 only its content hash tells a change. A source with an incremental cursor (``since_param``,
 ``since_path``) is polled with its last cursor value in the query (`poll_request`), and the
 value read from a fetched body at ``since_path`` becomes the next one (a body without it keeps
-the old value).
+the old value). A paginated poll is conditional on its first page; the cursor is read from
+that page, whose fetch settles the source, and every page lands (`walk_settled`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Final
 import orjson
 from yarl import URL
 
-from worker.engine.bodypath import lookup, parse_path
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators, outcome_key
+from worker.engine.pagination import lookup, parse_path
 from worker.engine.requests import Request, RequestKey
 from worker.engine.schedule import next_poll_delay
 from worker.settings import Settings
@@ -122,7 +123,9 @@ class SourceUpdate:
     consecutive_failures: int
     delay_s: float
     since_value: str | None  # a new cursor for the next poll (None: keep the last one)
-    key: RequestKey  # the identity of the poll's request in its job
+    # The identity of the poll's request in its job, which the update ends; None for the first
+    # page of a walk, whose pages say when it ends.
+    key: RequestKey | None
 
     def refused(self, detail: str) -> SourceUpdate:
         """This update when Postgres refused the body it was to land with."""
@@ -144,6 +147,14 @@ class Polled:
 
     update: SourceUpdate
     row: Fetched | Failed | None
+
+
+def walk_settled(state: SourceState, page: Fetched | Failed, settings: Settings) -> Polled:
+    """The first page of a paginated poll as the poll's outcome: it settles the source (its
+    validators, hash and cursor), and lands whatever its content, as every page does."""
+    polled = settle(state, page, settings)
+    landed = isinstance(page, Fetched)
+    return Polled(replace(polled.update, document=landed, key=None), page)
 
 
 def settle(state: SourceState, outcome: Outcome, settings: Settings) -> Polled:

@@ -25,14 +25,16 @@ _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
     job_id text, url text, source text, status integer, body jsonb,
     elapsed_ms integer, attempts integer,
-    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text, next_url text
 ) ON COMMIT DELETE ROWS;
 -- Out of line but uncompressed: staged bodies are compressed once, in documents.
 ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
     job_id text, url text, source text, error text, status integer,
     attempts integer, detail text,
-    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text
 ) ON COMMIT DELETE ROWS;
 """
 

@@ -34,29 +34,34 @@ _FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "deta
 # Only a chunk holding a request other than a plain GET copies these (the columns' defaults,
 # GET and NULL, are a plain GET's), so plain batches COPY what they always did.
 _REQUEST_COLUMNS = ("method", "body_hash", "request")
+# Likewise, only a chunk holding pages of paginated walks copies these (NULL otherwise).
+_DOC_PAGE_COLUMNS = ("page", "page_url", "next_url")
+_FAIL_PAGE_COLUMNS = ("page", "page_url")
 
 # The unique key of both tables is (job_id, harvester_request_key(...)): sql/006_requests.sql.
 _MOVE_DOCUMENTS = """
 INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash,
-                       request)
-SELECT job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash, request
+                       request, page, page_url, next_url)
+SELECT job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash, request, page,
+       page_url, next_url
 FROM harvester_stage_documents
-ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING
+ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) DO NOTHING
 """
 
 _MOVE_FAILURES = """
 INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, method,
-                            body_hash, request)
-SELECT job_id, url, source, error, status, attempts, detail, method, body_hash, request
+                            body_hash, request, page, page_url)
+SELECT job_id, url, source, error, status, attempts, detail, method, body_hash, request, page,
+       page_url
 FROM harvester_stage_failures
 ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING
 """
 
 _INSERT_DOCUMENT = """
 INSERT INTO documents (job_id, url, source, status, body, elapsed_ms, attempts, method, body_hash,
-                       request)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING
+                       request, page, page_url, next_url)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0)) DO NOTHING
 """
 
 # A poll's source states, one statement per chunk, in the chunk's transaction: a document and
@@ -123,30 +128,66 @@ class Chunk:
     def doc_records(self) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
         """The documents as COPY records, and the columns they fill."""
         j, s = self.job_id, self.source
-        if all(map(is_plain, self.docs)):
+        requests, pages = _extras(self.docs)
+        if not requests and not pages:
             rows: list[tuple[object, ...]] = [
                 (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs
             ]
             return rows, _DOC_COLUMNS
-        return [
-            (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts, *_request_fields(d))
-            for d in self.docs
-        ], _DOC_COLUMNS + _REQUEST_COLUMNS
+        columns = (
+            _DOC_COLUMNS
+            + (_REQUEST_COLUMNS if requests else ())
+            + (_DOC_PAGE_COLUMNS if pages else ())
+        )
+        return [self.doc_record(d, requests=requests, pages=pages) for d in self.docs], columns
+
+    def doc_record(
+        self, d: Fetched, *, requests: bool = True, pages: bool = True
+    ) -> tuple[object, ...]:
+        """A document's row: `_DOC_COLUMNS`, then the request's and the page's columns."""
+        row: tuple[object, ...] = (
+            *(self.job_id, d.url, self.source, d.status, d.body, d.elapsed_ms, d.attempts),
+        )
+        if requests:
+            row += _request_fields(d)
+        if pages:
+            row += (d.page, d.page_url, d.next_url)
+        return row
 
     def fail_records(
         self, fails: Sequence[Failed]
     ) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
         """``fails`` as COPY records, and the columns they fill."""
         j, s = self.job_id, self.source
-        if all(map(is_plain, fails)):
+        requests, pages = _extras(fails)
+        if not requests and not pages:
             rows: list[tuple[object, ...]] = [
                 (j, f.url, s, f.kind, f.status, f.attempts, f.detail) for f in fails
             ]
             return rows, _FAIL_COLUMNS
-        return [
-            (j, f.url, s, f.kind, f.status, f.attempts, f.detail, *_request_fields(f))
-            for f in fails
-        ], _FAIL_COLUMNS + _REQUEST_COLUMNS
+        columns = (
+            _FAIL_COLUMNS
+            + (_REQUEST_COLUMNS if requests else ())
+            + (_FAIL_PAGE_COLUMNS if pages else ())
+        )
+        records = []
+        for f in fails:
+            row: tuple[object, ...] = (j, f.url, s, f.kind, f.status, f.attempts, f.detail)
+            if requests:
+                row += _request_fields(f)
+            if pages:
+                row += (f.page, f.page_url)
+            records.append(row)
+        return records, columns
+
+
+def _extras(outcomes: Sequence[Fetched] | Sequence[Failed]) -> tuple[bool, bool]:
+    """Whether ``outcomes`` need the request columns (not all plain GETs) and the page columns
+    (some are pages of walks)."""
+    return (
+        not all(map(is_plain, outcomes)),
+        any(o.page is not None for o in outcomes),
+    )
 
 
 def _request_fields(outcome: Fetched | Failed) -> tuple[str, bytes | None, bytes | None]:
@@ -263,17 +304,22 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
         for d in chunk.docs:
             try:
                 async with conn.transaction():  # a savepoint per row
-                    row = (
-                        *(d.url, chunk.source, d.status, d.body, d.elapsed_ms, d.attempts),
-                        *_request_fields(d),
-                    )
                     n_docs += rows_affected(
-                        await conn.execute(_INSERT_DOCUMENT, chunk.job_id, *row)
+                        await conn.execute(_INSERT_DOCUMENT, *chunk.doc_record(d))
                     )
             except BODY_REFUSED as exc:
                 detail = clean_detail(f"Postgres refused the body: {exc}")
                 refused.append(
-                    Failed(d.url, "invalid_json", detail, d.status, d.attempts, request=d.request)
+                    Failed(
+                        d.url,
+                        "invalid_json",
+                        detail,
+                        d.status,
+                        d.attempts,
+                        request=d.request,
+                        page=d.page,
+                        page_url=d.page_url,
+                    )
                 )
         fails = [*chunk.fails, *refused]
         n_fail = await _stage_failures(conn, chunk, fails) if fails else 0

@@ -267,6 +267,7 @@ async def post_batch(request: web.Request) -> web.Response:
             max_urls=settings.max_batch_urls,
             job_id=job_id or "api",
             profiles=request.app.get(PROFILES),
+            max_pages=settings.max_pages,
         )
     except BadJobError as exc:
         return _error(422, str(exc))

@@ -14,12 +14,38 @@ from worker.settings import Settings
 
 def batch_schema(settings: Settings) -> dict[str, Any]:
     """The JSON Schema of ``POST /batches``'s body, from the payload model."""
-    schema = BatchRequest.model_json_schema()
+    schema = _inlined(BatchRequest.model_json_schema())
     for field in ("urls", "requests"):
         # An optional list is "anyOf": [the list, null].
         listed = schema["properties"][field]["anyOf"][0]
         listed["maxItems"] = settings.max_batch_urls
+    paginate = schema["properties"]["paginate"]["anyOf"][0]
+    paginate["properties"]["max_pages"]["maximum"] = settings.max_pages
     return schema
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` put in place of their references: a ``#/$defs/...``
+    reference would be read against the OpenAPI document's root, where there are none."""
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(
+                    {
+                        **defs[ref.removeprefix("#/$defs/")],
+                        **{k: v for k, v in node.items() if k != "$ref"},
+                    }
+                )
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
 
 
 _ERROR: Final = {"$ref": "#/components/schemas/Error"}

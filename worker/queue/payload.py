@@ -35,6 +35,7 @@ from yarl import URL
 
 from worker.engine.credentials import NAME as PROFILE_NAME
 from worker.engine.guard import host_problem
+from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
 from worker.engine.requests import (
     BODY_METHODS,
     MAX_HEADERS,
@@ -143,6 +144,128 @@ class RequestSpec(BaseModel):
         return _check_headers(headers)
 
 
+_STRICT: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Cursor(BaseModel):
+    """Cursor pagination: a value read from each page's body, sent as a query parameter."""
+
+    model_config = _STRICT
+
+    path: str = Field(
+        description="Where the cursor is in a page's body (`meta.next_cursor`).",
+        json_schema_extra={"pattern": PATH_PATTERN},
+    )
+    param: str = Field(
+        min_length=1, description="The query parameter of the first page's URL that carries it."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, path: str) -> str:
+        return _checked_path("paginate.cursor.path", path)
+
+
+class Paginate(BaseModel):
+    """How each request's pages are walked; see docs/jobs.md, "Paginated walks"."""
+
+    # The schema says what `_one_style` checks, so the OpenAPI document refuses the same.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["next"],
+                    "properties": {"next": {"type": "string"}, "cursor": {"type": "null"}},
+                },
+                {
+                    "required": ["cursor"],
+                    "properties": {"cursor": {"type": "object"}, "next": {"type": "null"}},
+                },
+            ],
+            "if": {"required": ["next"], "properties": {"next": {"const": "json"}}},
+            "then": {"required": ["path"], "properties": {"path": {"type": "string"}}},
+            "else": {"properties": {"path": {"type": "null"}}},
+        },
+    )
+
+    next: Literal["link", "json"] | None = Field(
+        default=None,
+        description='`"link"`: follow `Link: <...>; rel="next"`; `"json"`: the next URL is in '
+        "the body at `path`. Give `next` or `cursor`, not both.",
+    )
+    path: str | None = Field(
+        default=None,
+        description="With `next: json`: where the next URL is in a page's body: dotted keys and "
+        "`[n]` list indexes (`links.next`, `data[-1].href`).",
+        json_schema_extra={"pattern": PATH_PATTERN},
+    )
+    cursor: Cursor | None = Field(default=None, description="Cursor pagination.")
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES,
+        ge=1,
+        description="Pages walked per request at most, the first included; the walk stops "
+        "there. At most HARVESTER_MAX_PAGES (1,000 by default).",
+    )
+    cross_origin: bool = Field(
+        default=False,
+        description="Follow next pages on another origin (scheme, host, port) than the first.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, path: str | None) -> str | None:
+        return None if path is None else _checked_path("paginate.path", path)
+
+    @field_validator("max_pages")
+    @classmethod
+    def _capped(cls, max_pages: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_pages")
+        if limit is not None and max_pages > limit:
+            raise ValueError(
+                f"'paginate.max_pages' is {max_pages}, over the limit of {limit} "
+                "(HARVESTER_MAX_PAGES)"
+            )
+        return max_pages
+
+    @model_validator(mode="after")
+    def _one_style(self) -> Paginate:
+        if (self.next is None) == (self.cursor is None):
+            raise ValueError("'paginate' needs either 'next' (\"link\" or \"json\") or 'cursor'")
+        if self.next == "json" and self.path is None:
+            raise ValueError('\'paginate.path\' is required with "next": "json"')
+        if self.next != "json" and self.path is not None:
+            raise ValueError('\'paginate.path\' goes with "next": "json" only')
+        return self
+
+    def spec(self) -> PageSpec:
+        """The engine's form of this walk."""
+        if self.cursor is not None:
+            return PageSpec(
+                "cursor",
+                parse_path(self.cursor.path),
+                self.cursor.param,
+                self.max_pages,
+                self.cross_origin,
+            )
+        path = parse_path(self.path) if self.path is not None else ()
+        style: Literal["link", "json"] = "json" if self.next == "json" else "link"
+        return PageSpec(style, path, "", self.max_pages, self.cross_origin)
+
+
+def _checked_path(field: str, path: str) -> str:
+    try:
+        parse_path(path)
+    except ValueError as exc:
+        raise ValueError(
+            f"'{field}' is not a path: {exc} (a path is dotted keys and [n] indexes, "
+            "e.g. links.next or data[-1].id)"
+        ) from None
+    return path
+
+
 _BATCH_SCHEMA: Final[Any] = {
     "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
     # A body only with a method that sends one.
@@ -189,6 +312,11 @@ class FetchBatch(BaseModel):
         description="A poll of registered sources: requests whose URL is in `sources` land only "
         "when changed (GETs are fetched conditionally) and carry the source's cursor. The cron "
         "sets it; any service may.",
+    )
+    paginate: Paginate | None = Field(
+        default=None,
+        description="Walk each request's pages: each page lands as a row of its own, numbered, "
+        'with its URL. See docs/jobs.md, "Paginated walks".',
     )
     # The engine's requests: built by the validator for `requests` (each must be judged), on
     # first use for `urls` (one body for all, judged once), so intakes never build them.
@@ -345,15 +473,18 @@ def parse_batch(
     max_urls: int,
     job_id: str,
     profiles: Collection[str] | None = None,
+    max_pages: int | None = None,
 ) -> FetchBatch:
     """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong.
-    With ``profiles`` (the names of the credential profiles), an unknown ``auth`` is wrong."""
+    ``max_urls`` and ``max_pages`` are the settings' limits (HARVESTER_MAX_BATCH_URLS,
+    HARVESTER_MAX_PAGES); with ``profiles`` (the names of the credential profiles), an unknown
+    ``auth`` is wrong."""
     problems = job_id_problems(job_id, intake=False)
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     batch: FetchBatch | None = None
     try:
-        context = {"max_urls": max_urls, "profiles": profiles}
+        context = {"max_urls": max_urls, "profiles": profiles, "max_pages": max_pages}
         batch = FetchBatch.model_validate(kwargs, context=context)
     except ValidationError as exc:
         problems += describe(exc.errors(), kwargs)
@@ -363,11 +494,15 @@ def parse_batch(
 
 
 def make_batch(
-    *, max_urls: int | None = None, profiles: Collection[str] | None = None, **fields: Any
+    *,
+    max_urls: int | None = None,
+    profiles: Collection[str] | None = None,
+    max_pages: int | None = None,
+    **fields: Any,
 ) -> FetchBatch:
     """A `FetchBatch` from ``fields``, or `BadJobError` saying what is wrong with them."""
     try:
-        context = {"max_urls": max_urls, "profiles": profiles}
+        context = {"max_urls": max_urls, "profiles": profiles, "max_pages": max_pages}
         return FetchBatch.model_validate(fields, context=context)
     except ValidationError as exc:
         raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None
@@ -417,6 +552,7 @@ _TYPE_WORDS: Final = {
     "bool_type": "must be true or false",
     "dict_type": "must be an object",
     "model_type": "must be an object",
+    "int_type": "must be an integer",
 }
 
 
@@ -445,7 +581,7 @@ def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list
         if len(e["loc"]) > 1:
             problems.append(
                 f"'{_path(e['loc'][:-1])}' has an unknown field {str(e['loc'][-1])!r}; allowed: "
-                + ", ".join(field_names(RequestSpec))
+                + ", ".join(field_names(_model_at(e["loc"][:-1])))
             )
     items = [e for e in errors if e["loc"][:1] == ("urls",) and e["type"] == "string_type"]
     if items:
@@ -460,17 +596,30 @@ def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list
     return problems
 
 
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
+    """The model of the object at ``loc`` (a nested one: a request, paginate, its cursor)."""
+    if loc[:1] == ("paginate",):
+        return Cursor if len(loc) > 1 else Paginate
+    return RequestSpec
+
+
 def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
     field = _path(error["loc"])
     kind = error["type"]
     if kind == "missing":
         return f"'{field}' is required"
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         return f"'{field}' is empty"
     if kind == "string_too_long":
         return f"'{field}' is longer than {error.get('ctx', {}).get('max_length')} characters"
-    if kind == "literal_error":
+    if kind == "literal_error" and not field.startswith("paginate"):
         return f"'{field}' must be one of {', '.join(_METHODS)}, got {error['input']!r}"
+    if kind == "literal_error":
+        return f"'{field}' must be {error.get('ctx', {}).get('expected')}, got {error['input']!r}"
+    if kind == "greater_than_equal":
+        return (
+            f"'{field}' must be at least {error.get('ctx', {}).get('ge')}, got {error['input']!r}"
+        )
     if kind in _TYPE_WORDS:
         words = _TYPE_WORDS[kind]
         if field == "urls" and kind == "list_type":

@@ -68,6 +68,7 @@ FROM fetch_failures f LEFT JOIN replays r ON r.job_id = f.job_id
 WHERE f.replayed_by IS NULL
   -- Only GETs without a body: other requests are not stored whole (see the docstring).
   AND f.method = 'GET' AND f.body_hash IS NULL
+  AND f.page IS NULL  -- a page of a walk: its job's paginate is not kept, so not replayable
   AND ($1::text[] IS NULL OR f.error = ANY($1))
   AND (NOT $2::boolean OR {TRANSIENT_SQL})
   AND ($3::timestamptz IS NULL OR f.failed_at >= $3)

@@ -28,7 +28,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
 from worker.engine import store
-from worker.engine.bodypath import parse_path
+from worker.engine.pagination import parse_path
 from worker.engine.polling import SourceState
 from worker.engine.requests import NO_HEADERS, Request, canonical_json
 from worker.errors import BadJobError, StoreError

@@ -1,0 +1,182 @@
+"""Paginated walks in a batch: a request's pages fetched one after another, each landed as an
+outcome of its own, and where an interrupted walk goes on.
+
+`walk` drives a `pagination.Walk` with the batch's fetch (so every page goes through the
+`Fetcher`: pacing, slots, the SSRF guard, retries, and whatever is decided per host) and hands
+each page to the writers. Every page is an outcome of the request the caller enqueued (its URL,
+method and body hash) with its own page number and URL. `plan` reads what earlier runs of the
+job landed: a walk that ended (its last page says there is no next one, or it ended in a
+failure) is done; one that was interrupted goes on from the first page that has no row, so a
+redo adds no row twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+
+from worker.engine.bodies import clean_detail
+from worker.engine.outcomes import Failed, Fetched, Outcome
+from worker.engine.pagination import PageSpec, Resume, Walk
+from worker.engine.requests import Request, RequestKey
+from worker.engine.store import stored_url, translated
+from worker.errors import PaginationError
+
+FetchPage = Callable[[Request], Awaitable[Outcome]]
+Emit = Callable[[Outcome], Awaitable[None]]
+
+_LANDED = """
+SELECT url, method, body_hash, page, page_url, next_url, false AS failed FROM documents
+    WHERE job_id = $1 AND page IS NOT NULL
+UNION ALL
+SELECT url, method, body_hash, page, page_url, NULL, true FROM fetch_failures WHERE job_id = $1
+"""
+
+
+async def walk(
+    request: Request,
+    spec: PageSpec,
+    fetch: FetchPage,
+    emit: Emit,
+    resume: Resume | None,
+    clean: Callable[[str], str] | None = None,
+) -> None:
+    """Walk the pages of ``request`` (from ``resume`` when given), emitting one outcome per
+    page, each identified as ``request`` with its page number and URL: its document, or the
+    failure that ends the walk (a page that could not be fetched, or a next page that cannot be
+    followed). ``fetch`` fetches a page's request: the first request with the page's URL.
+    ``clean`` takes a secret the API echoed out of a next URL before it is stored or followed."""
+    url = request.url
+    page, page_url = (1, url) if resume is None else (resume.page, resume.url)
+    method, body, headers = request.method, request.body, request.headers
+    pages: Walk | None = None
+    while True:
+        asked = request if page_url == url else Request(page_url, method, body, headers)
+        outcome = await fetch(asked)
+        if not isinstance(outcome, Fetched):
+            if isinstance(outcome, Failed):
+                failed = replace(outcome, url=url, request=request, page=page, page_url=page_url)
+                await emit(failed)
+            return
+        if pages is None:
+            # Built once a page came: a URL the fetcher refuses is page 1's failure already.
+            pages = Walk(spec, url, resume)
+        try:
+            nxt = pages.next_url(outcome.links, outcome.body)
+            if nxt is not None and clean is not None:
+                nxt = clean(nxt)
+        except PaginationError as exc:
+            await emit(_page(outcome, request, page_url, page, None))
+            await emit(_ended(request, exc, page + 1))
+            return
+        await emit(_page(outcome, request, page_url, page, nxt))
+        if nxt is None:
+            return
+        page, page_url = pages.page, nxt
+
+
+def _page(f: Fetched, request: Request, page_url: str, page: int, nxt: str | None) -> Fetched:
+    # Built directly, not by dataclasses.replace, which costs several times more (once a page).
+    return Fetched(
+        request.url, f.status, f.body, f.elapsed_ms, f.attempts, f.meta, request, (), page,
+        page_url, nxt,
+    )  # fmt: skip
+
+
+def _ended(request: Request, exc: PaginationError, page: int) -> Failed:
+    """The failure of the page a walk could not go on to."""
+    detail = clean_detail(exc.detail)
+    return Failed(
+        request.url, exc.kind, detail, None, 0, request=request, page=page, page_url=exc.target
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    page: int
+    page_url: str
+    next_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The walks of a run: which requests to walk and, for interrupted ones, where from."""
+
+    todo: list[Request]
+    resume: dict[Request, Resume]
+
+
+async def plan(
+    pool: asyncpg.Pool, job_id: str, requests: Sequence[Request], max_url_length: int
+) -> Plan:
+    """The walks of ``requests`` still to do for ``job_id``, after what earlier runs landed."""
+    with translated("cannot read the pages landed"):
+        rows = await pool.fetch(_LANDED, job_id)
+    return plan_from([dict(r) for r in rows], requests, max_url_length)
+
+
+def plan_from(
+    rows: Iterable[Mapping[str, Any]], requests: Sequence[Request], max_url_length: int
+) -> Plan:
+    """`plan` from the rows it read (pure, for tests)."""
+    ended: set[RequestKey] = set()
+    pages: dict[RequestKey, dict[int, _Landed]] = defaultdict(dict)
+    for r in rows:
+        key = (r["url"], r.get("method", "GET"), r.get("body_hash"))
+        if r["failed"]:
+            ended.add(key)
+        else:
+            pages[key][r["page"]] = _Landed(r["page"], r["page_url"], r["next_url"])
+    todo: list[Request] = []
+    resume: dict[Request, Resume] = {}
+    for request in dict.fromkeys(requests):
+        key = request.key(stored_url(request.url, max_url_length))
+        if key in ended:
+            continue
+        landed = pages.get(key)
+        if not landed or 1 not in landed:
+            # Not started, or page 1 missing: the walk starts over; rows that landed are kept.
+            todo.append(request)
+            continue
+        where = _resume_at(landed)
+        if where is not None:
+            todo.append(request)
+            resume[request] = where
+    return Plan(todo, resume)
+
+
+def _resume_at(landed: dict[int, _Landed]) -> Resume | None:
+    """Where a walk that has page 1 goes on: after the last page of its unbroken run from page 1
+    (pages after a gap may have landed first, with several writers), or None if that page was
+    its last."""
+    last = 1
+    while last + 1 in landed:
+        last += 1
+    nxt = landed[last].next_url
+    if nxt is None:
+        return None
+    # Pages after a gap are fetched again (and not landed twice): not seen yet, for loops.
+    return Resume(last + 1, nxt, frozenset(landed[n].page_url for n in range(1, last + 1)))
+
+
+async def unfinished(
+    pool: asyncpg.Pool,
+    job_id: str,
+    requests: Sequence[Request],
+    max_url_length: int,
+    kind: str,
+    detail: str,
+) -> list[Failed]:
+    """A failure of ``kind`` for each walk of ``requests`` that has not ended, for the page it
+    would have fetched next (page 1 if it has not started)."""
+    walks = await plan(pool, job_id, requests, max_url_length)
+    fails = []
+    for r in walks.todo:
+        at = walks.resume.get(r)
+        page, page_url = (1, r.url) if at is None else (at.page, at.url)
+        fails.append(Failed(r.url, kind, detail, None, 0, request=r, page=page, page_url=page_url))
+    return fails
