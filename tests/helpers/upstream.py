@@ -27,7 +27,8 @@ Routes (all on one loopback port):
                                      ?page=K (?cursor=cK for cursor); scripted by fail_at=K (page
                                      K answers 404), loop_at=K (page K's next is page 1),
                                      next_base=B (next pages on base B), gate_at=K (page K
-                                     answers once the test sets ``upstream.gate``)
+                                     answers once the test sets ``upstream.gate``), etag=1
+                                     (an ETag per page, and 304 to its If-None-Match)
   /echo/{name}?delay=S               any method: JSON naming ``name``, the method and the body,
                                      after S seconds (0 by default)
   /redirect-as/{code}?location=L     any method: a ``code`` redirect (301, 302, 303, 307, 308) to L
@@ -390,6 +391,9 @@ async def paged(
     page = int(cursor.removeprefix("c") or "1") if style == "cursor" else int(q.get("page", "1"))
     if gate is not None and page == int(q.get("gate_at", "0")):
         await gate.wait()
+    etag = f'"{name}-p{page}"' if q.get("etag") else None
+    if etag is not None and request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag})
     if page == int(q.get("fail_at", "0")):
         return web.Response(
             status=404, body=b'{"error": "scripted"}', content_type="application/json"
@@ -402,7 +406,7 @@ async def paged(
         "page": page,
         "items": [page * 10 + i for i in range(3)],
     }
-    headers = {}
+    headers = {} if etag is None else {"ETag": etag}
     if nxt is not None:
         kept = {k: v for k, v in q.items() if k not in ("page", "cursor")}
         target = request.url.with_path(f"{prefix}/{style}/{name}").with_query(kept)

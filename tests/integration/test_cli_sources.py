@@ -117,32 +117,33 @@ async def test_sources_list_fits_80_columns_and_keeps_long_urls_whole(
 async def test_sources_add_stores_what_the_polls_send(
     cli: InProcess, services: Services, pool: asyncpg.Pool
 ) -> None:
-    """--method, --json, --header (repeatable), --since-param and --since-path are stored with
-    the source, and `sources list` shows them briefly (all of them with --json)."""
+    """--method, --json, --header (repeatable), --paginate, --since-param and --since-path are
+    stored with the source, and `sources list` shows them briefly (all of them with --json)."""
     env = cli_env(services, COLUMNS="160")
     url = "https://api.example/search"
     added = await cli(
         "sources", "add", url, "--every", "5m", "--method", "post",
         "--json", '{"q": "shoes", "size": 50}',
         "--header", "Accept: application/vnd.x+json", "--header", "X-Tenant: t1",
-        "--since-param", "since", "--since-path", "meta.cursor",
+        "--since-param", "since", "--since-path", "meta.cursor", "--paginate", "cursor:meta.next:c",
         env=env,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     row = await pool.fetchrow(
-        "SELECT method, body, headers, since_param, since_path, since_value FROM sources"
+        "SELECT method, body, headers, paginate, since_param, since_path, since_value FROM sources"
     )
     assert row is not None
     assert dict(row) == {
         "method": "POST",
         "body": {"q": "shoes", "size": 50},
         "headers": {"Accept": "application/vnd.x+json", "X-Tenant": "t1"},
+        "paginate": {"cursor": {"path": "meta.next", "param": "c"}},
         "since_param": "since",
         "since_path": "meta.cursor",
         "since_value": None,
     }
     _, rows = table_rows((await cli("sources", "list", env=env)).stdout)
-    assert rows[0][7] == "POST json, 2 headers, since=(none yet)"
+    assert rows[0][7] == "POST json, pages cursor:meta.next:c, 2 headers, since=(none yet)"
     (listed,) = [
         json.loads(x) for x in (await cli("sources", "list", "--json", env=env)).stdout.splitlines()
     ]
@@ -166,6 +167,9 @@ async def test_sources_add_stores_what_the_polls_send(
         (["--since-path", "a.b"], "give both --since-param and --since-path"),
         (["--since-param", "a&b", "--since-path", "c"], "is not a query parameter name"),
         (["--since-param", "s", "--since-path", "a..b"], "--since-path is not a body path"),
+        (["--paginate", "pages"], "--paginate 'pages' is not link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "cursor:meta.next"], "is not link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "json:a..b"], "'paginate.path'"),
     ],
 )
 async def test_sources_add_refuses_bad_request_flags(

@@ -270,3 +270,41 @@ async def test_the_since_cursor_goes_from_one_poll_to_the_next(
         {"since": ["abc"], "limit": ["5"]},
     ]
     assert await pool.fetchval("SELECT array_agg(DISTINCT url) FROM documents") == [url]
+
+
+async def test_a_paginated_source_lands_every_page_conditional_on_the_first(
+    pool: asyncpg.Pool, poll: Poll, upstream: Upstream
+) -> None:
+    """A paginated poll lands each page as a row of the source's URL; its first page settles
+    the source (ETag, cursor read from page 1, not page 3); the next poll sends the cursor and
+    If-None-Match on page 1 only, gets 304 and walks no further."""
+    url = upstream.url("/pages/link/s?n=3&etag=1")
+    spec = sources.poll_spec(
+        request={"paginate": {"next": "link"}}, since_param="since", since_path="items[0]"
+    )
+    await sources.add(pool, [url], every=60, name="paged", spec=spec)
+    await poll()
+    rows = await pool.fetch(
+        "SELECT url, page, body->'items'->>0 AS first FROM documents ORDER BY page"
+    )
+    assert [(r["url"], r["page"], r["first"]) for r in rows] == [
+        (url, 1, "10"),
+        (url, 2, "20"),
+        (url, 3, "30"),
+    ]
+    first = await state(pool, url)
+    assert (first["last_outcome"], first["etag"], first["since_value"]) == (
+        "changed",
+        '"s-p1"',
+        "10",
+    )
+    assert first["poll_job_id"] is None
+
+    await due_now(pool)
+    await poll()
+    again = upstream.hits_for("/pages/link/s")[3:]
+    assert len(again) == 1
+    assert parse_qs(urlsplit(again[0].path).query)["since"] == ["10"]
+    assert again[0].headers["If-None-Match"] == '"s-p1"'
+    assert (await state(pool, url))["last_outcome"] == "not_modified"
+    assert await pool.fetchval("SELECT count(*) FROM documents") == 3

@@ -6,15 +6,17 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from worker.cli.util import (
     EXIT_CONFIG,
     add_request_arguments,
+    command_settings,
     format_age,
     known_profiles,
+    paginate_field,
     positive,
     print_table,
     read_urls,
@@ -52,12 +54,16 @@ def cmd_add(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Judged before connecting: a typo is not a database problem.
     sources.check_urls(urls)
+    request = request_fields(args.method, args.json, args.header)
+    if args.paginate is not None:
+        request["paginate"] = paginate_field(args.paginate)
     spec = sources.poll_spec(
         auth=args.auth,
-        request=request_fields(args.method, args.json, args.header),
+        request=request,
         since_param=args.since_param,
         since_path=args.since_path,
         profiles=known_profiles() if args.auth is not None else None,
+        max_pages=command_settings().max_pages,
     )
     added, updated = with_pool(
         lambda pool: sources.add(pool, urls, every=args.every, name=args.source, spec=spec)
@@ -112,6 +118,8 @@ def _sends(r: SourceRow) -> str:
     parts = [] if r.method == "GET" and r.body is None else [r.method]
     if r.body is not None:
         parts[-1] += " json"
+    if r.paginate is not None:
+        parts.append("pages " + _paginate_text(r.paginate))
     if r.headers:
         parts.append(f"{len(r.headers)} header{'s' if len(r.headers) > 1 else ''}")
     if r.auth is not None:
@@ -119,6 +127,14 @@ def _sends(r: SourceRow) -> str:
     if r.since_param is not None:
         parts.append(f"{r.since_param}={r.since_value or '(none yet)'}")
     return ", ".join(parts)
+
+
+def _paginate_text(paginate: dict[str, Any]) -> str:
+    """A stored ``paginate`` as ``--paginate`` spells it."""
+    cursor = paginate.get("cursor")
+    if cursor is not None:
+        return f"cursor:{cursor['path']}:{cursor['param']}"
+    return "json:" + paginate["path"] if paginate.get("next") == "json" else "link"
 
 
 def _toggle(enabled: bool) -> Callable[[argparse.Namespace], int]:
@@ -164,6 +180,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the credential profile (HARVESTER_CREDENTIALS) the polls use",
     )
     add_request_arguments(a)
+    a.add_argument(
+        "--paginate",
+        default=None,
+        metavar="STYLE",
+        help="walk each poll's pages: link (Link: rel=next), json:PATH (the next URL in the "
+        "body), cursor:PATH:PARAM (a cursor in the body, sent as ?PARAM=)",
+    )
     a.add_argument(
         "--since-param",
         default=None,

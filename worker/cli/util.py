@@ -181,6 +181,20 @@ def request_fields(
     return fields
 
 
+def paginate_field(text: str) -> dict[str, object]:
+    """The job's ``paginate`` object of ``--paginate link|json:PATH|cursor:PATH:PARAM`` (its
+    paths judged by the job model)."""
+    style, _, rest = text.partition(":")
+    if style == "link" and not rest:
+        return {"next": "link"}
+    if style == "json" and rest:
+        return {"next": "json", "path": rest}
+    path, _, param = rest.rpartition(":")
+    if style == "cursor" and path and param:
+        return {"cursor": {"path": path, "param": param}}
+    raise UsageError(f"--paginate {text[:80]!r} is not link, json:PATH or cursor:PATH:PARAM")
+
+
 def _json_arg(text: str) -> object:
     import orjson
 

@@ -33,7 +33,7 @@ from worker.engine.polling import SourceState
 from worker.engine.requests import NO_HEADERS, Request, canonical_json
 from worker.errors import BadJobError, StoreError
 from worker.queue.client import submit
-from worker.queue.payload import FetchBatch, RequestSpec, make_batch, url_problem
+from worker.queue.payload import FetchBatch, Paginate, RequestSpec, make_batch, url_problem
 from worker.settings import Settings
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
@@ -44,7 +44,7 @@ _MAX_REENQUEUE = 100
 _SINCE_PARAM: Final = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 _DUE = """
-SELECT id, url, name, auth, method, body, headers, next_due_at FROM sources
+SELECT id, url, name, auth, method, body, headers, paginate, next_due_at FROM sources
 WHERE enabled AND next_due_at <= now() AND (claimed_until IS NULL OR claimed_until <= now())
 ORDER BY next_due_at, id
 LIMIT $1
@@ -64,11 +64,13 @@ WHERE harvester_url_key(url) = ANY (SELECT harvester_url_key(u) FROM unnest($1::
 """
 
 _UPSERT = """
-INSERT INTO sources (url, name, interval_s, auth, method, body, headers, since_param, since_path)
-SELECT u, $2, $3, $4, $5, $6, $7, $8, $9 FROM unnest($1::text[]) AS u
+INSERT INTO sources (url, name, interval_s, auth, method, body, headers, paginate, since_param,
+                     since_path)
+SELECT u, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM unnest($1::text[]) AS u
 ON CONFLICT (harvester_url_key(url)) DO UPDATE
     SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s, auth = EXCLUDED.auth,
         method = EXCLUDED.method, body = EXCLUDED.body, headers = EXCLUDED.headers,
+        paginate = EXCLUDED.paginate,
         since_param = EXCLUDED.since_param, since_path = EXCLUDED.since_path,
         -- A cursor read by another path, or sent as another parameter, means nothing now.
         since_value = CASE
@@ -80,7 +82,7 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _LIST = """
-SELECT id, url, name, auth, method, body, headers, since_param, since_path, since_value,
+SELECT id, url, name, auth, method, body, headers, paginate, since_param, since_path, since_value,
        interval_s, enabled, next_due_at, last_polled_at, last_status, last_outcome,
        consecutive_failures, last_success_at, poll_job_id
 FROM sources
@@ -101,6 +103,7 @@ class SourceRow:
     method: str
     body: Any  # the JSON request body; None: none
     headers: dict[str, str]
+    paginate: dict[str, Any] | None  # a job's paginate object; None: one page
     since_param: str | None
     since_path: str | None
     since_value: str | None
@@ -129,6 +132,7 @@ class PollSpec:
     method: str = "GET"
     body: bytes | None = None  # canonical JSON
     headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    paginate: bytes | None = None  # canonical JSON of a job's paginate object
     since_param: str | None = None
     since_path: str | None = None
 
@@ -140,15 +144,18 @@ def poll_spec(
     since_param: str | None = None,
     since_path: str | None = None,
     profiles: Collection[str] | None = None,
+    max_pages: int | None = None,
 ) -> PollSpec:
     """A source's `PollSpec` from its credential profile, its ``request`` fields (``method``,
-    ``json``, ``headers``, as a job spells them) and cursor settings; `BadJobError` saying what is
-    wrong. The request is judged by the job contract (`FetchBatch`), as a poll job will be."""
+    ``json``, ``headers``, ``paginate``, as a job spells them) and cursor settings; `BadJobError`
+    saying what is wrong. The request is judged by the job contract (`FetchBatch`), as a poll job
+    will be."""
     batch = make_batch(
         urls=["https://example.invalid/"],
         scheduled=True,
         auth=auth,
         profiles=profiles,
+        max_pages=max_pages,
         **(request or {}),
     )
     req: Request = batch.requests_of()[0]
@@ -169,6 +176,7 @@ def poll_spec(
         method=req.method,
         body=None if req.body is None else req.body.encoded,
         headers=req.headers,
+        paginate=None if batch.paginate is None else canonical_json(batch.as_kwargs()["paginate"]),
         since_param=since_param,
         since_path=since_path,
     )
@@ -206,14 +214,14 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     with store.translated("cannot claim due sources"):
         async with pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(_DUE, settings.sources_claim_limit)
-            groups: dict[tuple[str | None, str | None], list[asyncpg.Record]] = {}
+            groups: dict[_Group, list[asyncpg.Record]] = {}
             for r in due:
-                groups.setdefault((r["name"], r["auth"]), []).append(r)
+                groups.setdefault(_group(r), []).append(r)
             step = settings.sources_batch_size
-            for (name, auth), rows in groups.items():
+            for (name, auth, _), rows in groups.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    batch = poll_batch(chunk, source=name, auth=auth)
+                    batch = poll_batch(chunk, source=name, auth=auth, paginate=rows[0]["paginate"])
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
                     job_id = await _enqueue(redis, poll_job_id(chunk), batch)
@@ -224,22 +232,38 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     return Enqueued(len(due), tuple(jobs))
 
 
+_Group = tuple[str | None, str | None, bytes | None]
+
+
+def _group(r: asyncpg.Record) -> _Group:
+    """What the sources of one poll job share: name, credential profile and paginate (the
+    fields a job has for all its requests)."""
+    paginate = None if r["paginate"] is None else canonical_json(r["paginate"])
+    return (r["name"], r["auth"], paginate)
+
+
 def poll_batch(
-    rows: Sequence[asyncpg.Record], *, source: str | None, auth: str | None
+    rows: Sequence[asyncpg.Record],
+    *,
+    source: str | None,
+    auth: str | None,
+    paginate: Mapping[str, Any] | None = None,
 ) -> FetchBatch:
     """The scheduled batch that polls ``rows``: ``urls`` when every one is a plain GET (the
     form every worker version reads), else ``requests`` with each source's method, body and
-    headers."""
+    headers; ``paginate`` walks each one's pages."""
+    shared: dict[str, Any] = {"source": source, "scheduled": True, "auth": auth}
+    if paginate is not None:
+        shared["paginate"] = Paginate.model_validate(paginate)
     if all(r["method"] == "GET" and r["body"] is None and not r["headers"] for r in rows):
-        urls = [r["url"] for r in rows]
-        return FetchBatch(urls=urls, source=source, scheduled=True, auth=auth)
+        return FetchBatch(urls=[r["url"] for r in rows], **shared)
     requests = [
         RequestSpec.model_validate(
             {"url": r["url"], "method": r["method"], "json": r["body"], "headers": r["headers"]}
         )
         for r in rows
     ]
-    return FetchBatch(requests=requests, source=source, scheduled=True, auth=auth)
+    return FetchBatch(requests=requests, **shared)
 
 
 async def _enqueue(redis: ArqRedis, job_id: str, batch: FetchBatch) -> str:
@@ -324,6 +348,7 @@ async def add(
             p.method,
             p.body,
             canonical_json(dict(p.headers)),  # jsonb takes JSON text
+            p.paginate,
             p.since_param,
             p.since_path,
         )
