@@ -33,7 +33,6 @@ from worker.engine.outcomes import (
     BatchSummary,
     Failed,
     Fetched,
-    NotModified,
     Outcome,
     Validators,
     outcome_key,
@@ -48,7 +47,6 @@ from worker.engine.polling import (
     answered,
     poll_request,
     settle,
-    walk_settled,
 )
 from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
@@ -372,14 +370,21 @@ class BatchRun:
         """Walk the pages of ``request`` inside this fetch loop: one request at a time per walk,
         each page through the same `Fetcher` (and so the same per-host decisions) as any
         request, with the first request's method, body and headers. A registered source's walk
-        starts from its poll request (`_poll_walk`)."""
+        starts from its poll request (`walks.polled`)."""
         fetch: walks.FetchPage = partial(self._fetch, links=spec.style == "link")
         emit: walks.Emit = self._put
         first = request
         resume = self._resume.get(request)
         if state is not None:
             first = poll_request(state, request)
-            fetch, emit = self._poll_walk(request, state, spec, resumed=resume is not None)
+            fetch, emit = walks.polled(
+                request,
+                state,
+                partial(self._fetch, links=spec.style == "link"),
+                self._put,
+                self._settings,
+                resumed=resume is not None,
+            )
         profile = self.batch.profile
         clean = None if profile is None or profile.type != "query" else partial(unsigned, profile)
         try:
@@ -389,33 +394,6 @@ class BatchRun:
             log.exception("walk.internal_error", extra={"url": request.url})
             detail = clean_detail(f"{type(exc).__name__}: {exc}")
             await self._put(Failed(request.url, "internal", detail, None, 0, request=request))
-
-    def _poll_walk(
-        self, request: Request, state: SourceState, spec: PageSpec, *, resumed: bool
-    ) -> tuple[walks.FetchPage, walks.Emit]:
-        """The fetch and emit of a walk polling ``state``: the first page is conditional (a 304
-        settles the poll, and there is no walk), its outcome settles the source; every page is
-        an outcome of the source's own ``request``. A ``resumed`` walk's page 1 landed in an
-        earlier run, with the source's state."""
-        links = spec.style == "link"
-        # The validators of the walk's first fetch, when that is page 1.
-        pending: list[Validators | None] = [] if resumed else [state.conditional(request)]
-
-        async def fetch(asked: Request) -> Outcome:
-            validators = pending.pop() if pending else None
-            outcome = await self._fetch(asked, validators, links=links)
-            if isinstance(outcome, NotModified):
-                await self._put(settle(state, answered(outcome, request), self._settings))
-            return outcome
-
-        async def emit(outcome: Outcome) -> None:
-            page = answered(outcome, request)
-            if isinstance(page, Fetched | Failed) and page.page == 1:
-                await self._put(walk_settled(state, page, self._settings))
-            else:
-                await self._put(page)
-
-        return fetch, emit
 
     async def _settle_deadline(self, todo: list[Request]) -> None:
         landed = self._tally.landed

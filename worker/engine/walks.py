@@ -7,7 +7,7 @@ each page to the writers. Every page is an outcome of the request the caller enq
 method and body hash) with its own page number and URL. `plan` reads what earlier runs of the
 job landed: a walk that ended (its last page says there is no next one, or it ended in a
 failure) is done; one that was interrupted goes on from the first page that has no row, so a
-redo adds no row twice.
+redo adds no row twice. `polled` makes a walk the poll of a registered source.
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ from typing import Any
 import asyncpg
 
 from worker.engine.bodies import clean_detail
-from worker.engine.outcomes import Failed, Fetched, Outcome
+from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators
 from worker.engine.pagination import PageSpec, Resume, Walk
+from worker.engine.polling import Polled, SourceState, answered, settle, walk_settled
 from worker.engine.requests import Request, RequestKey
 from worker.engine.store import stored_url, translated
 from worker.errors import PaginationError
+from worker.settings import Settings
 
 FetchPage = Callable[[Request], Awaitable[Outcome]]
 Emit = Callable[[Outcome], Awaitable[None]]
+FetchConditional = Callable[[Request, Validators | None], Awaitable[Outcome]]
+Put = Callable[[Outcome | Polled], Awaitable[None]]
 
 _LANDED = """
 SELECT url, method, body_hash, page, page_url, next_url, false AS failed FROM documents
@@ -77,6 +81,38 @@ async def walk(
         if nxt is None:
             return
         page, page_url = pages.page, nxt
+
+
+def polled(
+    request: Request,
+    state: SourceState,
+    fetch: FetchConditional,
+    put: Put,
+    settings: Settings,
+    *,
+    resumed: bool,
+) -> tuple[FetchPage, Emit]:
+    """The fetch and emit of a walk that polls the registered source ``state`` (the walk starts
+    from `polling.poll_request`): its first page is conditional (a 304 settles the poll, and
+    there is no walk) and its outcome settles the source; every page is an outcome of the
+    source's own ``request``. A ``resumed`` walk's page 1 landed in an earlier run."""
+    # The validators of the walk's first fetch, when that is page 1.
+    pending: list[Validators | None] = [] if resumed else [state.conditional(request)]
+
+    async def fetch_page(asked: Request) -> Outcome:
+        outcome = await fetch(asked, pending.pop() if pending else None)
+        if isinstance(outcome, NotModified):
+            await put(settle(state, answered(outcome, request), settings))
+        return outcome
+
+    async def emit(outcome: Outcome) -> None:
+        page = answered(outcome, request)
+        if isinstance(page, Fetched | Failed) and page.page == 1:
+            await put(walk_settled(state, page, settings))
+        else:
+            await put(page)
+
+    return fetch_page, emit
 
 
 def _page(f: Fetched, request: Request, page_url: str, page: int, nxt: str | None) -> Fetched:
