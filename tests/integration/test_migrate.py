@@ -97,7 +97,7 @@ async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
         conn = await asyncpg.connect(url)
         try:
             await conn.execute(insert.format("", ""))
-            applied = await migrate(url)
+            applied = await migrate(url, migrations_up_to(tmp_path, 7))
             page = (", page, page_url", ", {}, 'http://a/x?p={}'")
             results = [
                 await conn.execute(insert.format("", "") + on_conflict),
