@@ -12,8 +12,9 @@ plus harvester with 2 worker processes and with batches of 100, 1,000 and 10,000
 against a JSON API upstream (`bench.api`, granian):
 
   api plain    plain GETs, batches of 1,000
-  api pages    walks of 10 pages following `Link: rel="next"`, batches of 100 walks (1,000 pages):
-               the same number of rows, each page a row; compared with api plain
+  api auth+pages  walks of 10 pages following `Link: rel="next"`, each page signed by a bearer
+               credential profile, batches of 100 walks (1,000 pages): the same number of rows,
+               each page a row; compared with api plain
 
 Prints a table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
 """
@@ -37,6 +38,7 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
+from bench import api as api_mod
 from bench import upstream as upstream_mod
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
@@ -58,21 +60,27 @@ class Run:
     seconds: float  # first job start to last job finish: every row committed
     wall_seconds: float  # process start to exit, start-up included
     peak_rss_mib: float  # the largest worker process
+    cpu_seconds: float = 0.0  # user + system CPU of the worker processes, start-up included
     samples: list[float] = field(default_factory=list)
 
     @property
     def urls_per_s(self) -> float:
         return self.urls / self.seconds
 
+    @property
+    def cpu_us_per_url(self) -> float:
+        return self.cpu_seconds / self.urls * 1e6
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """Wait for ``proc``; return its exit code and peak RSS in MiB (Linux ru_maxrss is KiB)."""
+
+def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float, float]:
+    """Wait for ``proc``; return its exit code, peak RSS in MiB (Linux ru_maxrss is KiB) and
+    CPU seconds (user + system)."""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024
+    return proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-# Pages per walk in the "api pages" case.
+# Pages per walk in the "api auth+pages" case.
 WALK_PAGES = 10
 
 
@@ -84,8 +92,10 @@ class Bench:
         api: upstream_mod.Api,
         db: str,
         rd: str,
+        root: Path,
     ) -> None:
         self.args = args
+        self.root = root
         self.up = up
         self.api_up = api
         self.db = db
@@ -160,10 +170,10 @@ class Bench:
         )
         assert proc.stdout is not None
         out = proc.stdout.read()
-        code, rss = _wait(proc)
+        code, rss, cpu = _wait(proc)
         assert code == 0
         data = orjson.loads(out)
-        return Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss)
+        return Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
 
     def harvester(self, kb: int, batch: int, workers: int = 1, **settings: object) -> Run:
         asyncio.run(self._reset())
@@ -173,28 +183,42 @@ class Bench:
         return self._work(name, kb, batch, n, workers, **settings)
 
     def api(self, kb: int, pages: int = 0) -> Run:
-        """The API upstream: plain GETs, or walks of ``pages`` pages (the same number of rows)."""
+        """The API upstream: plain GETs, or walks of ``pages`` pages (the same number of rows),
+        every page signed by a bearer credential profile."""
         asyncio.run(self._reset())
         n = self.args.urls
         tag = time.monotonic_ns()
         if pages:
-            walks = [self.api_up.url(kb, i, pages) + f"&r={tag}" for i in range(n // pages)]
+            walks = [self.api_up.url(kb, i, pages) + f"&auth=1&r={tag}" for i in range(n // pages)]
             size = 1000 // pages
             paginate = {"next": "link", "max_pages": pages}
             batches = [
-                make_batch(urls=walks[i : i + size], paginate=paginate)
+                make_batch(urls=walks[i : i + size], paginate=paginate, auth="bench")
                 for i in range(0, len(walks), size)
             ]
             asyncio.run(self._enqueue_batches(batches))
-            return self._work("api pages", kb, size, len(walks) * pages)
+            return self._work(
+                "api auth+pages", kb, size, len(walks) * pages, credentials=self._credentials()
+            )
         asyncio.run(self._enqueue([self.api_up.url(kb, i) + f"&r={tag}" for i in range(n)], 1000))
         return self._work("api plain", kb, 1000, n)
+
+    def _credentials(self) -> Path:
+        """A credentials file with the bench's bearer profile for the API upstream."""
+        path = self.root / "credentials.toml"
+        host = self.api_up.base.removeprefix("http://")
+        path.write_text(
+            f'[profiles.bench]\ntype = "bearer"\nhosts = ["{host}"]\n'
+            'token_env = "BENCH_API_TOKEN"\n'
+        )
+        return path
 
     def _work(
         self, name: str, kb: int, batch: int, n: int, workers: int = 1, **settings: object
     ) -> Run:
         """Run ``workers`` burst workers over what is queued; ``n`` rows must land."""
         env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
+        env["BENCH_API_TOKEN"] = api_mod.TOKEN
         started = time.perf_counter()
         procs = [
             subprocess.Popen([sys.executable, "-m", "worker", "worker", "--burst"], env=env)
@@ -202,11 +226,12 @@ class Bench:
         ]
         waited = [_wait(p) for p in procs]
         wall = time.perf_counter() - started
-        assert all(code == 0 for code, _ in waited), waited
+        assert all(code == 0 for code, _, _ in waited), waited
         landed = asyncio.run(self._count("documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
-        return Run(name, kb, batch, workers, n, seconds, wall, max(rss for _, rss in waited))
+        rss = max(rss for _, rss, _ in waited)
+        return Run(name, kb, batch, workers, n, seconds, wall, rss, sum(c for _, _, c in waited))
 
     def naive(self, kb: int, batch: int) -> Run:
         asyncio.run(self._reset())
@@ -217,13 +242,13 @@ class Bench:
         arq = str(Path(sys.executable).with_name("arq"))
         started = time.perf_counter()
         proc = subprocess.Popen([arq, "bench.naive.WorkerSettings", "--burst"], env=self.env())
-        code, rss = _wait(proc)
+        code, rss, cpu = _wait(proc)
         wall = time.perf_counter() - started
         assert code == 0
         landed = asyncio.run(self._count("naive_documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
-        return Run("naive", kb, batch, 1, n, seconds, wall, rss)
+        return Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
 
 
 def _paired_ratio(a: Run, b: Run) -> float:
@@ -237,8 +262,8 @@ def ratios(runs: list[Run]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in runs:
         plain = next((x for x in runs if x.name == "api plain" and x.size_kb == r.size_kb), None)
-        if r.name == "api pages" and plain is not None:
-            out[f"{r.size_kb}K api pages / api plain"] = round(_paired_ratio(r, plain), 3)
+        if r.name == "api auth+pages" and plain is not None:
+            out[f"{r.size_kb}K api auth+pages / api plain"] = round(_paired_ratio(r, plain), 3)
         if not r.name.startswith("harvester"):
             continue
         for base in ("ceiling", "naive"):
@@ -253,6 +278,7 @@ def _median(runs: list[Run]) -> Run:
     mid = by_rate[len(by_rate) // 2]
     mid.samples = [round(r.urls_per_s) for r in runs]
     mid.peak_rss_mib = max(r.peak_rss_mib for r in runs)
+    mid.cpu_seconds = statistics.median(r.cpu_seconds for r in runs)
     return mid
 
 
@@ -267,7 +293,7 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
             (f"harvester {kb} b100", lambda kb=kb: b.harvester(kb, 100)),
             (f"harvester {kb} b10000", lambda kb=kb: b.harvester(kb, 10000)),
             (f"api plain {kb}", lambda kb=kb: b.api(kb)),
-            (f"api pages {kb}", lambda kb=kb: b.api(kb, WALK_PAGES)),
+            (f"api auth+pages {kb}", lambda kb=kb: b.api(kb, WALK_PAGES)),
         ]
     return plan
 
@@ -276,7 +302,7 @@ def _table(runs: list[Run]) -> str:
     lines = [
         "ratios are medians of per-repetition ratios",
         f"{'size':>5} {'what':<14} {'batch':>6} {'URLs/s':>8} {'samples':<22} {'s':>6} "
-        f"{'wall s':>6} {'peak RSS':>9}  ratios",
+        f"{'wall s':>6} {'peak RSS':>9} {'CPU/URL':>9}  ratios",
     ]
     for kb in sorted({r.size_kb for r in runs}):
         group = [r for r in runs if r.size_kb == kb]
@@ -289,12 +315,12 @@ def _table(runs: list[Run]) -> str:
             if r.name.startswith("harvester") and naive:
                 shown.append(f"{_paired_ratio(r, naive):.2f}x naive")
             plain = next((x for x in group if x.name == "api plain"), None)
-            if r.name == "api pages" and plain:
+            if r.name == "api auth+pages" and plain:
                 shown.append(f"{_paired_ratio(r, plain):.3f}x api plain")
             lines.append(
                 f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
                 f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
-                f"{r.peak_rss_mib:>6.0f} MiB  {', '.join(shown)}"
+                f"{r.peak_rss_mib:>6.0f} MiB {r.cpu_us_per_url:>6.0f} µs  {', '.join(shown)}"
             )
     return "\n".join(lines)
 
@@ -333,7 +359,7 @@ def main() -> int:
             db = args.database_url or pg.start()  # type: ignore[union-attr]
             rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
             asyncio.run(migrate(db))
-            bench = Bench(args, up, api, db, rurl)
+            bench = Bench(args, up, api, db, rurl, root)
             plan = _plan(bench, sizes)
             if args.only:
                 wanted = [w.strip() for w in args.only.split(",")]
@@ -377,7 +403,10 @@ def main() -> int:
                 "repeat": args.repeat,
                 "concurrency": args.concurrency,
                 "settings": args.settings,
-                "runs": [asdict(r) | {"urls_per_s": r.urls_per_s} for r in runs],
+                "runs": [
+                    asdict(r) | {"urls_per_s": r.urls_per_s, "cpu_us_per_url": r.cpu_us_per_url}
+                    for r in runs
+                ],
                 "ratios": ratios(runs),
             },
             option=orjson.OPT_INDENT_2,

@@ -3,6 +3,8 @@
     /api/{kb}k.json?i=X          a JSON body of about kb KiB (the "api plain" case)
     /api/{kb}k.json?i=X&pages=N  page 1 of N; page p at &p=p, each but the last with an absolute
                                  ``Link: <...>; rel="next"`` header, as GitHub's API sends it
+    ...&auth=1                   401 unless the request carries ``Authorization: Bearer TOKEN``
+                                 (the "api auth+pages" case: a bearer profile signs every page)
 
 Bodies are built once per size and served from memory, so both cases cost the upstream the same
 per request and the comparison between them is harvester's alone.
@@ -17,6 +19,9 @@ from urllib.parse import parse_qsl
 from bench.upstream import make_body
 
 _JSON = (b"content-type", b"application/json")
+# The bench's bearer token: a fixed value, since nothing it guards is real.
+TOKEN = "bench-token-not-a-secret"
+_AUTHORIZATION = b"Bearer " + TOKEN.encode()
 
 
 @functools.cache
@@ -46,6 +51,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     kb = int(path.removeprefix("/api/").removesuffix("k.json"))
     headers = [_JSON]
     query = parse_qsl(scope["query_string"].decode())
+    if ("auth", "1") in query and dict(scope["headers"]).get(b"authorization") != _AUTHORIZATION:
+        await send({"type": "http.response.start", "status": 401, "headers": [_JSON]})
+        await send({"type": "http.response.body", "body": b'{"error": "unauthorized"}'})
+        return
     if any(k == "pages" for k, _ in query):
         link = _next_link(scope, query)
         if link is not None:

@@ -149,6 +149,20 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
         (b'{"urls": ["x"], "method": "HEAD"}', "application/json", 422, "'method' must be"),
         (b'{"requests": [{"url": "x", "m": 1}]}', "application/json", 422, "'requests[0]' has"),
         (b'{"urls": ["x"], "requests": [{"url": "x"}]}', "application/json", 422, "not both"),
+        (b'{"urls": ["x"], "paginate": {"next": "pages"}}', "application/json", 422, "paginate"),
+        (
+            b'{"urls": ["x"], "paginate": {"next": "json", "path": "a..b"}}',
+            "application/json",
+            422,
+            "paginate",
+        ),
+        (
+            b'{"urls": ["x"], "paginate": {"next": "link", "max_pages": 100000}}',
+            "application/json",
+            422,
+            "HARVESTER_MAX_PAGES",
+        ),
+        (b'{"urls": ["x"], "auth": "a b"}', "application/json", 422, "'auth' must be"),
     ],
 )
 async def test_bad_bodies_get_clear_4xx(

@@ -137,3 +137,56 @@ async def test_an_empty_requests_file_enqueues_nothing(cli: InProcess, services:
     """A requests file with no request is like an empty URL file: no job, exit 0."""
     result = await cli("enqueue", "--requests", "-", env=cli_env(services), stdin="\n")
     assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("flags", "paginate"),
+    [
+        (["--paginate", "link"], {"next": "link"}),
+        (
+            ["--paginate", "json:links.next", "--max-pages", "7"],
+            {"next": "json", "path": "links.next", "max_pages": 7},
+        ),
+        (
+            ["--paginate", "cursor:meta.next_cursor:after"],
+            {"cursor": {"path": "meta.next_cursor", "param": "after"}},
+        ),
+    ],
+)
+async def test_enqueue_paginate_becomes_the_jobs_paginate(
+    cli: InProcess,
+    services: Services,
+    redis: aioredis.Redis,
+    flags: list[str],
+    paginate: dict[str, object],
+) -> None:
+    """--paginate link|json:PATH|cursor:PATH:PARAM and --max-pages are the job's paginate."""
+    result = await cli(
+        "enqueue", "-", *flags, env=cli_env(services), stdin="https://api.example/orders\n"
+    )
+    assert result.returncode == 0, result.stderr
+    (job,) = await _jobs(redis, result.stdout.split())
+    assert job["paginate"] == paginate
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--paginate", "pages"], "give link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "cursor:meta.next"], "give link, json:PATH or cursor:PATH:PARAM"),
+        (["--max-pages", "5"], "--max-pages needs --paginate"),
+        (["--paginate", "json:links..next"], "paginate"),
+        (["--paginate", "link", "--max-pages", "100000"], "max_pages"),
+    ],
+)
+async def test_enqueue_refuses_a_bad_paginate_before_enqueueing(
+    cli: InProcess, services: Services, redis: aioredis.Redis, flags: list[str], message: str
+) -> None:
+    """A style the flag does not know, or a spec the job model refuses: exit 2, nothing queued."""
+    result = await cli(
+        "enqueue", "-", *flags, env=cli_env(services), stdin="https://api.example/orders\n"
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert await redis.zcard(TEST_QUEUE) == 0

@@ -167,8 +167,9 @@ async def test_sources_add_stores_what_the_polls_send(
         (["--since-path", "a.b"], "give both --since-param and --since-path"),
         (["--since-param", "a&b", "--since-path", "c"], "is not a query parameter name"),
         (["--since-param", "s", "--since-path", "a..b"], "--since-path is not a body path"),
-        (["--paginate", "pages"], "--paginate 'pages' is not link, json:PATH or cursor:PATH:PARAM"),
-        (["--paginate", "cursor:meta.next"], "is not link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "pages"], "--paginate 'pages': give link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "cursor:meta.next"], "give link, json:PATH or cursor:PATH:PARAM"),
+        (["--paginate", "link", "--max-pages", "1000000"], "over the limit of 1000"),
         (["--paginate", "json:a..b"], "'paginate.path'"),
     ],
 )

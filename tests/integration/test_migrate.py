@@ -93,11 +93,11 @@ async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
         " DO NOTHING"
     )
     async with scratch_database(services.database_url, "harvester_mig") as url:
-        await migrate(url, migrations_up_to(_folder(tmp_path, "006"), 6))
+        await migrate(url, migrations_up_to(tmp_path, 6))
         conn = await asyncpg.connect(url)
         try:
             await conn.execute(insert.format("", ""))
-            applied = await migrate(url, migrations_up_to(_folder(tmp_path, "007"), 7))
+            applied = await migrate(url, migrations_up_to(tmp_path, 7))
             page = (", page, page_url", ", {}, 'http://a/x?p={}'")
             results = [
                 await conn.execute(insert.format("", "") + on_conflict),
@@ -109,9 +109,3 @@ async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
             await conn.close()
     assert [m.version for m in applied] == [7]
     assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0"]
-
-
-def _folder(tmp_path: Path, name: str) -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    return folder

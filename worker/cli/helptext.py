@@ -25,6 +25,7 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
             "harvester enqueue urls.txt --batch-size 500 --source catalog",
             "harvester enqueue urls.txt --job-id-prefix catalog-2026-05-01   # idempotent",
             "harvester enqueue --requests searches.jsonl --method POST --header 'Accept: a/json'",
+            "harvester enqueue orders.txt --auth crm --paginate link --max-pages 50",
         ),
     ),
     "health": (

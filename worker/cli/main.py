@@ -131,7 +131,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.requests is None):
         raise UsageError("give a FILE of URLs or --requests FILE of request objects (one)")
     check_prefix(args.job_id_prefix)
-    shared = request_fields(args.method, args.json, args.header)
+    shared = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
     path = args.requests or args.file
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
@@ -150,6 +150,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             auth=args.auth,
             profiles=profiles,
             shared=shared,
+            max_pages=settings.max_pages,
         )
         if args.requests:
             batches = list(batches)  # every request is checked before one is enqueued
@@ -268,6 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     p.set_defaults(func=cmd_worker)
 
+    _add_enqueue(sub)
+
+    p = sub.add_parser("health", help="exit 0 if every worker process on this host is alive")
+    p.add_argument("--all", action="store_true", help="check the workers of every host")
+    p.add_argument("--min", type=positive, default=1, help="at least this many alive (1)")
+    p.set_defaults(func=cmd_health)
+
+    _add_api(sub)
+    _add_demo(sub)
+    cli_status.add_parser(sub)
+    cli_sources.add_parser(sub)
+    cli_failures.add_parser(sub)
+    helptext.apply(parser)
+    return parser
+
+
+def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("enqueue", help="enqueue URLs (one a line) as fetch_batch jobs")
     p.add_argument(
         "file", metavar="FILE", nargs="?", help="a file of URLs, or - for standard input"
@@ -302,11 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("health", help="exit 0 if every worker process on this host is alive")
-    p.add_argument("--all", action="store_true", help="check the workers of every host")
-    p.add_argument("--min", type=positive, default=1, help="at least this many alive (1)")
-    p.set_defaults(func=cmd_health)
 
+def _add_api(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("api", help="serve the HTTP intake (POST /batches, GET /batches/ID, ...)")
     p.add_argument(
         "--host", default=None, metavar="HOST", help="bind address (HARVESTER_API_HOST, 127.0.0.1)"
@@ -320,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_api)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run everything on embedded servers and print a summary")
     p.add_argument("--urls", type=positive, default=5000, metavar="N", help="how many URLs (5000)")
     p.add_argument(
@@ -336,11 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", default=".harvester/demo", metavar="DIR", help="where the servers keep their files"
     )
     p.set_defaults(func=cmd_demo)
-    cli_status.add_parser(sub)
-    cli_sources.add_parser(sub)
-    cli_failures.add_parser(sub)
-    helptext.apply(parser)
-    return parser
 
 
 def _version() -> str:

@@ -16,7 +16,6 @@ from worker.cli.util import (
     command_settings,
     format_age,
     known_profiles,
-    paginate_field,
     positive,
     print_table,
     read_urls,
@@ -54,9 +53,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Judged before connecting: a typo is not a database problem.
     sources.check_urls(urls)
-    request = request_fields(args.method, args.json, args.header)
-    if args.paginate is not None:
-        request["paginate"] = paginate_field(args.paginate)
+    request = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
     spec = sources.poll_spec(
         auth=args.auth,
         request=request,
@@ -180,13 +177,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the credential profile (HARVESTER_CREDENTIALS) the polls use",
     )
     add_request_arguments(a)
-    a.add_argument(
-        "--paginate",
-        default=None,
-        metavar="STYLE",
-        help="walk each poll's pages: link (Link: rel=next), json:PATH (the next URL in the "
-        "body), cursor:PATH:PARAM (a cursor in the body, sent as ?PARAM=)",
-    )
     a.add_argument(
         "--since-param",
         default=None,

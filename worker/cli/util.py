@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from worker.errors import UsageError
 
@@ -152,7 +152,8 @@ def read_urls(stream: Iterable[str]) -> Iterator[str]:
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--json`` and ``--header``: what `request_fields` reads."""
+    """``--method``, ``--json``, ``--header``, ``--paginate`` and ``--max-pages``: what
+    `request_fields` reads."""
     parser.add_argument("--method", default=None, help="GET (default), POST, PUT or PATCH")
     parser.add_argument(
         "--json", default=None, metavar="JSON", help="a request body: JSON, or @FILE holding it"
@@ -164,13 +165,26 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="'NAME: VALUE'",
         help="an extra header (repeatable); never a secret: Authorization and Cookie are refused",
     )
+    parser.add_argument("--paginate", default=None, metavar="STYLE", help=PAGINATE_HELP)
+    parser.add_argument(
+        "--max-pages",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="pages per walk, the first included (100; at most HARVESTER_MAX_PAGES)",
+    )
 
 
 def request_fields(
-    method: str | None, json_arg: str | None, headers: Sequence[str]
+    method: str | None,
+    json_arg: str | None,
+    headers: Sequence[str],
+    paginate: str | None = None,
+    max_pages: int | None = None,
 ) -> dict[str, object]:
-    """The job fields of ``enqueue``'s --method, --json (JSON, or ``@FILE``) and --header
-    ('Name: value', repeatable), left out when not given; the job model judges the values."""
+    """The job fields of ``enqueue``'s --method, --json (JSON, or ``@FILE``), --header
+    ('Name: value', repeatable), --paginate and --max-pages, left out when not given; the job
+    model judges the values."""
     fields: dict[str, object] = {}
     if method is not None:
         fields["method"] = method.upper()
@@ -178,21 +192,39 @@ def request_fields(
         fields["json"] = _json_arg(json_arg)
     if headers:
         fields["headers"] = dict(_header_arg(h) for h in headers)
+    if paginate is not None or max_pages is not None:
+        fields["paginate"] = paginate_arg(paginate, max_pages)
     return fields
 
 
-def paginate_field(text: str) -> dict[str, object]:
-    """The job's ``paginate`` object of ``--paginate link|json:PATH|cursor:PATH:PARAM`` (its
-    paths judged by the job model)."""
+PAGINATE_HELP: Final = (
+    "walk each URL's pages: link (the Link rel=next header), json:PATH (the next URL at PATH "
+    "in the body) or cursor:PATH:PARAM (the value at PATH sent as ?PARAM=); each page a row"
+)
+
+
+def paginate_arg(text: str | None, max_pages: int | None = None) -> dict[str, object]:
+    """The job's ``paginate`` object from ``--paginate link|json:PATH|cursor:PATH:PARAM`` and
+    ``--max-pages N``; the paths are judged by the job model."""
+    if text is None:
+        raise UsageError("--max-pages needs --paginate")
     style, _, rest = text.partition(":")
+    spec: dict[str, object]
     if style == "link" and not rest:
-        return {"next": "link"}
-    if style == "json" and rest:
-        return {"next": "json", "path": rest}
-    path, _, param = rest.rpartition(":")
-    if style == "cursor" and path and param:
-        return {"cursor": {"path": path, "param": param}}
-    raise UsageError(f"--paginate {text[:80]!r} is not link, json:PATH or cursor:PATH:PARAM")
+        spec = {"next": "link"}
+    elif style == "json" and rest:
+        spec = {"next": "json", "path": rest}
+    elif style == "cursor" and ":" in rest:
+        path, _, param = rest.rpartition(":")
+        spec = {"cursor": {"path": path, "param": param}}
+    else:
+        raise UsageError(
+            f"--paginate {text!r}: give link, json:PATH or cursor:PATH:PARAM "
+            "(e.g. json:links.next, cursor:meta.next_cursor:cursor)"
+        )
+    if max_pages is not None:
+        spec["max_pages"] = max_pages
+    return spec
 
 
 def _json_arg(text: str) -> object:

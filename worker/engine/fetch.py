@@ -405,19 +405,12 @@ class Fetcher:
         method = request.method
         data = None if request.body is None else request.body.encoded
         headers = _headers(request, validators, with_body=data is not None)
-        meta: ResponseMeta | None = None
         first = url
         for _hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
             route = None if self._router is None else await self._route(url)
-            # Each hop is judged on its own: a redirect elsewhere goes without the secret. The
-            # clean `url` stays for the next hop's join; only the request sees the signed one.
-            wire, token = url, None
-            sent: Mapping[str, str] | None = headers
-            if profile is not None and may_send(profile, url, first):
-                signed = await self.auth.sign(profile, url, headers)
-                wire, sent, token = signed.url, signed.headers, signed.token
+            wire, sent, token = await self._signed(url, first, headers, profile)
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
             async with self._session.request(
                 method,
@@ -442,27 +435,48 @@ class Fetcher:
                             headers = _headers(request, validators, with_body=False)
                         method, data = "GET", None
                     continue
-                if validators is not None:
-                    meta = ResponseMeta.from_headers(resp.headers)
-                    if status == 304:
-                        return status, b"", meta, ()
-                if not 200 <= status < 300:
-                    raise HTTPStatusError(
-                        f"HTTP {status} {resp.reason or ''}".strip(),
-                        status=status,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                        transient=status in TRANSIENT_STATUSES,
-                    )
-                self._check_content_type(resp)
-                body = await self._read(resp)
-                link = tuple(resp.headers.getall("Link", ())) if links else ()
-            try:
-                check_json(body)
-            except InvalidJSONError as exc:
-                exc.status = status
-                raise
-            return status, body, meta, link
+                answer = await self._answer(resp, validators, links)
+            if answer[0] != 304:
+                try:
+                    check_json(answer[1])
+                except InvalidJSONError as exc:
+                    exc.status = status
+                    raise
+            return answer
         raise RedirectError(f"more than {self._settings.max_redirects} redirects")
+
+    async def _answer(
+        self, resp: aiohttp.ClientResponse, validators: Validators | None, links: bool
+    ) -> _Response:
+        """A final (not redirecting) response: a 304 to a conditional request, or a 2xx JSON
+        body read within the caps (and its Link headers when asked); else the error it is."""
+        status = resp.status
+        meta = None
+        if validators is not None:
+            meta = ResponseMeta.from_headers(resp.headers)
+            if status == 304:
+                return status, b"", meta, ()
+        if not 200 <= status < 300:
+            raise HTTPStatusError(
+                f"HTTP {status} {resp.reason or ''}".strip(),
+                status=status,
+                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                transient=status in TRANSIENT_STATUSES,
+            )
+        self._check_content_type(resp)
+        body = await self._read(resp)
+        return status, body, meta, tuple(resp.headers.getall("Link", ())) if links else ()
+
+    async def _signed(
+        self, url: URL, first: URL, headers: Mapping[str, str] | None, profile: Profile | None
+    ) -> tuple[URL, Mapping[str, str] | None, str | None]:
+        """The URL and headers a hop goes with, and the OAuth2 token it carries if any. Each hop
+        is judged on its own: a redirect elsewhere goes without the secret. The clean ``url``
+        stays for the next hop's join; only the request sees the signed one."""
+        if profile is None or not may_send(profile, url, first):
+            return url, headers, None
+        signed = await self.auth.sign(profile, url, headers)
+        return signed.url, signed.headers, signed.token
 
     async def _route(self, url: URL) -> Route | None:
         """With a proxy configured, every target is judged before its request (the connector
