@@ -21,6 +21,7 @@ from typing import Final
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from worker.engine.credentials import Profile
@@ -62,6 +63,16 @@ def unsigned(profile: Profile | None, url: str) -> str:
     return base + ("?" + "&".join(kept) if kept else "") + hashmark + fragment
 
 
+def _credential(profile: Profile) -> tuple[str, str]:
+    """The header a bearer, header or basic profile adds."""
+    register_secret(profile.secret)
+    if profile.type == "bearer":
+        return "Authorization", f"Bearer {profile.secret}"
+    if profile.type == "header":
+        return profile.key, profile.secret
+    return "Authorization", aiohttp.encode_basic_auth(profile.key, profile.secret)
+
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str
@@ -92,6 +103,7 @@ class Authorizer:
         self._session = session
         self._policy = policy
         self._route = route
+        self._alone: dict[str, CIMultiDictProxy[str]] = {}
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -99,21 +111,23 @@ class Authorizer:
     async def sign(self, profile: Profile, url: URL, headers: Mapping[str, str] | None) -> Signed:
         """``url`` and ``headers`` with ``profile``'s credential added (never mutated in place:
         the caller keeps the clean URL for the next hop and for what is stored)."""
-        signed = dict(headers or {})
-        register_secret(profile.secret)
-        if profile.type == "bearer":
-            signed["Authorization"] = f"Bearer {profile.secret}"
-        elif profile.type == "header":
-            signed[profile.key] = profile.secret
-        elif profile.type == "basic":
-            signed["Authorization"] = aiohttp.encode_basic_auth(profile.key, profile.secret)
-        elif profile.type == "query":
-            return Signed(url.update_query({profile.key: profile.secret}), signed)
-        else:
+        if profile.type == "query":
+            register_secret(profile.secret)
+            return Signed(url.update_query({profile.key: profile.secret}), headers or {})
+        if profile.type == OAUTH2:
             token = await self.token(profile)
-            signed["Authorization"] = f"Bearer {token}"
-            return Signed(url, signed, token)
-        return Signed(url, signed)
+            return Signed(url, {**(headers or {}), "Authorization": f"Bearer {token}"}, token)
+        if headers:
+            name, value = _credential(profile)
+            return Signed(url, {**headers, name: value})
+        # The usual case, once a request: headers built once per profile, in the form aiohttp
+        # takes without converting them.
+        alone = self._alone.get(profile.name)
+        if alone is None:
+            alone = self._alone[profile.name] = CIMultiDictProxy(
+                CIMultiDict([_credential(profile)])
+            )
+        return Signed(url, alone)
 
     async def token(self, profile: Profile) -> str:
         """A current access token for ``profile``: the cached one, or one fetched now (by one
