@@ -92,6 +92,27 @@ async def test_sources_add_refuses_urls_that_cannot_be_polled(
     assert await pool.fetchval("SELECT count(*) FROM sources") == 0
 
 
+async def test_sources_add_refuses_a_name_no_poll_job_may_carry(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """A --source over 200 characters would fail every poll claim that holds it: refused with
+    exit 2 and nothing registered."""
+    result = await cli(
+        "sources",
+        "add",
+        "https://api.example/ok",
+        "--every",
+        "15m",
+        "--source",
+        "s" * 201,
+        env=cli_env(services),
+    )
+    assert result.returncode == 2, result.stderr
+    assert "'source'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert await pool.fetchval("SELECT count(*) FROM sources") == 0
+
+
 async def test_sources_list_fits_80_columns_and_keeps_long_urls_whole(
     cli: InProcess, services: Services, pool: asyncpg.Pool
 ) -> None:

@@ -335,6 +335,9 @@ async def add(
     before anything is registered.
     """
     unique = check_urls(urls)
+    if name is not None:
+        # A name no poll job may carry would fail every claim that holds this source.
+        make_batch(urls=["https://example.invalid/"], scheduled=True, source=name)
     if not unique:
         return 0, 0
     p = spec or PollSpec()
