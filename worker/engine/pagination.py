@@ -82,6 +82,8 @@ def lookup(value: object, path: Path) -> object:
 
 # One link-value: <target> and its parameters (a quoted value may hold ; and ,).
 _LINK: Final = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,="]+(?:=\s*(?:"(?:[^"\\]|\\.)*"|[^;,"]*))?)*)')
+# The usual header, GitHub's form: the first link-value is the next page, with rel alone.
+_PLAIN_NEXT: Final = re.compile(r'\s*<([^>]*)>\s*;\s*rel=(?:"next"|next)\s*(?:,|$)')
 _PARAM: Final = re.compile(r';\s*([^;,="\s]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,"]*)))?')
 
 
@@ -93,6 +95,9 @@ def next_link(headers: Sequence[str]) -> str | None:
     are compared case-insensitively and a ``rel`` may list several).
     """
     for header in headers:
+        plain = _PLAIN_NEXT.match(header)
+        if plain is not None:
+            return plain.group(1).strip()
         if "next" not in header and "NEXT" not in header.upper():
             continue
         for link in _LINK.finditer(header):
