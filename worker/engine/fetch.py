@@ -16,6 +16,7 @@ import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -263,19 +264,16 @@ class Fetcher:
             target = self._parse(url)
         except FetchError as exc:
             return Failed(url, exc.kind, clean_detail(exc.detail), exc.status, 0, request=req)
+        call = _Call(target, req, priority, validators, admit, profile, links)
         attempts = 1
         try:
-            status, body, meta, link = await self._attempt(
-                target, req, priority, validators, admit, profile, links
-            )
+            status, body, meta, link = await self._attempt(call)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
                 return _failed(req, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
-                status, body, meta, link, attempts = await self._retry(
-                    target, req, exc, started, priority, validators, admit, profile, links
-                )
+                status, body, meta, link, attempts = await self._retry(call, exc, started)
             except _RetriesExhausted as gave_up:
                 return _failed(req, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
@@ -307,16 +305,7 @@ class Fetcher:
         return s.fetch_backoff.delay(attempt)
 
     async def _retry(
-        self,
-        target: URL,
-        request: Request,
-        first: FetchError,
-        started: float,
-        priority: int,
-        validators: Validators | None,
-        admit: Admit | None,
-        profile: Profile | None,
-        links: bool,
+        self, call: _Call, first: FetchError, started: float
     ) -> tuple[int, bytes, ResponseMeta | None, tuple[str, ...], int]:
         s = self._settings
         attempts = 1
@@ -347,39 +336,24 @@ class Fetcher:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    status, body, meta, link = await self._attempt(
-                        target, request, priority, validators, admit, profile, links
-                    )
+                    status, body, meta, link = await self._attempt(call)
         except FetchError as exc:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, meta, link, attempts
 
-    async def _attempt(
-        self,
-        target: URL,
-        request: Request,
-        priority: int,
-        validators: Validators | None,
-        admit: Admit | None,
-        profile: Profile | None,
-        links: bool,
-    ) -> _Response:
-        host = target.host or ""
+    async def _attempt(self, call: _Call) -> _Response:
+        host = call.target.host or ""
         # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
         await self.pacer.wait(host)
-        async with self._slots.slot(priority):
+        async with self._slots.slot(call.priority):
             try:
                 try:
-                    status, body, meta, link = await self._follow(
-                        target, request, validators, links, profile
-                    )
+                    status, body, meta, link = await self._follow(call)
                 except _StaleToken as stale:
                     # An OAuth2 token refused with 401: a new one, and the request once more.
-                    assert profile is not None
-                    self.auth.expire(profile, stale.token)
-                    status, body, meta, link = await self._follow(
-                        target, request, validators, links, profile, True
-                    )
+                    assert call.profile is not None
+                    self.auth.expire(call.profile, stale.token)
+                    status, body, meta, link = await self._follow(call, refreshed=True)
             except FetchError as exc:
                 if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                     self.pacer.pause(host, exc.retry_after)
@@ -388,19 +362,12 @@ class Fetcher:
                 raise map_client_error(exc) from exc
             # Still in the slot: a body waiting for room counts against the slots, so at most
             # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
-            if admit is not None and body:
-                await admit(len(body))
+            if call.admit is not None and body:
+                await call.admit(len(body))
             return status, body, meta, link
 
-    async def _follow(
-        self,
-        url: URL,
-        request: Request,
-        validators: Validators | None,
-        links: bool,
-        profile: Profile | None = None,
-        refreshed: bool = False,
-    ) -> _Response:
+    async def _follow(self, call: _Call, *, refreshed: bool = False) -> _Response:
+        url, request, validators, profile = call.target, call.request, call.validators, call.profile
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         method = request.method
         data = None if request.body is None else request.body.encoded
@@ -435,7 +402,7 @@ class Fetcher:
                             headers = _headers(request, validators, with_body=False)
                         method, data = "GET", None
                     continue
-                answer = await self._answer(resp, validators, links)
+                answer = await self._answer(resp, validators, call.links)
             if answer[0] != 304:
                 try:
                     check_json(answer[1])
@@ -567,6 +534,20 @@ class _StaleToken(Exception):
     def __init__(self, token: str) -> None:
         super().__init__("access token refused")
         self.token = token
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One `Fetcher.fetch`: the parsed URL, the request and how it is to be made, for every
+    attempt and hop of it."""
+
+    target: URL
+    request: Request
+    priority: int
+    validators: Validators | None
+    admit: Admit | None
+    profile: Profile | None
+    links: bool
 
 
 class _RetriesExhausted(Exception):
