@@ -371,19 +371,15 @@ class BatchRun:
         each page through the same `Fetcher` (and so the same per-host decisions) as any
         request, with the first request's method, body and headers. A registered source's walk
         starts from its poll request (`walks.polled`)."""
-        fetch: walks.FetchPage = partial(self._fetch, links=spec.style == "link")
+        fetch_page = partial(self._fetch, links=spec.style == "link")
+        fetch: walks.FetchPage = fetch_page
         emit: walks.Emit = self._put
         first = request
         resume = self._resume.get(request)
         if state is not None:
             first = poll_request(state, request)
             fetch, emit = walks.polled(
-                request,
-                state,
-                partial(self._fetch, links=spec.style == "link"),
-                self._put,
-                self._settings,
-                resumed=resume is not None,
+                request, state, fetch_page, self._put, self._settings, resumed=resume is not None
             )
         profile = self.batch.profile
         clean = None if profile is None or profile.type != "query" else partial(unsigned, profile)
