@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 import yarl
@@ -282,9 +283,10 @@ async def test_a_post_batch_through_the_api_lands_each_body(
     api: tuple[aiohttp.ClientSession, str],
     upstream: Upstream,
     make_worker: Callable[..., Worker],
-    pool: object,
+    pool: asyncpg.Pool,
 ) -> None:
-    """A batch of POST requests posted to the intake is fetched with its bodies and headers."""
+    """A batch of POST requests posted to the intake is fetched with its bodies and headers,
+    and each lands as a row of its own carrying its method and body."""
     session, base = api
     url = upstream.url("/echo/api-search")
     body = {
@@ -301,6 +303,13 @@ async def test_a_post_batch_through_the_api_lands_each_body(
     assert sorted(h.body for h in hits) == [b'{"q":"a"}', b'{"q":"b"}']
     assert {h.method for h in hits} == {"POST"}
     assert {h.headers["X-Client"] for h in hits} == {"api-test"}
+    rows = await pool.fetch(
+        "SELECT method, request FROM documents WHERE job_id = 'api-post' ORDER BY request::text"
+    )
+    assert [(r["method"], r["request"]) for r in rows] == [
+        ("POST", {"q": "a"}),
+        ("POST", {"q": "b"}),
+    ]
 
 
 def test_no_token_only_on_loopback(make_settings: Callable[..., Settings]) -> None:

@@ -121,7 +121,7 @@ async def test_enqueue_rejects_a_bad_batch_size(cli: InProcess, services: Servic
 
 
 async def test_enqueue_under_a_taken_job_id_exits_1_and_names_the_id(
-    cli: InProcess, services: Services
+    cli: InProcess, services: Services, redis: aioredis.Redis
 ) -> None:
     """The same prefix for the same URLs is a no-op; for other URLs the id is taken: exit 1."""
     prefix = f"taken-{uuid.uuid4().hex[:8]}"
@@ -140,6 +140,8 @@ async def test_enqueue_under_a_taken_job_id_exits_1_and_names_the_id(
     assert other.returncode == 1
     assert f"job id '{prefix}-0' is already used by a different batch" in other.stderr
     assert "Traceback" not in other.stderr
+    kept = json.loads(await redis.get(f"arq:job:{prefix}-0"))
+    assert kept["k"]["urls"] == ["https://a.test/1"]  # the first batch is left as it was
 
 
 @pytest.mark.integration

@@ -219,7 +219,11 @@ async def test_the_worker_refuses_an_unknown_profile_and_fetches_nothing(
 
 
 async def test_enqueue_refuses_an_unknown_profile_when_it_has_the_file(
-    credentials_file: Path, services: Services, cli: InProcess, upstream: Upstream
+    credentials_file: Path,
+    services: Services,
+    cli: InProcess,
+    upstream: Upstream,
+    arq_queue: ArqRedis,
 ) -> None:
     """With HARVESTER_CREDENTIALS, `enqueue --auth` refuses an unknown name (exit 2, nothing
     enqueued) and takes a known one; without the file it cannot know, and passes."""
@@ -229,10 +233,12 @@ async def test_enqueue_refuses_an_unknown_profile_when_it_has_the_file(
     assert refused.returncode == 2
     assert "no credential profile named 'nope'" in refused.stderr
     assert refused.stdout == ""
+    assert await arq_queue.queued_jobs() == []
     known = await cli("enqueue", "-", "--auth", "bearer", env=env, stdin=urls)
     assert known.returncode == 0, known.stderr
     unknowable = await cli("enqueue", "-", "--auth", "nope", env=cli_env(services), stdin=urls)
     assert unknowable.returncode == 0, unknowable.stderr
+    assert sorted(j.kwargs["auth"] for j in await arq_queue.queued_jobs()) == ["bearer", "nope"]
 
 
 async def test_a_worker_with_a_bad_credentials_file_does_not_start(

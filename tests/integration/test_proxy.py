@@ -145,6 +145,9 @@ async def test_https_goes_through_a_connect_tunnel_trusting_the_ca_file(
     out = await _fetch_once(proxied(ca_file=ca[1]), url)
     assert isinstance(out, Fetched), out
     await _carried(forward_proxy, "CONNECT", _hostport(tls_upstream.base))
+    # Inside the tunnel the proxy cannot strip anything: its credentials went on the CONNECT only.
+    [hit] = tls_upstream.hits_for("/json/tunnelled")
+    assert "Proxy-Authorization" not in hit.headers
     untrusted = await make_fetcher(proxied()).fetch(url)
     assert _failed(untrusted) == ("connect", None, 1)
     assert "certificate" in untrusted.detail.lower()  # type: ignore[union-attr]
@@ -256,6 +259,9 @@ async def test_trust_env_honours_http_proxy_and_no_proxy(
     assert isinstance(direct_out, Fetched), direct_out
     await _carried(forward_proxy, "GET", _hostport(upstream.url("/json/env-proxied")))
     assert not any("env-direct" in target for _, target in forward_proxy.carried())
+    # What the targets saw, which needs no wait for the proxy's log: proxy.py adds Via.
+    assert "Via" in upstream.hits_for("/json/env-proxied")[0].headers
+    assert "Via" not in second.hits_for("/json/env-direct")[0].headers
 
 
 async def _redis_text(redis: aioredis.Redis) -> bytes:

@@ -112,7 +112,13 @@ async def test_per_request_method_and_headers_reach_the_upstream(
 
 @pytest.mark.parametrize(
     ("code", "method", "body"),
-    [(301, "GET", b""), (302, "GET", b""), (303, "GET", b""), (307, "POST", b'{"q":1}')],
+    [
+        (301, "GET", b""),
+        (302, "GET", b""),
+        (303, "GET", b""),
+        (307, "POST", b'{"q":1}'),
+        (308, "POST", b'{"q":1}'),
+    ],
 )
 async def test_redirects_after_post_follow_browsers(
     upstream: Upstream,
