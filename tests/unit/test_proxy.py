@@ -222,3 +222,29 @@ async def test_a_proxied_target_is_refused_if_any_address_is_refused() -> None:
     with pytest.raises(ConnectError) as caught:
         await check.check("gone.example")
     assert not caught.value.transient
+
+
+async def test_a_lookup_that_failed_for_now_is_asked_again_on_the_next_attempt() -> None:
+    """A temporary DNS failure is a transient connect failure and is not kept: the retry looks
+    the name up again (and passes once DNS answers), while a name that does not exist is kept."""
+    failures = {"flaky.example": 1}
+    lookups: list[str] = []
+
+    async def resolve(host: str) -> list[str]:
+        lookups.append(host)
+        if host == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if failures.get(host, 0) > 0:
+            failures[host] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return ["93.184.216.34"]
+
+    check = TargetCheck(AddressPolicy(), resolve)
+    with pytest.raises(ConnectError) as caught:
+        await check.check("flaky.example")
+    assert caught.value.transient
+    await check.check("flaky.example")  # looked up again, and allowed now
+    for _ in range(2):
+        with pytest.raises(ConnectError):
+            await check.check("gone.example")
+    assert lookups == ["flaky.example", "flaky.example", "gone.example"]

@@ -279,7 +279,8 @@ class TargetCheck:
     """Judges the target of a request that goes through a proxy, which will resolve and connect
     to it out of the connector's sight: a name is resolved here, and refused if ANY of its
     addresses is refused (the proxy may connect to any of them). Verdicts are kept for
-    `TARGET_VERDICT_TTL` seconds."""
+    `TARGET_VERDICT_TTL` seconds, except a lookup that failed for now (a transient
+    `ConnectError`), which the next attempt repeats."""
 
     def __init__(
         self,
@@ -302,9 +303,11 @@ class TargetCheck:
             refusal = cached[1]
         else:
             refusal = await self._judge(host)
-            if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
-                self._verdicts.clear()
-            self._verdicts[host] = (now + TARGET_VERDICT_TTL, refusal)
+            # A lookup that failed for now is asked again on the next attempt, never cached.
+            if refusal is None or not refusal.transient:
+                if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+                    self._verdicts.clear()
+                self._verdicts[host] = (now + TARGET_VERDICT_TTL, refusal)
         if refusal is not None:
             raise type(refusal)(refusal.detail, transient=refusal.transient)
 
