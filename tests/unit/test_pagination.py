@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from functools import partial
 
 import orjson
 import pytest
@@ -327,3 +329,19 @@ def test_a_resumed_walk_counts_its_pages_and_knows_its_loops() -> None:
     assert walk.next_url(['<https://a/p/4>; rel="next"'], b"") == "https://a/p/4"
     assert walk.page == 4
     assert walk.next_url(['<https://a/p/5>; rel="next"'], b"") is None  # max_pages
+
+
+def test_a_walk_cleans_next_urls_before_judging_them() -> None:
+    """A key the API echoed into its next links is taken off before the loop check and before
+    a refusal names the URL: a link back to page 1 with the key is still a loop, and a link to
+    another origin is named without the key."""
+    strip = partial(re.sub, r"[?&]key=[^&]*", "")
+    walk = Walk(PageSpec("link"), "https://api.test/items", clean=strip)
+    back = ('<https://api.test/items?key=s3cret>; rel="next"',)
+    with pytest.raises(PaginationLoopError) as loop:
+        walk.next_url(back, b"{}")
+    assert "s3cret" not in str(loop.value.detail) + str(loop.value.target)
+    away = Walk(PageSpec("link"), "https://api.test/items", clean=strip)
+    with pytest.raises(PaginationError) as elsewhere:
+        away.next_url(('<https://other.test/items?key=s3cret>; rel="next"',), b"{}")
+    assert elsewhere.value.target == "https://other.test/items"

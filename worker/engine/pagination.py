@@ -15,7 +15,7 @@ a `PaginationLoopError`. Both become a failure row for the page that was not fet
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -149,10 +149,19 @@ class Walk:
     page is fed they are the first page's.
     """
 
-    __slots__ = ("_first", "_origin", "_prefix", "_seen", "page", "spec", "url")
+    __slots__ = ("_clean", "_first", "_origin", "_prefix", "_seen", "page", "spec", "url")
 
-    def __init__(self, spec: PageSpec, first_url: str, resume: Resume | None = None) -> None:
+    def __init__(
+        self,
+        spec: PageSpec,
+        first_url: str,
+        resume: Resume | None = None,
+        clean: Callable[[str], str] | None = None,
+    ) -> None:
+        """``clean`` takes what must not be kept out of a next URL (a secret the API echoed)
+        before the URL is judged, compared with the pages seen, stored or followed."""
         self.spec = spec
+        self._clean = clean
         self._first = URL(first_url.strip())  # as the fetcher reads it
         self._origin = _origin(self._first)
         # An absolute next URL that starts with this needs no parsing to be on the same origin.
@@ -207,6 +216,8 @@ class Walk:
         """The next page's URL, without fragment, judged; as given when it plainly is one on
         the first page's origin (the common case, which costs no parsing)."""
         if isinstance(target, str):
+            if self._clean is not None:
+                target = self._clean(target)
             if target.startswith(self._prefix) and target.isascii() and _PLAIN.fullmatch(target):
                 return target
             target = _url(target)

@@ -68,11 +68,9 @@ async def walk(
             return
         if pages is None:
             # Built once a page came: a URL the fetcher refuses is page 1's failure already.
-            pages = Walk(spec, url, resume)
+            pages = Walk(spec, url, resume, clean)
         try:
             nxt = pages.next_url(outcome.links, outcome.body)
-            if nxt is not None and clean is not None:
-                nxt = clean(nxt)
         except PaginationError as exc:
             await emit(_page(outcome, request, page_url, page, None))
             await emit(_ended(request, exc, page + 1))
