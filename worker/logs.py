@@ -63,9 +63,17 @@ class _Secrets:
         if not value or value in self.values:
             return
         self.values.add(value)
+        self._compile()
+
+    def discard(self, value: str) -> None:
+        if value in self.values:
+            self.values.discard(value)
+            self._compile()
+
+    def _compile(self) -> None:
         # Longest first, so a secret that contains another is hidden whole.
         ordered = sorted(self.values, key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, ordered)))
+        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def scrub(self, text: str) -> str:
         if self.pattern is None or not self.enabled:
@@ -79,6 +87,12 @@ secrets = _Secrets()
 def register_secret(value: str) -> None:
     """Have `redact` hide ``value`` from now on, wherever it appears."""
     secrets.add(value)
+
+
+def retire_secret(value: str) -> None:
+    """Stop looking for ``value`` (an access token long replaced), so the scrubber's pattern
+    stays the size of the secrets a process holds, not of every token it ever had."""
+    secrets.discard(value)
 
 
 def redact(text: str) -> str:

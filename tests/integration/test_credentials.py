@@ -19,6 +19,7 @@ from tests.helpers import TEST_QUEUE, Services
 from tests.helpers.cli import InProcess, cli_env, harvester
 from tests.helpers.locks import PROFILE_TYPES, SECRET_ENV
 from tests.helpers.upstream import Upstream
+from worker import logs as logs_module
 from worker.engine.auth import Authorizer
 from worker.engine.credentials import Credentials, load_credentials
 from worker.engine.fetch import Fetcher, address_policy
@@ -318,3 +319,24 @@ async def test_a_walk_stores_and_follows_next_links_without_an_echoed_query_secr
     asked = [h.path for h in upstream.hits if h.path.startswith("/pages/link/keyed")]
     assert len(asked) == 3
     assert all(p.count("api_key=") == 1 and secret in p for p in asked)
+
+
+async def test_replaced_tokens_leave_the_scrubber_after_one_more_renewal(
+    fetcher: Fetcher, profiles: Credentials, upstream: Upstream, settings: Settings
+) -> None:
+    """The current token and the one before it are scrubbed; older ones are retired, so the
+    scrubber's pattern does not grow with every renewal of a long-running worker."""
+    upstream.tokens.ttl = 100.0
+    now = [1000.0]
+    fetcher.auth = Authorizer(fetcher.auth._session, address_policy(settings), clock=lambda: now[0])
+    oauth = profiles.get(OAUTH)
+    for i in range(4):
+        out = await fetcher.fetch(upstream.url(f"/api/{OAUTH}/r{i}"), profile=oauth)
+        assert isinstance(out, Fetched)
+        now[0] += 95  # past the renewal point: the next fetch takes a new token
+    first, second, third, fourth = list(upstream.tokens.issued)[-4:]
+    assert len({first, second, third, fourth}) == 4
+    held = logs_module.secrets.values
+    assert {third, fourth} <= held
+    assert not {first, second} & held
+    assert logs_module.redact(f"echo {first} {fourth}") == "echo " + first + " [redacted]"

@@ -28,7 +28,7 @@ from worker.engine.credentials import Profile
 from worker.engine.guard import AddressPolicy, BlockedAddressError
 from worker.engine.proxy import Route
 from worker.errors import TRANSIENT_STATUSES, AuthError, FetchError
-from worker.logs import register_secret
+from worker.logs import register_secret, retire_secret
 
 OAUTH2: Final = "oauth2_client_credentials"
 # A token is renewed this long before it expires (a tenth of its life when that is shorter).
@@ -64,8 +64,8 @@ def unsigned(profile: Profile | None, url: str) -> str:
 
 
 def _credential(profile: Profile) -> tuple[str, str]:
-    """The header a bearer, header or basic profile adds."""
-    register_secret(profile.secret)
+    """The header a bearer, header or basic profile adds (its secret was registered with the
+    scrubber when the profiles were loaded)."""
     if profile.type == "bearer":
         return "Authorization", f"Bearer {profile.secret}"
     if profile.type == "header":
@@ -106,13 +106,14 @@ class Authorizer:
         self._alone: dict[str, CIMultiDictProxy[str]] = {}
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
+        self._expired: dict[str, _Token] = {}  # refused with 401, until replaced
+        self._previous: dict[str, str] = {}  # the token before the current one
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def sign(self, profile: Profile, url: URL, headers: Mapping[str, str] | None) -> Signed:
         """``url`` and ``headers`` with ``profile``'s credential added (never mutated in place:
         the caller keeps the clean URL for the next hop and for what is stored)."""
         if profile.type == "query":
-            register_secret(profile.secret)
             return Signed(url.update_query({profile.key: profile.secret}), headers or {})
         if profile.type == OAUTH2:
             token = await self.token(profile)
@@ -141,15 +142,27 @@ class Authorizer:
             if cached is not None:
                 return cached
             token = await self._fetch(profile)
-            self._tokens[profile.name] = token
+            self._replace(profile.name, token)
             return token.value
+
+    def _replace(self, name: str, token: _Token) -> None:
+        """Make ``token`` the profile's current one. The one before stays registered with the
+        scrubber (a late answer to a request that carried it may still echo it); older ones are
+        retired."""
+        old = self._tokens.get(name) or self._expired.pop(name, None)
+        oldest = self._previous.pop(name, None)
+        if oldest is not None and oldest not in (token.value, old and old.value):
+            retire_secret(oldest)
+        if old is not None and old.value != token.value:
+            self._previous[name] = old.value
+        self._tokens[name] = token
 
     def expire(self, profile: Profile, used: str) -> None:
         """A request carrying ``used`` was answered 401: forget that token, unless another
         request has already replaced it."""
         cached = self._tokens.get(profile.name)
         if cached is not None and cached.value == used:
-            del self._tokens[profile.name]
+            self._expired[profile.name] = self._tokens.pop(profile.name)
 
     def _fresh(self, name: str) -> str | None:
         token = self._tokens.get(name)
@@ -158,7 +171,6 @@ class Authorizer:
         return token.value
 
     async def _fetch(self, profile: Profile) -> _Token:
-        register_secret(profile.secret)
         where = f"OAuth2 token for profile {profile.name!r} from {profile.token_url}"
         url = URL(profile.token_url)
         form = {"grant_type": "client_credentials"}
