@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from yarl import URL
 
+from worker.engine.requests import HEADER_NAME
 from worker.errors import ConfigError
 from worker.logs import register_secret
 
@@ -37,7 +38,6 @@ TYPES: Final = tuple(_FIELDS)
 # Keys that would hold a secret in the file itself; each has an *_env twin.
 _INLINE: Final = ("token", "value", "password", "client_secret", "secret", "access_token")
 NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +77,6 @@ class Credentials:
 
     def get(self, name: str) -> Profile | None:
         return self.profiles.get(name)
-
-    def secrets(self) -> Iterator[str]:
-        """Every secret value the profiles hold (for the log scrubber)."""
-        return (p.secret for p in self.profiles.values())
 
 
 NO_CREDENTIALS: Final = Credentials({})
@@ -166,7 +162,7 @@ def _profile(name: str, table: dict[str, object], env: Mapping[str, str]) -> Pro
             "line break"
         )
     key = next((str(table[f]) for f in required if not f.endswith("_env") and f != "token_url"), "")
-    if kind == "header" and not _HEADER_NAME.fullmatch(key):
+    if kind == "header" and not HEADER_NAME.fullmatch(key):
         raise ValueError(f"field 'name': {key!r} is not a header name")
     token_url = str(table.get("token_url", ""))
     if kind == "oauth2_client_credentials":

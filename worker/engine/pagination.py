@@ -127,10 +127,6 @@ class PageSpec:
     max_pages: int = DEFAULT_MAX_PAGES
     cross_origin: bool = False
 
-    @property
-    def reads_body(self) -> bool:
-        return self.style != "link"
-
 
 @dataclass(frozen=True, slots=True)
 class Resume:

@@ -54,7 +54,7 @@ REFUSED_HEADERS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 # RFC 9110's token: the characters a header name may hold.
-_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ def header_problems(headers: Mapping[str, str]) -> list[str]:
 
 def _header_problem(name: str, value: str) -> str | None:
     shown = repr(name[:MAX_HEADER_NAME])
-    if len(name) > MAX_HEADER_NAME or not _TOKEN.fullmatch(name):
+    if len(name) > MAX_HEADER_NAME or not HEADER_NAME.fullmatch(name):
         return f"header name {shown} is not a header name (letters, digits, -, at most 64)"
     why = REFUSED_HEADERS.get(name.lower())
     if why is not None:

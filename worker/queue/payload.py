@@ -38,6 +38,8 @@ from worker.engine.guard import host_problem
 from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
 from worker.engine.requests import (
     BODY_METHODS,
+    HEADER_NAME,
+    MAX_HEADER_NAME,
     MAX_HEADERS,
     NO_HEADERS,
     REFUSED_HEADERS,
@@ -96,7 +98,8 @@ def _header_schema() -> dict[str, Any]:
     return {
         "maxProperties": MAX_HEADERS,
         "propertyNames": {
-            "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$",
+            "pattern": f"^{HEADER_NAME.pattern}$",
+            "maxLength": MAX_HEADER_NAME,
             "not": {"pattern": f"^({refused})$"},
         },
         "additionalProperties": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
