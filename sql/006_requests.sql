@@ -1,10 +1,13 @@
 -- Requests with methods and bodies: an outcome's identity becomes (job id, method, URL, body
 -- hash). Rows of earlier versions are GETs without a body, and their keys do not change.
 --
+-- documents gets its new unique key in 007 (which adds the page to it), so its table is read
+-- once for a new index, not twice; until then it keeps its old key on (job id, URL).
+--
 -- Locks: ADD COLUMN with a constant default rewrites nothing, but takes an ACCESS EXCLUSIVE lock
--- on documents and fetch_failures, held until this migration's transaction commits, after both
--- unique indexes are built (each reads its whole table): reads and writes of the two tables wait
--- until then. See docs/upgrading.md.
+-- on documents and fetch_failures, held until this migration's transaction commits, after the
+-- fetch_failures unique index is built (it reads the whole table): reads and writes of the two
+-- tables wait until then. See docs/upgrading.md.
 ALTER TABLE documents
     ADD COLUMN method    text NOT NULL DEFAULT 'GET',
     ADD COLUMN body_hash bytea,   -- SHA-256 of the request body's canonical JSON; NULL: no body
@@ -30,9 +33,6 @@ CREATE FUNCTION harvester_request_key(url text, method text, body_hash bytea) RE
     END
     $$;
 
-CREATE UNIQUE INDEX documents_job_request_key
-    ON documents (job_id, harvester_request_key(url, method, body_hash));
-DROP INDEX documents_job_url_key;
 CREATE UNIQUE INDEX fetch_failures_job_request_key
     ON fetch_failures (job_id, harvester_request_key(url, method, body_hash));
 DROP INDEX fetch_failures_job_url_key;

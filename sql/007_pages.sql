@@ -15,6 +15,8 @@ ALTER TABLE fetch_failures
     ADD COLUMN page     integer CHECK (page >= 1),
     ADD COLUMN page_url text;
 
+-- The documents key of requests (006) and pages at once: for a GET without a body and without a
+-- page (every earlier row) the same identity as the old (job id, URL) key.
 CREATE UNIQUE INDEX documents_job_request_page_key
     ON documents (job_id, harvester_request_key(url, method, body_hash), COALESCE(page, 0));
-DROP INDEX documents_job_request_key;
+DROP INDEX documents_job_url_key;

@@ -42,7 +42,8 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
     services: Services, tmp_path: Path
 ) -> None:
     """Rows landed before 006 become GETs without a body whose key is still their URL key: a
-    re-run of their job conflicts with them, while a POST of the same URL is a new outcome."""
+    re-run of their job's failure conflicts with it, while a POST of the same URL is a new
+    outcome (documents get their new key in 007, below)."""
     for path in SQL_DIR.glob("00[1-5]_*.sql"):
         shutil.copy(path, tmp_path / path.name)
     async with scratch_database(services.database_url, "harvester_mig") as url:
@@ -63,8 +64,8 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
                 f"SELECT url, method, body_hash, request, {_KEYS} FROM fetch_failures ORDER BY url"
             )
             insert = (
-                "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts, method) "
-                "VALUES ('old', 'http://a/x', 200, '{}', 1, 1, $1) "
+                "INSERT INTO fetch_failures (job_id, url, error, attempts, method) "
+                "VALUES ('old', 'http://a/y', 'timeout', 3, $1) "
                 "ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING"
             )
             again = await conn.execute(insert, "GET")
@@ -82,8 +83,8 @@ async def test_006_keeps_rows_of_005_reachable_under_their_keys(
 async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
     services: Services, tmp_path: Path
 ) -> None:
-    """After 007 a request holds a row per page; a page, or an unpaginated row landed before
-    007, conflicts with itself on a re-run."""
+    """After 007 a request holds a row per page and a POST of a URL is an outcome apart from its
+    GET; a page, or an unpaginated row landed before 007, conflicts with itself on a re-run."""
     insert = (
         "INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts{}) "
         "VALUES ('old', 'http://a/x', 200, '{{}}', 1, 1{})"
@@ -104,8 +105,10 @@ async def test_007_gives_each_page_a_row_and_keeps_earlier_rows_unique(
                 await conn.execute(insert.format(page[0], page[1].format(1, 1)) + on_conflict),
                 await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
                 await conn.execute(insert.format(page[0], page[1].format(2, 2)) + on_conflict),
+                await conn.execute(insert.format(", method", ", 'POST'") + on_conflict),
             ]
         finally:
             await conn.close()
     assert [m.version for m in applied] == [7]
-    assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0"]
+    # The old row conflicts with itself, pages are rows of their own, a POST is a new outcome.
+    assert results == ["INSERT 0 0", "INSERT 0 1", "INSERT 0 1", "INSERT 0 0", "INSERT 0 1"]
