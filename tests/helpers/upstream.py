@@ -45,10 +45,11 @@ import functools
 import gzip
 import socket
 import ssl
+import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -177,6 +178,29 @@ class Upstream:
             yield self
         finally:
             await self.stop()
+
+    @contextlib.contextmanager
+    def serving_in_thread(self) -> Iterator[Upstream]:
+        """Served from a thread with an event loop of its own for the block: the arrival times
+        it records are then not held up by the test's loop (other upstreams, polling)."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def serve() -> None:
+            loop.run_until_complete(self.start())
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        thread = threading.Thread(target=serve, name="upstream", daemon=True)
+        thread.start()
+        try:
+            assert started.wait(10), "the upstream did not start"
+            yield self
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
 
     @web.middleware
     async def _record(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:

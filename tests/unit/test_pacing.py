@@ -46,7 +46,7 @@ async def test_a_pause_holds_every_request_to_that_host() -> None:
     """After pause(host, 5), requests to the host wait 5 s; other hosts go at once."""
     t = FakeTime()
     pacer = HostPacer(clock=t.clock, sleep=t.sleep)
-    pacer.pause("a.example", 5)
+    pacer.hold("a.example", 5)
     await pacer.wait("b.example")
     assert t.sleeps == []
     await pacer.wait("a.example")
@@ -59,7 +59,7 @@ async def test_a_pause_is_capped() -> None:
     """A hostile Retry-After cannot park a host for longer than the cap."""
     t = FakeTime()
     pacer = HostPacer(pause_cap=30, clock=t.clock, sleep=t.sleep)
-    pacer.pause("a.example", 10**9)
+    pacer.hold("a.example", 10**9)
     assert pacer.paused_for("a.example") == 30
 
 
@@ -69,7 +69,7 @@ async def test_a_pause_begun_while_waiting_is_honoured() -> None:
     await pacer.wait("a.example")
     loop = asyncio.get_running_loop()
     waiter = asyncio.ensure_future(pacer.wait("a.example"))  # its slot is 0.1 s away
-    pacer.pause("a.example", 0.3)
+    pacer.hold("a.example", 0.3)
     started = loop.time()
     await waiter
     assert loop.time() - started >= 0.25

@@ -68,6 +68,18 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
         "DATABASE_URL, REDIS_URL, HARVESTER_QUEUE, HARVESTER_MAX_BATCH_URLS",
         ("harvester failures replay --transient --since 2h --dry-run",),
     ),
+    "hosts set": (
+        "REDIS_URL, HARVESTER_QUEUE (workers read the policies every few seconds)",
+        (
+            "harvester hosts set api.example.com --rps 5 --concurrency 4",
+            "harvester hosts set cdn.example.com --rps 0   # not paced, whatever the default",
+        ),
+    ),
+    "hosts list": (
+        "REDIS_URL, HARVESTER_QUEUE, HARVESTER_HOST_RPS (the default shown)",
+        ("harvester hosts list --json",),
+    ),
+    "hosts clear": ("REDIS_URL, HARVESTER_QUEUE", ("harvester hosts clear api.example.com",)),
 }
 
 MAIN_EPILOG: Final = """\

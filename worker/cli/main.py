@@ -1,5 +1,5 @@
 """The ``harvester`` command: migrate, worker, enqueue, health, api, demo, and the subcommand
-modules it adds (status, sources, failures)."""
+modules it adds (status, sources, failures, hosts)."""
 
 from __future__ import annotations
 
@@ -251,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from worker.cli import failures as cli_failures
+    from worker.cli import hosts as cli_hosts
     from worker.cli import sources as cli_sources
     from worker.cli import status as cli_status
 
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_status.add_parser(sub)
     cli_sources.add_parser(sub)
     cli_failures.add_parser(sub)
+    cli_hosts.add_parser(sub)
     helptext.apply(parser)
     return parser
 

@@ -45,7 +45,7 @@ from worker.engine.guard import (
     guarded_socket_factory,
 )
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
-from worker.engine.pacing import HostPacer
+from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket
 from worker.engine.proxy import ProxyRouter, Route, proxy_endpoints
 from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
@@ -206,13 +206,43 @@ def proxy_refusal(status: int) -> ProxyError:
     )
 
 
+class _Turn:
+    """A request's turn from the `HostLimiter`, as an async context around the request:
+    entering takes the ticket (waits for the fleet's turn), leaving gives back the host's
+    in-flight slot if the turn holds one. `close` drops a ticket never taken; both are
+    idempotent. Without a ticket (an unlimited host) it does nothing."""
+
+    __slots__ = ("_release", "_ticket")
+
+    def __init__(self, ticket: Ticket | None) -> None:
+        self._ticket = ticket
+        self._release: Release | None = None
+
+    async def __aenter__(self) -> None:
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self._release = await ticket.take()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ticket is not None:
+            self._ticket.drop()
+            self._ticket = None
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, FetchError) and exc.transient
 
 
 class Fetcher:
     """Fetches URLs through one shared session, bounded by a per-process semaphore and paced
-    per host by a `HostPacer` that every job of the process shares."""
+    per host by a `HostLimiter` that every job of the process shares: the fleet's (Redis) when
+    the runtime gives one, else a `HostPacer` of this process's own."""
 
     def __init__(
         self,
@@ -220,6 +250,7 @@ class Fetcher:
         settings: Settings,
         *,
         sleep: Sleep = asyncio.sleep,
+        limiter: HostLimiter | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -230,7 +261,9 @@ class Fetcher:
         # In-flight requests of the whole process, handed out oldest job first (worker.slots).
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
-        self.pacer = HostPacer(settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep)
+        self.limiter: HostLimiter = limiter or HostPacer(
+            settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep
+        )
         self.auth = Authorizer(
             session, self._policy, route=None if self._router is None else self._route
         )
@@ -342,52 +375,65 @@ class Fetcher:
         return status, body, meta, link, attempts
 
     async def _attempt(self, call: _Call) -> _Response:
-        host = call.target.host or ""
-        # Paced before taking a slot, so a slow host's queue never holds slots other hosts need.
-        await self.pacer.wait(host)
-        async with self._slots.slot(call.priority):
-            try:
-                try:
-                    status, body, meta, link = await self._follow(call)
-                except _StaleToken as stale:
-                    # An OAuth2 token refused with 401: a new one, and the request once more.
-                    assert call.profile is not None
-                    self.auth.expire(call.profile, stale.token)
-                    status, body, meta, link = await self._follow(call, refreshed=True)
-            except FetchError as exc:
-                if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
-                    self.pacer.pause(host, exc.retry_after)
-                raise
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                raise map_client_error(exc) from exc
-            # Still in the slot: a body waiting for room counts against the slots, so at most
-            # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
-            if call.admit is not None and body:
-                await call.admit(len(body))
-            return status, body, meta, link
+        # The first hop waits before taking a slot, so a slow host's queue never holds slots
+        # other hosts need; its ticket is taken in `_follow` (or dropped on the way out).
+        first = _Turn(await self.limiter.wait(call.target.host or ""))
+        try:
+            async with self._slots.slot(call.priority):
+                return await self._attempt_in_slot(call, first)
+        finally:
+            await first.close()
 
-    async def _follow(self, call: _Call, *, refreshed: bool = False) -> _Response:
+    async def _attempt_in_slot(self, call: _Call, first: _Turn) -> _Response:
+        try:
+            try:
+                status, body, meta, link = await self._follow(call, first)
+            except _StaleToken as stale:
+                # An OAuth2 token refused with 401: a new one, and the request once more.
+                assert call.profile is not None
+                self.auth.expire(call.profile, stale.token)
+                status, body, meta, link = await self._follow(call, None, refreshed=True)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise map_client_error(exc) from exc
+        # Still in the slot: a body waiting for room counts against the slots, so at most
+        # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
+        if call.admit is not None and body:
+            await call.admit(len(body))
+        return status, body, meta, link
+
+    async def _follow(
+        self, call: _Call, first_turn: _Turn | None, *, refreshed: bool = False
+    ) -> _Response:
+        """The request's hops, each paced by the limiter (every redirect hop asks for a turn of
+        its own; the first may come with one) and each turn given back once its answer is in."""
         url, request, validators, profile = call.target, call.request, call.validators, call.profile
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         method = request.method
         data = None if request.body is None else request.body.encoded
         headers = _headers(request, validators, with_body=data is not None)
         first = url
-        for _hop in range(self._settings.max_redirects + 1):
+        for hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
             route = None if self._router is None else await self._route(url)
             wire, sent, token = await self._signed(url, first, headers, profile)
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
-            async with self._session.request(
-                method,
-                wire,
-                data=data,
-                allow_redirects=False,
-                headers=sent,
-                proxy=None if route is None else route.proxy,
-                proxy_headers=to_proxy,
-            ) as resp:
+            if hop or first_turn is None:
+                turn = _Turn(await self.limiter.wait(url.host or ""))
+            else:
+                turn = first_turn
+            async with (
+                turn,
+                self._session.request(
+                    method,
+                    wire,
+                    data=data,
+                    allow_redirects=False,
+                    headers=sent,
+                    proxy=None if route is None else route.proxy,
+                    proxy_headers=to_proxy,
+                ) as resp,
+            ):
                 status = resp.status
                 if status == 407 and route is not None:
                     raise proxy_refusal(status)
@@ -402,7 +448,12 @@ class Fetcher:
                             headers = _headers(request, validators, with_body=False)
                         method, data = "GET", None
                     continue
-                answer = await self._answer(resp, validators, call.links)
+                try:
+                    answer = await self._answer(resp, validators, call.links)
+                except HTTPStatusError as exc:
+                    if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
+                        await self.limiter.pause(url.host or "", exc.retry_after)
+                    raise
             if answer[0] != 304:
                 try:
                     check_json(answer[1])

@@ -1,25 +1,133 @@
-"""Polite fetching: per-host request pacing and host-wide pauses after a server asks for one.
+"""Polite fetching: per-host request pacing, in-flight limits, and host-wide pauses after a
+server asks for one.
 
-One `HostPacer` per worker process, shared by the fetches of every job, so a limit on a host
-holds however many jobs target it at once.
+`HostLimiter` is what the fetcher asks before each request (each redirect hop and each page
+too): `wait` before taking a process slot, so that waiting for a slow host holds no slot; for a
+host with a fleet-wide limit it returns a `Ticket`, this process's place at the head of the
+host's line, whose `take` (in the slot, just before the request) waits for the fleet's turn.
+Two implementations: `HostPacer` here, one per process with the default rate only (a fetcher
+built without a queue, and the engine's own tests), and the Redis-backed limiter in
+`worker.queue.hostlimits`, which holds every worker that shares a Redis to one rate, one
+in-flight limit and one pause per host. `HostPolicy` is a host's override of the default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from yarl import URL
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+# Given back when a request that holds an in-flight slot of its host has its answer.
+Release = Callable[[], Awaitable[None]]
 
 # Forget hosts whose reservations are in the past once the table holds this many.
 _PRUNE_AT = 10_000
+MAX_RPS = 100_000.0
+MAX_CONCURRENCY = 100_000
+
+
+class Ticket(Protocol):
+    """A request's place at the head of its host's line in this process."""
+
+    async def take(self) -> Release | None:
+        """Wait for the host's turn across the fleet and leave the line; a `Release` to await
+        once the answer is read when the host has an in-flight limit, else None."""
+        ...
+
+    def drop(self) -> None:
+        """Leave the line without a turn (the request will not be sent); idempotent."""
+        ...
+
+
+class HostLimiter(Protocol):
+    """What the fetcher asks before a request to a host and tells after a server asked for a
+    pause."""
+
+    async def wait(self, host: str) -> Ticket | None:
+        """Return when a request to ``host`` may go for a slot: None when it may start at once,
+        else the `Ticket` to take just before sending it."""
+        ...
+
+    async def pause(self, host: str, seconds: float) -> None:
+        """Hold every request to ``host`` back for ``seconds`` (capped), from now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """A host's override: requests per second (0: not paced, None: the default,
+    HARVESTER_HOST_RPS) and requests in flight at once across the fleet (None: no limit)."""
+
+    rps: float | None = None
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rps is not None and not (math.isfinite(self.rps) and 0 <= self.rps <= MAX_RPS):
+            raise ValueError(f"rps must be a number from 0 to {MAX_RPS:g}, not {self.rps!r}")
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(
+                f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, "
+                f"not {self.concurrency!r}"
+            )
+
+    def merged(self, newer: HostPolicy) -> HostPolicy:
+        """This policy with the fields ``newer`` sets replaced."""
+        return HostPolicy(
+            self.rps if newer.rps is None else newer.rps,
+            self.concurrency if newer.concurrency is None else newer.concurrency,
+        )
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"rps": self.rps, "concurrency": self.concurrency}
+
+    @classmethod
+    def from_dict(cls, data: object) -> HostPolicy:
+        """The policy stored as ``data``; ValueError (or TypeError) for anything `as_dict` does
+        not write."""
+        if not isinstance(data, dict):
+            raise TypeError("a host policy is a JSON object")
+        rps, concurrency = data.get("rps"), data.get("concurrency")
+        if rps is not None and (isinstance(rps, bool) or not isinstance(rps, int | float)):
+            raise TypeError("rps must be a number")
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int)
+        ):
+            raise TypeError("concurrency must be a whole number")
+        return cls(None if rps is None else float(rps), concurrency)
+
+
+def host_key(text: str) -> str:
+    """``text`` as the fetcher names a host (lower case, IDNA decoded, no brackets), or
+    ValueError saying why it is not a bare host name or IP address."""
+    raw = text.strip()
+    if not raw or raw != text or any(c in raw for c in "/?#@ \t"):
+        raise ValueError(f"{text!r} is not a host name (give it bare: api.example.com)")
+    try:
+        url = URL(f"http://{raw}/")
+        host, port = url.host, url.explicit_port
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{text!r} is not a host name: {exc}") from None
+    if not host or port is not None:
+        raise ValueError(f"{text!r} is not a host name (no scheme, port or path: api.example.com)")
+    return host
+
+
+def interval(rps: float) -> float:
+    """Seconds between request starts at ``rps`` (0: not paced)."""
+    return 1.0 / rps if rps > 0 else 0.0
 
 
 class HostPacer:
     """Spaces request starts to one host ``1 / rps`` apart and holds a host back while it has
-    asked us to (a 429 or 503 with ``Retry-After``).
+    asked us to (a 429 or 503 with ``Retry-After``), within one process: the `HostLimiter` of a
+    fetcher without a queue.
 
     Requests to one host wait in line on a lock, and only the one at the head sleeps, so a
     waiter that is cancelled (its job hit a deadline) books nothing for later ones. With no rate
@@ -37,7 +145,7 @@ class HostPacer:
     ) -> None:
         if rps < 0:
             raise ValueError("rps must not be negative")
-        self._interval = 1.0 / rps if rps else 0.0
+        self._interval = interval(rps)
         self._pause_cap = pause_cap
         self._clock = clock
         self._sleep = sleep
@@ -50,7 +158,11 @@ class HostPacer:
         until = self._paused_until.get(host)
         return max(0.0, until - self._clock()) if until is not None else 0.0
 
-    def pause(self, host: str, seconds: float) -> None:
+    async def pause(self, host: str, seconds: float) -> None:
+        """`HostLimiter.pause`: `hold`."""
+        self.hold(host, seconds)
+
+    def hold(self, host: str, seconds: float) -> None:
         """Hold every request to ``host`` back for ``seconds`` (capped), from now."""
         now = self._clock()
         if len(self._paused_until) > _PRUNE_AT:

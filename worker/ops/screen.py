@@ -3,10 +3,10 @@ or a captured screen (the demo). Every value read from Redis or Postgres is show
 escaped text, never as markup.
 
 The panels come most important first: the queue, the workers, failures by kind, then jobs in
-progress, recent jobs, URLs per minute and sources. Given a height, `render` fits the screen to
-it: the less important panels lose rows first, and a panel that has no room is left out, so a
-small terminal still shows the queue, the workers and the failures. Rows never wrap: long job
-ids and hosts are shortened with an ellipsis unless ``wide``.
+progress, recent jobs, URLs per minute, sources and host policies. Given a height, `render` fits
+the screen to it: the less important panels lose rows first, and a panel that has no room is
+left out, so a small terminal still shows the queue, the workers and the failures. Rows never
+wrap: long job ids and hosts are shortened with an ellipsis unless ``wide``.
 """
 
 from __future__ import annotations
@@ -213,6 +213,26 @@ def _sources(s: Status) -> RenderableType | None:
     )
 
 
+def _hosts(s: Status) -> RenderableType | None:
+    """One line: the default rate, each host's policy and pause (``harvester hosts list``)."""
+    policies: dict[str, dict[str, float | int | None]] = s.hosts.get("policies", {})
+    paused: dict[str, float] = s.hosts.get("paused", {})
+    if not policies and not paused:
+        return None
+    default = s.hosts.get("default_rps") or 0
+    text = Text("hosts", style="bold")
+    text.append(f" (others {f'{default:g}/s' if default else 'not paced'}): ")
+    parts = []
+    for host in sorted({*policies, *paused}):
+        p = policies.get(host, {})
+        said = [] if p.get("rps") is None else [f"{p['rps']:g}/s"]
+        said += [] if p.get("concurrency") is None else [f"{p['concurrency']} in flight"]
+        said += [f"paused {paused[host]:g} s"] if host in paused else []
+        parts.append(f"{safe(host)} {' '.join(said)}")
+    text.append(", ".join(parts))
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class _Panel:
     draw: Draw
@@ -229,6 +249,7 @@ def _panels(s: Status, wide: bool) -> list[_Panel]:
         _Panel(lambda rows: _recent(s, rows, wide), len(s.recent_jobs), False),
         _Panel(lambda rows: _per_minute(s, rows), len(s.urls_per_minute), False),
         _Panel(lambda rows: _sources(s), 0, False),
+        _Panel(lambda rows: _hosts(s), 0, False),
     ]
 
 

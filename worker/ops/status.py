@@ -19,6 +19,7 @@ from arq.jobs import DeserializationError, deserialize_result
 
 from worker.engine import store
 from worker.queue.heartbeat import WorkerState, read_workers
+from worker.queue.hostlimits import read_pauses, read_policies
 from worker.queue.serialization import deserialize
 from worker.settings import Settings
 
@@ -102,6 +103,9 @@ class Status:
     recent_jobs: list[RecentJob]
     sources: dict[str, int] = field(default_factory=dict)
     rate_window_s: float = RATE_WINDOW_S
+    # default_rps (this command's HARVESTER_HOST_RPS), policies {host: {rps, concurrency}} and
+    # paused {host: seconds left}: `harvester hosts`
+    hosts: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,7 +237,17 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
         failures_last_hour=db.failures,
         recent_jobs=recent,
         sources=db.sources,
+        hosts=await _hosts(settings, redis),
     )
+
+
+async def _hosts(settings: Settings, redis: ArqRedis) -> dict[str, Any]:
+    policies = await read_policies(redis, settings.queue)
+    return {
+        "default_rps": settings.host_rps,
+        "policies": {host: p.as_dict() for host, p in policies.items()},
+        "paused": await read_pauses(redis, settings.queue),
+    }
 
 
 @dataclass(frozen=True, slots=True)

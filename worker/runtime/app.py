@@ -39,6 +39,7 @@ from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
 from worker.queue import heartbeat
 from worker.queue.client import health_check_key, probe, redis_error, redis_pool
+from worker.queue.hostlimits import RedisHostLimiter
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
 from worker.settings import Settings, get_settings
@@ -58,6 +59,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         if settings.migrate_on_start:
             await migrate(settings.database_url)
         pool = await stack.enter_async_context(store.open_pool(settings))
+        limiter = await _host_limiter(ctx, settings, stack)
         if settings.metrics_port is not None:
             await _serve_metrics(ctx, settings, stack)
     except BaseException:
@@ -65,7 +67,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         raise
     ctx.update(
         settings=settings,
-        fetcher=Fetcher(session, settings),
+        fetcher=Fetcher(session, settings, limiter=limiter),
         pool=pool,
         budget=ByteBudget(settings.buffer_bytes),
         credentials=credentials,
@@ -84,6 +86,20 @@ async def startup(ctx: dict[str, Any]) -> None:
             "pid": os.getpid(),
         },
     )
+
+
+async def _host_limiter(
+    ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack
+) -> RedisHostLimiter | None:
+    """The fleet's host limiter on the worker's Redis (policies read now, then kept fresh);
+    None without one (a fetcher then paces with its own `HostPacer`)."""
+    redis = ctx.get("redis")
+    if redis is None:
+        return None
+    limiter = RedisHostLimiter(redis, settings)
+    await limiter.start()
+    stack.push_async_callback(limiter.stop)
+    return limiter
 
 
 async def _serve_metrics(ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack) -> None:
