@@ -1,10 +1,14 @@
-"""HostPacer: per-host spacing of request starts and host-wide pauses, on a fake clock."""
+"""HostPacer: per-host spacing of request starts and host-wide pauses, on a fake clock; host
+policies and host names, as `harvester hosts` takes them."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
-from worker.engine.pacing import HostPacer
+import pytest
+
+from worker.engine.pacing import MAX_CONCURRENCY, MAX_RPS, HostPacer, HostPolicy, host_key
 
 
 class FakeTime:
@@ -99,3 +103,48 @@ async def test_cancelled_waiters_book_nothing() -> None:
     started = loop.time()
     await pacer.wait("a.example")
     assert loop.time() - started < 0.5  # 50 booked slots would have been 5 s
+
+
+def test_a_policy_refuses_what_no_host_can_have() -> None:
+    """Negative, infinite or NaN rates and in-flight limits under 1 are refused, saying which."""
+    for bad in (-1.0, math.inf, math.nan, MAX_RPS * 2):
+        with pytest.raises(ValueError, match="rps must be"):
+            HostPolicy(rps=bad)
+    for bad_n in (0, -3, MAX_CONCURRENCY + 1):
+        with pytest.raises(ValueError, match="concurrency must be"):
+            HostPolicy(concurrency=bad_n)
+    assert HostPolicy(rps=0.0).rps == 0.0  # not paced: allowed
+
+
+def test_a_policy_change_keeps_what_it_does_not_give() -> None:
+    """Setting the in-flight limit keeps the rate, and the other way round."""
+    assert HostPolicy(5.0, None).merged(HostPolicy(None, 4)) == HostPolicy(5.0, 4)
+    assert HostPolicy(5.0, 4).merged(HostPolicy(2.0, None)) == HostPolicy(2.0, 4)
+
+
+def test_a_stored_policy_reads_back_and_junk_is_refused() -> None:
+    """from_dict(as_dict()) is the policy; a stored value of the wrong shape is an error."""
+    policy = HostPolicy(2.5, 3)
+    assert HostPolicy.from_dict(policy.as_dict()) == policy
+    for junk in ([], {"rps": "5"}, {"rps": True}, {"concurrency": 1.5}, {"rps": -2}):
+        with pytest.raises((ValueError, TypeError)):
+            HostPolicy.from_dict(junk)
+
+
+def test_host_names_are_keyed_as_the_fetcher_keys_them() -> None:
+    """Lower case, IDNA decoded, IPv6 without brackets; URLs, ports and paths are refused."""
+    assert host_key("API.Example.COM") == "api.example.com"
+    assert host_key("xn--bcher-kva.example") == "bücher.example"
+    assert host_key("[::1]") == "::1"
+    assert host_key("10.0.0.1") == "10.0.0.1"
+    for bad in (
+        "",
+        " api.example.com",
+        "https://api.example.com",
+        "api.example.com:8443",
+        "api.example.com/x",
+        "user@api.example.com",
+        "a b",
+    ):
+        with pytest.raises(ValueError, match="is not a host name"):
+            host_key(bad)

@@ -205,13 +205,15 @@ class RedisHostLimiter:
         settings: Settings,
         *,
         refresh_s: float = REFRESH_S,
+        lease_s: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._redis = redis
         self._queue = settings.queue
         self._default_ms = interval(settings.host_rps) * 1000
         self._cap_ms = settings.retry_after_cap * 1000
-        self._lease_ms = (settings.request_timeout + LEASE_SLACK_S) * 1000
+        # How long an in-flight slot outlives a worker that died holding it.
+        self._lease_ms = (lease_s or settings.request_timeout + LEASE_SLACK_S) * 1000
         self._refresh_s = refresh_s
         self._sleep = sleep
         self._policies: dict[str, HostPolicy] = {}

@@ -1,0 +1,188 @@
+"""The fleet's host limiter against the session's Valkey: two limiters on one Redis stand for two
+workers (the three-process run is in tests/faults/test_fleet_limits.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.helpers import TEST_QUEUE, wait_until
+from tests.helpers.upstream import Upstream
+from worker.engine.fetch import Fetcher, create_session
+from worker.engine.outcomes import Fetched
+from worker.engine.pacing import HostPolicy
+from worker.queue.hostlimits import RedisHostLimiter, read_pauses, set_policy
+from worker.settings import Settings
+
+Limiters = Callable[..., Awaitable[RedisHostLimiter]]
+
+
+@pytest.fixture
+async def limiters(
+    redis: aioredis.Redis, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Limiters]:
+    """Started limiters ("workers") on the flushed Redis; ``await factory(**settings)``."""
+    stack = AsyncExitStack()
+
+    async def factory(lease_s: float | None = None, **overrides: object) -> RedisHostLimiter:
+        limiter = RedisHostLimiter(redis, make_settings(**overrides), lease_s=lease_s)
+        await limiter.start()
+        stack.push_async_callback(limiter.stop)
+        return limiter
+
+    async with stack:
+        yield factory
+
+
+async def _turn(limiter: RedisHostLimiter, host: str, *, keep: bool = False) -> float:
+    """Take a turn for ``host``; when it came (given back at once unless ``keep``)."""
+    ticket = await limiter.wait(host)
+    assert ticket is not None
+    release = await ticket.take()
+    at = time.monotonic()
+    if release is not None and not keep:
+        await release()
+    return at
+
+
+async def test_two_workers_share_one_rate(redis: aioredis.Redis, limiters: Limiters) -> None:
+    """A host at 20 requests/s: twenty turns asked by two limiters at once come 50 ms apart."""
+    await set_policy(redis, TEST_QUEUE, "a.example", HostPolicy(rps=20))
+    a, b = await limiters(), await limiters()
+    times = sorted(
+        await asyncio.gather(
+            *(_turn(w, "a.example") for w in itertools.islice(itertools.cycle((a, b)), 20))
+        )
+    )
+    gaps = [y - x for x, y in itertools.pairwise(times)]
+    assert min(gaps) >= 0.04, gaps
+    assert times[-1] - times[0] >= 19 * 0.05 * 0.95
+
+
+async def test_the_default_rate_holds_for_the_fleet(limiters: Limiters) -> None:
+    """HARVESTER_HOST_RPS applies to every host without a policy, across workers too."""
+    a, b = await limiters(host_rps=10), await limiters(host_rps=10)
+    times = sorted(await asyncio.gather(*(_turn(w, "b.example") for w in (a, b, a, b))))
+    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.09
+
+
+async def test_in_flight_limit_holds_across_workers(
+    redis: aioredis.Redis, limiters: Limiters
+) -> None:
+    """A host limited to 2 in flight: a third request, from another worker, waits until one of
+    the two is answered."""
+    await set_policy(redis, TEST_QUEUE, "c.example", HostPolicy(concurrency=2))
+    a, b = await limiters(), await limiters()
+    held = []
+    for _ in range(2):
+        ticket = await a.wait("c.example")
+        assert ticket is not None
+        held.append(await ticket.take())
+    third = asyncio.create_task(_turn(b, "c.example"))
+    done, _ = await asyncio.wait({third}, timeout=0.3)
+    assert not done  # still waiting with two in flight
+    release = held.pop()
+    assert release is not None
+    await release()
+    await asyncio.wait_for(third, 5)
+
+
+async def test_a_dead_workers_slots_free_themselves(
+    redis: aioredis.Redis, limiters: Limiters
+) -> None:
+    """A slot never given back (its worker died) expires with its lease."""
+    await set_policy(redis, TEST_QUEUE, "d.example", HostPolicy(concurrency=1))
+    dead, alive = await limiters(lease_s=0.5), await limiters(lease_s=0.5)
+    taken = await _turn(dead, "d.example", keep=True)
+    came = await asyncio.wait_for(_turn(alive, "d.example"), 5)
+    assert came - taken >= 0.4
+
+
+async def test_a_pause_reaches_every_worker(redis: aioredis.Redis, limiters: Limiters) -> None:
+    """A pause one worker records holds a limited host back for another at once, and an
+    unlimited host once the other has read the pauses (every few seconds); it is capped."""
+    await set_policy(redis, TEST_QUEUE, "e.example", HostPolicy(rps=1000))
+    a, b = await limiters(retry_after_cap=1.5), await limiters(retry_after_cap=1.5)
+    await a.pause("e.example", 1.0)
+    await a.pause("f.example", 3600)  # a hostile Retry-After
+
+    async def shared() -> bool:
+        return set(await read_pauses(redis, TEST_QUEUE)) == {"e.example", "f.example"}
+
+    await wait_until(shared, timeout=5)
+    assert (await read_pauses(redis, TEST_QUEUE))["f.example"] <= 1.5
+    started = time.monotonic()
+    assert await _turn(b, "e.example") - started >= 0.8
+    await b.refresh()
+    started = time.monotonic()
+    assert await b.wait("f.example") is None  # not limited: no ticket, but it waited
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_unlimited_hosts_pay_no_redis_round_trip(
+    redis: aioredis.Redis, limiters: Limiters
+) -> None:
+    """With no limit for a host (others may have one), asking for it sends Redis nothing."""
+    await set_policy(redis, TEST_QUEUE, "limited.example", HostPolicy(rps=5))
+    limiter = await limiters()
+    before = (await redis.info("stats"))["total_commands_processed"]
+    for _ in range(100):
+        assert await limiter.wait("free.example") is None
+    after = (await redis.info("stats"))["total_commands_processed"]
+    assert after - before <= 1  # the first INFO itself
+
+
+async def test_a_retry_after_on_one_worker_pauses_the_others(
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    limiters: Limiters,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A 429 with Retry-After: 1 answered to one worker's fetcher holds another worker's
+    request to that host back for that second."""
+    await set_policy(redis, TEST_QUEUE, "127.0.0.1", HostPolicy(rps=1000))
+    settings = make_settings()
+    sessions = [create_session(settings), create_session(settings)]
+    try:
+        first = Fetcher(sessions[0], settings, limiter=await limiters())
+        second = Fetcher(sessions[1], settings, limiter=await limiters())
+        asked = asyncio.create_task(first.fetch(upstream.url("/retry-after/k?seconds=1")))
+
+        async def paused() -> bool:
+            return "127.0.0.1" in await read_pauses(redis, TEST_QUEUE)
+
+        await wait_until(paused, timeout=5)
+        told = upstream.hits_for("/retry-after/k")[0].at
+        other = await second.fetch(upstream.url("/json/other-worker"))
+        assert isinstance(other, Fetched)
+        assert upstream.hits_for("/json/other-worker")[0].at - told >= 0.9
+        assert isinstance(await asked, Fetched)
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+async def test_redirect_hops_are_paced(
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    limiters: Limiters,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Each hop of a redirect chain waits for its own turn: four hops at 10/s span 0.3 s."""
+    await set_policy(redis, TEST_QUEUE, "127.0.0.1", HostPolicy(rps=10))
+    settings = make_settings()
+    session = create_session(settings)
+    try:
+        fetcher = Fetcher(session, settings, limiter=await limiters())
+        assert isinstance(await fetcher.fetch(upstream.url("/redirect/3")), Fetched)
+    finally:
+        await session.close()
+    times = sorted(h.at for h in upstream.hits)
+    assert len(times) == 4, upstream.hits
+    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.09
