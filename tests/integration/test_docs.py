@@ -326,6 +326,7 @@ async def test_the_command_line_tour_runs(run_docs: Callable[..., Awaitable[Sess
     session = await run_docs("docs/cli.md")
     assert session.returncode == 0, session.stderr[-4000:]
     assert "'queue'" in session.stdout  # status --json, read by Python
+    assert "api.example.com" in session.stdout  # hosts list
 
 
 async def test_the_upgrading_example_migrates_once(

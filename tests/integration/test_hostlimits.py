@@ -186,3 +186,23 @@ async def test_redirect_hops_are_paced(
     times = sorted(h.at for h in upstream.hits)
     assert len(times) == 4, upstream.hits
     assert min(y - x for x, y in itertools.pairwise(times)) >= 0.09
+
+
+async def test_redirects_back_to_a_limited_host_never_wait_on_each_other(
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    limiters: Limiters,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Two slots, six URLs of a limited host that each redirect back to it: a hop in a slot does
+    not queue behind a request that waits for a slot, so every URL lands."""
+    await set_policy(redis, TEST_QUEUE, "127.0.0.1", HostPolicy(rps=100))
+    settings = make_settings(concurrency=2, per_host=2)
+    session = create_session(settings)
+    try:
+        fetcher = Fetcher(session, settings, limiter=await limiters())
+        urls = [upstream.url(f"/redirect-to?location=/json/back-{i}") for i in range(6)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*map(fetcher.fetch, urls)), 20)
+    finally:
+        await session.close()
+    assert all(isinstance(o, Fetched) for o in outcomes), outcomes

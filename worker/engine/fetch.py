@@ -235,6 +235,14 @@ class _Turn:
             await release()
 
 
+# The turn of a host with no limit: nothing to take or give back, so one serves every request.
+_NO_TURN: Final = _Turn(None)
+
+
+def _turn(ticket: Ticket | None) -> _Turn:
+    return _NO_TURN if ticket is None else _Turn(ticket)
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, FetchError) and exc.transient
 
@@ -377,12 +385,13 @@ class Fetcher:
     async def _attempt(self, call: _Call) -> _Response:
         # The first hop waits before taking a slot, so a slow host's queue never holds slots
         # other hosts need; its ticket is taken in `_follow` (or dropped on the way out).
-        first = _Turn(await self.limiter.wait(call.target.host or ""))
+        first = _turn(await self.limiter.wait(call.target.host or ""))
         try:
             async with self._slots.slot(call.priority):
                 return await self._attempt_in_slot(call, first)
         finally:
-            await first.close()
+            if first is not _NO_TURN:
+                await first.close()
 
     async def _attempt_in_slot(self, call: _Call, first: _Turn) -> _Response:
         try:
@@ -419,7 +428,7 @@ class Fetcher:
             wire, sent, token = await self._signed(url, first, headers, profile)
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
             if hop or first_turn is None:
-                turn = _Turn(await self.limiter.wait(url.host or ""))
+                turn = _turn(await self.limiter.wait(url.host or "", in_slot=True))
             else:
                 turn = first_turn
             async with (

@@ -50,9 +50,10 @@ class HostLimiter(Protocol):
     """What the fetcher asks before a request to a host and tells after a server asked for a
     pause."""
 
-    async def wait(self, host: str) -> Ticket | None:
+    async def wait(self, host: str, *, in_slot: bool = False) -> Ticket | None:
         """Return when a request to ``host`` may go for a slot: None when it may start at once,
-        else the `Ticket` to take just before sending it."""
+        else the `Ticket` to take just before sending it. ``in_slot``: the caller holds a slot
+        already (a redirect hop), so it must not queue behind requests waiting for one."""
         ...
 
     async def pause(self, host: str, seconds: float) -> None:
@@ -171,8 +172,9 @@ class HostPacer:
         if until > self._paused_until.get(host, 0.0):
             self._paused_until[host] = until
 
-    async def wait(self, host: str) -> None:
-        """Return when a request to ``host`` may start."""
+    async def wait(self, host: str, *, in_slot: bool = False) -> None:
+        """Return when a request to ``host`` may start (the line is held only while sleeping,
+        never while waiting for a slot, so ``in_slot`` changes nothing here)."""
         if not self._interval and not self._paused_until:
             return  # the common case: no pacing configured and no host has asked for a pause
         line = self._lines.get(host)

@@ -36,6 +36,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.engine.pacing import HostPolicy, Release, interval
@@ -46,6 +47,7 @@ log = logging.getLogger("harvester.hosts")
 REFRESH_S: Final = 2.0  # how often a worker reads policies and pauses
 FULL_POLL_S: Final = 0.025  # a host at its in-flight limit is asked again after this long
 DOWN_POLL_S: Final = 0.5  # a limited host's waiter tries Redis again after this long
+STOP_WAIT_S: Final = 1.0  # how long stopping waits for slots to be given back
 LEASE_SLACK_S: Final = 10.0  # an in-flight slot outlives HARVESTER_REQUEST_TIMEOUT by this
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _PRUNE_AT = 10_000
@@ -176,7 +178,11 @@ class _Ticket:
     __slots__ = ("_host", "_limiter", "_line", "_rule")
 
     def __init__(
-        self, limiter: RedisHostLimiter, host: str, rule: tuple[float, int], line: asyncio.Lock
+        self,
+        limiter: RedisHostLimiter,
+        host: str,
+        rule: tuple[float, int],
+        line: asyncio.Lock | None,
     ) -> None:
         self._limiter = limiter
         self._host = host
@@ -235,6 +241,11 @@ class RedisHostLimiter:
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
+        # Give slots back and share pauses if Redis answers soon; leases expire anyway.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=STOP_WAIT_S)
+        for task in list(self._tasks):
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def refresh(self) -> None:
@@ -257,7 +268,7 @@ class RedisHostLimiter:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except _REDIS_DOWN as exc:
+            except (RedisError, OSError) as exc:  # kept: the policies and pauses last read
                 log.warning("hosts.refresh_failed", extra={"error": repr(exc)})
 
     def rule(self, host: str) -> tuple[float, int] | None:
@@ -269,7 +280,7 @@ class RedisHostLimiter:
         limit = policy.concurrency or 0
         return (gap, limit) if gap or limit else None
 
-    async def wait(self, host: str) -> _Ticket | None:
+    async def wait(self, host: str, *, in_slot: bool = False) -> _Ticket | None:
         if self._paused:
             await self._sit_out_pause(host)
         if not self._policies and not self._default_ms:
@@ -277,6 +288,10 @@ class RedisHostLimiter:
         rule = self.rule(host)
         if rule is None:
             return None
+        if in_slot:
+            # A redirect hop holds a slot: queueing behind a request that holds the line while
+            # it waits for a slot could leave every slot waiting. It asks Redis on its own.
+            return _Ticket(self, host, rule, None)
         line = self._lines.get(host)
         if line is None:
             if len(self._lines) > _PRUNE_AT:
