@@ -206,3 +206,25 @@ async def test_redirects_back_to_a_limited_host_never_wait_on_each_other(
     finally:
         await session.close()
     assert all(isinstance(o, Fetched) for o in outcomes), outcomes
+
+
+async def test_an_in_flight_limit_holds_at_the_upstream(
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    limiters: Limiters,
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Two workers' fetchers, a host limited to 2 in flight, 8 slow requests at once: the
+    upstream never has more than 2 at a time, and every request is answered."""
+    await set_policy(redis, TEST_QUEUE, "127.0.0.1", HostPolicy(concurrency=2))
+    settings = make_settings()
+    sessions = [create_session(settings), create_session(settings)]
+    try:
+        fetchers = [Fetcher(s, settings, limiter=await limiters()) for s in sessions]
+        urls = [upstream.url(f"/slow/f-{i}?delay=0.1") for i in range(8)]
+        outcomes = await asyncio.gather(*(fetchers[i % 2].fetch(url) for i, url in enumerate(urls)))
+    finally:
+        for session in sessions:
+            await session.close()
+    assert all(isinstance(o, Fetched) for o in outcomes), outcomes
+    assert upstream.max_in_flight == 2
