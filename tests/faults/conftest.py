@@ -38,9 +38,9 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
     """Workers against the test's own stack; killed at teardown if still running."""
     made: list[WorkerProcess] = []
 
-    def factory(**settings: object) -> WorkerProcess:
+    def factory(*args: str, **settings: object) -> WorkerProcess:
         env = worker_env(stack.database_url, stack.redis_url, FAULT_QUEUE, **settings)
-        w = WorkerProcess(env, tmp_path / f"worker-{len(made) + 1}.log")
+        w = WorkerProcess(env, tmp_path / f"worker-{len(made) + 1}.log", args)
         made.append(w)
         return w
 
