@@ -93,6 +93,26 @@ async def test_two_processes_share_the_queue_and_stop_together_on_sigterm(
     assert "Traceback" not in log, log
 
 
+async def test_when_the_parent_is_killed_its_children_stop_cleanly(
+    stack: Stack, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """SIGKILL to the parent alone: Linux gives each child a SIGTERM, and each stops as a
+    worker does on SIGTERM (leaving the registry), so no worker outlives its parent."""
+    worker = spawn_worker(*TWO, **SETTINGS)
+    await worker.start()
+    pids = await _two_beating(stack, worker)
+    worker.signal(signal.SIGKILL)
+    await worker.wait()
+
+    async def gone() -> bool:
+        return alive(pids) == []
+
+    await wait_until(gone, timeout=30)
+    assert await _workers(stack) == []
+    log = worker.log()
+    assert log.count("worker.stopped") == 2, log
+
+
 async def test_a_killed_child_is_restarted_and_the_batch_completes(
     stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -81,15 +81,12 @@ async def test_giving_up_on_one_slot_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_children_run_one_worker_each() -> None:
-    """A child is ``python -m worker worker --processes 1``: it never supervises in turn."""
-    assert child_command(burst=True)[1:] == [
-        "-m",
-        "worker",
-        "worker",
-        "--processes",
-        "1",
-        "--burst",
-    ]
+    """A child is ``python -m worker worker --processes 1``: it never supervises in turn, and
+    it knows its parent (to stop when that dies)."""
+    command = child_command(burst=True)
+    assert command[1:6] == ["-m", "worker", "worker", "--processes", "1"]
+    assert command[6:] == ["--parent", str(os.getpid()), "--burst"]
+    assert build_parser().parse_args(command[3:]).parent == os.getpid()
 
 
 @pytest.mark.parametrize("value", ["0", "65", "two"])

@@ -90,6 +90,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     processes = settings.processes if args.processes is None else args.processes
     if processes > 1:
         return _supervise(settings, processes, burst=args.burst)
+    if args.parent is not None:
+        from worker.runtime.supervisor import follow_parent
+
+        if not follow_parent(args.parent):
+            log.info("worker.parent_gone", extra={"parent": args.parent})
+            return EXIT_OK
     from worker.runtime.app import create_worker
 
     _install_uvloop(settings)
@@ -292,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run N worker processes under one parent (HARVESTER_PROCESSES, 1; at most "
         f"{MAX_PROCESSES})",
     )
+    # Given by `worker.runtime.supervisor` to its children; not for people.
+    p.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     _add_enqueue(sub)

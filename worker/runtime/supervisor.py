@@ -1,9 +1,10 @@
 """``harvester worker --processes N``: a small parent that runs N worker processes on one host.
 
-Each child is ``python -m worker worker --processes 1``, the very process a single worker is, so
-each has its own heartbeat and registry entry, and they share one metrics endpoint through the
-host's directory (`worker.ops.metrics`). The parent holds no session, pool or port. It forwards
-SIGTERM and SIGINT to every child and waits for them (each lets its running batches finish for
+Each child is ``python -m worker worker --processes 1``, the very process a single worker is
+(but that it stops when the parent dies: `follow_parent`), so each has its own heartbeat and
+registry entry, and they share one metrics endpoint through the host's directory
+(`worker.ops.metrics`). The parent holds no session, pool or port. It forwards SIGTERM and SIGINT
+to every child and waits for them (each lets its running batches finish for
 HARVESTER_SHUTDOWN_GRACE, as a single worker does), and restarts a child that dies unasked, after
 a wait from the one backoff policy (`worker.backoff`). It gives up, stopping the others, when
 a child exits 2 (a configuration problem: a restart would meet it again), or when one slot's
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 import time
@@ -36,13 +39,28 @@ STABLE_S: Final = 60.0
 MAX_QUICK_DEATHS: Final = 5
 RESTART_BACKOFF: Final = Backoff(base=1.0, cap=30.0, jitter="equal")
 FORWARDED: Final = (signal.SIGTERM, signal.SIGINT)
+PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 
 
 def child_command(burst: bool) -> list[str]:
-    """The command line of one child: this interpreter running a single worker."""
-    return [sys.executable, "-m", "worker", "worker", "--processes", "1"] + (
-        ["--burst"] if burst else []
-    )
+    """The command line of one child: this interpreter running a single worker that stops
+    when this process dies (`follow_parent`)."""
+    command = [sys.executable, "-m", "worker", "worker", "--processes", "1"]
+    return [*command, "--parent", str(os.getpid())] + (["--burst"] if burst else [])
+
+
+def follow_parent(parent: int) -> bool:
+    """In a child: ask Linux for SIGTERM when the parent dies, so that a parent killed outright
+    (SIGKILL) leaves no worker behind; each stops as on any SIGTERM. False if the parent is
+    already gone. Elsewhere than Linux this is a no-op."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return True
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("worker.parent_not_followed", extra={"errno": ctypes.get_errno()})
+    # Checked after the request: a parent that died before it would send nothing.
+    return os.getppid() == parent
 
 
 @dataclass
