@@ -64,19 +64,18 @@ async def test_a_crash_loop_ends_with_the_childs_exit_code(tmp_path: Path) -> No
 
 async def test_giving_up_on_one_slot_stops_the_others(tmp_path: Path) -> None:
     """When one slot gives up, the long-running children of the other slots are stopped too."""
-    script = "import sys, time; time.sleep(60) if sys.argv[1] == 'stay' else sys.exit(2)"
-    slots = iter(["stay", "go"])
-
-    class TwoKinds(Supervisor):
-        def __init__(self) -> None:
-            super().__init__(2, [], backoff=QUICK)
-
-        async def _run_child(self, slot):  # type: ignore[no-untyped-def]
-            self._command = [sys.executable, "-c", script, next(slots)]
-            return await super()._run_child(slot)
-
+    # The first child to claim DIR/stay runs for a minute; the other exits 2 at once.
+    script = (
+        "import pathlib, sys, time\n"
+        "try:\n"
+        "    (pathlib.Path(sys.argv[1]) / 'stay').open('x').close()\n"
+        "except FileExistsError:\n"
+        "    sys.exit(2)\n"
+        "time.sleep(60)\n"
+    )
+    supervisor = Supervisor(2, [sys.executable, "-c", script, str(tmp_path)], backoff=QUICK)
     started = time.monotonic()
-    assert await TwoKinds().run() == 2
+    assert await supervisor.run() == 2
     assert time.monotonic() - started < 30  # the sleeper was stopped, not waited for
 
 
