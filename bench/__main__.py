@@ -220,10 +220,7 @@ class Bench:
         env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
         env["BENCH_API_TOKEN"] = api_mod.TOKEN
         started = time.perf_counter()
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "worker", "worker", "--burst"], env=env)
-            for _ in range(workers)
-        ]
+        procs = [subprocess.Popen(_worker_command(name), env=env) for _ in range(workers)]
         waited = [_wait(p) for p in procs]
         wall = time.perf_counter() - started
         assert all(code == 0 for code, _, _ in waited), waited
@@ -249,6 +246,17 @@ class Bench:
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
         return Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+
+
+def _worker_command(name: str) -> list[str]:
+    """A burst worker; under py-spy, writing collapsed stacks, when BENCH_PYSPY names a folder."""
+    cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
+    folder = os.environ.get("BENCH_PYSPY")
+    if not folder:
+        return cmd
+    out = Path(folder) / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.txt"
+    spy = Path(sys.executable).with_name("py-spy")
+    return [str(spy), "record", "--rate", "400", "--format", "raw", "-o", str(out), "--", *cmd]
 
 
 def _paired_ratio(a: Run, b: Run) -> float:

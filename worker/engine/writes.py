@@ -134,6 +134,13 @@ class Chunk:
                 (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs
             ]
             return rows, _DOC_COLUMNS
+        if not requests:  # GET walks, the usual paginated batch: built inline, once a page
+            rows = [
+                (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts, d.page, d.page_url,
+                 d.next_url)
+                for d in self.docs
+            ]  # fmt: skip
+            return rows, _DOC_COLUMNS + _DOC_PAGE_COLUMNS
         columns = (
             _DOC_COLUMNS
             + (_REQUEST_COLUMNS if requests else ())
