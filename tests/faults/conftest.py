@@ -59,3 +59,16 @@ def bouncer(stack: Stack, tmp_path: Path) -> Iterator[Pgbouncer]:
     while that Postgres restarts); stopped after the test."""
     with pgbouncer(tmp_path / "pgbouncer", stack.database_url) as b:
         yield b
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def reach_postgres(
+    request: pytest.FixtureRequest, stack: Stack, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """The settings by which a worker reaches the test's Postgres (`spawn_worker(**them)`):
+    directly, or through a pgbouncer in transaction mode in front of it."""
+    if request.param == "direct":
+        yield {}
+        return
+    with pgbouncer(tmp_path / "pgbouncer", stack.database_url) as b:
+        yield {"database_url": b.url(stack.database_url), "pgbouncer": "true"}

@@ -162,7 +162,8 @@ async def _init_connection(conn: asyncpg.Connection[Any], *, begin: str) -> None
 
 async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
     """Behind pgbouncer a connection has no session state of its own to reset, and a reset
-    query would run on whichever server connection pgbouncer lends at that moment."""
+    query would run on whichever server connection pgbouncer lends at that moment (asyncpg's
+    RESET ALL there would undo the application_name pgbouncer set on it, unknown to it)."""
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
