@@ -37,9 +37,12 @@ START_TIMEOUT_S = 15.0
 class Pgbouncer:
     """pgbouncer, pool_mode = transaction, in front of the Postgres of ``postgres_url``."""
 
-    def __init__(self, root: Path, postgres_url: str) -> None:
+    def __init__(
+        self, root: Path, postgres_url: str, *, ignore_startup_parameters: tuple[str, ...] = ()
+    ) -> None:
         self.root = root.resolve()
         self.postgres_url = postgres_url
+        self.ignore_startup_parameters = ignore_startup_parameters
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -73,6 +76,7 @@ class Pgbouncer:
                 "server_reset_query_always = 1",
                 # Try a restarted Postgres again after 1 s, not the default 15 s.
                 "server_login_retry = 1",
+                f"ignore_startup_parameters = {','.join(self.ignore_startup_parameters)}",
                 "",
             ]
         )
@@ -125,10 +129,12 @@ class Pgbouncer:
 
 
 @contextlib.contextmanager
-def pgbouncer(root: Path, postgres_url: str) -> Iterator[Pgbouncer]:
+def pgbouncer(
+    root: Path, postgres_url: str, *, ignore_startup_parameters: tuple[str, ...] = ()
+) -> Iterator[Pgbouncer]:
     """A started `Pgbouncer` in ``root`` in front of ``postgres_url``; stopped on exit, also
     when the block fails."""
-    bouncer = Pgbouncer(root, postgres_url)
+    bouncer = Pgbouncer(root, postgres_url, ignore_startup_parameters=ignore_startup_parameters)
     try:
         bouncer.start()
         yield bouncer

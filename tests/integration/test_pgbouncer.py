@@ -7,18 +7,19 @@ The pgbouncer of these tests discards every server connection's session after ea
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from tests.helpers import Services, scratch_database, worker_env
 from tests.helpers.cli import InProcess
-from tests.helpers.pgbouncer import Pgbouncer
+from tests.helpers.pgbouncer import Pgbouncer, pgbouncer
 from worker.engine import store
 from worker.engine.migrate import discover, migrate
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.writes import Chunk, write_chunk
-from worker.errors import ConfigError
+from worker.errors import ConfigError, StoreError
 from worker.settings import Settings
 
 _TIMEOUTS = """
@@ -110,6 +111,25 @@ async def test_without_the_setting_the_pool_names_it(
     settings = make_settings(database_url=bouncer.url(services.database_url))
     with pytest.raises(ConfigError, match=r"is a pgbouncer .*: set HARVESTER_PGBOUNCER=true$"):
         await store.create_pool(settings)
+
+
+async def test_a_pgbouncer_ignoring_the_timeouts_still_names_the_setting(
+    services: Services, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A pgbouncer told to ignore the timeouts lets the pool connect, but asyncpg's named
+    statements do not survive it: that error names HARVESTER_PGBOUNCER too (and is not
+    retried)."""
+    ignored = ("statement_timeout", "idle_in_transaction_session_timeout")
+    with pgbouncer(tmp_path, services.database_url, ignore_startup_parameters=ignored) as b:
+        pool = await store.create_pool(make_settings(database_url=b.url(services.database_url)))
+        try:
+            await store.existing_requests(pool, "j")  # prepares a named statement
+            with pytest.raises(StoreError) as caught:  # which pgbouncer has not kept
+                await store.existing_requests(pool, "j")
+        finally:
+            await store.close_pool(pool)
+    assert str(caught.value).endswith("Then set HARVESTER_PGBOUNCER=true")
+    assert not caught.value.transient
 
 
 async def test_without_the_setting_a_command_fails_in_one_line(

@@ -54,6 +54,9 @@ DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 # What Postgres says when an object harvester's migrations create is missing.
 _MISSING_TABLE = (asyncpg.UndefinedTableError,)
 _MISSING_OTHER = (asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
+# What asyncpg meets when its named prepared statements are gone or doubled: a pooler in
+# transaction mode lent it another server connection (or reset the one it had).
+_STATEMENTS_LOST = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
 # Refusals of the connection itself that no retry changes: wrong password, no such role or
 # database.
 _REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
@@ -61,12 +64,20 @@ _REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatal
 
 def store_error(what: str, exc: BaseException) -> StoreError:
     """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry.
-    A missing table, column or function is a `SchemaError`: the database needs migrating."""
+    A missing table, column or function is a `SchemaError`: the database needs migrating. A lost
+    prepared statement names HARVESTER_PGBOUNCER (a pgbouncer told to ignore the startup
+    parameters it would otherwise refuse)."""
     if isinstance(exc, _MISSING_TABLE):
         return SchemaError("the database has no harvester tables yet: run harvester migrate")
     if isinstance(exc, _MISSING_OTHER):
         return SchemaError(
             f"the database's tables are older than this harvester ({exc}): run harvester migrate"
+        )
+    if isinstance(exc, _STATEMENTS_LOST):
+        return StoreError(
+            f"{what}: {exc}: is DATABASE_URL a pgbouncer in transaction mode? "
+            "Then set HARVESTER_PGBOUNCER=true",
+            transient=False,
         )
     transient = isinstance(exc, CONNECTION_ERRORS)
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
