@@ -83,6 +83,8 @@ class Pgbouncer:
 
     def start(self) -> None:
         """Write the ini, start pgbouncer, and wait until it accepts connections."""
+        if not Path(BINARY).exists():
+            raise RuntimeError(f"pgbouncer is not installed ({BINARY}): apt-get install pgbouncer")
         self.root.mkdir(parents=True, exist_ok=True)
         ini = self.root / "pgbouncer.ini"
         ini.write_text(self._ini())
