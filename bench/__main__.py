@@ -233,11 +233,10 @@ class Bench:
         must land. A parent's CPU and peak RSS, as wait4 reports them, include its children's."""
         env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
         env["BENCH_API_TOKEN"] = api_mod.TOKEN
-        command = [sys.executable, "-m", "worker", "worker", "--burst"]
-        if processes > 1:
-            command += ["--processes", str(processes)]
         started = time.perf_counter()
-        procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+        procs = [
+            subprocess.Popen(_worker_command(name, processes), env=env) for _ in range(workers)
+        ]
         waited = [_wait(p) for p in procs]
         wall = time.perf_counter() - started
         assert all(code == 0 for code, _, _ in waited), waited
@@ -264,6 +263,22 @@ class Bench:
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
         return Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+
+
+def _worker_command(name: str, processes: int = 1) -> list[str]:
+    """A burst worker (of ``processes``); under py-spy, writing collapsed stacks, when
+    BENCH_PYSPY names a folder (a supervisor's children included)."""
+    cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    folder = os.environ.get("BENCH_PYSPY")
+    if not folder:
+        return cmd
+    out = Path(folder) / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.txt"
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "400"]
+    if processes > 1:
+        spy.append("--subprocesses")
+    return [*spy, "--format", "raw", "-o", str(out), "--", *cmd]
 
 
 def _paired_ratio(a: Run, b: Run) -> float:

@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0, le=1000)
     db_pool_max: int = Field(default=4, ge=1, le=1000)
     db_command_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # DATABASE_URL is a pgbouncer in transaction mode: no session state (worker.engine.store).
+    pgbouncer: bool = False
     copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
     copy_chunk_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
