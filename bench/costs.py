@@ -57,7 +57,7 @@ class Redis:
     bytes_in: int = 0
     bytes_out: int = 0
     memory: int = 0  # bytes the keys take afterwards (MEMORY USAGE of each, summed)
-    cpu: float = 0.0  # the server's user + system CPU seconds so far (never reset)
+    cpu: float = 0.0  # the server's user + system CPU seconds over the phase
 
     @property
     def total(self) -> int:
