@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import worker_env
 from tests.helpers.faults import FAULT_QUEUE, Stack, WorkerProcess
+from tests.helpers.sentinel import SentinelGroup
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
 
@@ -47,3 +48,14 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
     yield factory
     for w in made:
         await w.stop()
+
+
+@pytest.fixture
+async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
+    """A Valkey primary, a replica and three sentinels of this test's own; all killed after it."""
+    group = SentinelGroup(tmp_path / "sentinel")
+    try:
+        await asyncio.to_thread(group.start)
+        yield group
+    finally:
+        await asyncio.to_thread(group.stop)
