@@ -50,10 +50,12 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
         await w.stop()
 
 
-@pytest.fixture
-async def sentinels(tmp_path: Path) -> AsyncIterator[SentinelGroup]:
-    """A Valkey primary, a replica and three sentinels of this test's own; all killed after it."""
-    group = SentinelGroup(tmp_path / "sentinel")
+@pytest.fixture(params=[False], ids=["open"])
+async def sentinels(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SentinelGroup]:
+    """A Valkey primary, a replica and three sentinels of this test's own; all killed after it.
+    Parametrized indirectly with True, the servers and the sentinels require passwords."""
+    passwords = {"password": "data-pw", "sentinel_password": "sentinel-pw"} if request.param else {}
+    group = SentinelGroup(tmp_path / "sentinel", **passwords)
     try:
         await asyncio.to_thread(group.start)
         yield group

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.helpers.faults import (
 from tests.helpers.sentinel import SentinelGroup
 from tests.helpers.upstream import Upstream
 from worker.ops.api import create_app, serve
+from worker.queue.client import open_queue
 from worker.settings import load_settings
 
 TOKEN = "sentinel-test-token"
@@ -47,9 +49,9 @@ async def worker_via_sentinel(
         await worker.stop()
 
 
-async def _queued_on(port: int) -> int:
+async def _queued_on(port: int, password: str | None = None) -> int:
     """Jobs in the queue of the Valkey on ``port`` (read there, not through the sentinels)."""
-    async with aioredis.Redis(port=port) as r:
+    async with aioredis.Redis(port=port, password=password) as r:
         return int(await r.zcard(FAULT_QUEUE))
 
 
@@ -61,7 +63,8 @@ async def test_the_worker_cli_and_api_work_through_sentinel(
     worker_via_sentinel: WorkerProcess,
 ) -> None:
     """`harvester enqueue` and POST /batches put jobs on the primary the sentinels name, the
-    worker runs them, and `harvester status` reads queue and workers through the sentinels."""
+    worker runs them, and `harvester status` and `health` read the queue and the workers
+    through the sentinels."""
     env = worker_env(stack.database_url, sentinels.url, FAULT_QUEUE)
     urls = "".join(upstream.url(f"/slow/{i}?delay=0") + "\n" for i in range(30))
     result = await cli("enqueue", "-", "--batch-size", "10", env=env, stdin=urls)
@@ -88,6 +91,8 @@ async def test_the_worker_cli_and_api_work_through_sentinel(
     data = json.loads(status.stdout)
     assert data["queued"] == 0
     assert [w["alive"] for w in data["workers"]] == [True], data["workers"]
+    health = await cli("health", env=env)
+    assert health.returncode == 0, health.stdout + health.stderr
     assert await _queued_on(sentinels.primary_port) == 0
 
 
@@ -117,4 +122,53 @@ async def test_a_primary_killed_mid_batch_fails_over_and_loses_nothing(
     assert worker_via_sentinel.running, worker_via_sentinel.log()[-3000:]
     assert await outcome_counts(stack.database_url) == (total, total, 0)
     assert await _queued_on(sentinels.replica_port) == 0
+    async with aioredis.Redis(port=sentinels.replica_port) as promoted:
+        results = [await promoted.exists(f"arq:result:failover-{n}") for n in range(6)]
+    assert results == [1] * 6  # every job's end was recorded on the promoted replica
     print(f"failover took {failover_s:.1f} s")
+
+
+@pytest.mark.parametrize("sentinels", [True], ids=["passwords"], indirect=True)
+async def test_passwords_reach_the_primary_and_the_sentinels_and_a_wrong_one_is_exit_2(
+    stack: Stack, sentinels: SentinelGroup, cli: InProcess
+) -> None:
+    """The URL's password goes to the primary and ``sentinel_password`` to the sentinels; a
+    wrong one of either is a configuration error (exit 2) that shows neither password."""
+    env = worker_env(stack.database_url, sentinels.url, FAULT_QUEUE)
+    result = await cli("enqueue", "-", env=env, stdin="https://a.example/\n")
+    assert result.returncode == 0, result.stderr
+    assert await _queued_on(sentinels.primary_port, sentinels.password) == 1
+    health = await cli("status", "--json", env=env)
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["queued"] == 1
+
+    for wrong, says in (
+        (sentinels.url.replace(":data-pw@", ":nope@"), "Redis refused the credentials"),
+        (sentinels.url.replace("=sentinel-pw", "=nope"), "the sentinels refused the credentials"),
+        (sentinels.url.split("?")[0], "the sentinels refused the credentials"),
+    ):
+        result = await cli("enqueue", "-", env={**env, "REDIS_URL": wrong}, stdin="x\n")
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"harvester: REDIS_URL: {says}"), result.stderr
+        assert "pw" not in result.stderr, result.stderr
+        assert "nope" not in result.stderr, result.stderr
+
+
+async def test_a_command_over_a_failover_waits_for_the_promotion_not_the_retry_budget(
+    sentinels: SentinelGroup,
+) -> None:
+    """A command sent as the primary dies succeeds on the promoted replica seconds later: each
+    retry asks the sentinels again, rather than retrying the dead address for the whole
+    HARVESTER_REDIS_RETRY_TIME (30 s)."""
+    settings = load_settings(redis_url=sentinels.url, queue=FAULT_QUEUE)
+    async with open_queue(settings) as redis:
+        await redis.set("before", 1)
+        await asyncio.to_thread(sentinels.wait_replicated)
+        await asyncio.to_thread(sentinels.kill_primary)
+        started = time.monotonic()
+        assert await redis.incr("before") == 2
+        took = time.monotonic() - started
+    assert sentinels.primary() == sentinels.replica_port
+    # A failover takes down-after-milliseconds (1 s) and about 2 s more; 24 s or more would be
+    # the dead address retried until the budget ran out.
+    assert took < 15, took

@@ -26,10 +26,21 @@ def _valkey_server() -> Path:
 
 
 class SentinelGroup:
-    """A primary, a replica and three sentinels watching them as `SERVICE`."""
+    """A primary, a replica and three sentinels watching them as `SERVICE`; with ``password``
+    the primary and replica require it, with ``sentinel_password`` the sentinels require theirs."""
 
-    def __init__(self, root: Path, *, down_after_ms: int = 1000, failover_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        down_after_ms: int = 1000,
+        failover_ms: int = 5000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.root = root.resolve()
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.down_after_ms = down_after_ms
         self.failover_ms = failover_ms
         self.primary_port = free_port()
@@ -41,7 +52,9 @@ class SentinelGroup:
     def url(self) -> str:
         """REDIS_URL for the group: its three sentinels, the service, database 0."""
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"redis+sentinel://{auth}{hosts}/{SERVICE}/0{query}"
 
     def start(self) -> None:
         """Start every server and wait until the sentinels know the replica and each other."""
@@ -51,17 +64,32 @@ class SentinelGroup:
         self._wait(self._replica_linked, "the replica to sync with the primary")
         for port in self.sentinel_ports:
             conf = self.root / f"sentinel-{port}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {SERVICE} {self.failover_ms}\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
-            )
+            conf.write_text(self._sentinel_conf(port))
             self._spawn(port, str(conf), "--sentinel")
         self._wait(self._sentinels_ready, "the sentinels to find the replica and each other")
 
+    def _sentinel_conf(self, port: int) -> str:
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            f"dir {self.root}",
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2",
+            f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
+            f"sentinel failover-timeout {SERVICE} {self.failover_ms}",
+            f"sentinel parallel-syncs {SERVICE} 1",
+        ]
+        if self.password:
+            lines.append(f"sentinel auth-pass {SERVICE} {self.password}")
+        if self.sentinel_password:  # asked of clients, and given to the other sentinels
+            lines += [
+                f"requirepass {self.sentinel_password}",
+                f"sentinel sentinel-pass {self.sentinel_password}",
+            ]
+        return "\n".join(lines) + "\n"
+
     def _server(self, port: int, *extra: str) -> None:
+        if self.password:
+            extra = ("--requirepass", self.password, "--masterauth", self.password, *extra)
         self._spawn(
             port,
             "--port",
@@ -88,7 +116,9 @@ class SentinelGroup:
             )
 
     def _client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+        sentinel = port in self.sentinel_ports
+        password = self.sentinel_password if sentinel else self.password
+        return redis.Redis(port=port, password=password, socket_timeout=2, socket_connect_timeout=2)
 
     def _replica_linked(self) -> bool:
         with self._client(self.replica_port) as r:

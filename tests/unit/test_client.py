@@ -142,7 +142,8 @@ def test_redis_errors_become_harvester_errors_naming_the_url() -> None:
 
 def test_sentinel_errors_name_the_service_and_the_database() -> None:
     """With a Sentinel URL, no primary found is one sentence naming the service (not redis-py's
-    repr of every sentinel), and a database the primary lacks is the URL's database number."""
+    repr of every sentinel), a database the primary lacks is the URL's database number, and
+    sentinels refusing the password are a configuration error, not an outage."""
     s = load_settings(redis_url="redis+sentinel://:sekrit@s1,s2/svc/42?sentinel_password=spw")
     down = redis_error(s, MasterNotFoundError("No master found for 'svc' : <Redis(...)> - ..."))
     assert isinstance(down, RedisUnavailableError)
@@ -153,3 +154,10 @@ def test_sentinel_errors_name_the_service_and_the_database() -> None:
     no_db = redis_error(s, ResponseError("DB index is out of range"))
     assert isinstance(no_db, ConfigError)
     assert str(no_db).startswith("REDIS_URL: Redis has no database 42 (DB index is out of range)")
+    refused = redis_error(
+        s, MasterNotFoundError("No master found for 'svc' : <R> - AuthenticationError('x')")
+    )
+    assert isinstance(refused, ConfigError)
+    assert str(refused) == (
+        "REDIS_URL: the sentinels refused the credentials (sentinel_password, sentinel_username)"
+    )

@@ -21,8 +21,13 @@ from arq.connections import ArqRedis
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
-from redis.backoff import AbstractBackoff
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -99,8 +104,28 @@ def _sentinel_pool(target: SentinelURL, options: dict[str, Any]) -> ConnectionPo
         db=target.db,
         username=target.username,
         password=target.password,
+        connection_class=_SentinelConnection,
         **options,
     )
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the primary the sentinels name, tried once per address they give.
+
+    redis-py would retry a refused address with the whole retry policy (``redis_retry``: about
+    HARVESTER_REDIS_RETRY_TIME) before asking the sentinels again, so a killed primary would
+    hold every command that long although its replica was promoted in seconds. Here each retry
+    asks the sentinels (`SentinelManagedConnection.connect` retries with the policy)."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        policy, self.retry = self.retry, _ONCE
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = policy
+
+
+_ONCE: Final = Retry(NoBackoff(), 0)
 
 
 class _SentinelPool(SentinelConnectionPool):
@@ -172,6 +197,13 @@ def redis_error(settings: Settings, exc: BaseException) -> HarvesterError:
             "server has (16 by default)"
         )
     detail = str(exc)
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError(" in detail:
+        # redis-py takes a sentinel that refuses the password for one that is down, and says
+        # so only in this text (its errors, one per sentinel).
+        return ConfigError(
+            "REDIS_URL: the sentinels refused the credentials (sentinel_password, "
+            "sentinel_username)"
+        )
     if isinstance(exc, MasterNotFoundError):  # its text is a repr of every sentinel client
         service = parse_sentinel_url(settings.redis_url).service
         detail = f"no sentinel named a primary for {service!r} (are they up, is the name right?)"
