@@ -172,3 +172,23 @@ async def test_a_command_over_a_failover_waits_for_the_promotion_not_the_retry_b
     # A failover takes down-after-milliseconds (1 s) and about 2 s more; 24 s or more would be
     # the dead address retried until the budget ran out.
     assert took < 15, took
+
+
+async def test_a_client_follows_a_switchover_off_a_primary_that_stays_up(
+    sentinels: SentinelGroup,
+) -> None:
+    """After SENTINEL FAILOVER the old primary lives on as a replica: a client's open connection
+    to it is dropped (READONLY or closed) and the next write lands on the new primary."""
+    settings = load_settings(redis_url=sentinels.url, queue=FAULT_QUEUE)
+    async with open_queue(settings) as redis:
+        assert await redis.incr("n") == 1  # a connection to the first primary, kept open
+        await asyncio.to_thread(sentinels.wait_replicated)
+        await asyncio.to_thread(sentinels.switch_over)
+        await asyncio.to_thread(sentinels.wait_failover, 30)
+        # Until the sentinels demote it, the old primary still takes writes, and loses them
+        # when it follows the new one (docs/operations.md): write once it is a replica.
+        await asyncio.to_thread(sentinels.wait_demoted, 30)
+        assert await redis.incr("n") == 2
+    async with aioredis.Redis(port=sentinels.replica_port) as promoted:
+        assert await promoted.get("n") == b"2"
+        assert (await promoted.info("replication"))["role"] == "master"

@@ -152,6 +152,20 @@ class SentinelGroup:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def switch_over(self) -> None:
+        """Ask the sentinels for a failover while the primary is up (it becomes a replica)."""
+        with self._client(self.sentinel_ports[0]) as s:
+            s.execute_command("SENTINEL", "FAILOVER", SERVICE)
+
+    def wait_demoted(self, timeout: float = 30) -> None:
+        """Wait until the first primary, still up after `switch_over`, is a replica."""
+
+        def demoted() -> bool:
+            with self._client(self.primary_port) as r:
+                return bool(r.info("replication")["role"] == "slave")
+
+        self._wait(demoted, "the old primary to become a replica", timeout)
+
     def wait_failover(self, timeout: float = 30) -> float:
         """Wait until every sentinel names the replica as the primary; the seconds it took."""
         started = time.monotonic()
