@@ -38,6 +38,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A bearer token is the API's only credential: short ones can be guessed over the network.
 MIN_API_TOKEN_LENGTH = 16
 
+# Worker processes one ``harvester worker`` runs under its parent (each is bound by one core).
+MAX_PROCESSES: Final = 64
+
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -154,6 +157,8 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0, le=1000)
     db_pool_max: int = Field(default=4, ge=1, le=1000)
     db_command_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # DATABASE_URL is a pgbouncer in transaction mode: no session state (worker.engine.store).
+    pgbouncer: bool = False
     copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
     copy_chunk_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
@@ -172,6 +177,7 @@ class Settings(BaseSettings):
     retention_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
 
     # -- operations ------------------------------------------------------------------------------
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)  # harvester worker --processes
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
     metrics_host: str = "127.0.0.1"
     # Where the worker processes of a host record metrics for the one that serves them.
