@@ -142,7 +142,8 @@ class _SentinelPool(SentinelConnectionPool):
 
 
 def redis_pool(settings: Settings) -> ArqRedis:
-    """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options).
+    """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options,
+    or the primary of a ``redis+sentinel://`` group).
 
     Built directly rather than with `arq.create_pool` so that it has a socket timeout (a hung
     Redis cannot stall the worker) and retries commands through a restart. Connects lazily.
