@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.backoff import Backoff
 from worker.errors import ConfigError
+from worker.redisurl import is_sentinel, parse_sentinel_url
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -280,8 +281,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         if not value.startswith("unix://"):
             _check_hosts(value, several=False)
             db = urlsplit(value).path.strip("/")

@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import worker_env
 from tests.helpers.faults import FAULT_QUEUE, Stack, WorkerProcess
 from tests.helpers.pgbouncer import Pgbouncer, pgbouncer
+from tests.helpers.sentinel import SentinelGroup
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
 
@@ -51,6 +52,19 @@ async def spawn_worker(stack: Stack, tmp_path: Path) -> AsyncIterator[Callable[.
     yield factory
     for w in made:
         await w.stop()
+
+
+@pytest.fixture(params=[False], ids=["open"])
+async def sentinels(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SentinelGroup]:
+    """A Valkey primary, a replica and three sentinels of this test's own; all killed after it.
+    Parametrized indirectly with True, the servers and the sentinels require passwords."""
+    passwords = {"password": "data-pw", "sentinel_password": "sentinel-pw"} if request.param else {}
+    group = SentinelGroup(tmp_path / "sentinel", **passwords)
+    try:
+        await asyncio.to_thread(group.start)
+        yield group
+    finally:
+        await asyncio.to_thread(group.stop)
 
 
 @pytest.fixture

@@ -43,10 +43,12 @@ async def enqueue(
     batch_size: int,
     prefix: str,
     shared: Mapping[str, object] | None = None,
+    redis_url: str | None = None,
 ) -> list[str]:
-    """Enqueue ``urls`` (or request objects, with the ``shared`` fields) on the stack's queue."""
+    """Enqueue ``urls`` (or request objects, with the ``shared`` fields) on the stack's queue
+    (or on the Redis at ``redis_url``)."""
     settings = load_settings(
-        redis_url=stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
+        redis_url=redis_url or stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
     )
     batches = plan_batches(
         urls,
