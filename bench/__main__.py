@@ -8,7 +8,8 @@ repeated (medians are reported):
   harvester    jobs through Redis, `harvester worker --burst`, until every row is committed
   naive        the seed tutorial's pattern through arq (see bench/naive.py)
 
-plus harvester with 2 worker processes and with batches of 100, 1,000 and 10,000 URLs, and
+plus harvester with 2 worker processes (two `harvester worker` commands, and one `harvester
+worker --processes 2`) and with batches of 100, 1,000 and 10,000 URLs, and
 against a JSON API upstream (`bench.api`, granian):
 
   api plain    plain GETs, batches of 1,000
@@ -175,12 +176,17 @@ class Bench:
         data = orjson.loads(out)
         return Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
 
-    def harvester(self, kb: int, batch: int, workers: int = 1, **settings: object) -> Run:
+    def harvester(
+        self, kb: int, batch: int, workers: int = 1, processes: int = 1, **settings: object
+    ) -> Run:
+        """``workers`` separate ``harvester worker`` commands, each of ``processes``."""
         asyncio.run(self._reset())
         n = self.args.urls
         asyncio.run(self._enqueue(self.urls(kb, n, f"h{time.monotonic_ns()}"), batch))
         name = "harvester" if workers == 1 else f"harvester x{workers}"
-        return self._work(name, kb, batch, n, workers, **settings)
+        if processes > 1:
+            name = f"harvester p{processes}"
+        return self._work(name, kb, batch, n, workers, processes, **settings)
 
     def api(self, kb: int, pages: int = 0) -> Run:
         """The API upstream: plain GETs, or walks of ``pages`` pages (the same number of rows),
@@ -214,15 +220,22 @@ class Bench:
         return path
 
     def _work(
-        self, name: str, kb: int, batch: int, n: int, workers: int = 1, **settings: object
+        self,
+        name: str,
+        kb: int,
+        batch: int,
+        n: int,
+        workers: int = 1,
+        processes: int = 1,
+        **settings: object,
     ) -> Run:
-        """Run ``workers`` burst workers over what is queued; ``n`` rows must land."""
+        """Run ``workers`` burst workers (of ``processes`` each) over what is queued; ``n`` rows
+        must land. A parent's CPU and peak RSS, as wait4 reports them, include its children's."""
         env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
         env["BENCH_API_TOKEN"] = api_mod.TOKEN
         started = time.perf_counter()
         procs = [
-            subprocess.Popen([sys.executable, "-m", "worker", "worker", "--burst"], env=env)
-            for _ in range(workers)
+            subprocess.Popen(_worker_command(name, processes), env=env) for _ in range(workers)
         ]
         waited = [_wait(p) for p in procs]
         wall = time.perf_counter() - started
@@ -231,7 +244,8 @@ class Bench:
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
         rss = max(rss for _, rss, _ in waited)
-        return Run(name, kb, batch, workers, n, seconds, wall, rss, sum(c for _, _, c in waited))
+        cpu = sum(c for _, _, c in waited)
+        return Run(name, kb, batch, workers * processes, n, seconds, wall, rss, cpu)
 
     def naive(self, kb: int, batch: int) -> Run:
         asyncio.run(self._reset())
@@ -249,6 +263,22 @@ class Bench:
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
         return Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+
+
+def _worker_command(name: str, processes: int = 1) -> list[str]:
+    """A burst worker (of ``processes``); under py-spy, writing collapsed stacks, when
+    BENCH_PYSPY names a folder (a supervisor's children included)."""
+    cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
+    folder = os.environ.get("BENCH_PYSPY")
+    if not folder:
+        return cmd
+    out = Path(folder) / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.txt"
+    spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "400"]
+    if processes > 1:
+        spy.append("--subprocesses")
+    return [*spy, "--format", "raw", "-o", str(out), "--", *cmd]
 
 
 def _paired_ratio(a: Run, b: Run) -> float:
@@ -290,6 +320,7 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
             (f"harvester {kb} b1000", lambda kb=kb: b.harvester(kb, 1000)),
             (f"naive {kb} b1000", lambda kb=kb: b.naive(kb, 1000)),
             (f"harvester2 {kb} b1000", lambda kb=kb: b.harvester(kb, 1000, workers=2)),
+            (f"harvester p2 {kb} b1000", lambda kb=kb: b.harvester(kb, 1000, processes=2)),
             (f"harvester {kb} b100", lambda kb=kb: b.harvester(kb, 100)),
             (f"harvester {kb} b10000", lambda kb=kb: b.harvester(kb, 10000)),
             (f"api plain {kb}", lambda kb=kb: b.api(kb)),

@@ -28,6 +28,7 @@ from arq.worker import Worker
 from tests.helpers import TEST_QUEUE, Services, settings_factory, with_database
 from tests.helpers.cli import InProcess
 from tests.helpers.locks import SECRET_ENV, lock_all, profiles_toml
+from tests.helpers.pgbouncer import Pgbouncer, pgbouncer
 from tests.helpers.upstream import Upstream
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
@@ -112,6 +113,14 @@ async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.
         yield p
     finally:
         await store.close_pool(p)
+
+
+@pytest.fixture
+def bouncer(_servers: tuple[str, str], tmp_path: Path) -> Iterator[Pgbouncer]:
+    """A pgbouncer in transaction mode in front of the session's Postgres (its ``url`` maps a
+    DSN there to one through pgbouncer); stopped after the test."""
+    with pgbouncer(tmp_path / "pgbouncer", _servers[0]) as b:
+        yield b
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ From the top of the import graph to the bottom:
     scheduling/  registered sources, failure replay, retention   queue, engine
     queue/       the job contract: payload model, client, JSON   engine
     engine/      fetch -> queue -> COPY; never sees arq or Redis foundation only
-    foundation:  settings.py, errors.py, logs.py, backoff.py     nothing of harvester's
+    foundation:  settings.py, errors.py, logs.py, backoff.py,    nothing of harvester's
+                 redisurl.py (REDIS_URL's Sentinel form)
 
 See ARCHITECTURE.md for the flow of a URL and where each kind of change goes.
 """

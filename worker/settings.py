@@ -31,11 +31,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.backoff import Backoff
 from worker.errors import ConfigError
+from worker.redisurl import is_sentinel, parse_sentinel_url
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # A bearer token is the API's only credential: short ones can be guessed over the network.
 MIN_API_TOKEN_LENGTH = 16
+
+# Worker processes one ``harvester worker`` runs under its parent (each is bound by one core).
+MAX_PROCESSES: Final = 64
 
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
@@ -153,6 +157,8 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0, le=1000)
     db_pool_max: int = Field(default=4, ge=1, le=1000)
     db_command_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # DATABASE_URL is a pgbouncer in transaction mode: no session state (worker.engine.store).
+    pgbouncer: bool = False
     copy_chunk_rows: int = Field(default=1000, ge=1, le=100_000)
     copy_chunk_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     buffer_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
@@ -171,6 +177,7 @@ class Settings(BaseSettings):
     retention_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
 
     # -- operations ------------------------------------------------------------------------------
+    processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)  # harvester worker --processes
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
     metrics_host: str = "127.0.0.1"
     # Where the worker processes of a host record metrics for the one that serves them.
@@ -274,8 +281,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         if not value.startswith("unix://"):
             _check_hosts(value, several=False)
             db = urlsplit(value).path.strip("/")

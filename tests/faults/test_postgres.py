@@ -1,4 +1,5 @@
-"""Postgres restarted, a backend killed mid-write, and Postgres down for a minute."""
+"""Postgres restarted, a backend killed mid-write (with workers reaching Postgres directly, and
+through pgbouncer in transaction mode), and Postgres down for a minute."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from tests.helpers.upstream import Upstream
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_postgres_restart_mid_batch_loses_and_duplicates_nothing(
-    stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess], mode: str
+    stack: Stack,
+    upstream: Upstream,
+    spawn_worker: Callable[..., WorkerProcess],
+    reach_postgres: dict[str, str],
+    mode: str,
 ) -> None:
     """A restart (fast or immediate shutdown) under running jobs: every URL lands exactly once."""
     total = 300
     await enqueue(
         stack, [upstream.url(f"/slow/{i}?delay=0.1") for i in range(total)], 50, f"pg-{mode}"
     )
-    worker = spawn_worker(**FAST)
+    worker = spawn_worker(**reach_postgres, **FAST)
     await worker.start()
     await reach(stack, 40, timeout=30)
     await stack.restart_postgres(mode)
@@ -32,7 +37,10 @@ async def test_postgres_restart_mid_batch_loses_and_duplicates_nothing(
 
 
 async def test_backend_killed_mid_write_leaves_no_partial_chunk(
-    stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess]
+    stack: Stack,
+    upstream: Upstream,
+    spawn_worker: Callable[..., WorkerProcess],
+    reach_postgres: dict[str, str],
 ) -> None:
     """pg_terminate_backend during the INSERT of a chunk: the chunk is rolled back and retried."""
     admin = await asyncpg.connect(stack.database_url)
@@ -48,7 +56,7 @@ async def test_backend_killed_mid_write_leaves_no_partial_chunk(
         )
         total = 200
         await enqueue(stack, [upstream.url(f"/json/{i}") for i in range(total)], 100, "terminate")
-        worker = spawn_worker(**{**FAST, "copy_chunk_rows": 50})
+        worker = spawn_worker(**reach_postgres, **{**FAST, "copy_chunk_rows": 50})
         await worker.start()
 
         killed: list[bool] = []

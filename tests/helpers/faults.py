@@ -5,6 +5,8 @@ duplicates) count every fault test asserts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,6 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.helpers import wait_until
+from tests.helpers.processes import alive, descendants, stop_tree
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.queue.client import Item, enqueue_batches, open_queue, plan_batches
 from worker.settings import load_settings
@@ -40,10 +43,12 @@ async def enqueue(
     batch_size: int,
     prefix: str,
     shared: Mapping[str, object] | None = None,
+    redis_url: str | None = None,
 ) -> list[str]:
-    """Enqueue ``urls`` (or request objects, with the ``shared`` fields) on the stack's queue."""
+    """Enqueue ``urls`` (or request objects, with the ``shared`` fields) on the stack's queue
+    (or on the Redis at ``redis_url``)."""
     settings = load_settings(
-        redis_url=stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
+        redis_url=redis_url or stack.redis_url, database_url=stack.database_url, queue=FAULT_QUEUE
     )
     batches = plan_batches(
         urls,
@@ -85,18 +90,34 @@ class Stack:
 
 
 class WorkerProcess:
-    """``python -m worker worker``, as the Procfile's ``worker:`` line runs it."""
+    """``python -m worker worker [ARGS]``, as the Procfile's ``worker:`` line runs it."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: Sequence[str] = ()) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = list(args)
         self.proc: asyncio.subprocess.Process | None = None
+        self._seen: set[int] = set()
+
+    def children(self) -> list[int]:
+        """The processes the worker runs now (a supervisor's children), remembered so that
+        `stop` kills them even once the parent is gone."""
+        found = [] if self.proc is None else alive(descendants(self.proc.pid))
+        self._seen.update(found)
+        return sorted(found)
 
     async def start(self) -> None:
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "worker", env=self.env, stdout=log, stderr=log
+                sys.executable,
+                "-m",
+                "worker",
+                "worker",
+                *self.args,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         finally:
             log.close()
@@ -114,9 +135,13 @@ class WorkerProcess:
         return await asyncio.wait_for(self.proc.wait(), timeout)
 
     async def stop(self) -> None:
-        if self.running:
-            self.signal(signal.SIGKILL)
-            await self.wait()
+        """SIGKILL the worker and every process it started (a supervisor's children)."""
+        if self.proc is not None:
+            self.children()
+            await stop_tree(self.proc)
+        for pid in alive(sorted(self._seen)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -85,6 +85,27 @@ async def test_a_stopped_redis_is_exit_3_at_once(
     assert elapsed < 15, elapsed  # HARVESTER_REDIS_RETRY_TIME (30 s) is the worker's, not ours
 
 
+@pytest.mark.parametrize("argv", REDIS_COMMANDS, ids=" ".join)
+async def test_sentinels_that_name_no_primary_are_exit_3_at_once(
+    cli: InProcess, services: Services, argv: tuple[str, ...]
+) -> None:
+    """With no sentinel of a redis+sentinel:// REDIS_URL answering, a command says so in one
+    line naming REDIS_URL and the service (passwords hidden) and exits 3 within seconds."""
+    hosts = f"127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}"
+    url = f"redis+sentinel://:sekrit@{hosts}/svc/0?sentinel_password=sekrit2"
+    started = time.monotonic()
+    result = await cli(*argv, env=cli_env(services, REDIS_URL=url), stdin="https://a.example/\n")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert one_line(result) == (
+        f"harvester: Redis is unavailable at redis+sentinel://***@{hosts}/svc/0"
+        "?sentinel_password=*** (REDIS_URL): no sentinel named a primary for 'svc' (are they "
+        "up, is the name right?)"
+    )
+    assert "sekrit" not in result.stderr
+    assert elapsed < 15, elapsed
+
+
 @pytest.mark.parametrize("argv", POSTGRES_ONLY, ids=" ".join)
 async def test_commands_that_do_not_use_redis_run_without_it(
     cli: InProcess, services: Services, pool: asyncpg.Pool, argv: tuple[str, ...]
@@ -189,6 +210,8 @@ async def test_a_file_that_is_not_text_is_exit_2(
         ("DATABASE_URL", "postgresql://p@127.0.0.1:99999/x", "the port '99999' is not a number"),
         ("DATABASE_URL", "postgresql://p@127.0.0.1:notaport/x", "the port 'notaport'"),
         ("REDIS_URL", "redis://127.0.0.1:6379/x", "the database number 'x' is not a number"),
+        ("REDIS_URL", "redis+sentinel://127.0.0.1:26379", "a Sentinel URL names the service"),
+        ("REDIS_URL", "redis+sentinel://127.0.0.1:x/svc/0", "the port 'x' is not a number"),
     ],
 )
 async def test_an_unreadable_url_is_a_configuration_error(

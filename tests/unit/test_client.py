@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -17,6 +18,35 @@ from worker.queue.client import plan_batches, redis_error, redis_pool
 from worker.queue.payload import JOB_NAME, FetchBatch
 from worker.queue.serialization import serialize
 from worker.settings import load_settings
+
+
+async def test_a_sentinel_url_makes_a_pool_that_asks_the_sentinels_for_the_primary() -> None:
+    """redis+sentinel:// gives a Sentinel pool for the service, with the primary's database and
+    password, the sentinels' own password, and the same timeouts and retries as a plain URL."""
+    s = load_settings(
+        redis_url="redis+sentinel://:pw@s1:26380,[::1]/svc/2?sentinel_password=spw", queue="q"
+    )
+    client = redis_pool(s)
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)
+        assert (pool.service_name, pool.is_master) == ("svc", True)
+        kw = pool.connection_kwargs
+        assert (kw["db"], kw["password"], kw["socket_timeout"]) == (2, "pw", s.redis_socket_timeout)
+        assert kw["retry"] is not None
+        sentinels = pool.sentinel_manager.sentinels
+        addresses = [
+            (
+                c.connection_pool.connection_kwargs["host"],
+                c.connection_pool.connection_kwargs["port"],
+            )
+            for c in sentinels
+        ]
+        assert addresses == [("s1", 26380), ("::1", 26379)]
+        assert sentinels[0].connection_pool.connection_kwargs["password"] == "spw"
+        assert client.default_queue_name == "q"
+    finally:
+        await client.aclose()
 
 
 async def test_url_carries_db_password_and_tls_options() -> None:
@@ -108,3 +138,26 @@ def test_redis_errors_become_harvester_errors_naming_the_url() -> None:
     assert isinstance(auth, ConfigError)
     assert str(auth).startswith("REDIS_URL: Redis refused the credentials")
     assert "sekrit" not in str(down) + str(no_db) + str(auth)
+
+
+def test_sentinel_errors_name_the_service_and_the_database() -> None:
+    """With a Sentinel URL, no primary found is one sentence naming the service (not redis-py's
+    repr of every sentinel), a database the primary lacks is the URL's database number, and
+    sentinels refusing the password are a configuration error, not an outage."""
+    s = load_settings(redis_url="redis+sentinel://:sekrit@s1,s2/svc/42?sentinel_password=spw")
+    down = redis_error(s, MasterNotFoundError("No master found for 'svc' : <Redis(...)> - ..."))
+    assert isinstance(down, RedisUnavailableError)
+    assert str(down) == (
+        "Redis is unavailable at redis+sentinel://***@s1,s2/svc/42?sentinel_password=*** "
+        "(REDIS_URL): no sentinel named a primary for 'svc' (are they up, is the name right?)"
+    )
+    no_db = redis_error(s, ResponseError("DB index is out of range"))
+    assert isinstance(no_db, ConfigError)
+    assert str(no_db).startswith("REDIS_URL: Redis has no database 42 (DB index is out of range)")
+    refused = redis_error(
+        s, MasterNotFoundError("No master found for 'svc' : <R> - AuthenticationError('x')")
+    )
+    assert isinstance(refused, ConfigError)
+    assert str(refused) == (
+        "REDIS_URL: the sentinels refused the credentials (sentinel_password, sentinel_username)"
+    )

@@ -124,6 +124,24 @@ def test_link_walk_resolves_relative_links_and_stops_without_next() -> None:
     assert walk.page == 3
 
 
+@pytest.mark.parametrize(
+    ("given", "followed"),
+    [
+        ("https://a/v1/items?page=2", "https://a/v1/items?page=2"),  # taken as given
+        ("https://a/v1/items?page=2#top", "https://a/v1/items?page=2"),
+        ("https://a/v1/items?q=a b&page=2", "https://a/v1/items?q=a+b&page=2"),
+        ("https://a/v1/items?q=\u00e9&page=2", "https://a/v1/items?q=%C3%A9&page=2"),
+    ],
+)
+def test_absolute_next_links_on_the_origin_are_normalised_only_when_needed(
+    given: str, followed: str
+) -> None:
+    """A plain absolute link on the first page's origin is followed byte for byte; one with a
+    fragment, a space or a non-ASCII character is normalised first, as the fetcher would."""
+    walk = Walk(PageSpec("json", path=("next",)), "https://a/v1/items?page=1")
+    assert walk.next_url([], _body({"next": given})) == followed
+
+
 def test_json_walk_reads_the_next_url_from_the_body() -> None:
     """The next URL comes from the path; null, empty or missing ends the walk."""
     walk = Walk(PageSpec("json", ("links", "next")), "https://a/items")

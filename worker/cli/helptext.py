@@ -15,8 +15,12 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "migrate": ("DATABASE_URL", ("harvester migrate",)),
     "worker": (
         "DATABASE_URL, REDIS_URL, HARVESTER_QUEUE, HARVESTER_CONCURRENCY, HARVESTER_MAX_JOBS, "
-        f"HARVESTER_REDIS_RETRY_TIME {_EVERY}",
-        ("harvester worker", "HARVESTER_CONCURRENCY=32 harvester worker --burst"),
+        f"HARVESTER_PROCESSES, HARVESTER_REDIS_RETRY_TIME {_EVERY}",
+        (
+            "harvester worker",
+            "HARVESTER_CONCURRENCY=32 harvester worker --burst",
+            "harvester worker --processes 2   # one worker process per core",
+        ),
     ),
     "enqueue": (
         "REDIS_URL, HARVESTER_QUEUE, HARVESTER_MAX_BATCH_URLS (the largest --batch-size), "

@@ -25,6 +25,7 @@ from worker.cli.util import (
     command_settings,
     known_profiles,
     positive,
+    process_count,
     read_requests,
     read_urls,
     request_fields,
@@ -38,7 +39,7 @@ from worker.errors import (
     UsageError,
 )
 from worker.logs import configure, redact, safe
-from worker.settings import Settings, get_settings
+from worker.settings import MAX_PROCESSES, Settings, get_settings
 
 if TYPE_CHECKING:  # the queue's modules load only when a command that needs them runs
     from worker.queue.client import Item
@@ -86,6 +87,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _share_metrics(settings)
+    processes = settings.processes if args.processes is None else args.processes
+    if processes > 1:
+        return _supervise(settings, processes, burst=args.burst)
+    if args.parent is not None:
+        from worker.runtime.supervisor import follow_parent
+
+        if not follow_parent(args.parent):
+            log.info("worker.parent_gone", extra={"parent": args.parent})
+            return EXIT_OK
     from worker.runtime.app import create_worker
 
     _install_uvloop(settings)
@@ -97,6 +107,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.error("worker.redis_unavailable", extra={"error": str(exc)})  # noqa: TRY400
         raise
     return 0
+
+
+def _supervise(settings: Settings, processes: int, *, burst: bool) -> int:
+    """Run ``processes`` workers under one parent (`worker.runtime.supervisor`). What the
+    parent can check is checked first, so that a configuration error exits 2 once instead of
+    every child dying of it."""
+    from worker.engine.credentials import load_credentials
+    from worker.runtime.supervisor import Supervisor, child_command
+
+    load_credentials(settings.credentials)
+    shared = settings.metrics_shared_dir if settings.metrics_port is not None else None
+    supervisor = Supervisor(processes, child_command(burst), burst=burst, metrics_dir=shared)
+    return asyncio.run(supervisor.run())
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -268,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run the arq worker")
     p.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    p.add_argument(
+        "--processes",
+        type=process_count,
+        default=None,
+        metavar="N",
+        help=f"run N worker processes under one parent (HARVESTER_PROCESSES, 1; at most "
+        f"{MAX_PROCESSES})",
+    )
+    # Given by `worker.runtime.supervisor` to its children; not for people.
+    p.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_worker)
 
     _add_enqueue(sub)

@@ -41,6 +41,16 @@ def positive(text: str) -> int:
     return value
 
 
+def process_count(text: str) -> int:
+    """argparse type: a number of worker processes, 1 to `MAX_PROCESSES`."""
+    from worker.settings import MAX_PROCESSES
+
+    value = int(text)
+    if not 1 <= value <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_PROCESSES}")
+    return value
+
+
 def command_settings() -> Settings:
     """The settings for a command that answers and exits (not the worker or the API): Redis
     errors come back after a few quick retries instead of riding out an outage in silence."""

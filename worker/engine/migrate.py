@@ -1,4 +1,9 @@
-"""Schema migrations: `sql/NNN_name.sql`, applied once each, in order, recorded in a table."""
+"""Schema migrations: `sql/NNN_name.sql`, applied once each, in order, recorded in a table.
+
+Each migration is applied in a transaction of its own under a transaction-scoped advisory lock,
+so concurrent migrators apply it once, and nothing outlives a transaction: `harvester migrate`
+works directly against Postgres and through pgbouncer in transaction mode alike.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ log = logging.getLogger("harvester.migrate")
 SQL_DIR = Path(str(importlib.resources.files("worker.sql")))
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _LOCK_KEY = 0x68617276  # "harv": one migrator at a time across processes
+
+# Held until the transaction ends: one migrator at a time, and never a lock left behind.
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
+_APPLIED = "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)"
 
 _TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -63,7 +72,9 @@ async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[Migration]:
     """Apply pending migrations, each in its own transaction; return those applied."""
     migrations = discover(directory)
     try:
-        conn = await asyncpg.connect(dsn, timeout=30)
+        # No statement cache: its named statements would not survive pgbouncer's transaction
+        # mode, and a handful of statements run once gain nothing from it.
+        conn = await asyncpg.connect(dsn, timeout=30, statement_cache_size=0)
     except (*DB_ERRORS, ValueError) as exc:
         raise connect_error(dsn, exc) from exc
     try:
@@ -74,14 +85,15 @@ async def migrate(dsn: str, directory: Path = SQL_DIR) -> list[Migration]:
 
 
 async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> list[Migration]:
-    """Apply the pending ones of ``migrations`` on ``conn``, under the migration lock."""
+    """Apply the pending ones of ``migrations`` on ``conn``, each under the migration lock."""
     applied: list[Migration] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-    await conn.execute(_TABLE)
-    done = {
-        r["version"]: r["checksum"]
-        for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
-    }
+    async with conn.transaction():
+        await conn.execute(_LOCK, _LOCK_KEY)
+        await conn.execute(_TABLE)
+        done = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
     for mig in migrations:
         if mig.version in done:
             if done[mig.version] != mig.checksum:
@@ -89,14 +101,23 @@ async def _apply(conn: asyncpg.Connection[Any], migrations: list[Migration]) -> 
                     "migrate.changed", extra={"version": mig.version, "migration": mig.name}
                 )
             continue
-        async with conn.transaction():
-            await conn.execute(mig.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                mig.version,
-                mig.name,
-                mig.checksum,
-            )
-        log.info("migrate.applied", extra={"version": mig.version, "migration": mig.name})
-        applied.append(mig)
+        if await _apply_one(conn, mig):
+            log.info("migrate.applied", extra={"version": mig.version, "migration": mig.name})
+            applied.append(mig)
     return applied
+
+
+async def _apply_one(conn: asyncpg.Connection[Any], mig: Migration) -> bool:
+    """Apply ``mig`` in one transaction unless another migrator has meanwhile; say if applied."""
+    async with conn.transaction():
+        await conn.execute(_LOCK, _LOCK_KEY)
+        if await conn.fetchval(_APPLIED, mig.version):
+            return False
+        await conn.execute(mig.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            mig.version,
+            mig.name,
+            mig.checksum,
+        )
+    return True

@@ -214,7 +214,7 @@ class Walk:
         if isinstance(target, str):
             if self._clean is not None:
                 target = self._clean(target)
-            if target.startswith(self._prefix) and target.isascii() and _PLAIN.fullmatch(target):
+            if target.startswith(self._prefix) and _plain(target):
                 return target
             target = _url(target)
         # Most APIs give absolute links: joining those would only cost a reparse.
@@ -233,8 +233,11 @@ class Walk:
         return str(nxt)
 
 
-# A URL with nothing to normalise away: no fragment, no whitespace or control characters.
-_PLAIN: Final = re.compile(r"[^#\s\x00-\x1f\x7f]*")
+def _plain(url: str) -> bool:
+    """Whether ``url`` has nothing to normalise away: ASCII, no fragment, no whitespace or
+    control characters (printable ASCII is 0x20 to 0x7e, so only the space is left to rule
+    out). Cheaper than a regular expression, once a page."""
+    return url.isascii() and url.isprintable() and " " not in url and "#" not in url
 
 
 def render_path(path: Path) -> str:

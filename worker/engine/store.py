@@ -7,10 +7,11 @@ stored form of a URL, the requests a job already has outcomes for). Chunk writes
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import asyncpg
 import orjson
@@ -20,23 +21,6 @@ from worker.engine.requests import RequestKey
 from worker.errors import ConfigError, SchemaError, StoreError
 from worker.logs import redact
 from worker.settings import Settings
-
-_CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
-    job_id text, url text, source text, status integer, body jsonb,
-    elapsed_ms integer, attempts integer,
-    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
-    page integer, page_url text, next_url text
-) ON COMMIT DELETE ROWS;
--- Out of line but uncompressed: staged bodies are compressed once, in documents.
-ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
-CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
-    job_id text, url text, source text, error text, status integer,
-    attempts integer, detail text,
-    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
-    page integer, page_url text
-) ON COMMIT DELETE ROWS;
-"""
 
 _EXISTING = """
 SELECT url, method, body_hash FROM documents WHERE job_id = $1
@@ -70,6 +54,9 @@ DB_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 # What Postgres says when an object harvester's migrations create is missing.
 _MISSING_TABLE = (asyncpg.UndefinedTableError,)
 _MISSING_OTHER = (asyncpg.UndefinedColumnError, asyncpg.UndefinedFunctionError)
+# What asyncpg meets when its named prepared statements are gone or doubled: a pooler in
+# transaction mode lent it another server connection (or reset the one it had).
+_STATEMENTS_LOST = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
 # Refusals of the connection itself that no retry changes: wrong password, no such role or
 # database.
 _REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
@@ -77,15 +64,27 @@ _REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatal
 
 def store_error(what: str, exc: BaseException) -> StoreError:
     """Translate an asyncpg/OS error; only connection-class failures are worth a quick retry.
-    A missing table, column or function is a `SchemaError`: the database needs migrating."""
+    A missing table, column or function is a `SchemaError`: the database needs migrating. A lost
+    prepared statement names HARVESTER_PGBOUNCER (a pgbouncer told to ignore the startup
+    parameters it would otherwise refuse)."""
     if isinstance(exc, _MISSING_TABLE):
         return SchemaError("the database has no harvester tables yet: run harvester migrate")
     if isinstance(exc, _MISSING_OTHER):
         return SchemaError(
             f"the database's tables are older than this harvester ({exc}): run harvester migrate"
         )
+    if isinstance(exc, _STATEMENTS_LOST):
+        return StoreError(
+            f"{what}: {exc}: is DATABASE_URL a pgbouncer in transaction mode? "
+            "Then set HARVESTER_PGBOUNCER=true",
+            transient=False,
+        )
     transient = isinstance(exc, CONNECTION_ERRORS)
     return StoreError(f"{what}: {type(exc).__name__}: {exc}", transient=transient)
+
+
+# What pgbouncer answers a startup parameter other than the few it tracks (statement_timeout...).
+_PGBOUNCER_REFUSAL = "unsupported startup parameter"
 
 
 def connect_error(dsn: str, exc: BaseException) -> ConfigError | StoreError:
@@ -94,6 +93,10 @@ def connect_error(dsn: str, exc: BaseException) -> ConfigError | StoreError:
     password hidden."""
     if isinstance(exc, _REFUSED):
         return ConfigError(f"DATABASE_URL: Postgres at {redact(dsn)} refused the connection: {exc}")
+    if isinstance(exc, asyncpg.ProtocolViolationError) and _PGBOUNCER_REFUSAL in str(exc):
+        return ConfigError(
+            f"DATABASE_URL: {redact(dsn)} is a pgbouncer ({exc}): set HARVESTER_PGBOUNCER=true"
+        )
     if isinstance(exc, ValueError):  # asyncpg refusing an option of the DSN (sslmode=bogus...)
         return ConfigError(f"DATABASE_URL cannot be used: {exc}")
     return StoreError(
@@ -130,7 +133,33 @@ def _decode_jsonb(data: bytes) -> object:
     return orjson.loads(data[1:])
 
 
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+if TYPE_CHECKING:
+    _Connection = asyncpg.Connection[asyncpg.Record]
+else:
+    _Connection = asyncpg.Connection
+
+
+class HarvesterConnection(_Connection):
+    """A pool's connection, knowing what each of its transactions begins with (`transaction`)."""
+
+    __slots__ = ("begin",)
+
+    begin: str
+
+
+def _timeouts(settings: Settings) -> dict[str, str]:
+    """The server-side bounds on a statement and on an idle transaction, in milliseconds."""
+    return {
+        "statement_timeout": str(int(settings.db_command_timeout * 1000)),
+        "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
+    }
+
+
+def _set_local(timeouts: dict[str, str]) -> str:
+    return "; ".join(f"SET LOCAL {name} = {value}" for name, value in timeouts.items())
+
+
+async def _init_connection(conn: asyncpg.Connection[Any], *, begin: str) -> None:
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
@@ -138,12 +167,30 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         decoder=_decode_jsonb,
         format="binary",
     )
-    # Staging tables live as long as the connection; ON COMMIT DELETE ROWS empties them.
-    await conn.execute(_CREATE_STAGING)
+    assert isinstance(conn, HarvesterConnection)
+    conn.begin = begin
+
+
+async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
+    """Behind pgbouncer a connection has no session state of its own to reset, and a reset
+    query would run on whichever server connection pgbouncer lends at that moment (asyncpg's
+    RESET ALL there would undo the application_name pgbouncer set on it, unknown to it)."""
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
-    """Create the process's pool, connecting eagerly so a bad DATABASE_URL fails at start-up."""
+    """Create the process's pool, connecting eagerly so a bad DATABASE_URL fails at start-up.
+
+    Directly to Postgres, the timeouts are startup parameters of each connection. Behind
+    pgbouncer in transaction mode (HARVESTER_PGBOUNCER), a client connection has no server
+    session of its own: no startup parameters (pgbouncer refuses them), no named prepared
+    statements (asyncpg's statement cache off), no reset query, and the timeouts are sent as
+    ``SET LOCAL`` at the start of each transaction (`transaction`).
+    """
+    timeouts = _timeouts(settings)
+    begin = _set_local(timeouts) if settings.pgbouncer else ""
+    server_settings = {"application_name": "harvester"}
+    if not settings.pgbouncer:
+        server_settings.update(timeouts)
     try:
         pool = await asyncpg.create_pool(
             settings.database_url,
@@ -151,17 +198,31 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
             max_size=settings.db_pool_max,
             command_timeout=settings.db_command_timeout,
             timeout=settings.connect_timeout,
-            init=_init_connection,
-            server_settings={
-                "application_name": "harvester",
-                "statement_timeout": str(int(settings.db_command_timeout * 1000)),
-                "idle_in_transaction_session_timeout": str(int(settings.db_command_timeout * 2000)),
-            },
+            init=functools.partial(_init_connection, begin=begin),
+            connection_class=HarvesterConnection,
+            statement_cache_size=0 if settings.pgbouncer else 100,  # 100: asyncpg's default
+            reset=_no_reset if settings.pgbouncer else None,
+            server_settings=server_settings,
         )
     except (*DB_ERRORS, ValueError) as exc:
         raise connect_error(settings.database_url, exc) from exc
     assert pool is not None
     return pool
+
+
+@asynccontextmanager
+async def transaction(conn: Conn) -> AsyncIterator[None]:
+    """``conn.transaction()``, begun with what the pool's connections need at the start of
+    each transaction (behind pgbouncer, the timeouts as ``SET LOCAL``). Every transaction
+    harvester runs on a pool's connection goes through here; savepoints inside one need not.
+    """
+    async with conn.transaction():
+        # A pool's connection proxies attributes to its HarvesterConnection; a connection of
+        # asyncpg.connect has none to send.
+        begin: str = getattr(conn, "begin", "")
+        if begin:
+            await conn.execute(begin)
+        yield
 
 
 @asynccontextmanager

@@ -2,7 +2,8 @@
 one transaction.
 
 A chunk is COPYed straight into the tables; if some of its rows are there already (a retried
-write whose commit did land), it goes through per-connection temporary staging tables and
+write whose commit did land), it goes through temporary staging tables, made in its transaction
+and dropped at its commit (no session state, so it works behind pgbouncer too), and
 ``INSERT ... ON CONFLICT DO NOTHING`` instead; if Postgres refuses a body, the chunk is written
 row by row and that body becomes an ``invalid_json`` failure. So a chunk lands whole or not at
 all, a re-run of a job adds no row, and one bad body never sinks its chunk.
@@ -26,6 +27,7 @@ from worker.engine.store import (
     rows_affected,
     store_error,
     stored_url,
+    transaction,
 )
 from worker.errors import StoreError
 
@@ -37,6 +39,28 @@ _REQUEST_COLUMNS = ("method", "body_hash", "request")
 # Likewise, only a chunk holding pages of paginated walks copies these (NULL otherwise).
 _DOC_PAGE_COLUMNS = ("page", "page_url", "next_url")
 _FAIL_PAGE_COLUMNS = ("page", "page_url")
+
+# Staging for a chunk that conflicts, made inside its transaction and gone at its end: a
+# connection behind pgbouncer in transaction mode has no session to keep tables in.
+_STAGE_DOCUMENTS = """
+CREATE TEMP TABLE IF NOT EXISTS harvester_stage_documents (
+    job_id text, url text, source text, status integer, body jsonb,
+    elapsed_ms integer, attempts integer,
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text, next_url text
+) ON COMMIT DROP;
+-- Out of line but uncompressed: staged bodies are compressed once, in documents.
+ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
+"""
+
+_STAGE_FAILURES = """
+CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
+    job_id text, url text, source text, error text, status integer,
+    attempts integer, detail text,
+    method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
+    page integer, page_url text
+) ON COMMIT DROP
+"""
 
 # The unique key of both tables is (job_id, harvester_request_key(...)): sql/006_requests.sql.
 _MOVE_DOCUMENTS = """
@@ -134,6 +158,13 @@ class Chunk:
                 (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts) for d in self.docs
             ]
             return rows, _DOC_COLUMNS
+        if not requests:  # GET walks, the usual paginated batch: built inline, once a page
+            rows = [
+                (j, d.url, s, d.status, d.body, d.elapsed_ms, d.attempts, d.page, d.page_url,
+                 d.next_url)
+                for d in self.docs
+            ]  # fmt: skip
+            return rows, _DOC_COLUMNS + _DOC_PAGE_COLUMNS
         columns = (
             _DOC_COLUMNS
             + (_REQUEST_COLUMNS if requests else ())
@@ -235,7 +266,7 @@ _Copy = Callable[[Conn, Chunk], Awaitable[Written]]
 
 async def _land(conn: Conn, copy: _Copy, chunk: Chunk) -> Written:
     """One transaction: the chunk's rows by ``copy``, then the source states of its polls."""
-    async with conn.transaction():
+    async with transaction(conn):
         written = await copy(conn, chunk)
         await _update_sources(conn, chunk.job_id, chunk.updates)
     return written
@@ -258,6 +289,7 @@ async def _copy_staged(conn: Conn, chunk: Chunk) -> Written:
     n_docs = n_fail = 0
     if chunk.docs:
         records, columns = chunk.doc_records()
+        await conn.execute(_STAGE_DOCUMENTS)
         await conn.copy_records_to_table(
             "harvester_stage_documents", records=records, columns=columns
         )
@@ -270,6 +302,7 @@ async def _copy_staged(conn: Conn, chunk: Chunk) -> Written:
 async def _stage_failures(conn: Conn, chunk: Chunk, fails: Sequence[Failed]) -> int:
     """Land ``fails`` through staging, skipping those already there; return rows added."""
     records, columns = chunk.fail_records(fails)
+    await conn.execute(_STAGE_FAILURES)
     await conn.copy_records_to_table("harvester_stage_failures", records=records, columns=columns)
     return rows_affected(await conn.execute(_MOVE_FAILURES))
 
@@ -300,7 +333,7 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
     becomes an invalid_json failure and the rest of the chunk lands."""
     refused: list[Failed] = []
     n_docs = 0
-    async with conn.transaction():
+    async with transaction(conn):
         for d in chunk.docs:
             try:
                 async with conn.transaction():  # a savepoint per row

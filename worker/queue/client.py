@@ -21,7 +21,13 @@ from arq.connections import ArqRedis
 from arq.jobs import DeserializationError, Job
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import AbstractBackoff
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,6 +38,7 @@ from worker.logs import redact
 from worker.queue.heartbeat import beat_key, worker_id
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import MAX_ENQUEUE_TIME_MS, deserialize, serialize
+from worker.redisurl import SentinelURL, is_sentinel, parse_sentinel_url
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.client")
@@ -77,11 +84,66 @@ def _pool(settings: Settings, *, retry: bool) -> ConnectionPool:
         options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError, OSError]
     if not settings.redis_url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
+    if is_sentinel(settings.redis_url):
+        return _sentinel_pool(parse_sentinel_url(settings.redis_url), options)
     return ConnectionPool.from_url(settings.redis_url, **options)
 
 
+def _sentinel_pool(target: SentinelURL, options: dict[str, Any]) -> ConnectionPool:
+    """A pool whose every new connection asks the sentinels where the primary is now: after a
+    failover the next (retried) command reaches the promoted replica, and a connection to a
+    demoted primary (READONLY) is dropped and asked again."""
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_options["username"] = target.sentinel_username
+    sentinel_options["password"] = target.sentinel_password
+    # redis-py leaves its Sentinel classes unannotated.
+    manager = Sentinel(target.sentinels, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return _SentinelPool(  # type: ignore[no-untyped-call]
+        target.service,
+        manager,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        connection_class=_SentinelConnection,
+        **options,
+    )
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the primary the sentinels name, tried once per address they give.
+
+    redis-py would retry a refused address with the whole retry policy (``redis_retry``: about
+    HARVESTER_REDIS_RETRY_TIME) before asking the sentinels again, so a killed primary would
+    hold every command that long although its replica was promoted in seconds. Here each retry
+    asks the sentinels (`SentinelManagedConnection.connect` retries with the policy)."""
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        policy, self.retry = self.retry, _ONCE
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = policy
+
+
+_ONCE: Final = Retry(NoBackoff(), 0)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, which also closes its connections to the sentinels when it is
+    closed (redis-py leaves them open)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        # Only a full close: redis-py also calls this with inuse_connections=False when the
+        # primary moved, while other commands may be asking the sentinels.
+        if inuse_connections:
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
 def redis_pool(settings: Settings) -> ArqRedis:
-    """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options).
+    """A JSON-speaking arq client for REDIS_URL (db number, password, ``rediss://`` TLS options,
+    or the primary of a ``redis+sentinel://`` group).
 
     Built directly rather than with `arq.create_pool` so that it has a socket timeout (a hung
     Redis cannot stall the worker) and retries commands through a restart. Connects lazily.
@@ -129,13 +191,25 @@ def redis_error(settings: Settings, exc: BaseException) -> HarvesterError:
     ):
         return ConfigError(f"REDIS_URL: Redis refused the credentials ({exc})")
     if isinstance(exc, ResponseError) and "DB index is out of range" in str(exc):
-        db = urlsplit(settings.redis_url).path.strip("/") or "0"
+        url = settings.redis_url
+        db = parse_sentinel_url(url).db if is_sentinel(url) else urlsplit(url).path.strip("/")
         return ConfigError(
-            f"REDIS_URL: Redis has no database {db} ({exc}): use a database number the "
+            f"REDIS_URL: Redis has no database {db or 0} ({exc}): use a database number the "
             "server has (16 by default)"
         )
+    detail = str(exc)
+    if isinstance(exc, MasterNotFoundError) and "AuthenticationError(" in detail:
+        # redis-py takes a sentinel that refuses the password for one that is down, and says
+        # so only in this text (its errors, one per sentinel).
+        return ConfigError(
+            "REDIS_URL: the sentinels refused the credentials (sentinel_password, "
+            "sentinel_username)"
+        )
+    if isinstance(exc, MasterNotFoundError):  # its text is a repr of every sentinel client
+        service = parse_sentinel_url(settings.redis_url).service
+        detail = f"no sentinel named a primary for {service!r} (are they up, is the name right?)"
     return RedisUnavailableError(
-        f"Redis is unavailable at {redact(settings.redis_url)} (REDIS_URL): {exc}"
+        f"Redis is unavailable at {redact(settings.redis_url)} (REDIS_URL): {detail}"
     )
 
 

@@ -263,7 +263,10 @@ async def _claim(
 ) -> tuple[str, str | None, list[str], int] | None:
     """Claim one job's failures in one short transaction: (job id, source, URLs, rows)."""
     with store.translated("cannot claim failures for replay"):
-        async with pool.acquire(timeout=store.ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+        async with (
+            pool.acquire(timeout=store.ACQUIRE_TIMEOUT_S) as conn,
+            store.transaction(conn),
+        ):
             first = await conn.fetchrow(_CLAIM_FIRST, *filters)
             if first is None:
                 return None

@@ -212,7 +212,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     """
     jobs: list[str] = []
     with store.translated("cannot claim due sources"):
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn, store.transaction(conn):
             due = await conn.fetch(_DUE, settings.sources_claim_limit)
             groups: dict[_Group, list[asyncpg.Record]] = {}
             for r in due:
