@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ from email.utils import formatdate
 
 import pytest
 
-from worker.engine.bodies import PARSE_MAX_BYTES, check_json
+from worker.engine.bodies import PARSE_MAX_BYTES, check_json, has_exponent
 from worker.engine.fetch import parse_retry_after
 from worker.errors import InvalidJSONError
 
@@ -109,3 +110,35 @@ def test_check_json_of_a_large_body_builds_no_object_tree() -> None:
     )
     grew = int(run.stdout.strip())
     assert grew < 24 * 1024 * 1024, f"peak RSS grew by {grew / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a": 1e5}', True),
+        (b'{"a": 1E5}', True),
+        (b'{"a": 1.5e-3}', True),
+        (b"[7E+10]", True),
+        (b'{"id": "3e4b"}', True),  # looks like one: the slow pass blanks strings first
+        (b'{"name": "e5", "n": 1e}', False),
+        (b'{"a": 1, "e": 2, "b": -5, "c": "E+"}', False),
+        (b'{"a": 10-5, "b": 0e}', False),
+        (b"", False),
+    ],
+)
+def test_has_exponent_finds_digit_e_digit_as_the_pattern_would(body: bytes, expected: bool) -> None:
+    """`has_exponent` finds what the regular expression ``\\d[eE][-+]?\\d`` finds."""
+    assert has_exponent(body) is expected
+    assert (re.search(rb"\d[eE][-+]?\d", body) is not None) is expected
+
+
+def test_has_exponent_never_misses_an_exponent_the_pattern_finds() -> None:
+    """A superset, never less: every digit-e-digit shape is seen, whatever surrounds it."""
+    pieces = [b"1", b"e", b"E", b"+", b"-", b'"', b" ", b"x", b".", b"0"]
+    for a in pieces:
+        for b in pieces:
+            for c in pieces:
+                for d in pieces:
+                    body = b"[" + a + b + c + d + b"]"
+                    if re.search(rb"\d[eE][-+]?\d", body):
+                        assert has_exponent(body), body

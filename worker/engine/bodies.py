@@ -27,7 +27,8 @@ _JSON_START: Final = re.compile(rb"[ \t\r\n]*[\[{\"\-0-9tfn]")
 # (jsonb output also adds a space after each comma and colon).
 MAX_EXPONENT: Final = 1000
 EXPONENT_SLACK: Final = 1024
-_HAS_EXPONENT: Final = re.compile(rb"\d[eE][-+]?\d")
+# For `has_exponent`: every digit read as 0 and E as e (signs are deleted).
+_EXPONENT_SHAPES: Final = bytes.maketrans(b"123456789E", b"000000000e")
 _EXPONENT: Final = re.compile(rb"\d[eE]([-+]?\d+)")
 # A JSON string; the closing quote is optional so that an unterminated one is consumed in one
 # linear pass instead of being retried from every escaped quote inside it.
@@ -57,8 +58,16 @@ def check_json(body: bytes) -> None:
         raise InvalidJSONError(f"body is not valid JSON: it starts with {body[:16]!r}")
     if b"\\u0000" in body and _NUL_ESCAPE.search(body):
         raise InvalidJSONError("body contains \\u0000, which Postgres jsonb cannot store")
-    if _HAS_EXPONENT.search(body):
+    if has_exponent(body):
         _check_exponents(body)
+
+
+def has_exponent(body: bytes) -> bool:
+    """Whether a digit, ``e`` or ``E``, an optional sign and a digit follow each other anywhere
+    in ``body`` (in a number, or in a string that looks like one); also true of a few things no
+    number is (a sign before the ``e``), which only costs the exact pass. Two C passes: a
+    regular expression search for the same took a twelfth of a worker's CPU at 1 KB."""
+    return b"0e0" in body.translate(_EXPONENT_SHAPES, b"+-")
 
 
 def _check_exponents(body: bytes) -> None:
