@@ -91,12 +91,14 @@ def _owner(ctx: JobContext) -> str:
     return ctx.get("worker_id") or "arq"
 
 
-def _lost(ctx: JobContext, job_try: int, exc: LeaseLostError) -> dict[str, Any]:
-    """This run's job went to another worker while this one looked dead: stop, writing nothing
-    more (the runtime leaves the job's Redis keys to the run that holds it)."""
+def _lost(settings: Settings, job_try: int, exc: LeaseLostError) -> Retry:
+    """This run's job went to another run while this one looked dead: stop, writing nothing
+    more. The runtime leaves the job's Redis keys to the run that holds it now; should this run
+    still hold them (the newer run came from a worker that records no holds), the job is not
+    closed on this run's word but tried again later, skipping what landed."""
     log.warning("job.lost", extra={"try": job_try, "reason": str(exc)})
     metrics.record_job("lost")
-    return {"job_id": ctx["job_id"], "lost": True, "try": job_try}
+    return Retry(defer=defer_delay(settings, job_try))
 
 
 async def _release(ctx: JobContext, lease: JobLease) -> None:
@@ -173,7 +175,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
                 lease = await leases.take(ctx["pool"], ctx["job_id"], _owner(ctx))
                 result = await _attempt(ctx, batch, started, lease)
         except LeaseLostError as exc:
-            return _lost(ctx, job_try, exc)
+            raise _lost(settings, job_try, exc) from exc
         except (TimeoutError, pipeline.DeadlineError, StoreError) as exc:
             raise _retry_later(settings, job_try, exc) from exc
         await _release(ctx, lease)
