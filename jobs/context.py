@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -25,6 +25,9 @@ class WorkerContext(TypedDict):
     budget: ByteBudget
     credentials: Credentials
     exit_stack: AsyncExitStack
+    worker_id: NotRequired[
+        str
+    ]  # this worker process, <host>:<pid>[:<n>]: the owner of the leases it takes
 
 
 class JobContext(WorkerContext):

@@ -12,10 +12,11 @@ from arq import Retry
 
 from jobs.context import JobContext
 from worker.engine import counters as metrics
-from worker.engine import pipeline
+from worker.engine import leases, pipeline
+from worker.engine.leases import JobLease
 from worker.engine.outcomes import BatchSummary
 from worker.engine.writes import Chunk
-from worker.errors import BadJobError, StoreError
+from worker.errors import BadJobError, LeaseLostError, StoreError
 from worker.logs import bound_job
 from worker.queue.payload import FetchBatch, parse_batch
 from worker.scheduling import sources
@@ -40,12 +41,14 @@ def defer_delay(settings: Settings, job_try: int) -> float:
     return settings.job_backoff.delay(job_try)
 
 
-async def _abandon(ctx: JobContext, batch: FetchBatch, job_try: int) -> dict[str, Any]:
+async def _abandon(
+    ctx: JobContext, batch: FetchBatch, job_try: int, lease: JobLease
+) -> dict[str, Any]:
     """Started too often (restarts, crashes, deferrals): close the job, but give every URL still
     without an outcome a failure row, so nothing is silently lost."""
     recorded = await pipeline.record_failures(
         ctx["pool"],
-        Chunk(ctx["job_id"], batch.source),
+        Chunk(ctx["job_id"], batch.source, lease=lease),
         batch.requests_of(),
         ctx["settings"],
         kind="abandoned",
@@ -57,7 +60,7 @@ async def _abandon(ctx: JobContext, batch: FetchBatch, job_try: int) -> dict[str
     return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
 
 
-async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSummary:
+async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLease) -> BatchSummary:
     """The pipeline's run of this try: its deadline, priority and source states."""
     settings = ctx["settings"]
     job_try = ctx["job_try"]
@@ -76,10 +79,34 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float) -> BatchSumma
         sources=states,
         profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
         paginate=batch.paginate.spec() if batch.paginate is not None else None,
+        lease=lease,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]
     )
+
+
+def _owner(ctx: JobContext) -> str:
+    # A worker started as `arq worker.app.WorkerSettings` (not harvester's) has no id of its own.
+    return ctx.get("worker_id") or "arq"
+
+
+def _lost(settings: Settings, job_try: int, exc: LeaseLostError) -> Retry:
+    """This run's job went to another run while this one looked dead: stop, writing nothing
+    more. The runtime leaves the job's Redis keys to the run that holds it now; should this run
+    still hold them (the newer run came from a worker that records no holds), the job is not
+    closed on this run's word but tried again later, skipping what landed."""
+    log.warning("job.lost", extra={"try": job_try, "reason": str(exc)})
+    metrics.record_job("lost")
+    return Retry(defer=defer_delay(settings, job_try))
+
+
+async def _release(ctx: JobContext, lease: JobLease) -> None:
+    """Drop the finished job's lease; one left behind only costs a row."""
+    try:
+        await leases.release(ctx["pool"], lease)
+    except StoreError as exc:
+        log.warning("job.lease_kept", extra={"reason": str(exc)})
 
 
 def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
@@ -143,12 +170,25 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
         hard_stop = asyncio.get_running_loop().time() + settings.job_timeout - hard_margin(settings)
         try:
             async with asyncio.timeout_at(hard_stop):
-                if job_try > settings.job_tries:
-                    return await _abandon(ctx, batch, job_try)
-                summary = await _run(ctx, batch, started)
+                # This run's lease: any run of this job still going elsewhere (its worker
+                # looked dead and the job was taken over) lands nothing more from now on.
+                lease = await leases.take(ctx["pool"], ctx["job_id"], _owner(ctx))
+                result = await _attempt(ctx, batch, started, lease)
+        except LeaseLostError as exc:
+            raise _lost(settings, job_try, exc) from exc
         except (TimeoutError, pipeline.DeadlineError, StoreError) as exc:
             raise _retry_later(settings, job_try, exc) from exc
-        result = summary.as_dict()
-        log.info("job.done", extra={k: v for k, v in result.items() if k != "job_id"})
-        metrics.record_job("complete")
+        await _release(ctx, lease)
         return result
+
+
+async def _attempt(
+    ctx: JobContext, batch: FetchBatch, started: float, lease: JobLease
+) -> dict[str, Any]:
+    """This try: the batch's run, or its end as `abandoned` once tried too often."""
+    if ctx["job_try"] > ctx["settings"].job_tries:
+        return await _abandon(ctx, batch, ctx["job_try"], lease)
+    result = (await _run(ctx, batch, started, lease)).as_dict()
+    log.info("job.done", extra={k: v for k, v in result.items() if k != "job_id"})
+    metrics.record_job("complete")
+    return result

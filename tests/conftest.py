@@ -108,7 +108,9 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """The store's pool on an empty documents / fetch_failures pair."""
     p = await store.create_pool(settings)
-    await p.execute("TRUNCATE documents, fetch_failures, sources, replays RESTART IDENTITY")
+    await p.execute(
+        "TRUNCATE documents, fetch_failures, sources, replays, job_leases RESTART IDENTITY"
+    )
     try:
         yield p
     finally:

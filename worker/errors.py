@@ -10,6 +10,8 @@ each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-
     ├── StoreError             Postgres could not take a read or write; the job is retried later
     │   └── SchemaError            the database lacks harvester's tables: run harvester migrate
     ├── RedisUnavailableError  Redis could not be reached within the retry budget
+    ├── LeaseLostError         a run of a job lost its lease (another worker took the job
+    │                          over); it writes nothing more and stops
     ├── ListenError            a server (`harvester api`) cannot listen: port in use, bad address
     └── FetchError             one URL could not be landed; becomes a `fetch_failures` row
         ├── InvalidURLError        kind "invalid_url"    not an absolute http(s) URL
@@ -63,6 +65,11 @@ class ConfigError(HarvesterError):
 
 class BadJobError(HarvesterError):
     """A job payload that cannot be run as given; the message says what was wrong."""
+
+
+class LeaseLostError(HarvesterError):
+    """This run of a job no longer holds the job's lease: another worker took the job over (this
+    one looked dead). Nothing of the transaction that found out was committed."""
 
 
 class StoreError(HarvesterError):

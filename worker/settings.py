@@ -184,7 +184,9 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     # Apply pending migrations when a worker or the API starts (under an advisory lock).
     migrate_on_start: bool = True
-    health_check_interval: int = Field(default=10, ge=1, le=3600)
+    # Seconds between heartbeats; a heartbeat lives twice that, and a dead worker's jobs are taken
+    # over within about three (worker/queue/holds.py): 15 s at most with the default.
+    health_check_interval: int = Field(default=5, ge=1, le=3600)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_token: SecretStr | None = None

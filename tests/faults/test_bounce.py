@@ -8,15 +8,42 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.helpers import wait_until
 from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts
 from tests.helpers.upstream import Upstream
 
+# FAST without its short timeouts: the job timeout (so arq's lock, 130 s), the request and retry
+# times and the shutdown grace are the defaults; concurrency and chunks stay small, so that kills
+# still land mid-COPY. A SIGKILLed worker's jobs are taken over by the next worker's beats.
+DEFAULT_TIMEOUTS = {
+    k: v
+    for k, v in FAST.items()
+    if k not in ("job_timeout", "request_timeout", "retry_max_time", "shutdown_grace")
+}
 
+
+@pytest.mark.parametrize(
+    ("settings", "bound"),
+    [
+        # Short locks: every job finished within a few lock expiries of the last restart.
+        (FAST, 3 * (FAST["job_timeout"] + 10)),
+        # Default timeouts: within seconds of it, not after a 130 s lock (issue 14's 20 s
+        # takeover, plus the work left).
+        (DEFAULT_TIMEOUTS, 45),
+    ],
+    ids=["short-locks", "default-timeouts"],
+)
 async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
-    stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess]
+    stack: Stack,
+    upstream: Upstream,
+    spawn_worker: Callable[..., WorkerProcess],
+    settings: dict[str, int],
+    bound: float,
 ) -> None:
-    """1,200 URLs in 12 jobs; 3 SIGKILLs and 3 SIGTERMs mid-work; every URL lands exactly once."""
+    """1,200 URLs in 12 jobs; 3 SIGKILLs and 3 SIGTERMs mid-work; every URL lands exactly once,
+    and soon after the last restart."""
     total = 1200
     urls = [upstream.url(f"/slow/{i}?delay=0.02") for i in range(total)]
     await enqueue(stack, urls, batch_size=100, prefix="bounce")
@@ -26,7 +53,7 @@ async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
 
     for sig in rounds:
         before = (await outcome_counts(stack.database_url))[0]
-        worker = spawn_worker(**FAST)
+        worker = spawn_worker(**settings)
         await worker.start()
 
         async def progressed(before: int = before) -> bool:
@@ -41,7 +68,7 @@ async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
         code = await worker.wait(timeout=30)
         assert code != 0 if sig == signal.SIGKILL else code == 0, worker.log()[-3000:]
 
-    worker = spawn_worker(**FAST)
+    worker = spawn_worker(**settings)
     await worker.start()
     started = time.monotonic()
 
@@ -52,5 +79,5 @@ async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
     recovery = time.monotonic() - started
     outcomes, documents, dups = await outcome_counts(stack.database_url)
     assert (outcomes, documents, dups) == (total, total, 0)
-    # Every job finished within a few lock expiries of the last restart.
-    assert recovery < 3 * (FAST["job_timeout"] + 10), recovery
+    assert recovery < bound, recovery
+    print(f"bounce: all landed {recovery:.1f} s after the last restart")  # for the report

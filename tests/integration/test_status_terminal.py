@@ -116,6 +116,7 @@ async def test_status_at_80x24_shows_the_queue_workers_and_failures_first(
         "done",
         "failed",
         "running",
+        "held",
         "last",
         "beat",
     ]

@@ -4,6 +4,7 @@ screen fits the terminal with the most important panels first."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -140,6 +141,21 @@ def test_long_job_ids_are_shortened_unless_wide() -> None:
     wide = _draw(status, width=200, height=49, wide=True)
     for text in [*long_ids, "recent jobs", "URLs landed per minute", "sources: 3 registered"]:
         assert text in wide, wide
+
+
+def test_each_worker_row_names_the_jobs_it_holds() -> None:
+    """The workers panel has a held column: the ids of the jobs each worker runs now, a dead
+    one's included (they wait for a takeover); "-" for none."""
+    dead = replace(_worker("dead-host", 7, alive=False, age=12), held=("import-a",))
+    busy = replace(_worker("live-host", 8), held=("import-b", "import-c"))
+    idle = _worker("idle-host", 9)
+    screen = _draw(_status(workers=[dead, busy, idle]), width=120, height=30)
+    rows = {line.split()[0]: line for line in screen.split("\n") if line.strip()}
+    assert "held" in screen
+    assert "import-a" in rows["dead-host"]
+    assert "import-b, import-c" in rows["live-host"]
+    assert " - " in rows["idle-host"]
+    assert "import" not in rows["idle-host"]
 
 
 def test_a_rate_is_taken_over_the_time_its_rows_cover() -> None:

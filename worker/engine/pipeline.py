@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import asyncpg
@@ -29,6 +29,7 @@ from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
 from worker.engine.credentials import Profile
 from worker.engine.fetch import Fetcher
+from worker.engine.leases import JobLease
 from worker.engine.outcomes import (
     BatchSummary,
     Failed,
@@ -50,7 +51,7 @@ from worker.engine.polling import (
 )
 from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
-from worker.errors import StoreError
+from worker.errors import LeaseLostError, StoreError
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.pipeline")
@@ -83,6 +84,8 @@ class Batch:
     profile: Profile | None = None
     # Walk each URL's pages (`worker.engine.walks`); None: one request per URL.
     paginate: PageSpec | None = None
+    # The run's lease (`worker.engine.leases`): every chunk lands only while the run holds it.
+    lease: JobLease | None = None
 
 
 class DeadlineError(Exception):
@@ -194,7 +197,7 @@ class ChunkWriter:
         if not self._docs and not self._fails and not self._updates:
             return
         b = self._batch
-        chunk = Chunk(b.job_id, b.source, self._docs, self._fails, self._updates)
+        chunk = Chunk(b.job_id, b.source, self._docs, self._fails, self._updates, b.lease)
         held = self._bytes
         self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
         written = await write_retried(self._pool, chunk, self._settings)
@@ -290,9 +293,11 @@ class BatchRun:
                     tg.create_task(w.run(self._queue))
                 tg.create_task(self._fetch_all(todo, len(writers)))
         except BaseExceptionGroup as group:
-            store_errors = group.subgroup(StoreError)
-            if store_errors is not None:
-                raise store_errors.exceptions[0] from group
+            # A lost lease first: the other errors are of a run that must stop anyway.
+            for kind in (LeaseLostError, StoreError):
+                errors = group.subgroup(kind)
+                if errors is not None:
+                    raise errors.exceptions[0] from group
             raise
 
     async def _fetch_all(self, todo: list[Request], n_writers: int) -> None:
@@ -400,7 +405,7 @@ class BatchRun:
             raise DeadlineError(landed=len(self._tally.landed), remaining=len(unfinished))
         self._tally.failures["deadline"] += await record_failures(
             self._pool,
-            Chunk(self.batch.job_id, self.batch.source),
+            Chunk(self.batch.job_id, self.batch.source, lease=self.batch.lease),
             unfinished,
             self._settings,
             kind="deadline",
@@ -423,7 +428,8 @@ async def run(
     Requests that already have an outcome for this job (an earlier run was interrupted) are not
     fetched again. At ``batch.deadline`` fetching stops and what was fetched lands; the URLs
     left then raise `DeadlineError` or, with ``record_unfinished``, land as failures of kind
-    ``deadline``. Raises `StoreError` if Postgres cannot take the rows; everything a URL can do
+    ``deadline``. Raises `StoreError` if Postgres cannot take the rows, and `LeaseLostError` as
+    soon as a write finds that ``batch.lease`` went to a newer run; everything a URL can do
     wrong becomes a failure row instead. ``budget`` is the process's (a run of its own when
     None).
     """
@@ -442,8 +448,9 @@ async def record_failures(
     paginated: bool = False,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``requests`` that has no outcome yet for
-    ``job.job_id`` (under ``job.source``); return how many. For a ``paginated`` job, a request
-    whose walk has not ended gets one, for the page its walk would have fetched next."""
+    ``job.job_id`` (under ``job.source``, fenced by ``job.lease``); return how many. For a
+    ``paginated`` job, a request whose walk has not ended gets one, for the page its walk would
+    have fetched next."""
     fails = (
         await walks.unfinished(pool, job.job_id, requests, settings.max_url_length, kind, detail)
         if paginated
@@ -454,9 +461,7 @@ async def record_failures(
     )
     step = settings.copy_chunk_rows
     for i in range(0, len(fails), step):
-        await write_retried(
-            pool, Chunk(job.job_id, job.source, fails=fails[i : i + step]), settings
-        )
+        await write_retried(pool, replace(job, fails=fails[i : i + step]), settings)
     return len(fails)
 
 

@@ -6,7 +6,9 @@ write whose commit did land), it goes through temporary staging tables, made in 
 and dropped at its commit (no session state, so it works behind pgbouncer too), and
 ``INSERT ... ON CONFLICT DO NOTHING`` instead; if Postgres refuses a body, the chunk is written
 row by row and that body becomes an ``invalid_json`` failure. So a chunk lands whole or not at
-all, a re-run of a job adds no row, and one bad body never sinks its chunk.
+all, a re-run of a job adds no row, and one bad body never sinks its chunk. A chunk that carries
+its run's lease lands only while that run holds it (`worker.engine.leases`): the check is the
+transaction's first statement, and a run that lost its job raises `LeaseLostError` there.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import TypeVar
 
 import asyncpg
 
+from worker.engine import leases
 from worker.engine.bodies import clean_detail
+from worker.engine.leases import JobLease
 from worker.engine.outcomes import Failed, Fetched, is_plain
 from worker.engine.polling import SourceUpdate
 from worker.engine.store import (
@@ -140,6 +144,8 @@ class Chunk:
     docs: Sequence[Fetched] = ()
     fails: Sequence[Failed] = ()
     updates: Sequence[SourceUpdate] = ()
+    # The run's lease, checked in the chunk's transaction; None: unfenced (tools, tests).
+    lease: JobLease | None = None
 
     def stored(self, max_url_length: int) -> Chunk:
         """This chunk with every URL in its `stored_url` form (itself when all are short)."""
@@ -265,11 +271,18 @@ _Copy = Callable[[Conn, Chunk], Awaitable[Written]]
 
 
 async def _land(conn: Conn, copy: _Copy, chunk: Chunk) -> Written:
-    """One transaction: the chunk's rows by ``copy``, then the source states of its polls."""
+    """One transaction: the lease check, the chunk's rows by ``copy``, then the source states of
+    its polls."""
     async with transaction(conn):
+        await _fence(conn, chunk)
         written = await copy(conn, chunk)
         await _update_sources(conn, chunk.job_id, chunk.updates)
     return written
+
+
+async def _fence(conn: Conn, chunk: Chunk) -> None:
+    if chunk.lease is not None:
+        await leases.check(conn, chunk.lease)
 
 
 async def _copy_direct(conn: Conn, chunk: Chunk) -> Written:
@@ -334,6 +347,7 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
     refused: list[Failed] = []
     n_docs = 0
     async with transaction(conn):
+        await _fence(conn, chunk)
         for d in chunk.docs:
             try:
                 async with conn.transaction():  # a savepoint per row

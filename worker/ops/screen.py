@@ -112,7 +112,8 @@ def _workers(s: Status, rows: int | None, wide: bool) -> RenderableType:
     table = _table(
         [
             *[("host", "id"), ("pid", "id"), ("state", "text"), ("done", "number")],
-            *[("failed", "number"), ("running", "number"), ("last beat", "number")],
+            *[("failed", "number"), ("running", "number"), ("held", "id")],
+            ("last beat", "number"),
         ],
         wide,
     )
@@ -134,8 +135,17 @@ def _worker_row(w: Worker, wide: bool) -> list[Text]:
         Text(str(w.jobs.get("complete", ""))),
         Text(str(w.jobs.get("failed", ""))),
         Text(str(w.jobs.get("ongoing", ""))),
+        _held(w.held, wide, w.alive),
         Text(beat, style="" if w.alive else "red"),
     ]
+
+
+def _held(jobs: tuple[str, ...], wide: bool, alive: bool) -> Text:
+    """The ids of the jobs a worker runs now; a dead one's wait for another worker to take
+    them over (`worker.queue.holds`)."""
+    if not jobs:
+        return Text("-")
+    return Text(", ").join(_id(j, JOB_ID_CHARS, wide, "" if alive else "red") for j in jobs)
 
 
 def _failures(s: Status, rows: int | None) -> RenderableType:

@@ -2,6 +2,7 @@
 
 The one payload model (`payload.FetchBatch`) that the worker, the CLI, the HTTP intake and the
 OpenAPI document all come from; the JSON serialisation (never pickle) and the strict job
-envelope check; the client that enqueues batches and the Redis key names harvester uses. It
-imports the engine (URL checks) and the foundation; never the runtime, ops, cli or ``jobs``.
+envelope check; the client that enqueues batches and the Redis key names harvester uses; worker
+heartbeats, the jobs each worker holds, and the takeover of a dead worker's jobs. It imports
+the engine (URL checks) and the foundation; never the runtime, ops, cli or ``jobs``.
 """

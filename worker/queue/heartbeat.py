@@ -5,7 +5,9 @@ Each worker process has an id, ``<host>:<pid>`` (``<host>:<pid>:<n>`` for the n-
 process runs, as tests do), and two entries in Redis:
 
 - ``<queue>:health-check:<id>``, arq's heartbeat, written every HARVESTER_HEALTH_CHECK_INTERVAL
-  seconds with one second more of expiry: while it exists, the process is alive.
+  seconds to live twice that (`beat_ttl`: one late beat is not a death): while it exists, the
+  process is alive. Its jobs are taken over by another worker once it is gone
+  (`worker.queue.holds`).
 - its field in the hash ``<queue>:workers``, a `Registration` (JSON), rewritten with each beat
   (always after the heartbeat) and removed at a clean shutdown (before the heartbeat). So an
   entry whose heartbeat is gone is a process that died without cleaning up.
@@ -47,6 +49,23 @@ def beat_key(queue: str, worker: str) -> str:
     return f"{queue}{health_check_key_suffix}:{worker}"
 
 
+def beat_ttl(interval: float) -> float:
+    """How long a heartbeat written every ``interval`` seconds lives: two intervals, so that a
+    busy event loop's late beat does not look like a death (and a job taken over from it)."""
+    return 2 * interval
+
+
+def held_key(queue: str) -> str:
+    """The hash of ``queue``'s running jobs: job id -> the run holding it, ``<worker id>
+    <token>`` (`worker.queue.holds`)."""
+    return f"{queue}:held"
+
+
+def hold_owner(hold: str) -> str:
+    """The worker id in a hold, ``<worker id> <run token>`` (`worker.queue.holds`)."""
+    return hold.partition(" ")[0]
+
+
 def registry_key(queue: str) -> str:
     """The hash of the worker processes that have run on ``queue``."""
     return f"{queue}:workers"
@@ -59,7 +78,7 @@ class Registration:
     host: str
     pid: int
     started_at: float
-    interval: float  # seconds between beats; the heartbeat lives one second longer
+    interval: float  # seconds between beats; the heartbeat lives `beat_ttl` (twice that)
     last_beat: float
     jobs: dict[str, int] = field(default_factory=dict)
 
@@ -97,11 +116,17 @@ class WorkerState:
     expires_in_s: float | None  # when its heartbeat expires; None once it has
     started_at: str | None  # ISO 8601, UTC
     heartbeat: str | None  # arq's heartbeat text, while alive
+    held: tuple[str, ...] = ()  # the ids of the jobs it runs now (`worker.queue.holds`)
 
 
 async def register(redis: Redis, queue: str, worker: str, registration: Registration) -> None:
-    """Record ``worker`` in the registry (call it after writing its heartbeat)."""
-    await redis.hset(registry_key(queue), worker, registration.to_json().decode())  # type: ignore[misc]
+    """Record ``worker`` in the registry (call it after writing its heartbeat, whose life this
+    stretches to `beat_ttl`)."""
+    ttl_ms = int(beat_ttl(registration.interval) * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.pexpire(beat_key(queue, worker), ttl_ms)
+        pipe.hset(registry_key(queue), worker, registration.to_json().decode())
+        await pipe.execute()
 
 
 async def unregister(redis: Redis, queue: str, worker: str) -> None:
@@ -139,22 +164,32 @@ async def read_workers(
     # writes its heartbeat before its registration and removes them in the other order.
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hgetall(registry_key(queue))
+        pipe.hgetall(held_key(queue))
         for worker in order:
             pipe.get(beat_key(queue, worker))
             pipe.pttl(beat_key(queue, worker))
         replies: list[Any] = await pipe.execute()
     registry = {k.decode(errors="replace"): v for k, v in replies[0].items()}
+    holding: dict[str, list[str]] = {}
+    for job, hold in sorted(replies[1].items()):
+        owner = hold_owner(hold.decode(errors="replace"))
+        holding.setdefault(owner, []).append(job.decode(errors="replace"))
     states = []
     for n, worker in enumerate(order):
-        value, ttl_ms = replies[1 + 2 * n], replies[2 + 2 * n]
-        state = _state(worker, registry.get(worker), value, ttl_ms, now)
+        value, ttl_ms = replies[2 + 2 * n], replies[3 + 2 * n]
+        state = _state(worker, registry.get(worker), value, ttl_ms, now, holding.get(worker, []))
         if state is not None and (state.alive or (state.last_beat_age_s or 0) <= forget_after):
             states.append(state)
     return sorted(states, key=lambda w: (w.alive, w.host, w.id))
 
 
 def _state(
-    worker: str, raw: bytes | None, value: bytes | None, ttl_ms: int, now: float
+    worker: str,
+    raw: bytes | None,
+    value: bytes | None,
+    ttl_ms: int,
+    now: float,
+    held: list[str],
 ) -> WorkerState | None:
     """A worker's state from its registration (if any) and its heartbeat (if still there)."""
     reg = Registration.from_json(raw) if raw is not None else None
@@ -169,7 +204,7 @@ def _state(
         age = None
     elif alive and expires is not None:
         # From the heartbeat's own expiry: no clock of another host involved.
-        age = max(0.0, reg.interval + 1 - expires)
+        age = max(0.0, beat_ttl(reg.interval) - expires)
     else:
         age = max(0.0, now - reg.last_beat)
     return WorkerState(
@@ -178,6 +213,7 @@ def _state(
         pid=pid,
         alive=alive,
         jobs=dict(reg.jobs) if reg else _jobs_from_beat(value),
+        held=tuple(held),
         last_beat_age_s=None if age is None else round(age, 1),
         expires_in_s=expires,
         started_at=_iso(reg.started_at) if reg else None,

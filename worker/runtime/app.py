@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from typing import Any, cast
 
 from arq.cron import CronJob, cron
@@ -37,7 +38,7 @@ from worker.engine.migrate import migrate
 from worker.errors import ConfigError, RedisUnavailableError
 from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
-from worker.queue import heartbeat
+from worker.queue import heartbeat, holds
 from worker.queue.client import health_check_key, probe, redis_error, redis_pool
 from worker.queue.hostlimits import RedisHostLimiter
 from worker.queue.payload import JOB_NAME
@@ -219,6 +220,10 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
 
+# The hold (`worker.queue.holds`) of the job the current task runs: set by run_job, read by the
+# finish_job arq calls from inside it.
+_HOLD: ContextVar[str | None] = ContextVar("harvester_hold", default=None)
+
 # Numbers the workers of one process (tests run several), so each has a heartbeat of its own.
 _instances = itertools.count(1)
 
@@ -234,7 +239,11 @@ class HarvesterWorker(Worker):
     (`redis.unavailable`), before the same budget is spent waiting for it.
 
     Each worker also has a heartbeat and a registry entry of its own (`worker.queue.heartbeat`),
-    so that ``harvester status`` and ``harvester health`` see every process, and a dead one.
+    so that ``harvester status`` and ``harvester health`` see every process, and a dead one. It
+    records the jobs it runs (`worker.queue.holds`), and with each beat takes over the jobs of
+    workers whose heartbeat is gone, so that they run again within seconds of a crash rather
+    than when arq's lock expires. A run whose job was taken over (this worker was stalled) ends
+    without touching the job's keys, which belong to the run that holds it now.
     """
 
     def __init__(self, *args: Any, redis_retry_time: float = 30.0, **kwargs: Any) -> None:
@@ -246,19 +255,37 @@ class HarvesterWorker(Worker):
         self._started_at = time.time()
         self._registered = False
         self._leaving = False
+        self._beating = asyncio.Lock()
+        self.ctx["worker_id"] = self.worker_id
 
-    async def record_health(self) -> None:
-        """arq's heartbeat, then (always after it) this worker's registry entry."""
-        last = self._last_health_check
-        await super().record_health()
-        if self._last_health_check == last or self._leaving:
-            return  # no beat was due
-        if not self._registered:
-            forgotten = await heartbeat.prune(self.pool, self.queue_name, socket.gethostname())
-            if forgotten:
-                log.info("workers.forgotten", extra={"workers": ", ".join(forgotten)})
-        await heartbeat.register(self.pool, self.queue_name, self.worker_id, self._registration())
-        self._registered = True
+    async def record_health(self, *, first: bool = False) -> None:
+        """arq's heartbeat, then (always after it) this worker's registry entry, then the
+        takeover of dead workers' jobs. ``first``: beat now unless this worker has registered
+        (a job is held only once the heartbeat that vouches for it exists)."""
+        async with self._beating:
+            if first:
+                if self._registered:
+                    return
+                self._last_health_check = 0
+            last = self._last_health_check
+            await super().record_health()
+            if self._last_health_check == last or self._leaving:
+                return  # no beat was due
+            if not self._registered:
+                forgotten = await heartbeat.prune(self.pool, self.queue_name, socket.gethostname())
+                if forgotten:
+                    log.info("workers.forgotten", extra={"workers": ", ".join(forgotten)})
+            registration = self._registration()
+            await heartbeat.register(self.pool, self.queue_name, self.worker_id, registration)
+            self._registered = True
+            await self._take_over()
+
+    async def _take_over(self) -> None:
+        """Free the jobs held by workers whose heartbeat is gone, for any worker to run now."""
+        for job_id, hold in (await holds.orphans(self.pool, self.queue_name)).items():
+            if await holds.take_over(self.pool, self.queue_name, job_id, hold):
+                owner = heartbeat.hold_owner(hold)
+                log.warning("job.taken_over", extra={"job_id": job_id, "owner": owner})
 
     def _registration(self) -> heartbeat.Registration:
         return heartbeat.Registration(
@@ -323,6 +350,10 @@ class HarvesterWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
+            await self.record_health(first=True)
+            hold = holds.hold_value(self.worker_id)
+            _HOLD.set(hold)  # this task's: finish_job, called inside run_job, reads it
+            await holds.hold(self.pool, self.queue_name, job_id, hold)
             await super().run_job(job_id, score)
         except _REDIS_ERRORS as exc:
             # The rows are in Postgres or the job never started; either way arq runs it again
@@ -334,6 +365,40 @@ class HarvesterWorker(Worker):
             # check costs this one job: it fails, with the error as its result.
             log.exception("job.crashed", extra={"job_id": job_id, "error": repr(exc)})
             await self._fail_crashed(job_id, exc)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        if await self._release(job_id):
+            await super().finish_job(
+                job_id,
+                finish,
+                result_data,
+                result_timeout_s,
+                keep_result_forever,
+                incr_score,
+                keep_in_progress,
+            )
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        if await self._release(job_id):
+            await super().finish_failed_job(job_id, result_data)
+
+    async def _release(self, job_id: str) -> bool:
+        """End this run's hold on ``job_id``; False (and arq's bookkeeping is skipped) when the
+        job was taken over meanwhile: its keys belong to the run that holds it now."""
+        hold = _HOLD.get()
+        if hold is None or await holds.release(self.pool, self.queue_name, job_id, hold):
+            return True
+        log.warning("job.left", extra={"job_id": job_id, "reason": "taken over by another worker"})
+        return False
 
     async def _fail_crashed(self, job_id: str, exc: Exception) -> None:
         self.jobs_failed += 1

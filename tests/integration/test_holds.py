@@ -1,0 +1,73 @@
+"""The held-jobs registry and the takeover script against a real Valkey: a job is freed only
+from a run whose worker's heartbeat is gone, and a run that lost its hold cannot release it."""
+
+from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import Redis
+
+from worker.queue import holds
+from worker.queue.heartbeat import beat_key, held_key, read_workers
+
+QUEUE = "harvester:test-holds"
+JOB = "job-1"
+
+
+async def _running(redis: Redis, worker: str, *, alive: bool) -> str:
+    """JOB as arq and harvester leave it while ``worker`` runs it: queued (arq keeps a running
+    job in its set), in progress, held; and the worker's heartbeat if ``alive``."""
+    await redis.zadd(QUEUE, {JOB: 1000})
+    await redis.set(job_key_prefix + JOB, b"{}")
+    await redis.set(in_progress_key_prefix + JOB, b"1", px=130_000)
+    if alive:
+        await redis.set(beat_key(QUEUE, worker), b"beat", px=10_000)
+    hold = holds.hold_value(worker)
+    await holds.hold(redis, QUEUE, JOB, hold)
+    return hold
+
+
+async def test_a_dead_workers_job_is_freed_for_any_worker(redis: Redis) -> None:
+    """Its heartbeat gone, the worker's job is an orphan; the takeover drops the hold and arq's
+    in-progress key and keeps the job queued (with its score), so the next poll starts it."""
+    hold = await _running(redis, "host:1", alive=False)
+    assert await holds.orphans(redis, QUEUE) == {JOB: hold}
+    assert await holds.take_over(redis, QUEUE, JOB, hold)
+    assert await redis.exists(in_progress_key_prefix + JOB) == 0
+    assert await redis.zscore(QUEUE, JOB) == 1000
+    assert await holds.held(redis, QUEUE) == {}
+    # The stalled run, resumed, finds it no longer holds the job.
+    assert not await holds.release(redis, QUEUE, JOB, hold)
+
+
+async def test_a_live_workers_job_is_never_taken(redis: Redis) -> None:
+    """While the heartbeat exists, the job is no orphan, and the script refuses it even if
+    asked (the owner came back between the scan and the takeover)."""
+    hold = await _running(redis, "host:1", alive=True)
+    assert await holds.orphans(redis, QUEUE) == {}
+    assert not await holds.take_over(redis, QUEUE, JOB, hold)
+    assert await redis.exists(in_progress_key_prefix + JOB) == 1
+    assert await holds.held(redis, QUEUE) == {JOB: hold}
+    assert [w.held for w in await read_workers(redis, QUEUE)] == [(JOB,)]
+    assert await holds.release(redis, QUEUE, JOB, hold)
+    assert await redis.exists(held_key(QUEUE)) == 0
+
+
+async def test_only_the_run_named_in_the_hold_is_taken_or_released(redis: Redis) -> None:
+    """A later run's hold (a new run of the job, even by the same worker) is neither taken over
+    on an older run's word nor released by the older run."""
+    old = await _running(redis, "host:1", alive=False)
+    new = holds.hold_value("host:1")
+    await holds.hold(redis, QUEUE, JOB, new)
+    assert not await holds.take_over(redis, QUEUE, JOB, old)
+    assert not await holds.release(redis, QUEUE, JOB, old)
+    assert await holds.held(redis, QUEUE) == {JOB: new}
+
+
+async def test_a_finished_job_is_not_queued_again(redis: Redis) -> None:
+    """A worker that died after arq finished the job but before it released its hold: the
+    takeover drops the hold and puts nothing back in the queue."""
+    hold = await _running(redis, "host:1", alive=False)
+    await redis.zrem(QUEUE, JOB)
+    await redis.delete(job_key_prefix + JOB)
+    assert await holds.take_over(redis, QUEUE, JOB, hold)
+    assert await redis.zcard(QUEUE) == 0
