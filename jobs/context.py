@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from worker.engine.budget import ByteBudget
 from worker.engine.credentials import Credentials
 from worker.engine.fetch import Fetcher
+from worker.queue.events import EventStream
 from worker.settings import Settings
 
 
@@ -25,6 +26,7 @@ class WorkerContext(TypedDict):
     budget: ByteBudget
     credentials: Credentials
     exit_stack: AsyncExitStack
+    events: NotRequired[EventStream]  # the change stream, when HARVESTER_EVENTS_STREAM is set
     worker_id: NotRequired[
         str
     ]  # this worker process, <host>:<pid>[:<n>]: the owner of the leases it takes

@@ -12,7 +12,7 @@ from arq import Retry
 
 from jobs.context import JobContext
 from worker.engine import counters as metrics
-from worker.engine import leases, pipeline
+from worker.engine import leases, outbox, pipeline
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import BatchSummary
 from worker.engine.writes import Chunk
@@ -55,9 +55,19 @@ async def _abandon(
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
         paginated=batch.paginate is not None,
     )
+    await _finish(ctx, batch, "abandoned", lease)
     log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
     metrics.record_job("abandoned")
     return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
+
+
+async def _finish(
+    ctx: JobContext, batch: FetchBatch, status: outbox.Status, lease: JobLease
+) -> None:
+    """The job's end in Postgres: its webhook's outbox row (with a notify_url) and
+    pg_notify('harvester', job_id), after its last rows landed (`worker.engine.outbox`)."""
+    job = outbox.Finished(ctx["job_id"], batch.source, status, batch.size, batch.notify_url)
+    await outbox.finish(ctx["pool"], job, lease)
 
 
 async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLease) -> BatchSummary:
@@ -80,6 +90,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLea
         profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
         paginate=batch.paginate.spec() if batch.paginate is not None else None,
         lease=lease,
+        on_landed=events.emit if (events := ctx.get("events")) is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]
@@ -119,6 +130,7 @@ def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> Fetc
             job_id=ctx["job_id"],
             profiles=ctx["credentials"].profiles,
             max_pages=settings.max_pages,
+            webhooks=settings.webhook_secret is not None,
         )
     except BadJobError as exc:
         log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - the reason is all
@@ -189,6 +201,7 @@ async def _attempt(
     if ctx["job_try"] > ctx["settings"].job_tries:
         return await _abandon(ctx, batch, ctx["job_try"], lease)
     result = (await _run(ctx, batch, started, lease)).as_dict()
+    await _finish(ctx, batch, "complete", lease)
     log.info("job.done", extra={k: v for k, v in result.items() if k != "job_id"})
     metrics.record_job("complete")
     return result

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(default=None, gt=0, le=100 * 365)
     retention_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
 
+    # -- results: completion webhooks and the change stream --------------------------------------
+    # Signs every webhook (worker/engine/webhooks.py); jobs with a notify_url are refused without.
+    webhook_secret: SecretStr | None = None
+    # The secret being rotated out: webhooks carry a signature by each while it is set.
+    webhook_secret_previous: SecretStr | None = None
+    # A delivery is retried (the job backoff) until it is this old, then given up as failed.
+    webhook_max_age: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    # One delivery attempt's whole time; the receiver's answer is read up to a few KB.
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    # The capped Redis stream every landed chunk is told to ("" : none), and its length (~).
+    events_stream: str = "harvester:events"
+    events_maxlen: int = Field(default=100_000, ge=1, le=100_000_000)
+
     # -- operations ------------------------------------------------------------------------------
     processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)  # harvester worker --processes
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no metrics server
@@ -243,6 +256,19 @@ class Settings(BaseSettings):
         if token != token.strip():
             raise ValueError("has leading or trailing whitespace")
         if len(token) < MIN_API_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
+        return value
+
+    @field_validator("webhook_secret", "webhook_secret_previous")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Messages never quote the value: it is a secret.
+        if value is None or not value.get_secret_value():
+            return None  # unset or empty: no secret (jobs with notify_url are refused)
+        secret = value.get_secret_value()
+        if secret != secret.strip():
+            raise ValueError("has leading or trailing whitespace")
+        if len(secret) < MIN_API_TOKEN_LENGTH:
             raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
         return value
 
@@ -356,6 +382,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "HARVESTER_SOURCES_POLL_SECONDS must divide a minute (1, 2, 5, 10, 15, 20, 30) "
                 f"or be whole minutes that divide an hour, got {self.sources_poll_seconds}"
+            )
+        if self.webhook_secret_previous is not None and self.webhook_secret is None:
+            raise ValueError(
+                "HARVESTER_WEBHOOK_SECRET_PREVIOUS is set without HARVESTER_WEBHOOK_SECRET"
             )
         if self.retry_base_delay > self.retry_max_delay:
             raise ValueError("HARVESTER_RETRY_BASE_DELAY must not exceed HARVESTER_RETRY_MAX_DELAY")

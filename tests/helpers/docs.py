@@ -109,7 +109,10 @@ def session_script(
         lines.append(f"echo '>>> {ex.name}' >&2")
         if ex.lang == "python":
             lines += [f"cat > {ex.name}.py <<'HARVESTER_EXAMPLE'", code, "HARVESTER_EXAMPLE"]
-            lines.append(f"python {ex.name}.py")
+            if ex.background:  # a server or a consumer: runs while the examples after it do
+                lines += _in_background(ex.name, f"python -u {ex.name}.py", ready[ex.name])
+            else:
+                lines.append(f"python {ex.name}.py")
         elif ex.lang == "sql":
             lines += [f"cat > {ex.name}.sql <<'HARVESTER_EXAMPLE'", code, "HARVESTER_EXAMPLE"]
             lines.append(f'psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f {ex.name}.sql')
@@ -118,13 +121,18 @@ def session_script(
             # (exports, a .env file) runs in the script, so later examples see it too.
             *setup, command = code.rstrip().splitlines()
             lines += setup
-            lines.append(f"setsid bash -c {shlex.quote(command)} > {ex.name}.log 2>&1 &")
-            lines.append(f"echo $! > {ex.name}.pid")
-            check = ready[ex.name]
-            lines.append(
-                f"for _ in $(seq 600); do {check} >/dev/null 2>&1 && break; sleep 0.1; done; "
-                f"{check} >/dev/null 2>&1 || {{ cat {ex.name}.log >&2; exit 1; }}"
-            )
+            lines += _in_background(ex.name, command, ready[ex.name])
         else:
             lines.append(code)
     return "\n".join(lines) + "\n"
+
+
+def _in_background(name: str, command: str, check: str) -> list[str]:
+    """Lines starting ``command`` in a session of its own (pid in NAME.pid, output in
+    NAME.log), then waiting (60 s at most) for ``check`` to succeed."""
+    return [
+        f"setsid bash -c {shlex.quote(command)} > {name}.log 2>&1 &",
+        f"echo $! > {name}.pid",
+        f"for _ in $(seq 600); do {check} >/dev/null 2>&1 && break; sleep 0.1; done; "
+        f"{check} >/dev/null 2>&1 || {{ cat {name}.log >&2; exit 1; }}",
+    ]

@@ -3,7 +3,7 @@
 Routes (all on one loopback port):
   /json/{name}                       200, a small JSON object naming ``name``
   /status/{code}                     that status, with a JSON error body
-  /flaky/{key}?fails=N&status=S      S for the first N requests of ``key``, then JSON
+  /flaky/{key}?fails=N&status=S      any method: S for the first N requests of ``key``, then JSON
   /retry-after/{key}?seconds=S       429 with Retry-After: S once per ``key``, then JSON
   /slow/{name}?delay=S               JSON after S seconds; in-flight requests are counted
   /gate/{name}                       JSON once the test sets ``upstream.gate``
@@ -133,7 +133,7 @@ class Upstream:
         r = app.router
         r.add_get("/json/{name}", self._json)
         r.add_get("/status/{code}", self._status)
-        r.add_get("/flaky/{key}", self._flaky)
+        r.add_route("*", "/flaky/{key}", self._flaky)
         r.add_get("/retry-after/{key}", self._retry_after)
         r.add_get("/slow/{name}", self._slow)
         r.add_get("/gzip/{name}", self._gzip)

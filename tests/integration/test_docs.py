@@ -65,6 +65,7 @@ SESSIONS: dict[str, list[str]] = {
     "docs/http-api.md": ["api-start", "api-curl"],
     "docs/cli.md": ["cli-tour"],
     "docs/upgrading.md": ["upgrade-migrate"],
+    "docs/results.md": ["results-worker", "results-receiver", "results-verify", "results-stream"],
 }
 
 
@@ -148,6 +149,8 @@ async def run_docs(
             "http-api": f"curl -sf localhost:{api_port}/healthz",
             "api-start": f"curl -sf localhost:{api_port}/healthz",
             "procfile": f"curl -sf localhost:{honcho_port + 100}/healthz",
+            "results-worker": "harvester health",
+            "results-receiver": f"curl -sf localhost:{api_port}/",
         }
         docs_examples = examples(repo_root / doc.split("#")[0])
         script = session_script([docs_examples[n] for n in SESSIONS[doc]], replacements, ready)
@@ -327,6 +330,19 @@ async def test_the_command_line_tour_runs(run_docs: Callable[..., Awaitable[Sess
     assert session.returncode == 0, session.stderr[-4000:]
     assert "'queue'" in session.stdout  # status --json, read by Python
     assert "api.example.com" in session.stdout  # hosts list
+
+
+async def test_the_results_examples_verify_a_webhook_and_read_the_stream(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool
+) -> None:
+    """The receiver gets the job's webhook and keeps it; openssl finds its signature; the
+    stream consumer reads the job's chunk."""
+    session = await run_docs("docs/results.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "signature ok" in session.stdout
+    body = json.loads((session.folder / "webhook.json").read_bytes())
+    assert (body["job_id"], body["status"], body["documents"]) == ("results-0", "complete", 1)
+    assert "results-0 1 outcomes, 1 documents" in session.stdout
 
 
 async def test_the_upgrading_example_migrates_once(

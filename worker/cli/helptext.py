@@ -24,12 +24,14 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     ),
     "enqueue": (
         "REDIS_URL, HARVESTER_QUEUE, HARVESTER_MAX_BATCH_URLS (the largest --batch-size), "
-        "HARVESTER_MAX_JOB_BYTES (larger batches are split)",
+        "HARVESTER_MAX_JOB_BYTES (larger batches are split), HARVESTER_WEBHOOK_SECRET (with "
+        "--notify-url)",
         (
             "harvester enqueue urls.txt --batch-size 500 --source catalog",
             "harvester enqueue urls.txt --job-id-prefix catalog-2026-05-01   # idempotent",
             "harvester enqueue --requests searches.jsonl --method POST --header 'Accept: a/json'",
             "harvester enqueue orders.txt --auth crm --paginate link --max-pages 50",
+            "harvester enqueue urls.txt --notify-url https://hooks.example.com/harvester",
         ),
     ),
     "health": (
@@ -71,6 +73,14 @@ EPILOGS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     "failures replay": (
         "DATABASE_URL, REDIS_URL, HARVESTER_QUEUE, HARVESTER_MAX_BATCH_URLS",
         ("harvester failures replay --transient --since 2h --dry-run",),
+    ),
+    "webhooks list": (
+        "DATABASE_URL",
+        ("harvester webhooks list --failed", "harvester webhooks list --state pending --json"),
+    ),
+    "webhooks redeliver": (
+        "DATABASE_URL (workers with HARVESTER_WEBHOOK_SECRET deliver them)",
+        ("harvester webhooks redeliver 17 18", "harvester webhooks redeliver --failed"),
     ),
     "hosts set": (
         "REDIS_URL, HARVESTER_QUEUE (workers read the policies every few seconds)",

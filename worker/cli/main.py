@@ -155,6 +155,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError("give a FILE of URLs or --requests FILE of request objects (one)")
     check_prefix(args.job_id_prefix)
     shared = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
+    if args.notify_url is not None:
+        shared["notify_url"] = args.notify_url
     path = args.requests or args.file
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
@@ -174,6 +176,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             profiles=profiles,
             shared=shared,
             max_pages=settings.max_pages,
+            webhooks=settings.webhook_secret is not None,
         )
         if args.requests:
             batches = list(batches)  # every request is checked before one is enqueued
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.cli import hosts as cli_hosts
     from worker.cli import sources as cli_sources
     from worker.cli import status as cli_status
+    from worker.cli import webhooks as cli_webhooks
 
     parser = argparse.ArgumentParser(
         prog="harvester",
@@ -316,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_sources.add_parser(sub)
     cli_failures.add_parser(sub)
     cli_hosts.add_parser(sub)
+    cli_webhooks.add_parser(sub)
     helptext.apply(parser)
     return parser
 
@@ -352,6 +357,12 @@ def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=None,
         metavar="PROFILE",
         help="the credential profile (HARVESTER_CREDENTIALS) the worker uses for these URLs",
+    )
+    p.add_argument(
+        "--notify-url",
+        default=None,
+        metavar="URL",
+        help="POST each job's signed summary here when it finishes (HARVESTER_WEBHOOK_SECRET)",
     )
     p.set_defaults(func=cmd_enqueue)
 

@@ -50,6 +50,17 @@ JOBS: Final = Counter(
     ["result"],
     registry=REGISTRY,
 )
+EVENTS_LOST: Final = Counter(
+    "harvester_events_lost",
+    "Landed chunks the change stream was not told of (its buffer full, or Redis refused)",
+    registry=REGISTRY,
+)
+WEBHOOKS: Final = Counter(
+    "harvester_webhooks",
+    "Webhook delivery attempts by result: delivered, retry, failed (given up)",
+    ["result"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH: Final = Gauge(
     "harvester_queue_depth",
     "Jobs in the arq queue (read at scrape time)",

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -65,6 +65,22 @@ WRITE_BACKOFF = Backoff(base=0.2, cap=2.0, jitter="equal")
 
 
 @dataclass(frozen=True, slots=True)
+class Landed:
+    """What one chunk landed, for whoever listens (the runtime's change stream)."""
+
+    job_id: str
+    source: str | None
+    urls: int  # outcomes in the chunk: documents and failures
+    documents: int  # rows added (fewer than its documents when a re-run found them)
+    failures: Mapping[str, int]  # by kind
+
+
+# Told of each chunk after its transaction committed; must return at once and never raise (a
+# listener that does is logged and counted, and the job goes on).
+OnLanded = Callable[[Landed], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """One run of a job's batch: what to fetch and how (the job's side of `run`)."""
 
@@ -86,6 +102,8 @@ class Batch:
     paginate: PageSpec | None = None
     # The run's lease (`worker.engine.leases`): every chunk lands only while the run holds it.
     lease: JobLease | None = None
+    # Told of each landed chunk (the change stream); None: nobody listens.
+    on_landed: OnLanded | None = None
 
 
 class DeadlineError(Exception):
@@ -203,6 +221,8 @@ class ChunkWriter:
         written = await write_retried(self._pool, chunk, self._settings)
         self._lease.give(held)
         self._count(chunk, written)
+        if b.on_landed is not None:
+            _tell(b.on_landed, chunk, written)
 
     def _count(self, chunk: Chunk, written: Written) -> None:
         t = self._tally
@@ -224,6 +244,19 @@ class ChunkWriter:
                 "store.body_refused",
                 extra={"job_id": chunk.job_id, "count": len({f.url for f in written.refused})},
             )
+
+
+def _tell(on_landed: OnLanded, chunk: Chunk, written: Written) -> None:
+    """Tell ``on_landed`` of a committed chunk; its trouble never reaches the job."""
+    kinds = Counter(f.kind for f in (*chunk.fails, *written.refused))
+    landed = Landed(
+        chunk.job_id, chunk.source, len(chunk.docs) + len(chunk.fails), written.documents, kinds
+    )
+    try:
+        on_landed(landed)
+    except Exception:
+        log.exception("events.listener_failed", extra={"job_id": chunk.job_id})
+        metrics.EVENTS_LOST.inc()
 
 
 class BatchRun:

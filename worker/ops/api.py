@@ -268,6 +268,7 @@ async def post_batch(request: web.Request) -> web.Response:
             job_id=job_id or "api",
             profiles=request.app.get(PROFILES),
             max_pages=settings.max_pages,
+            webhooks=settings.webhook_secret is not None,
         )
     except BadJobError as exc:
         return _error(422, str(exc))

@@ -303,6 +303,7 @@ def plan_batches(
     profiles: Collection[str] | None = None,
     shared: Mapping[str, object] | None = None,
     max_pages: int | None = None,
+    webhooks: bool | None = None,
 ) -> Iterator[FetchBatch]:
     """``items`` cut into `FetchBatch`es a worker accepts: at most ``batch_size`` URLs (itself
     at most ``max_urls``, HARVESTER_MAX_BATCH_URLS) and, as a job's JSON, at most
@@ -310,7 +311,8 @@ def plan_batches(
     when the first is an object, request objects (their ``requests``); ``shared`` holds the
     fields every job carries (``method``, ``json``, ``headers``). The arguments are checked now,
     before an item is read (``auth`` against ``profiles`` when the credentials file is known,
-    ``paginate`` against ``max_pages``, HARVESTER_MAX_PAGES);
+    ``paginate`` against ``max_pages``, HARVESTER_MAX_PAGES; ``notify_url`` refused when
+    ``webhooks`` is False, without HARVESTER_WEBHOOK_SECRET);
     an item that could not fit in any job raises `BadJobError` when it is reached."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -322,7 +324,13 @@ def plan_batches(
     fields: dict[str, Any] = {**(shared or {})}
     fields.update((k, v) for k, v in (("source", source), ("auth", auth)) if v is not None)
     # The model checks these only as part of a batch: check them on a batch of one now.
-    make_batch(urls=["https://example.invalid/"], profiles=profiles, max_pages=max_pages, **fields)
+    make_batch(
+        urls=["https://example.invalid/"],
+        profiles=profiles,
+        max_pages=max_pages,
+        webhooks=webhooks,
+        **fields,
+    )
     return _cut(iter(items), batch_size, fields, max_urls, max_job_bytes)
 
 

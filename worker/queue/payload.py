@@ -343,6 +343,14 @@ class FetchBatch(BaseModel):
         "file: its secret goes with every request to the hosts the profile lists, never "
         "anywhere else. An unknown name refuses the job; nothing is fetched.",
     )
+    notify_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="An http(s) URL POSTed a signed JSON summary once the job has finished "
+        "(`complete` or `abandoned`): see docs/results.md. Refused unless the worker and the "
+        "intake have HARVESTER_WEBHOOK_SECRET. Judged by the SSRF guard at every attempt; "
+        "redirects are not followed.",
+    )
 
     @field_validator("urls")
     @classmethod
@@ -388,6 +396,22 @@ class FetchBatch(BaseModel):
                 f"(profiles: {known})"
             )
         return auth
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_ok(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None:
+            return None
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(f"'notify_url' {problem}")
+        # Known only where the settings are read (the worker, an intake): None elsewhere.
+        if (info.context or {}).get("webhooks") is False:
+            raise ValueError(
+                "'notify_url' needs HARVESTER_WEBHOOK_SECRET, which is not set: webhooks are "
+                "always signed"
+            )
+        return url
 
     @model_validator(mode="after")
     def _requests_made(self) -> FetchBatch:
@@ -477,17 +501,24 @@ def parse_batch(
     job_id: str,
     profiles: Collection[str] | None = None,
     max_pages: int | None = None,
+    webhooks: bool | None = None,
 ) -> FetchBatch:
     """Validate a job's arguments, or raise `BadJobError` saying everything that was wrong.
     ``max_urls`` and ``max_pages`` are the settings' limits (HARVESTER_MAX_BATCH_URLS,
     HARVESTER_MAX_PAGES); with ``profiles`` (the names of the credential profiles), an unknown
-    ``auth`` is wrong."""
+    ``auth`` is wrong; with ``webhooks`` False (no HARVESTER_WEBHOOK_SECRET), a ``notify_url``
+    is."""
     problems = job_id_problems(job_id, intake=False)
     if args:
         problems.append(f"takes keyword arguments only, got {len(args)} positional")
     batch: FetchBatch | None = None
     try:
-        context = {"max_urls": max_urls, "profiles": profiles, "max_pages": max_pages}
+        context = {
+            "max_urls": max_urls,
+            "profiles": profiles,
+            "max_pages": max_pages,
+            "webhooks": webhooks,
+        }
         batch = FetchBatch.model_validate(kwargs, context=context)
     except ValidationError as exc:
         problems += describe(exc.errors(), kwargs)
@@ -501,11 +532,17 @@ def make_batch(
     max_urls: int | None = None,
     profiles: Collection[str] | None = None,
     max_pages: int | None = None,
+    webhooks: bool | None = None,
     **fields: Any,
 ) -> FetchBatch:
     """A `FetchBatch` from ``fields``, or `BadJobError` saying what is wrong with them."""
     try:
-        context = {"max_urls": max_urls, "profiles": profiles, "max_pages": max_pages}
+        context = {
+            "max_urls": max_urls,
+            "profiles": profiles,
+            "max_pages": max_pages,
+            "webhooks": webhooks,
+        }
         return FetchBatch.model_validate(fields, context=context)
     except ValidationError as exc:
         raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None

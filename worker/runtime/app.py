@@ -35,11 +35,13 @@ from worker.engine.budget import ByteBudget
 from worker.engine.credentials import load_credentials
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.migrate import migrate
+from worker.engine.webhooks import Deliverer
 from worker.errors import ConfigError, RedisUnavailableError
 from worker.logs import redact, tame_arq_logs
 from worker.ops import metrics as ops_metrics
 from worker.queue import heartbeat, holds
 from worker.queue.client import health_check_key, probe, redis_error, redis_pool
+from worker.queue.events import EventStream
 from worker.queue.hostlimits import RedisHostLimiter
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize
@@ -61,8 +63,13 @@ async def startup(ctx: dict[str, Any]) -> None:
             await migrate(settings.database_url)
         pool = await stack.enter_async_context(store.open_pool(settings))
         limiter = await _host_limiter(ctx, settings, stack)
+        events = _event_stream(ctx, settings, stack)
         if settings.metrics_port is not None:
             await _serve_metrics(ctx, settings, stack)
+        if settings.webhook_secret is not None:
+            deliverer = Deliverer(session, pool, settings)
+            deliverer.start()
+            stack.push_async_callback(deliverer.stop)
     except BaseException:
         await stack.aclose()
         raise
@@ -74,6 +81,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         credentials=credentials,
         exit_stack=stack,
     )
+    if events is not None:
+        ctx["events"] = events
     log.info(
         "worker.started",
         extra={
@@ -101,6 +110,20 @@ async def _host_limiter(
     await limiter.start()
     stack.push_async_callback(limiter.stop)
     return limiter
+
+
+def _event_stream(
+    ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack
+) -> EventStream | None:
+    """The change stream on the worker's Redis (`worker.queue.events`); None without Redis or
+    with HARVESTER_EVENTS_STREAM empty."""
+    redis = ctx.get("redis")
+    if redis is None or not settings.events_stream:
+        return None
+    events = EventStream(redis, settings)
+    events.start()
+    stack.push_async_callback(events.stop)
+    return events
 
 
 async def _serve_metrics(ctx: dict[str, Any], settings: Settings, stack: AsyncExitStack) -> None:
