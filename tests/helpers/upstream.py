@@ -120,6 +120,8 @@ class Upstream:
     # Serve HTTPS with this context (base then starts https://), on this loopback address.
     ssl_context: ssl.SSLContext | None = None
     host: str = "127.0.0.1"
+    # Listen on this port (0: any free one); a receiver that comes up where one was down.
+    port: int = 0
     _runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -159,7 +161,7 @@ class Upstream:
         r.add_post("/oauth/token", self.tokens.handle)
         r.add_get("/echo-auth/{name}", self._echo_auth)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((self.host, 0))
+        sock.bind((self.host, self.port))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()

@@ -766,3 +766,25 @@ async def test_with_redis_down_a_request_answers_at_once_not_after_the_workers_b
         async with session.post(f"{base}/batches", json={"urls": ["https://api.example/a"]}) as r:
             assert r.status == 503
         assert time.monotonic() - started < 15
+
+
+async def test_the_intake_takes_notify_url_only_with_a_webhook_secret(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """Without HARVESTER_WEBHOOK_SECRET a batch with notify_url is a 422 saying so, and nothing
+    is enqueued; with it the job carries the URL; the OpenAPI document describes the field."""
+    batch = {"urls": ["https://api.example.com/a"], "notify_url": "https://hooks.example.com/h"}
+    without = await start_api()
+    with_secret = await start_api(webhook_secret="whsec-0123456789abcdef")
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        async with session.post(f"{without}/batches", json=batch) as r:
+            assert r.status == 422
+            assert "'notify_url' needs HARVESTER_WEBHOOK_SECRET" in (await r.json())["error"]
+        assert await arq_queue.queued_jobs() == []
+        async with session.post(f"{with_secret}/batches", json=batch) as r:
+            assert r.status == 202
+        async with session.get(f"{with_secret}/openapi.json") as r:
+            schema = await r.json()
+    (job,) = await arq_queue.queued_jobs()
+    assert job.kwargs["notify_url"] == "https://hooks.example.com/h"
+    assert "notify_url" in orjson.dumps(schema).decode()

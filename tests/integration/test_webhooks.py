@@ -269,3 +269,21 @@ async def test_the_secret_stays_out_of_logs_redis_and_postgres(
     assert dump
     assert SECRET not in dump
     assert SECRET not in logs_module.redact(f"echoed {SECRET}")  # registered with the scrubber
+
+
+async def test_enqueue_takes_notify_url_only_with_a_webhook_secret(
+    services: Services, pool: asyncpg.Pool, arq_queue: ArqRedis, cli: InProcess
+) -> None:
+    """``harvester enqueue --notify-url`` without HARVESTER_WEBHOOK_SECRET exits non-zero with
+    one sentence and enqueues nothing; with it each job carries the URL."""
+    args = ("enqueue", "-", "--notify-url", "https://hooks.example.com/h")
+    out = await cli(*args, env=cli_env(services), stdin="https://a.example/x\n")
+    assert out.returncode != 0
+    assert "'notify_url' needs HARVESTER_WEBHOOK_SECRET" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert await arq_queue.queued_jobs() == []
+    env = cli_env(services, HARVESTER_WEBHOOK_SECRET=SECRET)
+    out = await cli(*args, env=env, stdin="https://a.example/x\n")
+    assert out.returncode == 0, out.stderr
+    (job,) = await arq_queue.queued_jobs()
+    assert job.kwargs["notify_url"] == "https://hooks.example.com/h"

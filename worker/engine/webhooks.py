@@ -45,7 +45,7 @@ log = logging.getLogger("harvester.webhooks")
 MAX_ANSWER_BYTES: Final = 4096  # a receiver's answer is read this far, then dropped
 POLL_S: Final = 1.0  # how often a worker looks for due deliveries
 CLAIM_LIMIT: Final = 16  # deliveries a worker attempts at once
-CLAIM_MARGIN_S: Final = 30.0  # a claim outlives its attempt's timeout by this much
+CLAIM_MARGIN_S: Final = 5.0  # a claim outlives its attempt's timeout by this much
 # A refusal that another attempt would meet again: give up at once.
 _FINAL: Final = (BlockedError, InvalidURLError)
 
