@@ -1,4 +1,5 @@
-"""Crash safety: a worker killed again and again, as in Kafka Connect's bounce test."""
+"""Crash safety: a worker killed again and again, as in Kafka Connect's bounce test; every job
+has a notify_url, and its webhook reaches the receiver's deduplication exactly once."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import signal
 import time
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from tests.helpers import wait_until
 from tests.helpers.faults import FAST, Stack, WorkerProcess, enqueue, outcome_counts
 from tests.helpers.upstream import Upstream
+
+# Every worker signs and delivers webhooks (its other settings stay the test's).
+WEBHOOKS = {"webhook_secret": "whsec-bounce-0123456789abcdef"}
 
 # FAST without its short timeouts: the job timeout (so arq's lock, 130 s), the request and retry
 # times and the shutdown grace are the defaults; concurrency and chunks stay small, so that kills
@@ -43,10 +48,23 @@ async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
     bound: float,
 ) -> None:
     """1,200 URLs in 12 jobs; 3 SIGKILLs and 3 SIGTERMs mid-work; every URL lands exactly once,
-    and soon after the last restart."""
+    and soon after the last restart; each job's webhook is accepted once after deduplication."""
+    async with Upstream().serving() as receiver:
+        await _bounce(stack, upstream, receiver, spawn_worker, {**settings, **WEBHOOKS}, bound)
+
+
+async def _bounce(
+    stack: Stack,
+    upstream: Upstream,
+    receiver: Upstream,
+    spawn_worker: Callable[..., WorkerProcess],
+    settings: dict[str, object],
+    bound: float,
+) -> None:
     total = 1200
     urls = [upstream.url(f"/slow/{i}?delay=0.02") for i in range(total)]
-    await enqueue(stack, urls, batch_size=100, prefix="bounce")
+    hook = {"notify_url": receiver.url("/echo/hook")}
+    jobs = await enqueue(stack, urls, batch_size=100, prefix="bounce", shared=hook)
     rng = random.Random(20261125)
     rounds = [signal.SIGKILL] * 3 + [signal.SIGTERM] * 3
     rng.shuffle(rounds)
@@ -81,3 +99,14 @@ async def test_bounce_sigkill_and_sigterm_lose_and_duplicate_nothing(
     assert (outcomes, documents, dups) == (total, total, 0)
     assert recovery < bound, recovery
     print(f"bounce: all landed {recovery:.1f} s after the last restart")  # for the report
+
+    def accepted() -> dict[str, str]:
+        """The receiver's deduplication: delivery id -> the job its body names."""
+        hits = receiver.hits_for("/echo/hook")
+        return {h.headers["Harvester-Delivery"]: orjson.loads(h.body)["job_id"] for h in hits}
+
+    async def every_job_told() -> bool:
+        return set(accepted().values()) == set(jobs)
+
+    await wait_until(every_job_told, timeout=60)
+    assert sorted(accepted().values()) == sorted(jobs)  # one delivery id per job, none twice
