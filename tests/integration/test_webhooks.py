@@ -122,6 +122,12 @@ async def test_given_up_delivery_is_listed_and_redelivered(
         assert (listed["job_id"], listed["last_status"]) == ("wh-2", 500)
         tries = len(upstream.hits_for("/flaky/down"))
         assert tries >= 2
+        shown = await cli("webhooks", "list", "--failed", env=cli_env(services))
+        assert "wh-2" in shown.stdout
+        assert "HTTP 500" in shown.stdout
+        neither = await cli("webhooks", "redeliver", env=cli_env(services))
+        assert neither.returncode == 2
+        assert "give delivery ids" in neither.stderr
         out = await cli("webhooks", "redeliver", "--failed", env=cli_env(services))
         assert "1 webhook(s) due again" in out.stderr
         await wait_until(lambda: _more_hits(upstream, "/flaky/down", tries), timeout=10)
