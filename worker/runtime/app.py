@@ -454,6 +454,10 @@ class HarvesterWorker(Worker):
     async def close(self) -> None:
         await self._unregister()
         if self._redis_down_since is None:
+            # What arq's close does first (cancel the running jobs of a worker that handles no
+            # signals, then wait for every job task), done here so that a cancelled job's
+            # CancelledError, which arq's gather would raise, cannot skip the rest of its close.
+            await self._end_jobs(cancel=not self._handle_signals)
             try:
                 await super().close()
             except _REDIS_ERRORS as exc:
@@ -462,11 +466,18 @@ class HarvesterWorker(Worker):
                 return
         # Redis is gone: skip arq's bookkeeping. Stop running jobs first (they re-run later and
         # skip what landed), so that closing the session cannot turn fetches into failures.
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._end_jobs(cancel=True)
         if self.on_shutdown is not None:
             await self.on_shutdown(self.ctx)
+
+    async def _end_jobs(self, *, cancel: bool) -> None:
+        """Wait for every job task to end (after cancelling them with ``cancel``), and forget
+        them."""
+        if cancel:
+            for task in self.tasks.values():
+                task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
 
 
 def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:
