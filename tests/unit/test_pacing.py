@@ -8,7 +8,14 @@ import math
 
 import pytest
 
-from worker.engine.pacing import MAX_CONCURRENCY, MAX_RPS, HostPacer, HostPolicy, host_key
+from worker.engine.pacing import (
+    MAX_CONCURRENCY,
+    MAX_RPS,
+    MIN_RPS,
+    HostPacer,
+    HostPolicy,
+    host_key,
+)
 
 
 class FakeTime:
@@ -106,10 +113,14 @@ async def test_cancelled_waiters_book_nothing() -> None:
 
 
 def test_a_policy_refuses_what_no_host_can_have() -> None:
-    """Negative, infinite or NaN rates and in-flight limits under 1 are refused, saying which."""
-    for bad in (-1.0, math.inf, math.nan, MAX_RPS * 2):
+    """Negative, infinite, NaN or vanishing rates and in-flight limits under 1 are refused,
+    saying which; the slowest rate allowed is accepted."""
+    for bad in (-1.0, math.inf, math.nan, MAX_RPS * 2, 1e-15, MIN_RPS / 2):
         with pytest.raises(ValueError, match="rps must be"):
             HostPolicy(rps=bad)
+        with pytest.raises(ValueError, match="rps must be"):
+            HostPolicy.from_dict({"rps": bad})
+    assert HostPolicy(rps=MIN_RPS).rps == MIN_RPS
     for bad_n in (0, -3, MAX_CONCURRENCY + 1):
         with pytest.raises(ValueError, match="concurrency must be"):
             HostPolicy(concurrency=bad_n)

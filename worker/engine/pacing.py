@@ -22,6 +22,8 @@ from typing import Protocol
 
 from yarl import URL
 
+from worker.settings import MAX_HOST_RPS, MIN_HOST_RPS
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 # Given back when a request that holds an in-flight slot of its host has its answer.
@@ -29,7 +31,8 @@ Release = Callable[[], Awaitable[None]]
 
 # Forget hosts whose reservations are in the past once the table holds this many.
 _PRUNE_AT = 10_000
-MAX_RPS = 100_000.0
+MIN_RPS = MIN_HOST_RPS
+MAX_RPS = MAX_HOST_RPS
 MAX_CONCURRENCY = 100_000
 
 
@@ -70,8 +73,11 @@ class HostPolicy:
     concurrency: int | None = None
 
     def __post_init__(self) -> None:
-        if self.rps is not None and not (math.isfinite(self.rps) and 0 <= self.rps <= MAX_RPS):
-            raise ValueError(f"rps must be a number from 0 to {MAX_RPS:g}, not {self.rps!r}")
+        if self.rps is not None and not valid_rps(self.rps):
+            raise ValueError(
+                f"rps must be 0 (not paced) or a number from {MIN_RPS:g} to {MAX_RPS:g}, "
+                f"not {self.rps!r}"
+            )
         if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ValueError(
                 f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, "
@@ -102,6 +108,11 @@ class HostPolicy:
         ):
             raise TypeError("concurrency must be a whole number")
         return cls(None if rps is None else float(rps), concurrency)
+
+
+def valid_rps(rps: float) -> bool:
+    """Whether ``rps`` is a rate a host may have: 0 (not paced) or `MIN_RPS` to `MAX_RPS`."""
+    return rps == 0 or (math.isfinite(rps) and MIN_RPS <= rps <= MAX_RPS)
 
 
 def host_key(text: str) -> str:
