@@ -16,7 +16,9 @@ count and GCRA, atomically, on Redis's clock) per request; a waiter in each proc
 host at a time. Policies and pauses are read every `REFRESH_S` seconds into the process, so a
 host with neither pays no Redis round trip, and a pause another worker sets reaches it within
 that time (at once for limited hosts, whose script reads the pause key). While Redis cannot be
-reached, a limited host waits (fails closed), however long that lasts; others go on.
+reached or refuses the script (any Redis error: READONLY during a failover, BUSY, OOM, a script
+error), a limited host waits (fails closed), however long that lasts, said once in the log;
+others go on. No Redis error ever fails a request.
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ from typing import Any, Final
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.engine.pacing import HostPolicy, Release, interval
 from worker.settings import Settings
@@ -49,7 +49,8 @@ FULL_POLL_S: Final = 0.025  # a host at its in-flight limit is asked again after
 DOWN_POLL_S: Final = 0.5  # a limited host's waiter tries Redis again after this long
 STOP_WAIT_S: Final = 1.0  # how long stopping waits for slots to be given back
 LEASE_SLACK_S: Final = 10.0  # an in-flight slot outlives HARVESTER_REQUEST_TIMEOUT by this
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Whatever Redis does wrong, not only a lost connection: a limited host waits, never fails.
+_REDIS_TROUBLE = (RedisError, OSError)
 _PRUNE_AT = 10_000
 
 # KEYS: pause, tat, flight. ARGV: interval ms, in-flight limit (0: none), lease id, lease ms.
@@ -268,7 +269,7 @@ class RedisHostLimiter:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except (RedisError, OSError) as exc:  # kept: the policies and pauses last read
+            except _REDIS_TROUBLE as exc:  # kept: the policies and pauses last read
                 log.warning("hosts.refresh_failed", extra={"error": repr(exc)})
 
     def rule(self, host: str) -> tuple[float, int] | None:
@@ -309,14 +310,15 @@ class RedisHostLimiter:
             await self._sleep(left)
 
     async def _turn(self, host: str, gap_ms: float, limit: int) -> Release | None:
-        """Ask Redis until the host's turn comes (waiting, never going, while it is down)."""
+        """Ask Redis until the host's turn comes (waiting, never going, while it is down or
+        answers with an error)."""
         keys = host_keys(self._queue, host)
         lease = f"{self._me}:{next(self._leases)}" if limit else ""
         while True:
             try:
                 args: list[str | float] = [repr(gap_ms), limit, lease, self._lease_ms]
                 answer = int(await self._acquire(keys, args))
-            except _REDIS_DOWN as exc:
+            except _REDIS_TROUBLE as exc:
                 self._redis_down(exc)
                 await self._sleep(DOWN_POLL_S)
                 continue
@@ -335,7 +337,7 @@ class RedisHostLimiter:
     async def _give_back(self, flight: str, lease: str) -> None:
         try:
             await self._redis.zrem(flight, lease)
-        except _REDIS_DOWN as exc:  # the slot expires on its own
+        except _REDIS_TROUBLE as exc:  # the slot expires on its own
             log.warning("hosts.release_failed", extra={"error": repr(exc)})
 
     async def pause(self, host: str, seconds: float) -> None:
@@ -354,7 +356,7 @@ class RedisHostLimiter:
         keys = [host_keys(self._queue, host)[0], paused_key(self._queue)]
         try:
             await self._pause(keys, [host, ms])
-        except _REDIS_DOWN as exc:
+        except _REDIS_TROUBLE as exc:
             log.warning("hosts.pause_not_shared", extra={"host": host, "error": repr(exc)})
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
