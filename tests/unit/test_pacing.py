@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import pytest
 
+from worker.engine.fetch import Fetcher, create_session
 from worker.engine.pacing import (
     MAX_CONCURRENCY,
     MAX_RPS,
     MIN_RPS,
     HostPacer,
     HostPolicy,
+    Ticket,
     host_key,
 )
+from worker.settings import Settings
 
 
 class FakeTime:
@@ -148,8 +152,10 @@ def test_host_names_are_keyed_as_the_fetcher_keys_them() -> None:
     assert host_key("xn--bcher-kva.example") == "bücher.example"
     assert host_key("[::1]") == "::1"
     assert host_key("10.0.0.1") == "10.0.0.1"
+    assert host_key("API.Example.COM.") == "api.example.com"  # the root's dot: the same host
     for bad in (
         "",
+        ".",
         " api.example.com",
         "https://api.example.com",
         "api.example.com:8443",
@@ -159,3 +165,38 @@ def test_host_names_are_keyed_as_the_fetcher_keys_them() -> None:
     ):
         with pytest.raises(ValueError, match="is not a host name"):
             host_key(bad)
+
+
+class _Asked(Exception):
+    """Raised by `_Recorder`: the request goes no further than asking for its turn."""
+
+
+class _Recorder:
+    """A `HostLimiter` that notes the host it is asked about and stops the request there."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+
+    async def wait(self, host: str, *, in_slot: bool = False) -> Ticket | None:
+        self.hosts.append(host)
+        raise _Asked
+
+    async def pause(self, host: str, seconds: float) -> None:
+        self.hosts.append(host)
+
+
+async def test_the_fetcher_asks_for_a_host_without_its_trailing_dot(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``http://API.example.com./x`` is paced as ``api.example.com``, the host a policy names
+    (a trailing dot does not slip past the host's policy)."""
+    settings = make_settings()
+    session = create_session(settings)
+    recorder = _Recorder()
+    try:
+        fetcher = Fetcher(session, settings, limiter=recorder)
+        with pytest.raises(_Asked):
+            await fetcher.fetch("http://API.example.com./x")
+    finally:
+        await session.close()
+    assert recorder.hosts == ["api.example.com"]

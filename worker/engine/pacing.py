@@ -115,9 +115,18 @@ def valid_rps(rps: float) -> bool:
     return rps == 0 or (math.isfinite(rps) and MIN_RPS <= rps <= MAX_RPS)
 
 
+def limiter_host(host: str | None) -> str:
+    """A URL's host (yarl's ``url.host``: lower case, IDNA decoded, no brackets) as limiters
+    know it: without one trailing dot, so ``example.com.`` is held to ``example.com``'s policy,
+    rate and pauses."""
+    if not host:
+        return ""
+    return host[:-1] if host.endswith(".") else host
+
+
 def host_key(text: str) -> str:
-    """``text`` as the fetcher names a host (lower case, IDNA decoded, no brackets), or
-    ValueError saying why it is not a bare host name or IP address."""
+    """``text`` as the fetcher names a host to its limiter (`limiter_host`), or ValueError
+    saying why it is not a bare host name or IP address."""
     raw = text.strip()
     if not raw or raw != text or any(c in raw for c in "/?#@ \t"):
         raise ValueError(f"{text!r} is not a host name (give it bare: api.example.com)")
@@ -126,9 +135,10 @@ def host_key(text: str) -> str:
         host, port = url.host, url.explicit_port
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{text!r} is not a host name: {exc}") from None
-    if not host or port is not None:
+    key = limiter_host(host)
+    if not key or port is not None:
         raise ValueError(f"{text!r} is not a host name (no scheme, port or path: api.example.com)")
-    return host
+    return key
 
 
 def interval(rps: float) -> float:
