@@ -18,7 +18,13 @@ from tests.helpers.upstream import Upstream
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.outcomes import Fetched
 from worker.engine.pacing import HostPolicy
-from worker.queue.hostlimits import RedisHostLimiter, host_keys, read_pauses, set_policy
+from worker.queue.hostlimits import (
+    RedisHostLimiter,
+    host_keys,
+    paused_key,
+    read_pauses,
+    set_policy,
+)
 from worker.settings import Settings
 
 Limiters = Callable[..., Awaitable[RedisHostLimiter]]
@@ -290,3 +296,25 @@ async def test_a_pause_redis_refuses_is_logged_not_raised(
     started = time.monotonic()
     assert await limiter.wait("g.example") is None
     assert time.monotonic() - started >= 0.5
+
+
+async def test_the_paused_hosts_expire_with_their_last_pause(
+    redis: aioredis.Redis, limiters: Limiters
+) -> None:
+    """The hash of paused hosts lives as long as its longest pause, then is gone: no key of the
+    limiter outlives what it records."""
+    limiter = await limiters()
+    await limiter.pause("short.example", 0.3)
+    await limiter.pause("long.example", 1.2)
+
+    async def both() -> bool:
+        return set(await read_pauses(redis, TEST_QUEUE)) == {"short.example", "long.example"}
+
+    await wait_until(both, timeout=5)
+    key = paused_key(TEST_QUEUE)
+    assert 500 < await redis.pttl(key) <= 1200
+
+    async def gone() -> bool:
+        return not await redis.exists(key)
+
+    await wait_until(gone, timeout=5)

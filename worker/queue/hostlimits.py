@@ -3,7 +3,8 @@
 Keys (``<queue>`` is HARVESTER_QUEUE, so two deployments on one Redis keep their own):
 
 - ``<queue>:hosts``, a hash: host -> `HostPolicy` (JSON), written by ``harvester hosts``.
-- ``<queue>:hosts:paused``, a hash: host -> end of its pause (Redis time, epoch ms).
+- ``<queue>:hosts:paused``, a hash: host -> end of its pause (Redis time, epoch ms); it expires
+  when its last pause ends.
 - ``<queue>:host:<host>:pause``, a key whose TTL is the host's pause (a 429 or 503 with
   ``Retry-After``, capped by HARVESTER_RETRY_AFTER_CAP).
 - ``<queue>:host:<host>:tat``, the host's GCRA "theoretical arrival time" (epoch ms).
@@ -80,8 +81,8 @@ end
 return 0
 """
 
-# KEYS: pause, paused hash. ARGV: host, pause ms. Extends (never shortens) the host's pause and
-# forgets pauses that are over.
+# KEYS: pause, paused hash. ARGV: host, pause ms. Extends (never shortens) the host's pause,
+# forgets pauses that are over, and has the hash expire when its last pause ends.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,9 +91,13 @@ if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], '1', 'PX', m
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
 if old == nil or old < now + ms then redis.call('HSET', KEYS[2], ARGV[1], now + ms) end
 local all = redis.call('HGETALL', KEYS[2])
+local last = now + ms
 for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[2], all[i]) end
+  local until_ms = tonumber(all[i + 1])
+  if until_ms == nil or until_ms <= now then redis.call('HDEL', KEYS[2], all[i])
+  elseif until_ms > last then last = until_ms end
 end
+redis.call('PEXPIRE', KEYS[2], math.ceil(last - now))
 return 1
 """
 
