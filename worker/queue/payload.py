@@ -278,11 +278,13 @@ class Records(BaseModel):
     path: str = Field(
         min_length=1,
         description="A JSONPath (RFC 9535) to the records in each body: `$.data[*]`.",
+        json_schema_extra={"pattern": "^\\$"},
     )
     key: str = Field(
         min_length=1,
         description="A JSONPath to each record's key, from the record: `$.id` (a string or a "
         "number).",
+        json_schema_extra={"pattern": "^\\$"},
     )
 
     @field_validator("path", "key")
@@ -304,6 +306,13 @@ _BATCH_SCHEMA: Final[Any] = {
     # A body only with a method that sends one.
     "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
     "then": {"required": ["method"], "properties": {"method": {"enum": sorted(BODY_METHODS)}}},
+    # Records are keyed by (source, key): a records object needs a source string.
+    "allOf": [
+        {
+            "if": {"required": ["records"], "properties": {"records": {"type": "object"}}},
+            "then": {"required": ["source"], "properties": {"source": {"type": "string"}}},
+        }
+    ],
 }
 
 
