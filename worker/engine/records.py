@@ -155,14 +155,16 @@ class RecordSpec:
 
     def extract(self, docs: Iterable[Fetched]) -> Extracted:
         """The records of ``docs``, deduplicated by key (the last one wins, as it would in
-        Postgres), and one failure per document whose records could not all be read."""
+        Postgres) and sorted by it, so that chunks of one source landing at once lock their
+        common rows in one order (no deadlock); and one failure per document whose records
+        could not all be read."""
         by_key: dict[str, Record] = {}
         failures: list[RecordFailure] = []
         for doc in docs:
             failure = self._extract_one(doc, by_key)
             if failure is not None:
                 failures.append(failure)
-        return Extracted(list(by_key.values()), failures)
+        return Extracted([by_key[k] for k in sorted(by_key)], failures)
 
     def _extract_one(self, doc: Fetched, into: dict[str, Record]) -> RecordFailure | None:
         try:
@@ -182,7 +184,6 @@ class RecordSpec:
                 continue
             canonical = orjson.dumps(element, option=_SORTED)
             digest = hashlib.blake2b(canonical, digest_size=_HASH_BYTES).digest()
-            into.pop(key, None)  # a later sighting moves to the end: the last one wins
             into[key] = Record(key, canonical, digest, doc.url, doc.page)
         if keyless:
             detail = (
