@@ -17,10 +17,11 @@ from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
 from worker.engine.fetch import Fetcher
-from worker.engine.outcomes import BatchSummary
+from worker.engine.outcomes import BatchSummary, Fetched
 from worker.engine.pagination import PageSpec
 from worker.engine.records import RecordSpec
 from worker.engine.requests import Request
+from worker.engine.writes import Chunk, write_chunk
 from worker.scheduling import sources
 from worker.settings import Settings
 
@@ -262,3 +263,30 @@ async def test_sources_add_refuses_records_without_a_name_or_with_a_bad_path(
         assert said in result.stderr
         assert "Traceback" not in result.stderr
     assert await pool.fetchval("SELECT count(*) FROM sources") == 0
+
+
+def _doc(url: str, body: bytes) -> Fetched:
+    return Fetched(url, 200, body, 1, 1)
+
+
+async def test_a_chunk_written_again_or_row_by_row_lands_records_once(pool: asyncpg.Pool) -> None:
+    """A chunk landed twice (a retry whose first commit did land) adds no record, no record
+    failure and no document; on the row-by-row path (a body Postgres refuses), the refused
+    document's records do not land and the others' do."""
+    good = _doc("http://ok", b'{"data": [{"id": 1}, {"id": 2}]}')
+    nokey = _doc("http://nokey", b'{"data": [{"x": 1}]}')
+    chunk = Chunk("w-1", "orders", [good, nokey], records=ORDERS)
+    first = await write_chunk(pool, chunk, max_url_length=8192)
+    assert (first.documents, first.records, first.record_failures) == (2, 2, ("records_no_key",))
+    again = await write_chunk(pool, chunk, max_url_length=8192)
+    assert (again.documents, again.records) == (0, 0)
+    assert await pool.fetchval("SELECT count(*) FROM record_failures") == 1
+
+    bad = _doc("http://bad", b'{"data": [{"id": 9, "s": "\\u0000"}]}')  # jsonb refuses \u0000
+    other = _doc("http://ok2", b'{"data": [{"id": 3}]}')
+    refused = await write_chunk(
+        pool, Chunk("w-2", "orders", [bad, other], records=ORDERS), max_url_length=8192
+    )
+    assert [f.url for f in refused.refused] == ["http://bad"]
+    assert refused.records == 1
+    assert set(await _records(pool)) == {"1", "2", "3"}
