@@ -80,6 +80,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLea
         profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
         paginate=batch.paginate.spec() if batch.paginate is not None else None,
         lease=lease,
+        records=batch.records.spec() if batch.records is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]

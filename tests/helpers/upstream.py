@@ -20,7 +20,8 @@ Routes (all on one loopback port):
   /api/{path}                        JSON naming the path: the docs' api.example.com; a path
                                      whose first segment is in ``upstream.locks`` demands that
                                      credential (`tests.helpers.locks`); /api/paged/{style}/{name}:
-                                     `pages` under it
+                                     `pages` under it; /api/v1/orders: two records under
+                                     ``data`` (the README's records example)
   /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
   /echo-auth/{name}                  403, its reason phrase echoing the credential it received
   /pages/{style}/{name}?n=N          any method: N pages (style link, json or cursor), page K at
@@ -247,6 +248,8 @@ class Upstream:
             "price": len(path),
             "in_stock": True,
         }
+        if path == "v1/orders":  # the README's records
+            body = {"data": [{"id": "o-1", "status": "paid"}, {"id": "o-2", "status": "open"}]}
         if path == "v1/changes":  # docs/scheduled-sources.md's incremental feed
             since = int(request.query.get("since", "0"))
             body = {"changes": [since + 1], "meta": {"next_since": str(since + 1)}}

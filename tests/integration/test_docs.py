@@ -48,6 +48,7 @@ SESSIONS: dict[str, list[str]] = {
         "pages-link",
         "pages-json",
         "pages-cursor",
+        "records",
     ],
     # The README's "APIs that need credentials", in a session of its own: its worker has the
     # credentials file, the quickstart's does not.
@@ -61,7 +62,7 @@ SESSIONS: dict[str, list[str]] = {
     ],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell", "jobs-enqueue-requests"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-requests", "sources-sql"],
-    "docs/data-model.md": ["data-queries", "data-sources", "data-json"],
+    "docs/data-model.md": ["data-queries", "data-sources", "data-json", "data-records"],
     "docs/http-api.md": ["api-start", "api-curl"],
     "docs/cli.md": ["cli-tour"],
     "docs/upgrading.md": ["upgrade-migrate"],
@@ -193,7 +194,8 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
 ) -> None:
     """A fresh virtual environment, the settings, migrate, a worker, enqueueing from a shell,
     from Python with arq alone, from raw Redis and over HTTP, the queries, and honcho running
-    the Procfile: every step works as written, and every enqueued URL lands once."""
+    the Procfile: every step works as written, every enqueued URL lands once, and the records
+    example's records land."""
     session = await run_docs("README.md", copy_repo=True)
     assert session.returncode == 0, session.stderr[-4000:]
     assert "harvester " in session.stdout  # --version
@@ -210,6 +212,12 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         return len(pages) == 9  # three pages for each of the three styles
 
     await wait_until(all_pages_landed, timeout=60)
+
+    async def records_landed() -> bool:
+        rows = await pool.fetch("SELECT key FROM records WHERE source = 'orders' ORDER BY key")
+        return [r["key"] for r in rows] == ["o-1", "o-2"]
+
+    await wait_until(records_landed, timeout=60)
     assert (
         await pool.fetchval(
             "SELECT count(*) - count(DISTINCT (job_id, url, COALESCE(page, 0))) FROM documents"

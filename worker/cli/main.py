@@ -28,6 +28,7 @@ from worker.cli.util import (
     process_count,
     read_requests,
     read_urls,
+    records_fields,
     request_fields,
     url_lines,
 )
@@ -155,6 +156,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError("give a FILE of URLs or --requests FILE of request objects (one)")
     check_prefix(args.job_id_prefix)
     shared = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
+    shared.update(records_fields(args.records_path, args.records_key))
     path = args.requests or args.file
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()
