@@ -120,7 +120,7 @@ class Bench:
     async def _reset(self) -> None:
         conn = await asyncpg.connect(self.db)
         try:
-            await conn.execute("TRUNCATE documents, fetch_failures")
+            await conn.execute("TRUNCATE documents, fetch_failures, latest_document_refs")
             await conn.execute("DROP TABLE IF EXISTS naive_documents")
         finally:
             await conn.close()

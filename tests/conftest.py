@@ -109,7 +109,8 @@ async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.
     """The store's pool on an empty documents / fetch_failures pair."""
     p = await store.create_pool(settings)
     await p.execute(
-        "TRUNCATE documents, fetch_failures, sources, replays, job_leases RESTART IDENTITY"
+        "TRUNCATE documents, fetch_failures, sources, replays, job_leases, latest_document_refs"
+        " RESTART IDENTITY"
     )
     try:
         yield p
