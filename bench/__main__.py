@@ -131,7 +131,8 @@ class Bench:
         conn = await asyncpg.connect(self.db)
         try:
             await conn.execute(
-                "TRUNCATE documents, fetch_failures, records, record_seen, record_failures"
+                "TRUNCATE documents, fetch_failures, records, record_seen, record_failures, "
+                "latest_document_refs"
             )
             await conn.execute("DROP TABLE IF EXISTS naive_documents")
         finally:

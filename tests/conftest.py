@@ -110,7 +110,7 @@ async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.
     p = await store.create_pool(settings)
     await p.execute(
         "TRUNCATE documents, fetch_failures, sources, replays, job_leases, records, record_seen, "
-        "record_failures RESTART IDENTITY"
+        "record_failures, latest_document_refs RESTART IDENTITY"
     )
     try:
         yield p

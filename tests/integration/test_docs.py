@@ -26,7 +26,8 @@ from tests.helpers.docs import Example, Unmarked, blocks, examples, session_scri
 from tests.helpers.locks import Lock
 from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
-from worker.engine.outcomes import BatchSummary
+from worker.engine.outcomes import BatchSummary, Fetched
+from worker.engine.writes import Chunk, write_chunk
 from worker.scheduling import sources
 from worker.settings import Settings
 
@@ -60,9 +61,17 @@ SESSIONS: dict[str, list[str]] = {
         "apis-oauth2",
         "apis-worker",
     ],
+    # The README's "Getting results back": SQL only, against the session's migrated database.
+    "README.md#results": ["results-latest"],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell", "jobs-enqueue-requests"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-requests", "sources-sql"],
-    "docs/data-model.md": ["data-queries", "data-sources", "data-json", "data-records"],
+    "docs/data-model.md": [
+        "data-queries",
+        "data-latest",
+        "data-sources",
+        "data-json",
+        "data-records",
+    ],
     "docs/http-api.md": ["api-start", "api-curl"],
     "docs/cli.md": ["cli-tour"],
     "docs/upgrading.md": ["upgrade-migrate"],
@@ -315,6 +324,21 @@ async def test_the_data_model_queries_run(
         assert session.returncode == 0, session.stderr[-4000:]
     finally:
         await pool.execute("DROP INDEX IF EXISTS documents_sku_idx, documents_body_gin")
+
+
+async def test_the_readme_results_queries_run(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool, upstream: Upstream
+) -> None:
+    """The README's query of a URL's current copy runs and prints the copy landed last."""
+    url = upstream.url("/api/items/1")
+    for job_id, body in (("old", b'{"v": "older-copy"}'), ("new", b'{"v": "newer-copy"}')):
+        await write_chunk(
+            pool, Chunk(job_id, "catalog", [Fetched(url, 200, body, 1, 1)]), max_url_length=8192
+        )
+    session = await run_docs("README.md#results")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "newer-copy" in session.stdout
+    assert "older-copy" not in session.stdout
 
 
 async def test_the_http_api_examples_enqueue_over_http(

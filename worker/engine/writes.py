@@ -6,7 +6,9 @@ write whose commit did land), it goes through temporary staging tables, made in 
 and dropped at its commit (no session state, so it works behind pgbouncer too), and
 ``INSERT ... ON CONFLICT DO NOTHING`` instead; if Postgres refuses a body, the chunk is written
 row by row and that body becomes an ``invalid_json`` failure. So a chunk lands whole or not at
-all, a re-run of a job adds no row, and one bad body never sinks its chunk. A chunk that carries
+all, a re-run of a job adds no row, and one bad body never sinks its chunk. Every path keeps
+`latest_document_refs` current for the chunk's documents in the same transaction
+(`worker.engine.latest`). A chunk that carries
 its run's lease lands only while that run holds it (`worker.engine.leases`): the check is the
 transaction's first statement, and a run that lost its job raises `LeaseLostError` there.
 """
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from worker.engine import leases, records
+from worker.engine import latest, leases, records
 from worker.engine.bodies import clean_detail
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import Failed, Fetched, is_plain
@@ -283,6 +285,7 @@ async def _land(conn: Conn, copy: _Copy, chunk: Chunk, found: Extracted | None) 
     async with transaction(conn):
         await _fence(conn, chunk)
         written = await copy(conn, chunk)
+        await latest.keep_current(conn, chunk.job_id, chunk.docs)
         await _update_sources(conn, chunk.job_id, chunk.updates)
         return await _upsert_records(conn, chunk, found, written)
 
@@ -384,6 +387,7 @@ async def _write_rows(conn: Conn, chunk: Chunk, found: Extracted | None) -> Writ
                         page_url=d.page_url,
                     )
                 )
+        await latest.keep_current(conn, chunk.job_id, chunk.docs)
         fails = [*chunk.fails, *refused]
         n_fail = await _stage_failures(conn, chunk, fails) if fails else 0
         updates = chunk.updates
