@@ -10,6 +10,12 @@ the owner is still the holder and still dead, deletes arq's in-progress key so t
 may start the job at once, and puts the job back in the queue if it was no longer there. The
 next start counts as a try (arq's retry key is left as it is), as after any interruption.
 
+A worker restarted by its process manager often has its predecessor's id: a container's worker
+runs as PID 1 with the same hostname after each restart, and beats under the same heartbeat key,
+so the dead predecessor looks alive. Each worker therefore also takes over, at once and whatever
+the heartbeat says, the held jobs that name its own id but none of its own runs
+(`orphans`' ``running``): no process but a predecessor can have written them.
+
 A worker that was only stalled (SIGSTOP) and resumes finds its entry gone: it leaves the job's
 keys to the run that holds it now (`release` says so), and its writes are refused by the job's
 lease in Postgres (`worker.engine.leases`).
@@ -18,6 +24,7 @@ lease in Postgres (`worker.engine.leases`).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from typing import Any, cast
 
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -35,10 +42,11 @@ return 0
 """
 
 # KEYS: held hash, owner's heartbeat, in-progress key, queue, job key.
-# ARGV: job id, hold, now (ms). 1 if the job was taken from its dead owner.
+# ARGV: job id, hold, now (ms), '1' for a predecessor's hold (its heartbeat is not consulted:
+# the caller beats under the same key). 1 if the job was taken from its dead owner.
 _TAKE_OVER = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[5]) == 1 and not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
@@ -71,22 +79,32 @@ async def held(redis: Redis, queue: str) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
 
-async def orphans(redis: Redis, queue: str) -> dict[str, str]:
-    """The held jobs whose worker's heartbeat is gone: job id -> hold."""
+async def orphans(
+    redis: Redis, queue: str, worker: str | None = None, running: Collection[str] = ()
+) -> dict[str, str]:
+    """The held jobs whose worker's heartbeat is gone, and those of ``worker``'s dead
+    predecessor (holds naming ``worker`` that are none of its ``running`` holds): job id ->
+    hold."""
     jobs = await held(redis, queue)
-    owners = sorted({hold_owner(h) for h in jobs.values()})
+    mine = {job: h for job, h in jobs.items() if hold_owner(h) == worker and h not in running}
+    others = {job: h for job, h in jobs.items() if hold_owner(h) != worker}
+    owners = sorted({hold_owner(h) for h in others.values()})
     if not owners:
-        return {}
+        return mine
     async with redis.pipeline(transaction=False) as pipe:
         for owner in owners:
             pipe.exists(beat_key(queue, owner))
         alive = dict(zip(owners, await pipe.execute(), strict=True))
-    return {job: h for job, h in jobs.items() if not alive[hold_owner(h)]}
+    return mine | {job: h for job, h in others.items() if not alive[hold_owner(h)]}
 
 
-async def take_over(redis: Redis, queue: str, job_id: str, hold: str) -> bool:
+async def take_over(
+    redis: Redis, queue: str, job_id: str, hold: str, *, predecessor: bool = False
+) -> bool:
     """Free ``job_id`` from the run ``hold`` of a dead worker, for any worker to run at once;
-    False if that run no longer holds it or its worker is alive after all."""
+    False if that run no longer holds it or its worker is alive after all. ``predecessor``: the
+    hold names the caller's own id but none of its runs (see `orphans`), so the heartbeat, the
+    caller's own, says nothing and is not consulted."""
     keys = (
         held_key(queue),
         beat_key(queue, hold_owner(hold)),
@@ -94,5 +112,8 @@ async def take_over(redis: Redis, queue: str, job_id: str, hold: str) -> bool:
         queue,
         job_key_prefix + job_id,
     )
-    done = await cast(Any, redis).eval(_TAKE_OVER, len(keys), *keys, job_id, hold, timestamp_ms())
+    flag = "1" if predecessor else "0"
+    done = await cast(Any, redis).eval(
+        _TAKE_OVER, len(keys), *keys, job_id, hold, timestamp_ms(), flag
+    )
     return bool(done)

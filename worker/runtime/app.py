@@ -256,6 +256,7 @@ class HarvesterWorker(Worker):
         self._registered = False
         self._leaving = False
         self._beating = asyncio.Lock()
+        self._holds: set[str] = set()  # this worker's runs' holds, so never a predecessor's
         self.ctx["worker_id"] = self.worker_id
 
     async def record_health(self, *, first: bool = False) -> None:
@@ -281,10 +282,13 @@ class HarvesterWorker(Worker):
             await self._take_over()
 
     async def _take_over(self) -> None:
-        """Free the jobs held by workers whose heartbeat is gone, for any worker to run now."""
-        for job_id, hold in (await holds.orphans(self.pool, self.queue_name)).items():
-            if await holds.take_over(self.pool, self.queue_name, job_id, hold):
-                owner = heartbeat.hold_owner(hold)
+        """Free the jobs held by workers whose heartbeat is gone, and by a dead predecessor with
+        this worker's id (a restarted container's PID 1), for any worker to run now."""
+        orphans = await holds.orphans(self.pool, self.queue_name, self.worker_id, self._holds)
+        for job_id, hold in orphans.items():
+            owner = heartbeat.hold_owner(hold)
+            mine = owner == self.worker_id
+            if await holds.take_over(self.pool, self.queue_name, job_id, hold, predecessor=mine):
                 log.warning("job.taken_over", extra={"job_id": job_id, "owner": owner})
 
     def _registration(self) -> heartbeat.Registration:
@@ -350,9 +354,18 @@ class HarvesterWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
+            await self._run_held(job_id, score)
+        finally:
+            if (hold := _HOLD.get()) is not None:
+                self._holds.discard(hold)
+
+    async def _run_held(self, job_id: str, score: int) -> None:
+        """arq's run of the job, held by this worker (`worker.queue.holds`) while it runs."""
+        try:
             await self.record_health(first=True)
             hold = holds.hold_value(self.worker_id)
             _HOLD.set(hold)  # this task's: finish_job, called inside run_job, reads it
+            self._holds.add(hold)  # before Redis has it: never mistaken for a predecessor's
             await holds.hold(self.pool, self.queue_name, job_id, hold)
             await super().run_job(job_id, score)
         except _REDIS_ERRORS as exc:
