@@ -16,6 +16,10 @@ so the dead predecessor looks alive. Each worker therefore also takes over, at o
 the heartbeat says, the held jobs that name its own id but none of its own runs
 (`orphans`' ``running``): no process but a predecessor can have written them.
 
+A worker that was itself cut off from Redis (an outage, or its own stall) for more than about a
+heartbeat interval cannot tell a dead worker from one that was cut off too and has not beaten
+again yet: it takes nothing over for one heartbeat life after it beats again (`takeover_from`).
+
 A worker that was only stalled (SIGSTOP) and resumes finds its entry gone: it leaves the job's
 keys to the run that holds it now (`release` says so), and its writes are refused by the job's
 lease in Postgres (`worker.engine.leases`).
@@ -31,7 +35,12 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.utils import timestamp_ms
 from redis.asyncio import Redis
 
-from worker.queue.heartbeat import beat_key, held_key, hold_owner
+from worker.queue.heartbeat import beat_key, beat_ttl, held_key, hold_owner
+
+# A gap between two of a worker's beats longer than this many intervals means it was cut off
+# (Redis down, or its own loop stalled) long enough for other live workers' heartbeats to have
+# expired too: a beat is normally one interval and a poll after the last.
+CUT_OFF_INTERVALS = 1.5
 
 # KEYS: held hash. ARGV: job id, hold. 1 if the run held the job (now released).
 _RELEASE = """
@@ -117,3 +126,13 @@ async def take_over(
         _TAKE_OVER, len(keys), *keys, job_id, hold, timestamp_ms(), flag
     )
     return bool(done)
+
+
+def takeover_from(previous_beat: float | None, beat: float, interval: float, since: float) -> float:
+    """When a worker that beat at ``beat`` (and before at ``previous_beat``; monotonic seconds)
+    may take jobs over again, given that it may from ``since``: one heartbeat life on when the
+    two beats are so far apart that the other workers' heartbeats may have expired in the same
+    Redis outage, whose workers have had no chance to beat again yet."""
+    if previous_beat is not None and beat - previous_beat > CUT_OFF_INTERVALS * interval:
+        return max(since, beat + beat_ttl(interval))
+    return since

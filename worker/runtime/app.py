@@ -257,6 +257,8 @@ class HarvesterWorker(Worker):
         self._leaving = False
         self._beating = asyncio.Lock()
         self._holds: set[str] = set()  # this worker's runs' holds, so never a predecessor's
+        self._last_beat: float | None = None  # monotonic: when the last beat was written
+        self._takeover_from = 0.0  # monotonic: no takeover before (see holds.takeover_from)
         self.ctx["worker_id"] = self.worker_id
 
     async def record_health(self, *, first: bool = False) -> None:
@@ -279,6 +281,18 @@ class HarvesterWorker(Worker):
             registration = self._registration()
             await heartbeat.register(self.pool, self.queue_name, self.worker_id, registration)
             self._registered = True
+            await self._after_beat(time.monotonic())
+
+    async def _after_beat(self, now: float) -> None:
+        """Take over dead workers' jobs, unless this worker was cut off from Redis so long that
+        live workers may look dead too (they get one heartbeat life to beat again)."""
+        interval = self.health_check_interval
+        since = holds.takeover_from(self._last_beat, now, interval, self._takeover_from)
+        self._last_beat = now
+        if since > self._takeover_from:
+            log.warning("takeover.paused", extra={"for_s": round(since - now, 1)})
+        self._takeover_from = since
+        if now >= since:
             await self._take_over()
 
     async def _take_over(self) -> None:
