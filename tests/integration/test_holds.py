@@ -4,6 +4,8 @@ id), and a run that lost its hold cannot release it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
@@ -114,3 +116,33 @@ async def test_a_restarted_worker_with_its_predecessors_id_reruns_its_job_at_onc
 
         await wait_until(landed, timeout=15)
     assert len(upstream.hits_for("/json/p0")) == 1
+
+
+async def test_a_running_worker_takes_no_hold_under_its_id_after_its_start(
+    arq_queue: ArqRedis, make_settings: Callable[..., Settings]
+) -> None:
+    """Past its start, a worker leaves holds naming its id alone: were they written by another
+    live process sharing the id (containers with the host's hostname, all PID 1), taking them
+    at every beat would move that process's jobs again and again."""
+    settings = make_settings(health_check_interval=1)
+    worker = long_running(settings)
+    async with running(worker):
+
+        async def beats() -> int:
+            states = await read_workers(arq_queue, settings.queue)
+            return sum(1 for w in states if w.id == worker.worker_id and w.alive)
+
+        await wait_until(beats, timeout=15)
+        await arq_queue.set(in_progress_key_prefix + JOB, b"1", px=130_000)
+        hold = holds.hold_value(worker.worker_id)
+        await holds.hold(arq_queue, settings.queue, JOB, hold)
+        first = worker._last_beat
+
+        async def two_more_beats() -> bool:
+            last = worker._last_beat
+            return first is not None and last is not None and last >= first + 2
+
+        await wait_until(two_more_beats, timeout=15)
+        assert await holds.held(arq_queue, settings.queue) == {JOB: hold}
+        assert await arq_queue.exists(in_progress_key_prefix + JOB) == 1
+        await arq_queue.hdel(held_key(settings.queue), JOB)

@@ -12,9 +12,9 @@ next start counts as a try (arq's retry key is left as it is), as after any inte
 
 A worker restarted by its process manager often has its predecessor's id: a container's worker
 runs as PID 1 with the same hostname after each restart, and beats under the same heartbeat key,
-so the dead predecessor looks alive. Each worker therefore also takes over, at once and whatever
-the heartbeat says, the held jobs that name its own id but none of its own runs
-(`orphans`' ``running``): no process but a predecessor can have written them.
+so the dead predecessor looks alive. Each worker therefore also takes over as it starts, whatever
+the heartbeat says, the held jobs that name its own id but none of its own runs (`orphans`'
+``worker`` and ``running``): no process but a predecessor can have written them.
 
 A worker that was itself cut off from Redis (an outage, or its own stall) for more than about a
 heartbeat interval cannot tell a dead worker from one that was cut off too and has not beaten

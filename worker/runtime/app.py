@@ -257,6 +257,7 @@ class HarvesterWorker(Worker):
         self._leaving = False
         self._beating = asyncio.Lock()
         self._holds: set[str] = set()  # this worker's runs' holds, so never a predecessor's
+        self._predecessor_checked = False  # a dead predecessor's jobs (same id) taken over
         self._last_beat: float | None = None  # monotonic: when the last beat was written
         self._takeover_from = 0.0  # monotonic: no takeover before (see holds.takeover_from)
         self.ctx["worker_id"] = self.worker_id
@@ -296,14 +297,18 @@ class HarvesterWorker(Worker):
             await self._take_over()
 
     async def _take_over(self) -> None:
-        """Free the jobs held by workers whose heartbeat is gone, and by a dead predecessor with
-        this worker's id (a restarted container's PID 1), for any worker to run now."""
-        orphans = await holds.orphans(self.pool, self.queue_name, self.worker_id, self._holds)
+        """Free the jobs held by workers whose heartbeat is gone, and, as this worker starts, by
+        a dead predecessor with its id (a restarted container's PID 1), for any worker to run
+        now. Only at the start: should two live processes share an id (containers with the
+        host's hostname), they must not take each other's jobs at every beat."""
+        me = None if self._predecessor_checked else self.worker_id
+        orphans = await holds.orphans(self.pool, self.queue_name, me, self._holds)
         for job_id, hold in orphans.items():
             owner = heartbeat.hold_owner(hold)
-            mine = owner == self.worker_id
+            mine = owner == me
             if await holds.take_over(self.pool, self.queue_name, job_id, hold, predecessor=mine):
                 log.warning("job.taken_over", extra={"job_id": job_id, "owner": owner})
+        self._predecessor_checked = True
 
     def _registration(self) -> heartbeat.Registration:
         return heartbeat.Registration(
