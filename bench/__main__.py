@@ -13,6 +13,9 @@ worker --processes 2`) and with batches of 100, 1,000 and 10,000 URLs, and
 against a JSON API upstream (`bench.api`, granian):
 
   api plain    plain GETs, batches of 1,000
+  api records  plain GETs of bodies holding 50 records each, with a job's ``records``: each
+               body extracted and its records upserted (all new), batches of 1,000; reported
+               as URLs/s and records/s, compared with api plain
   api auth+pages  walks of 10 pages following `Link: rel="next"`, each page signed by a bearer
                credential profile, batches of 100 walks (1,000 pages): the same number of rows,
                each page a row; compared with api plain
@@ -63,6 +66,11 @@ class Run:
     peak_rss_mib: float  # the largest worker process
     cpu_seconds: float = 0.0  # user + system CPU of the worker processes, start-up included
     samples: list[float] = field(default_factory=list)
+    records: int = 0  # records upserted (the "api records" case)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds
 
     @property
     def urls_per_s(self) -> float:
@@ -83,6 +91,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float, float]:
 
 # Pages per walk in the "api auth+pages" case.
 WALK_PAGES = 10
+# The body size of the "api records" case (50 records a body): the issue's 16 KB.
+RECORDS_KB = 16
 
 
 class Bench:
@@ -120,7 +130,10 @@ class Bench:
     async def _reset(self) -> None:
         conn = await asyncpg.connect(self.db)
         try:
-            await conn.execute("TRUNCATE documents, fetch_failures")
+            await conn.execute(
+                "TRUNCATE documents, fetch_failures, records, record_seen, record_failures, "
+                "latest_document_refs"
+            )
             await conn.execute("DROP TABLE IF EXISTS naive_documents")
         finally:
             await conn.close()
@@ -209,6 +222,26 @@ class Bench:
         asyncio.run(self._enqueue([self.api_up.url(kb, i) + f"&r={tag}" for i in range(n)], 1000))
         return self._work("api plain", kb, 1000, n)
 
+    def api_records(self, kb: int) -> Run:
+        """The API upstream's record bodies (50 records each, keys distinct per URL), with
+        ``records``: extraction and upsert on top of api plain's work."""
+        asyncio.run(self._reset())
+        n = self.args.urls
+        tag = time.monotonic_ns()
+        urls = [self.api_up.url(kb, i) + f"&records=1&r={tag}" for i in range(n)]
+        records = {"path": "$.data[*]", "key": "$.id"}
+        batches = [
+            make_batch(urls=urls[i : i + 1000], source="bench", records=records)
+            for i in range(0, n, 1000)
+        ]
+        asyncio.run(self._enqueue_batches(batches))
+        run = self._work("api records", kb, 1000, n)
+        landed = asyncio.run(self._count("records"))
+        assert landed == n * api_mod.RECORDS_PER_BODY, f"{landed} records landed"
+        assert asyncio.run(self._count("record_failures")) == 0
+        run.records = landed
+        return run
+
     def _credentials(self) -> Path:
         """A credentials file with the bench's bearer profile for the API upstream."""
         path = self.root / "credentials.toml"
@@ -292,8 +325,8 @@ def ratios(runs: list[Run]) -> dict[str, float]:
     out: dict[str, float] = {}
     for r in runs:
         plain = next((x for x in runs if x.name == "api plain" and x.size_kb == r.size_kb), None)
-        if r.name == "api auth+pages" and plain is not None:
-            out[f"{r.size_kb}K api auth+pages / api plain"] = round(_paired_ratio(r, plain), 3)
+        if r.name in ("api auth+pages", "api records") and plain is not None:
+            out[f"{r.size_kb}K {r.name} / api plain"] = round(_paired_ratio(r, plain), 3)
         if not r.name.startswith("harvester"):
             continue
         for base in ("ceiling", "naive"):
@@ -326,6 +359,8 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
             (f"api plain {kb}", lambda kb=kb: b.api(kb)),
             (f"api auth+pages {kb}", lambda kb=kb: b.api(kb, WALK_PAGES)),
         ]
+        if kb == RECORDS_KB:
+            plan.append((f"api records {kb}", lambda kb=kb: b.api_records(kb)))
     return plan
 
 
@@ -346,8 +381,10 @@ def _table(runs: list[Run]) -> str:
             if r.name.startswith("harvester") and naive:
                 shown.append(f"{_paired_ratio(r, naive):.2f}x naive")
             plain = next((x for x in group if x.name == "api plain"), None)
-            if r.name == "api auth+pages" and plain:
+            if r.name in ("api auth+pages", "api records") and plain:
                 shown.append(f"{_paired_ratio(r, plain):.3f}x api plain")
+            if r.records:
+                shown.append(f"{r.records_per_s:.0f} records/s")
             lines.append(
                 f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
                 f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
@@ -435,7 +472,12 @@ def main() -> int:
                 "concurrency": args.concurrency,
                 "settings": args.settings,
                 "runs": [
-                    asdict(r) | {"urls_per_s": r.urls_per_s, "cpu_us_per_url": r.cpu_us_per_url}
+                    asdict(r)
+                    | {
+                        "urls_per_s": r.urls_per_s,
+                        "cpu_us_per_url": r.cpu_us_per_url,
+                        "records_per_s": r.records_per_s,
+                    }
                     for r in runs
                 ],
                 "ratios": ratios(runs),

@@ -3,6 +3,8 @@
     /api/{kb}k.json?i=X          a JSON body of about kb KiB (the "api plain" case)
     /api/{kb}k.json?i=X&pages=N  page 1 of N; page p at &p=p, each but the last with an absolute
                                  ``Link: <...>; rel="next"`` header, as GitHub's API sends it
+    /api/{kb}k.json?i=X&records=1  a body of about kb KiB holding 50 records under ``data``, keyed
+                                 ``X-0`` to ``X-49`` (the "api records" case)
     ...&auth=1                   401 unless the request carries ``Authorization: Bearer TOKEN``
                                  (the "api auth+pages" case: a bearer profile signs every page)
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import orjson
+
 from bench.upstream import make_body
 
 _JSON = (b"content-type", b"application/json")
@@ -27,6 +31,33 @@ _AUTHORIZATION = b"Bearer " + TOKEN.encode()
 @functools.cache
 def _body(kb: int) -> bytes:
     return make_body(kb * 1024)
+
+
+RECORDS_PER_BODY = 50
+_ID = b"@ID@"
+
+
+@functools.cache
+def _records_template(kb: int) -> tuple[bytes, ...]:
+    """A body of about ``kb`` KiB with `RECORDS_PER_BODY` records, split where each one's id
+    goes: a request joins the pieces with its own ``i``, so every URL has its own keys."""
+    pad = max(0, kb * 1024 // RECORDS_PER_BODY - 77)
+    records = [
+        {
+            "id": f"{_ID.decode()}-{j}",
+            "name": f"item {j}",
+            "price": j * 1.25,
+            "tags": ["a", "b"],
+            "text": "x" * pad,
+        }
+        for j in range(RECORDS_PER_BODY)
+    ]
+    return tuple(orjson.dumps({"count": RECORDS_PER_BODY, "data": records}).split(_ID))
+
+
+def _records_body(kb: int, qs: bytes) -> bytes:
+    i = qs.partition(b"i=")[2].partition(b"&")[0]
+    return i.join(_records_template(kb))
 
 
 def _next_link(scope: dict[str, Any], qs: bytes, headers: dict[bytes, bytes]) -> bytes | None:
@@ -61,5 +92,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         link = _next_link(scope, qs, received)
         if link is not None:
             headers.append((b"link", link))
+    body = _records_body(kb, qs) if b"records=1" in qs else _body(kb)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": _body(kb)})
+    await send({"type": "http.response.body", "body": body})

@@ -171,7 +171,7 @@ class Measure:
     async def empty(self) -> None:
         conn = await asyncpg.connect(self.db)
         try:
-            await conn.execute("TRUNCATE documents, fetch_failures")
+            await conn.execute("TRUNCATE documents, fetch_failures, latest_document_refs")
         finally:
             await conn.close()
         r = aioredis.Redis.from_url(self.rd)

@@ -48,7 +48,7 @@ async def _measure(settings: Settings, base: str, kind: str, n: int) -> None:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
     assert pool is not None
     try:
-        await pool.execute("TRUNCATE documents, fetch_failures, sources")
+        await pool.execute("TRUNCATE documents, fetch_failures, sources, latest_document_refs")
         step = _KINDS[kind]
         urls = [f"{base}/feeds/{3 * i + step}" for i in range(n)]
         await sources.add(pool, urls, every=900, name=f"bench-{kind}")

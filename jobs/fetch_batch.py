@@ -91,6 +91,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLea
         paginate=batch.paginate.spec() if batch.paginate is not None else None,
         lease=lease,
         on_landed=events.emit if (events := ctx.get("events")) is not None else None,
+        records=batch.records.spec() if batch.records is not None else None,
     )
     return await pipeline.run(
         run, fetcher=ctx["fetcher"], pool=ctx["pool"], settings=settings, budget=ctx["budget"]
@@ -112,12 +113,23 @@ def _lost(settings: Settings, job_try: int, exc: LeaseLostError) -> Retry:
     return Retry(defer=defer_delay(settings, job_try))
 
 
-async def _release(ctx: JobContext, lease: JobLease) -> None:
-    """Drop the finished job's lease; one left behind only costs a row."""
+# The longest a finished job waits to drop its lease (less near arq's timeout: `_release`).
+RELEASE_TIMEOUT_S = 5.0
+
+
+async def _release(ctx: JobContext, lease: JobLease, hard_stop: float) -> None:
+    """Drop the finished job's lease; one left behind only costs a row. A Postgres that hangs
+    must not keep a finished job running into arq's timeout, which would record it as failed:
+    the wait ends within `RELEASE_TIMEOUT_S`, and half the hard margin after ``hard_stop``."""
+    loop = asyncio.get_running_loop()
+    until = min(loop.time() + RELEASE_TIMEOUT_S, hard_stop + hard_margin(ctx["settings"]) / 2)
     try:
-        await leases.release(ctx["pool"], lease)
+        async with asyncio.timeout_at(until):
+            await leases.release(ctx["pool"], lease)
     except StoreError as exc:
         log.warning("job.lease_kept", extra={"reason": str(exc)})
+    except TimeoutError:
+        log.warning("job.lease_kept", extra={"reason": "Postgres did not answer in time"})
 
 
 def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
@@ -190,7 +202,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
             raise _lost(settings, job_try, exc) from exc
         except (TimeoutError, pipeline.DeadlineError, StoreError) as exc:
             raise _retry_later(settings, job_try, exc) from exc
-        await _release(ctx, lease)
+        await _release(ctx, lease, hard_stop)
         return result
 
 

@@ -109,8 +109,8 @@ async def pool(services: Services, settings: Settings) -> AsyncIterator[asyncpg.
     """The store's pool on an empty documents / fetch_failures pair."""
     p = await store.create_pool(settings)
     await p.execute(
-        "TRUNCATE documents, fetch_failures, sources, replays, job_leases, webhook_outbox "
-        "RESTART IDENTITY"
+        "TRUNCATE documents, fetch_failures, sources, replays, job_leases, records, record_seen, "
+        "record_failures, latest_document_refs, webhook_outbox RESTART IDENTITY"
     )
     try:
         yield p

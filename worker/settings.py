@@ -41,6 +41,12 @@ MIN_API_TOKEN_LENGTH = 16
 # Worker processes one ``harvester worker`` runs under its parent (each is bound by one core).
 MAX_PROCESSES: Final = 64
 
+# Requests per second to a host (HARVESTER_HOST_RPS, a host's policy): 0 (not paced), or from
+# MIN_HOST_RPS (one request in about 17 minutes; a slower rate's gap overflows the limiter's
+# Redis arithmetic) to MAX_HOST_RPS.
+MIN_HOST_RPS: Final = 0.001
+MAX_HOST_RPS: Final = 100_000.0
+
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -120,7 +126,7 @@ class Settings(BaseSettings):
     max_redirects: int = Field(default=5, ge=0, le=30)
     user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1, max_length=512)
     # Requests per second to any one host, for all jobs of a process; 0 means no pacing.
-    host_rps: float = Field(default=0.0, ge=0, le=100_000)
+    host_rps: float = Field(default=0.0, ge=0, le=MAX_HOST_RPS)
     allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     # IPv6 literals with a zone id ([fe80::1%25eth0]) name an interface, not just an address.
     allow_ipv6_zone_ids: bool = False
@@ -227,6 +233,13 @@ class Settings(BaseSettings):
                 return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
             except ValueError as exc:
                 raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+        return value
+
+    @field_validator("host_rps")
+    @classmethod
+    def _check_host_rps(cls, value: float) -> float:
+        if 0 < value < MIN_HOST_RPS:
+            raise ValueError(f"must be 0 (not paced) or at least {MIN_HOST_RPS:g}")
         return value
 
     @field_validator("credentials", mode="before")

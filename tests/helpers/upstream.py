@@ -6,7 +6,8 @@ Routes (all on one loopback port):
   /flaky/{key}?fails=N&status=S      any method: S for the first N requests of ``key``, then JSON
   /retry-after/{key}?seconds=S       429 with Retry-After: S once per ``key``, then JSON
   /slow/{name}?delay=S               JSON after S seconds; in-flight requests are counted
-  /gate/{name}                       JSON once the test sets ``upstream.gate``
+  /gate/{name}                       JSON once the test sets ``upstream.gate`` (404 to a
+                                     client port in ``upstream.gate_refused``)
   /gzip/{name}                       gzip-encoded JSON
   /gzip-bomb                         a small gzip body that inflates past any sane cap
   /encoded/{encoding}/{name}         JSON in that Content-Encoding (gzip, deflate, br, zstd)
@@ -20,7 +21,8 @@ Routes (all on one loopback port):
   /api/{path}                        JSON naming the path: the docs' api.example.com; a path
                                      whose first segment is in ``upstream.locks`` demands that
                                      credential (`tests.helpers.locks`); /api/paged/{style}/{name}:
-                                     `pages` under it
+                                     `pages` under it; /api/v1/orders: two records under
+                                     ``data`` (the README's records example)
   /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
   /echo-auth/{name}                  403, its reason phrase echoing the credential it received
   /pages/{style}/{name}?n=N          any method: N pages (style link, json or cursor), page K at
@@ -113,6 +115,7 @@ class Upstream:
     max_in_flight: int = 0
     base: str = ""
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    gate_refused: set[int] = field(default_factory=set)  # client ports /gate/ answers 404
     feeds: dict[str, Feed] = field(default_factory=dict)
     served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     locks: dict[str, Lock] = field(default_factory=dict)
@@ -249,6 +252,8 @@ class Upstream:
             "price": len(path),
             "in_stock": True,
         }
+        if path == "v1/orders":  # the README's records
+            body = {"data": [{"id": "o-1", "status": "paid"}, {"id": "o-2", "status": "open"}]}
         if path == "v1/changes":  # docs/scheduled-sources.md's incremental feed
             since = int(request.query.get("since", "0"))
             body = {"changes": [since + 1], "meta": {"next_since": str(since + 1)}}
@@ -289,6 +294,9 @@ class Upstream:
 
     async def _gate(self, request: web.Request) -> web.Response:
         await self.gate.wait()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer and peer[1] in self.gate_refused:
+            raise web.HTTPNotFound
         return web.Response(
             body=self._body(request.match_info["name"]), content_type="application/json"
         )

@@ -164,6 +164,18 @@ async def test_batches_need_the_bearer_token(api: tuple[aiohttp.ClientSession, s
             "HARVESTER_MAX_PAGES",
         ),
         (b'{"urls": ["x"], "auth": "a b"}', "application/json", 422, "'auth' must be"),
+        (
+            b'{"urls": ["x"], "source": "s", "records": {"path": "$.data[", "key": "$.id"}}',
+            "application/json",
+            422,
+            "'records.path': not a JSONPath",
+        ),
+        (
+            b'{"urls": ["x"], "records": {"path": "$.data[*]", "key": "$.id"}}',
+            "application/json",
+            422,
+            "'records' needs a 'source'",
+        ),
     ],
 )
 async def test_bad_bodies_get_clear_4xx(
@@ -277,6 +289,28 @@ async def test_metrics_and_openapi(api: tuple[aiohttp.ClientSession, str]) -> No
     batch = doc["components"]["schemas"]["Batch"]["properties"]
     assert {"urls", "requests", "method", "json", "headers"} <= set(batch)
     assert "Authorization" in batch["headers"]["description"]
+    assert "records" in batch
+
+
+async def test_a_batch_with_records_lands_them(
+    api: tuple[aiohttp.ClientSession, str],
+    arq_queue: ArqRedis,
+    upstream: Upstream,
+    make_worker: Callable[..., Worker],
+    pool: asyncpg.Pool,
+) -> None:
+    """POST /batches with records enqueues them with the job, and the worker upserts them."""
+    session, base = api
+    upstream.served["orders"] = (b'{"data": [{"id": 1}, {"id": 2}]}', "application/json")
+    records = {"path": "$.data[*]", "key": "$.id"}
+    batch = {"urls": [upstream.url("/served/orders")], "source": "api-orders", "records": records}
+    async with session.post(f"{base}/batches", json=batch, headers=AUTH) as r:
+        assert r.status == 202
+    (queued,) = await arq_queue.queued_jobs()
+    assert queued.kwargs["records"] == records
+    await make_worker().main()
+    keys = await pool.fetch("SELECT key FROM records WHERE source = 'api-orders' ORDER BY key")
+    assert [k["key"] for k in keys] == ["1", "2"]
 
 
 async def test_a_post_batch_through_the_api_lands_each_body(

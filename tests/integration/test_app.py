@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from arq.connections import ArqRedis
 
 from jobs.poll_sources import poll_sources
-from tests.helpers import cron_ctx
+from tests.helpers import cron_ctx, wait_until
+from tests.helpers.workers import long_running, running
 from worker.engine import store
 from worker.runtime.app import create_worker
 from worker.settings import Settings
@@ -35,3 +37,20 @@ async def test_a_cron_tick_without_postgres_is_skipped_not_failed(
     ctx = cron_ctx("poll_sources", settings, pool=pool, redis=arq_queue)
     result = await poll_sources(ctx)  # type: ignore[arg-type]
     assert "cannot claim due sources" in result["skipped"]
+
+
+async def test_a_job_task_that_ended_cancelled_does_not_cut_the_close_short(
+    settings: Settings, arq_queue: ArqRedis
+) -> None:
+    """arq's close waits for the job tasks and would raise a cancelled one's CancelledError
+    (a job cancelled at shutdown between two awaits), skipping the rest of its close: the
+    heartbeat would stay, on_shutdown would not run and the Redis pool would stay open."""
+    worker = long_running(settings)
+    async with running(worker):
+        await wait_until(lambda: arq_queue.exists(worker.health_check_key), timeout=20)
+        cancelled = asyncio.create_task(asyncio.sleep(3600))
+        cancelled.cancel()
+        worker.tasks["cancelled-job"] = cancelled
+    assert cancelled.cancelled()
+    assert not await arq_queue.exists(worker.health_check_key)
+    assert worker.ctx["pool"].is_closing()  # on_shutdown ran

@@ -55,15 +55,16 @@ async def test_hosts_commands_manage_the_policies(
 async def test_hosts_refuses_bad_input_with_one_line(
     cli: InProcess, services: Services, redis: aioredis.Redis
 ) -> None:
-    """A URL for a host, no limit given, a negative or absurd rate, clear without a host: exit
-    2, one line, nothing stored."""
+    """A URL for a host, no limit given, a negative, absurd or vanishing rate, clear without a
+    host: exit 2, one line, nothing stored."""
     env = cli_env(services)
     for argv, said in [
         (("hosts", "set", "https://api.example.com/x", "--rps", "1"), "is not a host name"),
         (("hosts", "set", "api.example.com:8443", "--rps", "1"), "is not a host name"),
         (("hosts", "set", "api.example.com"), "needs --rps, --concurrency or both"),
-        (("hosts", "set", "api.example.com", "--rps", "-1"), "must be from 0"),
-        (("hosts", "set", "api.example.com", "--rps", "nan"), "must be from 0"),
+        (("hosts", "set", "api.example.com", "--rps", "-1"), "must be 0 (not paced) or from"),
+        (("hosts", "set", "api.example.com", "--rps", "nan"), "must be 0 (not paced) or from"),
+        (("hosts", "set", "api.example.com", "--rps", "1e-15"), "or from 0.001 to 100000"),
         (("hosts", "set", "api.example.com", "--concurrency", "0"), "must be at least 1"),
         (("hosts", "clear"), "needs HOST... or --all"),
     ]:

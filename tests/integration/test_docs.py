@@ -26,7 +26,8 @@ from tests.helpers.docs import Example, Unmarked, blocks, examples, session_scri
 from tests.helpers.locks import Lock
 from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
-from worker.engine.outcomes import BatchSummary
+from worker.engine.outcomes import BatchSummary, Fetched
+from worker.engine.writes import Chunk, write_chunk
 from worker.scheduling import sources
 from worker.settings import Settings
 
@@ -48,6 +49,7 @@ SESSIONS: dict[str, list[str]] = {
         "pages-link",
         "pages-json",
         "pages-cursor",
+        "records",
     ],
     # The README's "APIs that need credentials", in a session of its own: its worker has the
     # credentials file, the quickstart's does not.
@@ -59,9 +61,17 @@ SESSIONS: dict[str, list[str]] = {
         "apis-oauth2",
         "apis-worker",
     ],
+    # The README's "Getting results back": SQL only, against the session's migrated database.
+    "README.md#results": ["results-latest"],
     "docs/jobs.md": ["jobs-raw-redis", "jobs-enqueue-shell", "jobs-enqueue-requests"],
     "docs/scheduled-sources.md": ["sources-cli", "sources-requests", "sources-sql"],
-    "docs/data-model.md": ["data-queries", "data-sources", "data-json"],
+    "docs/data-model.md": [
+        "data-queries",
+        "data-latest",
+        "data-sources",
+        "data-json",
+        "data-records",
+    ],
     "docs/http-api.md": ["api-start", "api-curl"],
     "docs/cli.md": ["cli-tour"],
     "docs/upgrading.md": ["upgrade-migrate"],
@@ -196,7 +206,8 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
 ) -> None:
     """A fresh virtual environment, the settings, migrate, a worker, enqueueing from a shell,
     from Python with arq alone, from raw Redis and over HTTP, the queries, and honcho running
-    the Procfile: every step works as written, and every enqueued URL lands once."""
+    the Procfile: every step works as written, every enqueued URL lands once, and the records
+    example's records land."""
     session = await run_docs("README.md", copy_repo=True)
     assert session.returncode == 0, session.stderr[-4000:]
     assert "harvester " in session.stdout  # --version
@@ -213,6 +224,12 @@ async def test_the_readme_quickstart_runs_from_install_to_a_procfile_formation(
         return len(pages) == 9  # three pages for each of the three styles
 
     await wait_until(all_pages_landed, timeout=60)
+
+    async def records_landed() -> bool:
+        rows = await pool.fetch("SELECT key FROM records WHERE source = 'orders' ORDER BY key")
+        return [r["key"] for r in rows] == ["o-1", "o-2"]
+
+    await wait_until(records_landed, timeout=60)
     assert (
         await pool.fetchval(
             "SELECT count(*) - count(DISTINCT (job_id, url, COALESCE(page, 0))) FROM documents"
@@ -310,6 +327,21 @@ async def test_the_data_model_queries_run(
         assert session.returncode == 0, session.stderr[-4000:]
     finally:
         await pool.execute("DROP INDEX IF EXISTS documents_sku_idx, documents_body_gin")
+
+
+async def test_the_readme_results_queries_run(
+    run_docs: Callable[..., Awaitable[Session]], pool: asyncpg.Pool, upstream: Upstream
+) -> None:
+    """The README's query of a URL's current copy runs and prints the copy landed last."""
+    url = upstream.url("/api/items/1")
+    for job_id, body in (("old", b'{"v": "older-copy"}'), ("new", b'{"v": "newer-copy"}')):
+        await write_chunk(
+            pool, Chunk(job_id, "catalog", [Fetched(url, 200, body, 1, 1)]), max_url_length=8192
+        )
+    session = await run_docs("README.md#results")
+    assert session.returncode == 0, session.stderr[-4000:]
+    assert "newer-copy" in session.stdout
+    assert "older-copy" not in session.stdout
 
 
 async def test_the_http_api_examples_enqueue_over_http(

@@ -1,13 +1,23 @@
 """The held-jobs registry and the takeover script against a real Valkey: a job is freed only
-from a run whose worker's heartbeat is gone, and a run that lost its hold cannot release it."""
+from a run whose worker's heartbeat is gone (or from a dead predecessor with the worker's own
+id), and a run that lost its hold cannot release it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import asyncpg
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 
+from tests.helpers import wait_until
+from tests.helpers.upstream import Upstream
+from tests.helpers.workers import long_running, running
 from worker.queue import holds
+from worker.queue.client import enqueue_urls
 from worker.queue.heartbeat import beat_key, held_key, read_workers
+from worker.settings import Settings
 
 QUEUE = "harvester:test-holds"
 JOB = "job-1"
@@ -71,3 +81,68 @@ async def test_a_finished_job_is_not_queued_again(redis: Redis) -> None:
     await redis.delete(job_key_prefix + JOB)
     assert await holds.take_over(redis, QUEUE, JOB, hold)
     assert await redis.zcard(QUEUE) == 0
+
+
+async def test_a_predecessors_hold_under_the_workers_own_id_is_taken_over(redis: Redis) -> None:
+    """A hold naming a worker's own id but none of its runs is a dead predecessor's (a restarted
+    container's PID 1 beats under the same key): an orphan although the heartbeat exists, and
+    taken over unless the hold changed; the worker's own runs are never orphans."""
+    hold = await _running(redis, "host:1", alive=True)
+    assert await holds.orphans(redis, QUEUE) == {}
+    assert await holds.orphans(redis, QUEUE, "host:1", {hold}) == {}
+    assert await holds.orphans(redis, QUEUE, "host:1") == {JOB: hold}
+    assert not await holds.take_over(
+        redis, QUEUE, JOB, holds.hold_value("host:1"), predecessor=True
+    )
+    assert await holds.take_over(redis, QUEUE, JOB, hold, predecessor=True)
+    assert await redis.exists(in_progress_key_prefix + JOB) == 0
+    assert await redis.zscore(QUEUE, JOB) == 1000
+    assert await holds.held(redis, QUEUE) == {}
+
+
+async def test_a_restarted_worker_with_its_predecessors_id_reruns_its_job_at_once(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, settings: Settings, upstream: Upstream
+) -> None:
+    """A worker whose predecessor (same id: same host and pid) died holding a job, arq's lock
+    still set for 130 s, takes the job over as it starts and runs it within seconds."""
+    [job_id] = await enqueue_urls(arq_queue, [upstream.url("/json/p0")], job_id_prefix="pred")
+    worker = long_running(settings)
+    await arq_queue.set(in_progress_key_prefix + job_id, b"1", px=130_000)
+    await holds.hold(arq_queue, settings.queue, job_id, holds.hold_value(worker.worker_id))
+    async with running(worker):
+
+        async def landed() -> bool:
+            return await pool.fetchval("SELECT count(*) FROM documents") == 1
+
+        await wait_until(landed, timeout=15)
+    assert len(upstream.hits_for("/json/p0")) == 1
+
+
+async def test_a_running_worker_takes_no_hold_under_its_id_after_its_start(
+    arq_queue: ArqRedis, make_settings: Callable[..., Settings]
+) -> None:
+    """Past its start, a worker leaves holds naming its id alone: were they written by another
+    live process sharing the id (containers with the host's hostname, all PID 1), taking them
+    at every beat would move that process's jobs again and again."""
+    settings = make_settings(health_check_interval=1)
+    worker = long_running(settings)
+    async with running(worker):
+
+        async def beats() -> int:
+            states = await read_workers(arq_queue, settings.queue)
+            return sum(1 for w in states if w.id == worker.worker_id and w.alive)
+
+        await wait_until(beats, timeout=15)
+        await arq_queue.set(in_progress_key_prefix + JOB, b"1", px=130_000)
+        hold = holds.hold_value(worker.worker_id)
+        await holds.hold(arq_queue, settings.queue, JOB, hold)
+        first = worker._last_beat
+
+        async def two_more_beats() -> bool:
+            last = worker._last_beat
+            return first is not None and last is not None and last >= first + 2
+
+        await wait_until(two_more_beats, timeout=15)
+        assert await holds.held(arq_queue, settings.queue) == {JOB: hold}
+        assert await arq_queue.exists(in_progress_key_prefix + JOB) == 1
+        await arq_queue.hdel(held_key(settings.queue), JOB)

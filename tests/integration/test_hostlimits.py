@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -17,7 +18,13 @@ from tests.helpers.upstream import Upstream
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.outcomes import Fetched
 from worker.engine.pacing import HostPolicy
-from worker.queue.hostlimits import RedisHostLimiter, read_pauses, set_policy
+from worker.queue.hostlimits import (
+    RedisHostLimiter,
+    host_keys,
+    paused_key,
+    read_pauses,
+    set_policy,
+)
 from worker.settings import Settings
 
 Limiters = Callable[..., Awaitable[RedisHostLimiter]]
@@ -228,3 +235,86 @@ async def test_an_in_flight_limit_holds_at_the_upstream(
             await session.close()
     assert all(isinstance(o, Fetched) for o in outcomes), outcomes
     assert upstream.max_in_flight == 2
+
+
+async def _wrongtype_errors(redis: aioredis.Redis) -> int:
+    """How many commands Redis has refused with WRONGTYPE so far."""
+    stats = await redis.info("errorstats")
+    return int(stats.get("errorstat_WRONGTYPE", {}).get("count", 0))
+
+
+async def test_a_redis_error_makes_a_limited_host_wait_never_fail(
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    limiters: Limiters,
+    make_settings: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While Redis refuses the limiter's script (not a lost connection: a key of the wrong type
+    makes every call an error), a request to the limited host waits, said once in the log; once
+    Redis answers again it is sent and fetched, never failed."""
+    caplog.set_level(logging.INFO, logger="harvester.hosts")
+    await set_policy(redis, TEST_QUEUE, "127.0.0.1", HostPolicy(rps=1000))
+    tat = host_keys(TEST_QUEUE, "127.0.0.1")[1]
+    await redis.hset(tat, "not", "a number")  # type: ignore[misc]
+    settings = make_settings()
+    session = create_session(settings)
+    try:
+        fetcher = Fetcher(session, settings, limiter=await limiters())
+        refused = await _wrongtype_errors(redis)
+        fetched = asyncio.create_task(fetcher.fetch(upstream.url("/json/after-the-error")))
+
+        async def refused_thrice() -> bool:
+            return await _wrongtype_errors(redis) >= refused + 3
+
+        await wait_until(refused_thrice, timeout=10)
+        assert not fetched.done()
+        assert upstream.hits_for("/json/after-the-error") == []
+        await redis.delete(tat)
+        outcome = await asyncio.wait_for(fetched, 10)
+    finally:
+        await session.close()
+    assert isinstance(outcome, Fetched), outcome
+    said = [r.getMessage() for r in caplog.records if r.name == "harvester.hosts"]
+    assert said.count("hosts.redis_unavailable") == 1, said
+    assert said.count("hosts.redis_recovered") == 1, said
+
+
+async def test_a_pause_redis_refuses_is_logged_not_raised(
+    redis: aioredis.Redis, limiters: Limiters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pause Redis refuses to record (any error, here a key of the wrong type) is said in the
+    log; the pause still holds in this worker."""
+    limiter = await limiters()
+    await redis.set(f"{TEST_QUEUE}:hosts:paused", "not a hash")
+    await limiter.pause("g.example", 1.0)
+
+    async def said() -> bool:
+        return any(r.getMessage() == "hosts.pause_not_shared" for r in caplog.records)
+
+    await wait_until(said, timeout=5)
+    started = time.monotonic()
+    assert await limiter.wait("g.example") is None
+    assert time.monotonic() - started >= 0.5
+
+
+async def test_the_paused_hosts_expire_with_their_last_pause(
+    redis: aioredis.Redis, limiters: Limiters
+) -> None:
+    """The hash of paused hosts lives as long as its longest pause, then is gone: no key of the
+    limiter outlives what it records."""
+    limiter = await limiters()
+    await limiter.pause("short.example", 0.3)
+    await limiter.pause("long.example", 1.2)
+
+    async def both() -> bool:
+        return set(await read_pauses(redis, TEST_QUEUE)) == {"short.example", "long.example"}
+
+    await wait_until(both, timeout=5)
+    key = paused_key(TEST_QUEUE)
+    assert 500 < await redis.pttl(key) <= 1200
+
+    async def gone() -> bool:
+        return not await redis.exists(key)
+
+    await wait_until(gone, timeout=5)

@@ -1,18 +1,27 @@
-"""Job leases against a real Postgres: a run that lost its job's lease lands nothing, and a
-newer run's take waits for a landing transaction of the older run to end."""
+"""Job leases against a real Postgres: a run that lost its job's lease lands nothing, a newer
+run's take waits for a landing transaction of the older run to end, and a finished job whose
+lease cannot be dropped still ends as a success."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 import pytest
+from arq.connections import ArqRedis
+from arq.jobs import Job
 
 from tests.helpers import wait_until
+from tests.helpers.upstream import Upstream
+from tests.helpers.workers import long_running, running
 from worker.engine import leases
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.writes import Chunk, write_chunk
 from worker.errors import LeaseLostError
+from worker.queue.client import enqueue_urls
+from worker.queue.serialization import deserialize
+from worker.settings import Settings
 
 URL = "http://a/x"
 
@@ -90,3 +99,46 @@ async def test_a_take_waits_for_the_older_runs_landing_transaction(pool: asyncpg
         await tx.commit()
     new = await asyncio.wait_for(take, 10)
     assert new.epoch == 2
+
+
+async def test_a_finished_job_whose_lease_release_hangs_still_succeeds(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    make_settings: Callable[..., Settings],
+    upstream: Upstream,
+) -> None:
+    """Postgres blocks the lease's delete (another transaction holds the row FOR KEY SHARE, which
+    lets the job's landing through): the job gives up on the release, keeps the row and ends
+    successfully, instead of running into arq's 10 s timeout and being recorded as failed."""
+    settings = make_settings(job_timeout=10.0, request_timeout=4.0, retry_max_time=4.0)
+    [job_id] = await enqueue_urls(
+        arq_queue, [upstream.url("/json/r0"), upstream.url("/gate/r1")], job_id_prefix="release"
+    )
+    job = Job(job_id, arq_queue, _queue_name=settings.queue, _deserializer=deserialize)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        async with running(long_running(settings)):
+
+            async def first_landed() -> bool:
+                landed = await pool.fetchval("SELECT count(*) FROM documents") == 1
+                return landed and upstream.in_flight == 1
+
+            await wait_until(first_landed, timeout=20)
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM job_leases WHERE job_id = $1 FOR KEY SHARE", job_id
+                )
+                upstream.gate.set()
+
+                async def finished() -> bool:
+                    return await job.result_info() is not None
+
+                await wait_until(finished, timeout=30)
+    finally:
+        await conn.close()
+    info = await job.result_info()
+    assert info is not None
+    assert info.success, info.result
+    assert info.job_try == 1
+    assert await _counts(pool) == (2, 0)
+    assert await pool.fetchval("SELECT count(*) FROM job_leases WHERE job_id = $1", job_id) == 1

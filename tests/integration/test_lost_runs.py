@@ -40,9 +40,13 @@ async def test_a_run_that_lost_its_lease_to_an_unseen_run_retries_the_job(
             return await pool.fetchval("SELECT count(*) FROM documents") == 2
 
         await wait_until(all_landed, timeout=30)
-        info = await Job(
-            job_id, arq_queue, _queue_name=settings.queue, _deserializer=deserialize
-        ).result_info()
+        job = Job(job_id, arq_queue, _queue_name=settings.queue, _deserializer=deserialize)
+
+        async def finished() -> bool:  # the result follows the last rows by a moment
+            return await job.result_info() is not None
+
+        await wait_until(finished, timeout=30)
+        info = await job.result_info()
     assert info is not None
     assert info.success
     assert info.job_try == 2

@@ -44,7 +44,10 @@ async def bounced(
     settings = make_settings(database_url=bouncer.url(services.database_url), pgbouncer=True)
     pool = await store.create_pool(settings)
     try:
-        await pool.execute("TRUNCATE documents, fetch_failures, sources, replays RESTART IDENTITY")
+        await pool.execute(
+            "TRUNCATE documents, fetch_failures, sources, replays, latest_document_refs"
+            " RESTART IDENTITY"
+        )
         yield pool, settings
     finally:
         await store.close_pool(pool)

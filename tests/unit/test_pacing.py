@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import pytest
 
-from worker.engine.pacing import MAX_CONCURRENCY, MAX_RPS, HostPacer, HostPolicy, host_key
+from worker.engine.fetch import Fetcher, create_session
+from worker.engine.pacing import (
+    MAX_CONCURRENCY,
+    MAX_RPS,
+    MIN_RPS,
+    HostPacer,
+    HostPolicy,
+    Ticket,
+    host_key,
+)
+from worker.settings import Settings
 
 
 class FakeTime:
@@ -106,10 +117,14 @@ async def test_cancelled_waiters_book_nothing() -> None:
 
 
 def test_a_policy_refuses_what_no_host_can_have() -> None:
-    """Negative, infinite or NaN rates and in-flight limits under 1 are refused, saying which."""
-    for bad in (-1.0, math.inf, math.nan, MAX_RPS * 2):
+    """Negative, infinite, NaN or vanishing rates and in-flight limits under 1 are refused,
+    saying which; the slowest rate allowed is accepted."""
+    for bad in (-1.0, math.inf, math.nan, MAX_RPS * 2, 1e-15, MIN_RPS / 2):
         with pytest.raises(ValueError, match="rps must be"):
             HostPolicy(rps=bad)
+        with pytest.raises(ValueError, match="rps must be"):
+            HostPolicy.from_dict({"rps": bad})
+    assert HostPolicy(rps=MIN_RPS).rps == MIN_RPS
     for bad_n in (0, -3, MAX_CONCURRENCY + 1):
         with pytest.raises(ValueError, match="concurrency must be"):
             HostPolicy(concurrency=bad_n)
@@ -137,8 +152,10 @@ def test_host_names_are_keyed_as_the_fetcher_keys_them() -> None:
     assert host_key("xn--bcher-kva.example") == "bücher.example"
     assert host_key("[::1]") == "::1"
     assert host_key("10.0.0.1") == "10.0.0.1"
+    assert host_key("API.Example.COM.") == "api.example.com"  # the root's dot: the same host
     for bad in (
         "",
+        ".",
         " api.example.com",
         "https://api.example.com",
         "api.example.com:8443",
@@ -148,3 +165,38 @@ def test_host_names_are_keyed_as_the_fetcher_keys_them() -> None:
     ):
         with pytest.raises(ValueError, match="is not a host name"):
             host_key(bad)
+
+
+class _Asked(Exception):
+    """Raised by `_Recorder`: the request goes no further than asking for its turn."""
+
+
+class _Recorder:
+    """A `HostLimiter` that notes the host it is asked about and stops the request there."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+
+    async def wait(self, host: str, *, in_slot: bool = False) -> Ticket | None:
+        self.hosts.append(host)
+        raise _Asked
+
+    async def pause(self, host: str, seconds: float) -> None:
+        self.hosts.append(host)
+
+
+async def test_the_fetcher_asks_for_a_host_without_its_trailing_dot(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """``http://API.example.com./x`` is paced as ``api.example.com``, the host a policy names
+    (a trailing dot does not slip past the host's policy)."""
+    settings = make_settings()
+    session = create_session(settings)
+    recorder = _Recorder()
+    try:
+        fetcher = Fetcher(session, settings, limiter=recorder)
+        with pytest.raises(_Asked):
+            await fetcher.fetch("http://API.example.com./x")
+    finally:
+        await session.close()
+    assert recorder.hosts == ["api.example.com"]

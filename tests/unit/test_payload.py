@@ -128,6 +128,13 @@ def test_the_readmes_contract_table_names_exactly_the_models_fields(repo_root: P
         {"urls": ["http://a/"], "paginate": {"cursor": {"path": "c", "param": ""}}},
         {"urls": ["http://a/"], "paginate": {"next": "link", "max_pages": 1001}},
         {"urls": ["http://a/"], "paginate": {"next": "link", "extra": 1}},
+        {"urls": ["http://a/"], "source": "s", "records": {"path": "$.data[*]", "key": "$.id"}},
+        {"urls": ["http://a/"], "records": {"path": "$.data[*]", "key": "$.id"}},
+        {"urls": ["http://a/"], "source": None, "records": {"path": "$.d[*]", "key": "$.id"}},
+        {"urls": ["http://a/"], "records": None},
+        {"urls": ["http://a/"], "source": "s", "records": {"path": "data[*]", "key": "$.id"}},
+        {"urls": ["http://a/"], "source": "s", "records": {"path": "$.data[*]"}},
+        {"urls": ["http://a/"], "source": "s", "records": {"path": "$", "key": "$", "x": 1}},
     ],
 )
 def test_the_openapi_schema_accepts_what_the_api_accepts(body: dict) -> None:

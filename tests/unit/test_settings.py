@@ -59,6 +59,7 @@ def test_reads_conventional_urls_and_prefixed_names(monkeypatch: pytest.MonkeyPa
         ("DATABASE_URL", "postgresql://a:5432,b:x/h", "DATABASE_URL: the port 'x'"),
         ("REDIS_URL", "redis://cache:port/0", "REDIS_URL: the port 'port'"),
         ("REDIS_URL", "redis://cache:6379/zero", "REDIS_URL: the database number 'zero'"),
+        ("HARVESTER_HOST_RPS", "1e-15", "HARVESTER_HOST_RPS: .*at least 0.001"),
     ],
 )
 def test_invalid_values_are_refused_by_name(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -13,7 +12,14 @@ from typing import TYPE_CHECKING, TypeVar
 import orjson
 
 from worker.cli.util import EXIT_FAILED, command_settings, positive, print_table, table
-from worker.engine.pacing import MAX_CONCURRENCY, MAX_RPS, HostPolicy, host_key
+from worker.engine.pacing import (
+    MAX_CONCURRENCY,
+    MAX_RPS,
+    MIN_RPS,
+    HostPolicy,
+    host_key,
+    valid_rps,
+)
 from worker.errors import UsageError
 
 if TYPE_CHECKING:  # redis loads only when a command runs
@@ -23,15 +29,17 @@ T = TypeVar("T")
 
 
 def rps(text: str) -> float:
-    """argparse type: requests per second, from 0 (not paced) to `MAX_RPS`."""
+    """argparse type: requests per second, 0 (not paced) or `MIN_RPS` to `MAX_RPS`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number of requests per second"
         ) from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_RPS:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_RPS:g}, not {text}")
+    if not valid_rps(value):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (not paced) or from {MIN_RPS:g} to {MAX_RPS:g}, not {text}"
+        )
     return value
 
 

@@ -28,6 +28,7 @@ from worker.cli.util import (
     process_count,
     read_requests,
     read_urls,
+    records_fields,
     request_fields,
     url_lines,
 )
@@ -157,6 +158,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     shared = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
     if args.notify_url is not None:
         shared["notify_url"] = args.notify_url
+    shared.update(records_fields(args.records_path, args.records_key))
     path = args.requests or args.file
     job_ids: list[str] = []  # printed even when enqueueing stops half-way
     unfetchable = _Unfetchable()

@@ -19,6 +19,7 @@ from worker.cli.util import (
     positive,
     print_table,
     read_urls,
+    records_fields,
     request_fields,
     table,
     url_lines,
@@ -54,7 +55,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     # Judged before connecting: a typo is not a database problem.
     sources.check_urls(urls)
     request = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
+    request.update(records_fields(args.records_path, args.records_key))
     spec = sources.poll_spec(
+        name=args.source,
         auth=args.auth,
         request=request,
         since_param=args.since_param,
@@ -123,6 +126,8 @@ def _sends(r: SourceRow) -> str:
         parts.append(f"auth {r.auth}")
     if r.since_param is not None:
         parts.append(f"{r.since_param}={r.since_value or '(none yet)'}")
+    if r.records is not None:
+        parts.append(f"records {r.records['path']} by {r.records['key']}")
     return ", ".join(parts)
 
 

@@ -183,6 +183,19 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="pages per walk, the first included (100; at most HARVESTER_MAX_PAGES)",
     )
+    parser.add_argument(
+        "--records-path",
+        default=None,
+        metavar="JSONPATH",
+        help="extract records: each element at JSONPATH ($.data[*]) in each body is upserted "
+        "by (--source, its key); needs --records-key and --source",
+    )
+    parser.add_argument(
+        "--records-key",
+        default=None,
+        metavar="JSONPATH",
+        help="each record's key, from the record ($.id)",
+    )
 
 
 def request_fields(
@@ -205,6 +218,16 @@ def request_fields(
     if paginate is not None or max_pages is not None:
         fields["paginate"] = paginate_arg(paginate, max_pages)
     return fields
+
+
+def records_fields(path: str | None, key: str | None) -> dict[str, object]:
+    """The job's ``records`` from --records-path and --records-key (both or neither); the
+    job model judges the paths."""
+    if path is None and key is None:
+        return {}
+    if path is None or key is None:
+        raise UsageError("give both --records-path and --records-key, or neither")
+    return {"records": {"path": path, "key": key}}
 
 
 PAGINATE_HELP: Final = (

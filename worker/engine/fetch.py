@@ -45,7 +45,7 @@ from worker.engine.guard import (
     guarded_socket_factory,
 )
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
-from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket
+from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket, limiter_host
 from worker.engine.proxy import ProxyRouter, Route, proxy_endpoints
 from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
@@ -385,7 +385,7 @@ class Fetcher:
     async def _attempt(self, call: _Call) -> _Response:
         # The first hop waits before taking a slot, so a slow host's queue never holds slots
         # other hosts need; its ticket is taken in `_follow` (or dropped on the way out).
-        first = _turn(await self.limiter.wait(call.target.host or ""))
+        first = _turn(await self.limiter.wait(limiter_host(call.target.host)))
         try:
             async with self._slots.slot(call.priority):
                 return await self._attempt_in_slot(call, first)
@@ -428,7 +428,7 @@ class Fetcher:
             wire, sent, token = await self._signed(url, first, headers, profile)
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
             if hop or first_turn is None:
-                turn = _turn(await self.limiter.wait(url.host or "", in_slot=True))
+                turn = _turn(await self.limiter.wait(limiter_host(url.host), in_slot=True))
             else:
                 turn = first_turn
             async with (
@@ -461,7 +461,7 @@ class Fetcher:
                     answer = await self._answer(resp, validators, call.links)
                 except HTTPStatusError as exc:
                     if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
-                        await self.limiter.pause(url.host or "", exc.retry_after)
+                        await self.limiter.pause(limiter_host(url.host), exc.retry_after)
                     raise
             if answer[0] != 304:
                 try:

@@ -145,6 +145,9 @@ class BatchSummary:
     unchanged: int = 0  # scheduled polls whose body had not changed: no row
     not_modified: int = 0  # scheduled polls answered 304: no row
     pages: int = 0  # documents that are pages of paginated walks (counted in documents too)
+    records: int = 0  # records rows added or changed (`worker.engine.records`)
+    # Documents whose records could not all be read, by kind; each document landed too.
+    record_failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -167,6 +170,8 @@ class BatchSummary:
             "unchanged": self.unchanged,
             "not_modified": self.not_modified,
             "pages": self.pages,
+            "records": self.records,
+            "record_failures": dict(sorted(self.record_failures.items())),
             "seconds": round(self.seconds, 3),
             "urls_per_second": round(self.urls_per_second, 1),
         }

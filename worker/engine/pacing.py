@@ -22,6 +22,8 @@ from typing import Protocol
 
 from yarl import URL
 
+from worker.settings import MAX_HOST_RPS, MIN_HOST_RPS
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 # Given back when a request that holds an in-flight slot of its host has its answer.
@@ -29,7 +31,8 @@ Release = Callable[[], Awaitable[None]]
 
 # Forget hosts whose reservations are in the past once the table holds this many.
 _PRUNE_AT = 10_000
-MAX_RPS = 100_000.0
+MIN_RPS = MIN_HOST_RPS
+MAX_RPS = MAX_HOST_RPS
 MAX_CONCURRENCY = 100_000
 
 
@@ -70,8 +73,11 @@ class HostPolicy:
     concurrency: int | None = None
 
     def __post_init__(self) -> None:
-        if self.rps is not None and not (math.isfinite(self.rps) and 0 <= self.rps <= MAX_RPS):
-            raise ValueError(f"rps must be a number from 0 to {MAX_RPS:g}, not {self.rps!r}")
+        if self.rps is not None and not valid_rps(self.rps):
+            raise ValueError(
+                f"rps must be 0 (not paced) or a number from {MIN_RPS:g} to {MAX_RPS:g}, "
+                f"not {self.rps!r}"
+            )
         if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ValueError(
                 f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}, "
@@ -104,9 +110,23 @@ class HostPolicy:
         return cls(None if rps is None else float(rps), concurrency)
 
 
+def valid_rps(rps: float) -> bool:
+    """Whether ``rps`` is a rate a host may have: 0 (not paced) or `MIN_RPS` to `MAX_RPS`."""
+    return rps == 0 or (math.isfinite(rps) and MIN_RPS <= rps <= MAX_RPS)
+
+
+def limiter_host(host: str | None) -> str:
+    """A URL's host (yarl's ``url.host``: lower case, IDNA decoded, no brackets) as limiters
+    know it: without one trailing dot, so ``example.com.`` is held to ``example.com``'s policy,
+    rate and pauses."""
+    if not host:
+        return ""
+    return host[:-1] if host.endswith(".") else host
+
+
 def host_key(text: str) -> str:
-    """``text`` as the fetcher names a host (lower case, IDNA decoded, no brackets), or
-    ValueError saying why it is not a bare host name or IP address."""
+    """``text`` as the fetcher names a host to its limiter (`limiter_host`), or ValueError
+    saying why it is not a bare host name or IP address."""
     raw = text.strip()
     if not raw or raw != text or any(c in raw for c in "/?#@ \t"):
         raise ValueError(f"{text!r} is not a host name (give it bare: api.example.com)")
@@ -115,9 +135,10 @@ def host_key(text: str) -> str:
         host, port = url.host, url.explicit_port
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{text!r} is not a host name: {exc}") from None
-    if not host or port is not None:
+    key = limiter_host(host)
+    if not key or port is not None:
         raise ValueError(f"{text!r} is not a host name (no scheme, port or path: api.example.com)")
-    return host
+    return key
 
 
 def interval(rps: float) -> float:

@@ -49,6 +49,7 @@ from worker.engine.polling import (
     poll_request,
     settle,
 )
+from worker.engine.records import RecordSpec
 from worker.engine.requests import Request, RequestKey
 from worker.engine.writes import Chunk, Written, write_chunk
 from worker.errors import LeaseLostError, StoreError
@@ -104,6 +105,8 @@ class Batch:
     lease: JobLease | None = None
     # Told of each landed chunk (the change stream); None: nobody listens.
     on_landed: OnLanded | None = None
+    # Records extracted from each document and upserted with it (`worker.engine.records`).
+    records: RecordSpec | None = None
 
 
 class DeadlineError(Exception):
@@ -126,6 +129,8 @@ class _Tally:
     pages: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     polls: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    record_failures: Counter[str] = field(default_factory=Counter)
 
 
 async def write_retried(pool: asyncpg.Pool, chunk: Chunk, settings: Settings) -> Written:
@@ -215,7 +220,9 @@ class ChunkWriter:
         if not self._docs and not self._fails and not self._updates:
             return
         b = self._batch
-        chunk = Chunk(b.job_id, b.source, self._docs, self._fails, self._updates, b.lease)
+        chunk = Chunk(
+            b.job_id, b.source, self._docs, self._fails, self._updates, b.lease, b.records
+        )
         held = self._bytes
         self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
         written = await write_retried(self._pool, chunk, self._settings)
@@ -239,6 +246,8 @@ class ChunkWriter:
             t.pages += written.documents
         for f in (*chunk.fails, *written.refused):
             t.failures[f.kind] += 1
+        t.records += written.records
+        t.record_failures.update(written.record_failures)
         if written.refused:
             log.warning(
                 "store.body_refused",
@@ -303,6 +312,8 @@ class BatchRun:
             unchanged=t.polls[UNCHANGED],
             not_modified=t.polls[NOT_MODIFIED],
             pages=t.pages,
+            records=t.records,
+            record_failures=dict(t.record_failures),
         )
 
     async def _plan(self, distinct: list[Request]) -> list[Request]:

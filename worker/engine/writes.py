@@ -6,7 +6,9 @@ write whose commit did land), it goes through temporary staging tables, made in 
 and dropped at its commit (no session state, so it works behind pgbouncer too), and
 ``INSERT ... ON CONFLICT DO NOTHING`` instead; if Postgres refuses a body, the chunk is written
 row by row and that body becomes an ``invalid_json`` failure. So a chunk lands whole or not at
-all, a re-run of a job adds no row, and one bad body never sinks its chunk. A chunk that carries
+all, a re-run of a job adds no row, and one bad body never sinks its chunk. Every path keeps
+`latest_document_refs` current for the chunk's documents in the same transaction
+(`worker.engine.latest`). A chunk that carries
 its run's lease lands only while that run holds it (`worker.engine.leases`): the check is the
 transaction's first statement, and a run that lost its job raises `LeaseLostError` there.
 """
@@ -19,11 +21,12 @@ from typing import TypeVar
 
 import asyncpg
 
-from worker.engine import leases
+from worker.engine import latest, leases, records
 from worker.engine.bodies import clean_detail
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import Failed, Fetched, is_plain
 from worker.engine.polling import SourceUpdate
+from worker.engine.records import Extracted, RecordSpec
 from worker.engine.store import (
     ACQUIRE_TIMEOUT_S,
     DB_ERRORS,
@@ -132,6 +135,8 @@ class Written:
     documents: int
     failures: int
     refused: tuple[Failed, ...] = ()
+    records: int = 0  # records rows added or changed
+    record_failures: tuple[str, ...] = ()  # the kinds of the chunk's record failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ class Chunk:
     updates: Sequence[SourceUpdate] = ()
     # The run's lease, checked in the chunk's transaction; None: unfenced (tools, tests).
     lease: JobLease | None = None
+    # The job's records (`worker.engine.records`), upserted with the documents; None: none.
+    records: RecordSpec | None = None
 
     def stored(self, max_url_length: int) -> Chunk:
         """This chunk with every URL in its `stored_url` form (itself when all are short)."""
@@ -248,18 +255,20 @@ async def write_chunk(pool: asyncpg.Pool, chunk: Chunk, *, max_url_length: int) 
     """Land ``chunk`` atomically (see the module docstring). URLs longer than
     ``max_url_length`` are stored in their short `stored_url` form. Raises `StoreError`."""
     chunk = chunk.stored(max_url_length)
+    # CPU work, done before a connection is taken; nothing at all for a job without records.
+    found = None if chunk.records is None else chunk.records.extract(chunk.docs)
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 try:
-                    return await _land(conn, _copy_direct, chunk)
+                    return await _land(conn, _copy_direct, chunk, found)
                 except asyncpg.UniqueViolationError:
                     # Some rows are there already: staging, where ON CONFLICT skips them.
-                    return await _land(conn, _copy_staged, chunk)
+                    return await _land(conn, _copy_staged, chunk, found)
             except BODY_REFUSED:
                 # A body passed our JSON check but not Postgres' (a number jsonb cannot hold,
                 # or a large body, which only Postgres parses): find it row by row.
-                return await _write_rows(conn, chunk)
+                return await _write_rows(conn, chunk, found)
     except DB_ERRORS as exc:
         raise store_error("write failed", exc) from exc
     except (UnicodeError, ValueError, TypeError) as exc:
@@ -270,14 +279,24 @@ async def write_chunk(pool: asyncpg.Pool, chunk: Chunk, *, max_url_length: int) 
 _Copy = Callable[[Conn, Chunk], Awaitable[Written]]
 
 
-async def _land(conn: Conn, copy: _Copy, chunk: Chunk) -> Written:
-    """One transaction: the lease check, the chunk's rows by ``copy``, then the source states of
-    its polls."""
+async def _land(conn: Conn, copy: _Copy, chunk: Chunk, found: Extracted | None) -> Written:
+    """One transaction: the lease check, the chunk's rows by ``copy``, the source states of
+    its polls, then its records."""
     async with transaction(conn):
         await _fence(conn, chunk)
         written = await copy(conn, chunk)
+        await latest.keep_current(conn, chunk.job_id, chunk.docs)
         await _update_sources(conn, chunk.job_id, chunk.updates)
-    return written
+        return await _upsert_records(conn, chunk, found, written)
+
+
+async def _upsert_records(
+    conn: Conn, chunk: Chunk, found: Extracted | None, written: Written
+) -> Written:
+    if found is None or chunk.source is None:  # intakes refuse records without a source
+        return written
+    n = await records.upsert(conn, chunk.job_id, chunk.source, found)
+    return replace(written, records=n, record_failures=tuple(f.kind for f in found.failures))
 
 
 async def _fence(conn: Conn, chunk: Chunk) -> None:
@@ -341,7 +360,7 @@ async def _update_sources(conn: Conn, job_id: str, updates: Sequence[SourceUpdat
     )
 
 
-async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
+async def _write_rows(conn: Conn, chunk: Chunk, found: Extracted | None) -> Written:
     """The slow path: each document in a savepoint of its own, so a body Postgres refuses
     becomes an invalid_json failure and the rest of the chunk lands."""
     refused: list[Failed] = []
@@ -368,6 +387,7 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
                         page_url=d.page_url,
                     )
                 )
+        await latest.keep_current(conn, chunk.job_id, chunk.docs)
         fails = [*chunk.fails, *refused]
         n_fail = await _stage_failures(conn, chunk, fails) if fails else 0
         updates = chunk.updates
@@ -375,4 +395,10 @@ async def _write_rows(conn: Conn, chunk: Chunk) -> Written:
             why = {f.url: f.detail for f in refused}
             updates = [u.refused(why[u.url]) if u.url in why else u for u in updates]
         await _update_sources(conn, chunk.job_id, updates)
-    return Written(n_docs, n_fail, tuple(refused))
+        if found is not None and refused:  # a refused body's records do not land either
+            gone = {(f.url, f.page) for f in refused}
+            found = Extracted(
+                [r for r in found.records if (r.url, r.page) not in gone],
+                [f for f in found.failures if (f.url, f.page) not in gone],
+            )
+        return await _upsert_records(conn, chunk, found, Written(n_docs, n_fail, tuple(refused)))

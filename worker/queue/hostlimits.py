@@ -3,7 +3,8 @@
 Keys (``<queue>`` is HARVESTER_QUEUE, so two deployments on one Redis keep their own):
 
 - ``<queue>:hosts``, a hash: host -> `HostPolicy` (JSON), written by ``harvester hosts``.
-- ``<queue>:hosts:paused``, a hash: host -> end of its pause (Redis time, epoch ms).
+- ``<queue>:hosts:paused``, a hash: host -> end of its pause (Redis time, epoch ms); it expires
+  when its last pause ends.
 - ``<queue>:host:<host>:pause``, a key whose TTL is the host's pause (a 429 or 503 with
   ``Retry-After``, capped by HARVESTER_RETRY_AFTER_CAP).
 - ``<queue>:host:<host>:tat``, the host's GCRA "theoretical arrival time" (epoch ms).
@@ -16,7 +17,9 @@ count and GCRA, atomically, on Redis's clock) per request; a waiter in each proc
 host at a time. Policies and pauses are read every `REFRESH_S` seconds into the process, so a
 host with neither pays no Redis round trip, and a pause another worker sets reaches it within
 that time (at once for limited hosts, whose script reads the pause key). While Redis cannot be
-reached, a limited host waits (fails closed), however long that lasts; others go on.
+reached or refuses the script (any Redis error: READONLY during a failover, BUSY, OOM, a script
+error), a limited host waits (fails closed), however long that lasts, said once in the log;
+others go on. No Redis error ever fails a request.
 """
 
 from __future__ import annotations
@@ -35,9 +38,7 @@ from typing import Any, Final
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.engine.pacing import HostPolicy, Release, interval
 from worker.settings import Settings
@@ -49,7 +50,8 @@ FULL_POLL_S: Final = 0.025  # a host at its in-flight limit is asked again after
 DOWN_POLL_S: Final = 0.5  # a limited host's waiter tries Redis again after this long
 STOP_WAIT_S: Final = 1.0  # how long stopping waits for slots to be given back
 LEASE_SLACK_S: Final = 10.0  # an in-flight slot outlives HARVESTER_REQUEST_TIMEOUT by this
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Whatever Redis does wrong, not only a lost connection: a limited host waits, never fails.
+_REDIS_TROUBLE = (RedisError, OSError)
 _PRUNE_AT = 10_000
 
 # KEYS: pause, tat, flight. ARGV: interval ms, in-flight limit (0: none), lease id, lease ms.
@@ -79,8 +81,8 @@ end
 return 0
 """
 
-# KEYS: pause, paused hash. ARGV: host, pause ms. Extends (never shortens) the host's pause and
-# forgets pauses that are over.
+# KEYS: pause, paused hash. ARGV: host, pause ms. Extends (never shortens) the host's pause,
+# forgets pauses that are over, and has the hash expire when its last pause ends.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -89,9 +91,13 @@ if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], '1', 'PX', m
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]))
 if old == nil or old < now + ms then redis.call('HSET', KEYS[2], ARGV[1], now + ms) end
 local all = redis.call('HGETALL', KEYS[2])
+local last = now + ms
 for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[2], all[i]) end
+  local until_ms = tonumber(all[i + 1])
+  if until_ms == nil or until_ms <= now then redis.call('HDEL', KEYS[2], all[i])
+  elseif until_ms > last then last = until_ms end
 end
+redis.call('PEXPIRE', KEYS[2], math.ceil(last - now))
 return 1
 """
 
@@ -268,7 +274,7 @@ class RedisHostLimiter:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except (RedisError, OSError) as exc:  # kept: the policies and pauses last read
+            except _REDIS_TROUBLE as exc:  # kept: the policies and pauses last read
                 log.warning("hosts.refresh_failed", extra={"error": repr(exc)})
 
     def rule(self, host: str) -> tuple[float, int] | None:
@@ -309,14 +315,15 @@ class RedisHostLimiter:
             await self._sleep(left)
 
     async def _turn(self, host: str, gap_ms: float, limit: int) -> Release | None:
-        """Ask Redis until the host's turn comes (waiting, never going, while it is down)."""
+        """Ask Redis until the host's turn comes (waiting, never going, while it is down or
+        answers with an error)."""
         keys = host_keys(self._queue, host)
         lease = f"{self._me}:{next(self._leases)}" if limit else ""
         while True:
             try:
                 args: list[str | float] = [repr(gap_ms), limit, lease, self._lease_ms]
                 answer = int(await self._acquire(keys, args))
-            except _REDIS_DOWN as exc:
+            except _REDIS_TROUBLE as exc:
                 self._redis_down(exc)
                 await self._sleep(DOWN_POLL_S)
                 continue
@@ -335,7 +342,7 @@ class RedisHostLimiter:
     async def _give_back(self, flight: str, lease: str) -> None:
         try:
             await self._redis.zrem(flight, lease)
-        except _REDIS_DOWN as exc:  # the slot expires on its own
+        except _REDIS_TROUBLE as exc:  # the slot expires on its own
             log.warning("hosts.release_failed", extra={"error": repr(exc)})
 
     async def pause(self, host: str, seconds: float) -> None:
@@ -354,7 +361,7 @@ class RedisHostLimiter:
         keys = [host_keys(self._queue, host)[0], paused_key(self._queue)]
         try:
             await self._pause(keys, [host, ms])
-        except _REDIS_DOWN as exc:
+        except _REDIS_TROUBLE as exc:
             log.warning("hosts.pause_not_shared", extra={"host": host, "error": repr(exc)})
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:

@@ -36,6 +36,7 @@ from yarl import URL
 from worker.engine.credentials import NAME as PROFILE_NAME
 from worker.engine.guard import host_problem
 from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
+from worker.engine.records import RecordSpec, compile_path
 from worker.engine.requests import (
     BODY_METHODS,
     HEADER_NAME,
@@ -269,11 +270,49 @@ def _checked_path(field: str, path: str) -> str:
     return path
 
 
+class Records(BaseModel):
+    """Records: each element at ``path`` in a document's body, upserted by its ``key``."""
+
+    model_config = _STRICT
+
+    path: str = Field(
+        min_length=1,
+        description="A JSONPath (RFC 9535) to the records in each body: `$.data[*]`.",
+        json_schema_extra={"pattern": "^\\$"},
+    )
+    key: str = Field(
+        min_length=1,
+        description="A JSONPath to each record's key, from the record: `$.id` (a string or a "
+        "number).",
+        json_schema_extra={"pattern": "^\\$"},
+    )
+
+    @field_validator("path", "key")
+    @classmethod
+    def _jsonpath(cls, path: str) -> str:
+        try:
+            compile_path(path)
+        except ValueError as exc:
+            raise ValueError(f"not a JSONPath: {exc}") from None
+        return path
+
+    def spec(self) -> RecordSpec:
+        """The engine's compiled form."""
+        return RecordSpec(self.path, self.key)
+
+
 _BATCH_SCHEMA: Final[Any] = {
     "oneOf": [{"required": ["urls"]}, {"required": ["requests"]}],
     # A body only with a method that sends one.
     "if": {"required": ["json"], "properties": {"json": {"not": {"type": "null"}}}},
     "then": {"required": ["method"], "properties": {"method": {"enum": sorted(BODY_METHODS)}}},
+    # Records are keyed by (source, key): a records object needs a source string.
+    "allOf": [
+        {
+            "if": {"required": ["records"], "properties": {"records": {"type": "object"}}},
+            "then": {"required": ["source"], "properties": {"source": {"type": "string"}}},
+        }
+    ],
 }
 
 
@@ -320,6 +359,12 @@ class FetchBatch(BaseModel):
         default=None,
         description="Walk each request's pages: each page lands as a row of its own, numbered, "
         'with its URL. See docs/jobs.md, "Paginated walks".',
+    )
+    records: Records | None = Field(
+        default=None,
+        description="Extract records from each document (each page too): every element at "
+        "`path` is upserted into `records` by (`source`, `key`). Needs `source`. See "
+        'docs/data-model.md, "Records".',
     )
     # The engine's requests: built by the validator for `requests` (each must be judged), on
     # first use for `urls` (one body for all, judged once), so intakes never build them.
@@ -422,6 +467,8 @@ class FetchBatch(BaseModel):
             )
         if self.urls is not None and self.requests is not None:
             raise ValueError("give 'urls' or 'requests', not both")
+        if self.records is not None and self.source is None:
+            raise ValueError("'records' needs a 'source': records are keyed by (source, key)")
         self._body = _body("'json'", self.method, self.json_body)
         if self.requests is not None:
             self._requests = self._build(self.requests)
@@ -640,6 +687,8 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
     """The model of the object at ``loc`` (a nested one: a request, paginate, its cursor)."""
     if loc[:1] == ("paginate",):
         return Cursor if len(loc) > 1 else Paginate
+    if loc[:1] == ("records",):
+        return Records
     return RequestSpec
 
 

@@ -279,6 +279,10 @@ class HarvesterWorker(Worker):
         self._registered = False
         self._leaving = False
         self._beating = asyncio.Lock()
+        self._holds: set[str] = set()  # this worker's runs' holds, so never a predecessor's
+        self._predecessor_checked = False  # a dead predecessor's jobs (same id) taken over
+        self._last_beat: float | None = None  # monotonic: when the last beat was written
+        self._takeover_from = 0.0  # monotonic: no takeover before (see holds.takeover_from)
         self.ctx["worker_id"] = self.worker_id
 
     async def record_health(self, *, first: bool = False) -> None:
@@ -301,14 +305,33 @@ class HarvesterWorker(Worker):
             registration = self._registration()
             await heartbeat.register(self.pool, self.queue_name, self.worker_id, registration)
             self._registered = True
+            await self._after_beat(time.monotonic())
+
+    async def _after_beat(self, now: float) -> None:
+        """Take over dead workers' jobs, unless this worker was cut off from Redis so long that
+        live workers may look dead too (they get one heartbeat life to beat again)."""
+        interval = self.health_check_interval
+        since = holds.takeover_from(self._last_beat, now, interval, self._takeover_from)
+        self._last_beat = now
+        if since > self._takeover_from:
+            log.warning("takeover.paused", extra={"for_s": round(since - now, 1)})
+        self._takeover_from = since
+        if now >= since:
             await self._take_over()
 
     async def _take_over(self) -> None:
-        """Free the jobs held by workers whose heartbeat is gone, for any worker to run now."""
-        for job_id, hold in (await holds.orphans(self.pool, self.queue_name)).items():
-            if await holds.take_over(self.pool, self.queue_name, job_id, hold):
-                owner = heartbeat.hold_owner(hold)
+        """Free the jobs held by workers whose heartbeat is gone, and, as this worker starts, by
+        a dead predecessor with its id (a restarted container's PID 1), for any worker to run
+        now. Only at the start: should two live processes share an id (containers with the
+        host's hostname), they must not take each other's jobs at every beat."""
+        me = None if self._predecessor_checked else self.worker_id
+        orphans = await holds.orphans(self.pool, self.queue_name, me, self._holds)
+        for job_id, hold in orphans.items():
+            owner = heartbeat.hold_owner(hold)
+            mine = owner == me
+            if await holds.take_over(self.pool, self.queue_name, job_id, hold, predecessor=mine):
                 log.warning("job.taken_over", extra={"job_id": job_id, "owner": owner})
+        self._predecessor_checked = True
 
     def _registration(self) -> heartbeat.Registration:
         return heartbeat.Registration(
@@ -373,9 +396,18 @@ class HarvesterWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
+            await self._run_held(job_id, score)
+        finally:
+            if (hold := _HOLD.get()) is not None:
+                self._holds.discard(hold)
+
+    async def _run_held(self, job_id: str, score: int) -> None:
+        """arq's run of the job, held by this worker (`worker.queue.holds`) while it runs."""
+        try:
             await self.record_health(first=True)
             hold = holds.hold_value(self.worker_id)
             _HOLD.set(hold)  # this task's: finish_job, called inside run_job, reads it
+            self._holds.add(hold)  # before Redis has it: never mistaken for a predecessor's
             await holds.hold(self.pool, self.queue_name, job_id, hold)
             await super().run_job(job_id, score)
         except _REDIS_ERRORS as exc:
@@ -477,6 +509,10 @@ class HarvesterWorker(Worker):
     async def close(self) -> None:
         await self._unregister()
         if self._redis_down_since is None:
+            # What arq's close does first (cancel the running jobs of a worker that handles no
+            # signals, then wait for every job task), done here so that a cancelled job's
+            # CancelledError, which arq's gather would raise, cannot skip the rest of its close.
+            await self._end_jobs(cancel=not self._handle_signals)
             try:
                 await super().close()
             except _REDIS_ERRORS as exc:
@@ -485,11 +521,18 @@ class HarvesterWorker(Worker):
                 return
         # Redis is gone: skip arq's bookkeeping. Stop running jobs first (they re-run later and
         # skip what landed), so that closing the session cannot turn fetches into failures.
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self._end_jobs(cancel=True)
         if self.on_shutdown is not None:
             await self.on_shutdown(self.ctx)
+
+    async def _end_jobs(self, *, cancel: bool) -> None:
+        """Wait for every job task to end (after cancelling them with ``cancel``), and forget
+        them."""
+        if cancel:
+            for task in self.tasks.values():
+                task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
 
 
 def create_worker(settings: Settings, **overrides: Any) -> HarvesterWorker:

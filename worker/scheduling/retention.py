@@ -3,7 +3,8 @@
 Each batch is one short ``DELETE ... WHERE id IN (SELECT id ... LIMIT n)`` transaction, so
 retention never holds locks on many rows for long and never blocks the writers. A document that
 is a registered source's current content (``sources.document_job_id``) is kept whatever its age:
-it is what that source's next poll compares against.
+it is what that source's next poll compares against; so is every request's current copy (the
+document ``latest_document_refs`` points at), found by its primary key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ DELETE FROM documents WHERE id IN (
           SELECT 1 FROM sources s
           WHERE s.document_job_id = d.job_id
             AND harvester_url_key(s.url) = harvester_url_key(d.url)
+      )
+      AND NOT EXISTS (
+          SELECT 1 FROM latest_document_refs l
+          WHERE l.url_key = harvester_request_key(d.url, d.method, d.body_hash)
+            AND l.page = COALESCE(d.page, 0)
+            AND l.document_id = d.id
       )
     LIMIT $2
 )

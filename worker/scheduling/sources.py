@@ -33,7 +33,14 @@ from worker.engine.polling import SourceState
 from worker.engine.requests import NO_HEADERS, Request, canonical_json
 from worker.errors import BadJobError, StoreError
 from worker.queue.client import submit
-from worker.queue.payload import FetchBatch, Paginate, RequestSpec, make_batch, url_problem
+from worker.queue.payload import (
+    FetchBatch,
+    Paginate,
+    Records,
+    RequestSpec,
+    make_batch,
+    url_problem,
+)
 from worker.settings import Settings
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
@@ -44,7 +51,7 @@ _MAX_REENQUEUE = 100
 _SINCE_PARAM: Final = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 _DUE = """
-SELECT id, url, name, auth, method, body, headers, paginate, next_due_at FROM sources
+SELECT id, url, name, auth, method, body, headers, paginate, records, next_due_at FROM sources
 WHERE enabled AND next_due_at <= now() AND (claimed_until IS NULL OR claimed_until <= now())
 ORDER BY next_due_at, id
 LIMIT $1
@@ -65,12 +72,12 @@ WHERE harvester_url_key(url) = ANY (SELECT harvester_url_key(u) FROM unnest($1::
 
 _UPSERT = """
 INSERT INTO sources (url, name, interval_s, auth, method, body, headers, paginate, since_param,
-                     since_path)
-SELECT u, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM unnest($1::text[]) AS u
+                     since_path, records)
+SELECT u, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM unnest($1::text[]) AS u
 ON CONFLICT (harvester_url_key(url)) DO UPDATE
     SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s, auth = EXCLUDED.auth,
         method = EXCLUDED.method, body = EXCLUDED.body, headers = EXCLUDED.headers,
-        paginate = EXCLUDED.paginate,
+        paginate = EXCLUDED.paginate, records = EXCLUDED.records,
         since_param = EXCLUDED.since_param, since_path = EXCLUDED.since_path,
         -- A cursor read by another path, or sent as another parameter, means nothing now.
         since_value = CASE
@@ -82,8 +89,8 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _LIST = """
-SELECT id, url, name, auth, method, body, headers, paginate, since_param, since_path, since_value,
-       interval_s, enabled, next_due_at, last_polled_at, last_status, last_outcome,
+SELECT id, url, name, auth, method, body, headers, paginate, records, since_param, since_path,
+       since_value, interval_s, enabled, next_due_at, last_polled_at, last_status, last_outcome,
        consecutive_failures, last_success_at, poll_job_id
 FROM sources
 WHERE ($1::text IS NULL OR name = $1)
@@ -104,6 +111,7 @@ class SourceRow:
     body: Any  # the JSON request body; None: none
     headers: dict[str, str]
     paginate: dict[str, Any] | None  # a job's paginate object; None: one page
+    records: dict[str, Any] | None  # a job's records object; None: no records
     since_param: str | None
     since_path: str | None
     since_value: str | None
@@ -135,10 +143,12 @@ class PollSpec:
     paginate: bytes | None = None  # canonical JSON of a job's paginate object
     since_param: str | None = None
     since_path: str | None = None
+    records: bytes | None = None  # canonical JSON of a job's records object
 
 
 def poll_spec(
     *,
+    name: str | None = None,
     auth: str | None = None,
     request: Mapping[str, Any] | None = None,
     since_param: str | None = None,
@@ -147,12 +157,13 @@ def poll_spec(
     max_pages: int | None = None,
 ) -> PollSpec:
     """A source's `PollSpec` from its credential profile, its ``request`` fields (``method``,
-    ``json``, ``headers``, ``paginate``, as a job spells them) and cursor settings; `BadJobError`
-    saying what is wrong. The request is judged by the job contract (`FetchBatch`), as a poll job
-    will be."""
+    ``json``, ``headers``, ``paginate``, ``records``, as a job spells them) and cursor settings;
+    `BadJobError` saying what is wrong. The request is judged by the job contract (`FetchBatch`),
+    as a poll job will be, under the source's ``name`` (which ``records`` needs)."""
     batch = make_batch(
         urls=["https://example.invalid/"],
         scheduled=True,
+        source=name,
         auth=auth,
         profiles=profiles,
         max_pages=max_pages,
@@ -179,6 +190,7 @@ def poll_spec(
         paginate=None if batch.paginate is None else canonical_json(batch.as_kwargs()["paginate"]),
         since_param=since_param,
         since_path=since_path,
+        records=None if batch.records is None else canonical_json(batch.as_kwargs()["records"]),
     )
 
 
@@ -218,10 +230,17 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
             for r in due:
                 groups.setdefault(_group(r), []).append(r)
             step = settings.sources_batch_size
-            for (name, auth, _), rows in groups.items():
+            for (name, auth, _, _), rows in groups.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
-                    batch = poll_batch(chunk, source=name, auth=auth, paginate=rows[0]["paginate"])
+                    first = rows[0]
+                    batch = poll_batch(
+                        chunk,
+                        source=name,
+                        auth=auth,
+                        paginate=first["paginate"],
+                        records=first["records"],
+                    )
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
                     job_id = await _enqueue(redis, poll_job_id(chunk), batch)
@@ -232,14 +251,15 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     return Enqueued(len(due), tuple(jobs))
 
 
-_Group = tuple[str | None, str | None, bytes | None]
+_Group = tuple[str | None, str | None, bytes | None, bytes | None]
 
 
 def _group(r: asyncpg.Record) -> _Group:
-    """What the sources of one poll job share: name, credential profile and paginate (the
-    fields a job has for all its requests)."""
+    """What the sources of one poll job share: name, credential profile, paginate and records
+    (the fields a job has for all its requests)."""
     paginate = None if r["paginate"] is None else canonical_json(r["paginate"])
-    return (r["name"], r["auth"], paginate)
+    records = None if r["records"] is None else canonical_json(r["records"])
+    return (r["name"], r["auth"], paginate, records)
 
 
 def poll_batch(
@@ -248,13 +268,16 @@ def poll_batch(
     source: str | None,
     auth: str | None,
     paginate: Mapping[str, Any] | None = None,
+    records: Mapping[str, Any] | None = None,
 ) -> FetchBatch:
     """The scheduled batch that polls ``rows``: ``urls`` when every one is a plain GET (the
     form every worker version reads), else ``requests`` with each source's method, body and
-    headers; ``paginate`` walks each one's pages."""
+    headers; ``paginate`` walks each one's pages; ``records`` extracts their records."""
     shared: dict[str, Any] = {"source": source, "scheduled": True, "auth": auth}
     if paginate is not None:
         shared["paginate"] = Paginate.model_validate(paginate)
+    if records is not None:
+        shared["records"] = Records.model_validate(records)
     if all(r["method"] == "GET" and r["body"] is None and not r["headers"] for r in rows):
         return FetchBatch(urls=[r["url"] for r in rows], **shared)
     requests = [
@@ -354,6 +377,7 @@ async def add(
             p.paginate,
             p.since_param,
             p.since_path,
+            p.records,
         )
     added = sum(1 for r in rows if r["inserted"])
     return added, len(rows) - added
