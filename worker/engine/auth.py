@@ -1,8 +1,9 @@
 """Credential profiles applied to requests, and the OAuth2 access tokens of the process.
 
-`Authorizer.sign` puts a profile's secret on one request: a header, a query parameter, or an
-OAuth2 access token. The fetcher asks `may_send` before each hop, redirects included, so a secret
-only ever goes to a host (and port) its profile lists, and never from https down to http.
+`Authorizer.sign` puts a profile's secret on one request (a header or a query parameter), and
+`Authorizer.sign_with_token` an OAuth2 access token. The fetcher asks `may_send` before each hop,
+redirects included, so a secret only ever goes to a host (and port) its profile lists, and never
+from https down to http.
 
 OAuth2 client-credentials tokens are fetched through the process's one session (so the SSRF guard
 judges the token endpoint like any URL), once per profile and process: concurrent requests wait
@@ -79,16 +80,6 @@ class _Token:
     renew_at: float | None  # clock time; None: until a 401 says otherwise
 
 
-@dataclass(frozen=True, slots=True)
-class Signed:
-    """A request with a profile's secret on it. ``token`` is the OAuth2 access token it carries
-    (None for the other types), for `Authorizer.expire` when the answer is 401."""
-
-    url: URL
-    headers: Mapping[str, str]
-    token: str | None = None
-
-
 class Authorizer:
     """Applies profiles to requests; holds the process's OAuth2 tokens, one per profile."""
 
@@ -110,25 +101,33 @@ class Authorizer:
         self._previous: dict[str, str] = {}  # the token before the current one
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def sign(self, profile: Profile, url: URL, headers: Mapping[str, str] | None) -> Signed:
-        """``url`` and ``headers`` with ``profile``'s credential added (never mutated in place:
-        the caller keeps the clean URL for the next hop and for what is stored)."""
+    def sign(
+        self, profile: Profile, url: URL, headers: Mapping[str, str] | None
+    ) -> tuple[URL, Mapping[str, str]]:
+        """``url`` and ``headers`` with the secret of ``profile`` (any type but OAuth2, see
+        `sign_with_token`) added, never mutated in place: the caller keeps the clean URL for the
+        next hop and for what is stored. Not a coroutine: it runs once a hop."""
         if profile.type == "query":
-            return Signed(url.update_query({profile.key: profile.secret}), headers or {})
-        if profile.type == OAUTH2:
-            token = await self.token(profile)
-            return Signed(url, {**(headers or {}), "Authorization": f"Bearer {token}"}, token)
+            return url.update_query({profile.key: profile.secret}), headers or {}
         if headers:
             name, value = _credential(profile)
-            return Signed(url, {**headers, name: value})
-        # The usual case, once a request: headers built once per profile, in the form aiohttp
-        # takes without converting them.
+            return url, {**headers, name: value}
+        # The usual case: headers built once per profile, in the form aiohttp takes without
+        # converting them.
         alone = self._alone.get(profile.name)
         if alone is None:
             alone = self._alone[profile.name] = CIMultiDictProxy(
                 CIMultiDict([_credential(profile)])
             )
-        return Signed(url, alone)
+        return url, alone
+
+    async def sign_with_token(
+        self, profile: Profile, headers: Mapping[str, str] | None
+    ) -> tuple[Mapping[str, str], str]:
+        """``headers`` with a current OAuth2 access token of ``profile`` added, and the token
+        (for `expire` when the answer is 401)."""
+        token = await self.token(profile)
+        return {**(headers or {}), "Authorization": f"Bearer {token}"}, token
 
     async def token(self, profile: Profile) -> str:
         """A current access token for ``profile``: the cached one, or one fetched now (by one

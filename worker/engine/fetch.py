@@ -32,7 +32,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from worker.engine.auth import Authorizer, may_send
+from worker.engine.auth import OAUTH2, Authorizer, may_send
 from worker.engine.bodies import check_json, clean_detail
 from worker.engine.credentials import Profile
 from worker.engine.guard import (
@@ -502,8 +502,11 @@ class Fetcher:
         stays for the next hop's join; only the request sees the signed one."""
         if profile is None or not may_send(profile, url, first):
             return url, headers, None
-        signed = await self.auth.sign(profile, url, headers)
-        return signed.url, signed.headers, signed.token
+        if profile.type == OAUTH2:
+            sent, token = await self.auth.sign_with_token(profile, headers)
+            return url, sent, token
+        wire, sent = self.auth.sign(profile, url, headers)
+        return wire, sent, None
 
     async def _route(self, url: URL) -> Route | None:
         """With a proxy configured, every target is judged before its request (the connector

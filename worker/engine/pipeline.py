@@ -288,6 +288,8 @@ class BatchRun:
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._timed_out = False
         self._resume: dict[Request, Resume] = {}
+        # A walk that follows Link headers needs them on its pages' outcomes.
+        self._links = batch.paginate is not None and batch.paginate.style == "link"
 
     async def run(self) -> BatchSummary:
         started = time.monotonic()
@@ -382,9 +384,7 @@ class BatchRun:
             self._lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
         await self._put(item)
 
-    async def _fetch(
-        self, request: Request, validators: Validators | None = None, *, links: bool = False
-    ) -> Outcome:
+    async def _fetch(self, request: Request, validators: Validators | None = None) -> Outcome:
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
@@ -393,7 +393,7 @@ class BatchRun:
                 validators,
                 self._lease.take,
                 self.batch.profile,
-                links=links,
+                links=self._links,
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.
@@ -420,15 +420,14 @@ class BatchRun:
         each page through the same `Fetcher` (and so the same per-host decisions) as any
         request, with the first request's method, body and headers. A registered source's walk
         starts from its poll request (`walks.polled`)."""
-        fetch_page = partial(self._fetch, links=spec.style == "link")
-        fetch: walks.FetchPage = fetch_page
+        fetch: walks.FetchPage = self._fetch
         emit: walks.Emit = self._put
         first = request
         resume = self._resume.get(request)
         if state is not None:
             first = poll_request(state, request)
             fetch, emit = walks.polled(
-                request, state, fetch_page, self._put, self._settings, resumed=resume is not None
+                request, state, self._fetch, self._put, self._settings, resumed=resume is not None
             )
         profile = self.batch.profile
         clean = None if profile is None or profile.type != "query" else partial(unsigned, profile)
