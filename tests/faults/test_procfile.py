@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers import wait_until, with_database, worker_env
 from tests.helpers.faults import Stack, enqueue, outcome_counts
+from tests.helpers.metrics import documents_fetched, scrape
 from tests.helpers.processes import alive, descendants, free_ports, stop_tree
 from tests.helpers.upstream import Upstream
 from worker.queue.client import enqueue_urls, open_queue
@@ -155,24 +156,6 @@ async def test_honcho_start_runs_the_whole_procfile_and_stops_cleanly(
     assert await outcome_counts(database_url) == (len(urls), len(urls), 0)
 
 
-async def _scrape(port: int) -> str | None:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as r,
-        ):
-            return await r.text()
-    except aiohttp.ClientError:
-        return None
-
-
-def _documents_fetched(metrics: str) -> float:
-    found = re.findall(
-        r'^harvester_fetches_total\{outcome="document",status_class="2xx"\} (\S+)$', metrics, re.M
-    )
-    return sum(float(v) for v in found)
-
-
 async def test_two_workers_on_one_host_share_one_metrics_endpoint(
     stack: Stack,
     upstream: Upstream,
@@ -204,8 +187,8 @@ async def test_two_workers_on_one_host_share_one_metrics_endpoint(
     assert len(workers) == 2, formation.text  # both took jobs
 
     async def summed() -> bool:
-        text = await _scrape(metrics_port)
-        return text is not None and _documents_fetched(text) == len(urls)
+        text = await scrape(metrics_port)
+        return text is not None and documents_fetched(text) == len(urls)
 
     await wait_until(summed, timeout=10)
     assert "Traceback" not in formation.text
@@ -226,7 +209,7 @@ async def test_when_the_serving_worker_dies_another_takes_the_metrics_port_over(
     await first.start()
 
     async def serving() -> bool:
-        return await _scrape(metrics_port) is not None
+        return await scrape(metrics_port) is not None
 
     await wait_until(serving, timeout=30)
     second = spawn_worker(**shared)
@@ -240,8 +223,8 @@ async def test_when_the_serving_worker_dies_another_takes_the_metrics_port_over(
     await enqueue(stack, urls, batch_size=5, prefix="takeover")
 
     async def counted() -> bool:
-        text = await _scrape(metrics_port)
-        return text is not None and _documents_fetched(text) == len(urls)
+        text = await scrape(metrics_port)
+        return text is not None and documents_fetched(text) == len(urls)
 
     await wait_until(counted, timeout=60)
     first.signal(signal.SIGKILL)

@@ -12,10 +12,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
-
 from tests.helpers import wait_until
 from tests.helpers.faults import FAST, FAULT_QUEUE, Stack, WorkerProcess, enqueue, outcome_counts
+from tests.helpers.metrics import documents_fetched, scrape
 from tests.helpers.processes import alive, free_ports
 from tests.helpers.upstream import Upstream
 from worker.queue.client import open_queue
@@ -139,24 +138,6 @@ async def test_a_killed_child_is_restarted_and_the_batch_completes(
     assert re.search(rf"supervisor\.child_died .*pid={victim} exit_code=-9", worker.log())
 
 
-async def _scrape(port: int) -> str | None:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as r,
-        ):
-            return await r.text()
-    except aiohttp.ClientError:
-        return None
-
-
-def _documents_fetched(metrics: str) -> float:
-    found = re.findall(
-        r'^harvester_fetches_total\{outcome="document",status_class="2xx"\} (\S+)$', metrics, re.M
-    )
-    return sum(float(v) for v in found)
-
-
 async def test_one_metrics_endpoint_sums_both_children(
     stack: Stack, upstream: Upstream, spawn_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
@@ -172,8 +153,8 @@ async def test_one_metrics_endpoint_sums_both_children(
     await _each_took_a_job(stack, pids)
 
     async def summed() -> bool:
-        text = await _scrape(port)
-        return text is not None and _documents_fetched(text) == len(urls)
+        text = await scrape(port)
+        return text is not None and documents_fetched(text) == len(urls)
 
     await wait_until(summed, timeout=10)
     log = worker.log()
