@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from worker.engine import pacing
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.pacing import (
     MAX_CONCURRENCY,
@@ -200,3 +201,18 @@ async def test_the_fetcher_asks_for_a_host_without_its_trailing_dot(
     finally:
         await session.close()
     assert recorder.hosts == ["api.example.com"]
+
+
+async def test_host_lines_forget_only_lines_nobody_is_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lock per host; past PRUNE_AT hosts, idle lines go and a held one stays the same."""
+    monkeypatch.setattr(pacing, "PRUNE_AT", 3)
+    lines = pacing.HostLines()
+    held = lines.line("busy")
+    assert lines.line("busy") is held
+    await held.acquire()
+    idle = lines.line("idle")
+    for host in ("a", "b", "c"):
+        lines.line(host)
+    assert lines.line("busy") is held  # kept through the prune: someone is in it
+    assert lines.line("idle") is not idle  # forgotten, then made anew
+    held.release()

@@ -30,10 +30,26 @@ Sleep = Callable[[float], Awaitable[None]]
 Release = Callable[[], Awaitable[None]]
 
 # Forget hosts whose reservations are in the past once the table holds this many.
-_PRUNE_AT = 10_000
+PRUNE_AT = 10_000
 MIN_RPS = MIN_HOST_RPS
 MAX_RPS = MAX_HOST_RPS
 MAX_CONCURRENCY = 100_000
+
+
+class HostLines:
+    """One lock per host, so that requests to a host wait their turn in line. A table of more
+    than `PRUNE_AT` hosts forgets the lines nobody is in."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def line(self, host: str) -> asyncio.Lock:
+        lock = self._locks.get(host)
+        if lock is None:
+            if len(self._locks) > PRUNE_AT:
+                self._locks = {h: lk for h, lk in self._locks.items() if lk.locked()}
+            lock = self._locks[host] = asyncio.Lock()
+        return lock
 
 
 class Ticket(Protocol):
@@ -173,7 +189,7 @@ class HostPacer:
         self._sleep = sleep
         self._next: dict[str, float] = {}  # earliest start of the host's next request
         self._paused_until: dict[str, float] = {}
-        self._lines: dict[str, asyncio.Lock] = {}
+        self._lines = HostLines()
 
     def paused_for(self, host: str) -> float:
         """Seconds left of ``host``'s pause (0 when it is not paused)."""
@@ -187,7 +203,7 @@ class HostPacer:
     def hold(self, host: str, seconds: float) -> None:
         """Hold every request to ``host`` back for ``seconds`` (capped), from now."""
         now = self._clock()
-        if len(self._paused_until) > _PRUNE_AT:
+        if len(self._paused_until) > PRUNE_AT:
             self._paused_until = {h: t for h, t in self._paused_until.items() if t > now}
         until = now + min(max(seconds, 0.0), self._pause_cap)
         if until > self._paused_until.get(host, 0.0):
@@ -198,12 +214,7 @@ class HostPacer:
         never while waiting for a slot, so ``in_slot`` changes nothing here)."""
         if not self._interval and not self._paused_until:
             return  # the common case: no pacing configured and no host has asked for a pause
-        line = self._lines.get(host)
-        if line is None:
-            if len(self._lines) > _PRUNE_AT:
-                self._prune()
-            line = self._lines[host] = asyncio.Lock()
-        async with line:
+        async with self._lines.line(host):
             while True:
                 now = self._clock()
                 start = max(now, self._next.get(host, 0.0), self._pause_end(host, now))
@@ -212,6 +223,8 @@ class HostPacer:
                 # Look again after sleeping: a pause may have begun meanwhile.
                 await self._sleep(start - now)
             if self._interval:
+                if len(self._next) > PRUNE_AT:
+                    self._next = {h: t for h, t in self._next.items() if t > now}
                 self._next[host] = now + self._interval
 
     def _pause_end(self, host: str, now: float) -> float:
@@ -222,8 +235,3 @@ class HostPacer:
             del self._paused_until[host]
             return now
         return until
-
-    def _prune(self) -> None:
-        now = self._clock()
-        self._next = {h: t for h, t in self._next.items() if t > now}
-        self._lines = {h: lock for h, lock in self._lines.items() if lock.locked()}

@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from worker.engine.pacing import HostPolicy, Release, interval
+from worker.engine.pacing import PRUNE_AT, HostLines, HostPolicy, Release, interval
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.hosts")
@@ -52,7 +52,6 @@ STOP_WAIT_S: Final = 1.0  # how long stopping waits for slots to be given back
 LEASE_SLACK_S: Final = 10.0  # an in-flight slot outlives HARVESTER_REQUEST_TIMEOUT by this
 # Whatever Redis does wrong, not only a lost connection: a limited host waits, never fails.
 _REDIS_TROUBLE = (RedisError, OSError)
-_PRUNE_AT = 10_000
 
 # KEYS: pause, tat, flight. ARGV: interval ms, in-flight limit (0: none), lease id, lease ms.
 # Returns 0 (go), a wait in ms (paused, or not the host's turn yet), or -1 (in-flight full).
@@ -230,7 +229,7 @@ class RedisHostLimiter:
         self._sleep = sleep
         self._policies: dict[str, HostPolicy] = {}
         self._paused: dict[str, float] = {}  # host -> end of its pause (time.monotonic)
-        self._lines: dict[str, asyncio.Lock] = {}
+        self._lines = HostLines()
         self._acquire = redis.register_script(_ACQUIRE)
         self._pause = redis.register_script(_PAUSE)
         self._leases = itertools.count()
@@ -298,11 +297,7 @@ class RedisHostLimiter:
             # A redirect hop holds a slot: queueing behind a request that holds the line while
             # it waits for a slot could leave every slot waiting. It asks Redis on its own.
             return _Ticket(self, host, rule, None)
-        line = self._lines.get(host)
-        if line is None:
-            if len(self._lines) > _PRUNE_AT:
-                self._lines = {h: lock for h, lock in self._lines.items() if lock.locked()}
-            line = self._lines[host] = asyncio.Lock()
+        line = self._lines.line(host)
         await line.acquire()
         return _Ticket(self, host, rule, line)
 
@@ -352,7 +347,7 @@ class RedisHostLimiter:
         if ms <= 0:
             return
         now = time.monotonic()
-        if len(self._paused) > _PRUNE_AT:
+        if len(self._paused) > PRUNE_AT:
             self._paused = {h: t for h, t in self._paused.items() if t > now}
         self._paused[host] = max(self._paused.get(host, 0.0), now + ms / 1000)
         self._background(self._share_pause(host, math.ceil(ms)))
