@@ -11,6 +11,7 @@ locks in the same order and wait for each other instead of deadlocking.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from worker.engine.outcomes import Fetched
 from worker.engine.polling import content_hash
@@ -50,24 +51,36 @@ WHERE (l.fetched_at, l.document_id) < (EXCLUDED.fetched_at, EXCLUDED.document_id
 """
 
 
-async def keep_current(conn: Conn, job_id: str, docs: Sequence[Fetched]) -> None:
-    """Point each request of ``docs`` at its document in ``job_id`` if that is its newest copy.
-    Run in the transaction that lands ``docs``, after them; documents Postgres refused (not in
-    the table) are skipped by the join."""
-    if not docs:
+@dataclass(frozen=True, slots=True)
+class Current:
+    """A chunk's documents as `keep_current` sends them, built (bodies hashed) before the
+    landing transaction starts, and once for every way that chunk may be tried."""
+
+    urls: list[str]
+    methods: list[str]
+    body_hashes: list[bytes | None]
+    pages: list[int | None]
+    content_hashes: list[bytes]
+
+    @classmethod
+    def of(cls, docs: Sequence[Fetched]) -> Current:
+        requests = [d.request for d in docs]
+        return cls(
+            [d.url for d in docs],
+            ["GET" if r is None else r.method for r in requests],
+            [None if r is None else r.body_hash for r in requests],
+            [d.page for d in docs],
+            [content_hash(d.body) for d in docs],
+        )
+
+
+async def keep_current(conn: Conn, job_id: str, current: Current) -> None:
+    """Point each request of ``current`` at its document in ``job_id`` if that is its newest
+    copy. Run in the transaction that lands the documents, after them; documents Postgres
+    refused (not in the table) are skipped by the join."""
+    if not current.urls:
         return
-    methods: list[str] = []
-    body_hashes: list[bytes | None] = []
-    for d in docs:
-        r = d.request
-        methods.append("GET" if r is None else r.method)
-        body_hashes.append(None if r is None else r.body_hash)
+    c = current
     await conn.execute(
-        _KEEP_CURRENT,
-        job_id,
-        [d.url for d in docs],
-        methods,
-        body_hashes,
-        [d.page for d in docs],
-        [content_hash(d.body) for d in docs],
+        _KEEP_CURRENT, job_id, c.urls, c.methods, c.body_hashes, c.pages, c.content_hashes
     )

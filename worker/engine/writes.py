@@ -257,18 +257,19 @@ async def write_chunk(pool: asyncpg.Pool, chunk: Chunk, *, max_url_length: int) 
     chunk = chunk.stored(max_url_length)
     # CPU work, done before a connection is taken; nothing at all for a job without records.
     found = None if chunk.records is None else chunk.records.extract(chunk.docs)
+    current = latest.Current.of(chunk.docs)
     try:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             try:
                 try:
-                    return await _land(conn, _copy_direct, chunk, found)
+                    return await _land(conn, _copy_direct, chunk, found, current)
                 except asyncpg.UniqueViolationError:
                     # Some rows are there already: staging, where ON CONFLICT skips them.
-                    return await _land(conn, _copy_staged, chunk, found)
+                    return await _land(conn, _copy_staged, chunk, found, current)
             except BODY_REFUSED:
                 # A body passed our JSON check but not Postgres' (a number jsonb cannot hold,
                 # or a large body, which only Postgres parses): find it row by row.
-                return await _write_rows(conn, chunk, found)
+                return await _write_rows(conn, chunk, found, current)
     except DB_ERRORS as exc:
         raise store_error("write failed", exc) from exc
     except (UnicodeError, ValueError, TypeError) as exc:
@@ -279,13 +280,15 @@ async def write_chunk(pool: asyncpg.Pool, chunk: Chunk, *, max_url_length: int) 
 _Copy = Callable[[Conn, Chunk], Awaitable[Written]]
 
 
-async def _land(conn: Conn, copy: _Copy, chunk: Chunk, found: Extracted | None) -> Written:
+async def _land(
+    conn: Conn, copy: _Copy, chunk: Chunk, found: Extracted | None, current: latest.Current
+) -> Written:
     """One transaction: the lease check, the chunk's rows by ``copy``, the source states of
     its polls, then its records."""
     async with transaction(conn):
         await _fence(conn, chunk)
         written = await copy(conn, chunk)
-        await latest.keep_current(conn, chunk.job_id, chunk.docs)
+        await latest.keep_current(conn, chunk.job_id, current)
         await _update_sources(conn, chunk.job_id, chunk.updates)
         return await _upsert_records(conn, chunk, found, written)
 
@@ -360,7 +363,9 @@ async def _update_sources(conn: Conn, job_id: str, updates: Sequence[SourceUpdat
     )
 
 
-async def _write_rows(conn: Conn, chunk: Chunk, found: Extracted | None) -> Written:
+async def _write_rows(
+    conn: Conn, chunk: Chunk, found: Extracted | None, current: latest.Current
+) -> Written:
     """The slow path: each document in a savepoint of its own, so a body Postgres refuses
     becomes an invalid_json failure and the rest of the chunk lands."""
     refused: list[Failed] = []
@@ -387,7 +392,7 @@ async def _write_rows(conn: Conn, chunk: Chunk, found: Extracted | None) -> Writ
                         page_url=d.page_url,
                     )
                 )
-        await latest.keep_current(conn, chunk.job_id, chunk.docs)
+        await latest.keep_current(conn, chunk.job_id, current)
         fails = [*chunk.fails, *refused]
         n_fail = await _stage_failures(conn, chunk, fails) if fails else 0
         updates = chunk.updates
