@@ -29,6 +29,7 @@ from worker.engine.requests import Request
 from worker.logs import KeyValueFormatter
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch
+from worker.scheduling import sources
 from worker.settings import Settings
 
 SECRET = "whsec-test-0123456789abcdef"
@@ -293,3 +294,44 @@ async def test_enqueue_takes_notify_url_only_with_a_webhook_secret(
     assert out.returncode == 0, out.stderr
     (job,) = await arq_queue.queued_jobs()
     assert job.kwargs["notify_url"] == "https://hooks.example.com/h"
+
+
+async def test_a_source_with_notify_url_gets_a_signed_webhook_for_its_poll(
+    make_settings: Callable[..., Settings],
+    services: Services,
+    upstream: Upstream,
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    cli: InProcess,
+) -> None:
+    """``harvester sources add --notify-url`` is refused without a secret (nothing registered)
+    and stored with one; the source's poll job carries it, and the poll's end is delivered,
+    signed, naming the source."""
+    url = upstream.url("/json/polled")
+    hook = upstream.url("/echo/source-hook")
+    args = ("sources", "add", url, "--every", "1h", "--source", "feed", "--notify-url", hook)
+    out = await cli(*args, env=cli_env(services))
+    assert out.returncode != 0
+    assert "'notify_url' needs HARVESTER_WEBHOOK_SECRET" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert await pool.fetchval("SELECT count(*) FROM sources") == 0
+
+    env = cli_env(services, HARVESTER_WEBHOOK_SECRET=SECRET)
+    out = await cli(*args, env=env)
+    assert out.returncode == 0, out.stderr
+    out = await cli("sources", "list", "--json", env=env)
+    assert orjson.loads(out.stdout)["notify_url"] == hook
+
+    settings = make_settings(webhook_secret=SECRET)
+    await pool.execute("UPDATE sources SET next_due_at = now()")
+    enqueued = await sources.enqueue_due(pool, arq_queue, settings)
+    (job_id,) = enqueued.jobs
+    (job,) = await arq_queue.queued_jobs()
+    assert job.kwargs["notify_url"] == hook
+    async with running(long_running(settings)):
+        await wait_until(lambda: _state_is(pool, job_id, "delivered"), timeout=20)
+    (hit,) = upstream.hits_for("/echo/source-hook")
+    assert verify(hit, SECRET)
+    body = orjson.loads(hit.body)
+    assert (body["job_id"], body["source"], body["status"]) == (job_id, "feed", "complete")
+    assert (body["documents"], body["urls"]) == (1, 1)

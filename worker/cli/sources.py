@@ -56,6 +56,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     sources.check_urls(urls)
     request = request_fields(args.method, args.json, args.header, args.paginate, args.max_pages)
     request.update(records_fields(args.records_path, args.records_key))
+    if args.notify_url is not None:
+        request["notify_url"] = args.notify_url
+    settings = command_settings()
     spec = sources.poll_spec(
         name=args.source,
         auth=args.auth,
@@ -63,7 +66,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         since_param=args.since_param,
         since_path=args.since_path,
         profiles=known_profiles() if args.auth is not None else None,
-        max_pages=command_settings().max_pages,
+        max_pages=settings.max_pages,
+        webhooks=settings.webhook_secret is not None,
     )
     added, updated = with_pool(
         lambda pool: sources.add(pool, urls, every=args.every, name=args.source, spec=spec)
@@ -128,6 +132,8 @@ def _sends(r: SourceRow) -> str:
         parts.append(f"{r.since_param}={r.since_value or '(none yet)'}")
     if r.records is not None:
         parts.append(f"records {r.records['path']} by {r.records['key']}")
+    if r.notify_url is not None:
+        parts.append(f"notify {r.notify_url}")
     return ", ".join(parts)
 
 
@@ -194,6 +200,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="PATH",
         help="where the cursor is in a poll's JSON body: a.b[0].c (a body without it keeps the "
         "last value)",
+    )
+    a.add_argument(
+        "--notify-url",
+        default=None,
+        metavar="URL",
+        help="POST each poll job's signed summary here when it finishes (HARVESTER_WEBHOOK_SECRET)",
     )
     a.add_argument(
         "--from-file",

@@ -51,7 +51,8 @@ _MAX_REENQUEUE = 100
 _SINCE_PARAM: Final = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,64}")
 
 _DUE = """
-SELECT id, url, name, auth, method, body, headers, paginate, records, next_due_at FROM sources
+SELECT id, url, name, auth, method, body, headers, paginate, records, notify_url, next_due_at
+FROM sources
 WHERE enabled AND next_due_at <= now() AND (claimed_until IS NULL OR claimed_until <= now())
 ORDER BY next_due_at, id
 LIMIT $1
@@ -72,12 +73,13 @@ WHERE harvester_url_key(url) = ANY (SELECT harvester_url_key(u) FROM unnest($1::
 
 _UPSERT = """
 INSERT INTO sources (url, name, interval_s, auth, method, body, headers, paginate, since_param,
-                     since_path, records)
-SELECT u, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM unnest($1::text[]) AS u
+                     since_path, records, notify_url)
+SELECT u, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM unnest($1::text[]) AS u
 ON CONFLICT (harvester_url_key(url)) DO UPDATE
     SET name = EXCLUDED.name, interval_s = EXCLUDED.interval_s, auth = EXCLUDED.auth,
         method = EXCLUDED.method, body = EXCLUDED.body, headers = EXCLUDED.headers,
         paginate = EXCLUDED.paginate, records = EXCLUDED.records,
+        notify_url = EXCLUDED.notify_url,
         since_param = EXCLUDED.since_param, since_path = EXCLUDED.since_path,
         -- A cursor read by another path, or sent as another parameter, means nothing now.
         since_value = CASE
@@ -89,9 +91,9 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _LIST = """
-SELECT id, url, name, auth, method, body, headers, paginate, records, since_param, since_path,
-       since_value, interval_s, enabled, next_due_at, last_polled_at, last_status, last_outcome,
-       consecutive_failures, last_success_at, poll_job_id
+SELECT id, url, name, auth, method, body, headers, paginate, records, notify_url, since_param,
+       since_path, since_value, interval_s, enabled, next_due_at, last_polled_at, last_status,
+       last_outcome, consecutive_failures, last_success_at, poll_job_id
 FROM sources
 WHERE ($1::text IS NULL OR name = $1)
 ORDER BY id
@@ -112,6 +114,7 @@ class SourceRow:
     headers: dict[str, str]
     paginate: dict[str, Any] | None  # a job's paginate object; None: one page
     records: dict[str, Any] | None  # a job's records object; None: no records
+    notify_url: str | None  # each poll job's webhook; None: none
     since_param: str | None
     since_path: str | None
     since_value: str | None
@@ -144,6 +147,7 @@ class PollSpec:
     since_param: str | None = None
     since_path: str | None = None
     records: bytes | None = None  # canonical JSON of a job's records object
+    notify_url: str | None = None  # each poll job's notify_url
 
 
 def poll_spec(
@@ -155,11 +159,14 @@ def poll_spec(
     since_path: str | None = None,
     profiles: Collection[str] | None = None,
     max_pages: int | None = None,
+    webhooks: bool | None = None,
 ) -> PollSpec:
     """A source's `PollSpec` from its credential profile, its ``request`` fields (``method``,
-    ``json``, ``headers``, ``paginate``, ``records``, as a job spells them) and cursor settings;
-    `BadJobError` saying what is wrong. The request is judged by the job contract (`FetchBatch`),
-    as a poll job will be, under the source's ``name`` (which ``records`` needs)."""
+    ``json``, ``headers``, ``paginate``, ``records``, ``notify_url``, as a job spells them) and
+    cursor settings; `BadJobError` saying what is wrong. The request is judged by the job
+    contract (`FetchBatch`), as a poll job will be, under the source's ``name`` (which
+    ``records`` needs); ``webhooks`` False (no HARVESTER_WEBHOOK_SECRET) refuses a
+    ``notify_url``."""
     batch = make_batch(
         urls=["https://example.invalid/"],
         scheduled=True,
@@ -167,6 +174,7 @@ def poll_spec(
         auth=auth,
         profiles=profiles,
         max_pages=max_pages,
+        webhooks=webhooks,
         **(request or {}),
     )
     req: Request = batch.requests_of()[0]
@@ -191,6 +199,7 @@ def poll_spec(
         since_param=since_param,
         since_path=since_path,
         records=None if batch.records is None else canonical_json(batch.as_kwargs()["records"]),
+        notify_url=batch.notify_url,
     )
 
 
@@ -220,7 +229,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
 
     At most ``HARVESTER_SOURCES_CLAIM_LIMIT`` sources per run (the rest stay due for the next
     run), in jobs of at most ``HARVESTER_SOURCES_BATCH_SIZE`` URLs, one source name and
-    credential profile per job.
+    credential profile (and paginate, records and notify_url) per job.
     """
     jobs: list[str] = []
     with store.translated("cannot claim due sources"):
@@ -230,7 +239,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
             for r in due:
                 groups.setdefault(_group(r), []).append(r)
             step = settings.sources_batch_size
-            for (name, auth, _, _), rows in groups.items():
+            for (name, auth, _, _, notify_url), rows in groups.items():
                 for i in range(0, len(rows), step):
                     chunk = rows[i : i + step]
                     first = rows[0]
@@ -240,6 +249,7 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
                         auth=auth,
                         paginate=first["paginate"],
                         records=first["records"],
+                        notify_url=notify_url,
                     )
                     # Enqueued before the claim commits: should the commit not happen, the
                     # sources stay due and the next run's enqueue of this same id is a no-op.
@@ -251,15 +261,15 @@ async def enqueue_due(pool: asyncpg.Pool, redis: ArqRedis, settings: Settings) -
     return Enqueued(len(due), tuple(jobs))
 
 
-_Group = tuple[str | None, str | None, bytes | None, bytes | None]
+_Group = tuple[str | None, str | None, bytes | None, bytes | None, str | None]
 
 
 def _group(r: asyncpg.Record) -> _Group:
-    """What the sources of one poll job share: name, credential profile, paginate and records
-    (the fields a job has for all its requests)."""
+    """What the sources of one poll job share: name, credential profile, paginate, records
+    and notify_url (the fields a job has for all its requests)."""
     paginate = None if r["paginate"] is None else canonical_json(r["paginate"])
     records = None if r["records"] is None else canonical_json(r["records"])
-    return (r["name"], r["auth"], paginate, records)
+    return (r["name"], r["auth"], paginate, records, r["notify_url"])
 
 
 def poll_batch(
@@ -269,11 +279,15 @@ def poll_batch(
     auth: str | None,
     paginate: Mapping[str, Any] | None = None,
     records: Mapping[str, Any] | None = None,
+    notify_url: str | None = None,
 ) -> FetchBatch:
     """The scheduled batch that polls ``rows``: ``urls`` when every one is a plain GET (the
     form every worker version reads), else ``requests`` with each source's method, body and
-    headers; ``paginate`` walks each one's pages; ``records`` extracts their records."""
+    headers; ``paginate`` walks each one's pages; ``records`` extracts their records;
+    ``notify_url`` is told when the poll job ends."""
     shared: dict[str, Any] = {"source": source, "scheduled": True, "auth": auth}
+    if notify_url is not None:
+        shared["notify_url"] = notify_url
     if paginate is not None:
         shared["paginate"] = Paginate.model_validate(paginate)
     if records is not None:
@@ -378,6 +392,7 @@ async def add(
             p.since_param,
             p.since_path,
             p.records,
+            p.notify_url,
         )
     added = sum(1 for r in rows if r["inserted"])
     return added, len(rows) - added
