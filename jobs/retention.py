@@ -14,7 +14,8 @@ log = logging.getLogger("harvester.jobs")
 
 @cron_task
 async def apply_retention(ctx: WorkerContext) -> dict[str, Any]:
-    """arq cron entry point: delete expired documents and failures in small batches.
+    """arq cron entry point: delete expired documents, failures, record failures and finished
+    webhook deliveries in small batches.
 
     Off (a no-op) when HARVESTER_RETENTION_DAYS is unset.
     """
@@ -24,6 +25,6 @@ async def apply_retention(ctx: WorkerContext) -> dict[str, Any]:
     result = await retention.delete_expired(
         ctx["pool"], days=settings.retention_days, batch_rows=settings.retention_batch_rows
     )
-    summary = {"documents": result.documents, "failures": result.failures}
+    summary = result.as_dict()
     log.info("retention.done", extra=summary)
     return summary

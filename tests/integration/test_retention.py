@@ -76,6 +76,41 @@ async def test_a_sources_current_document_is_kept(pool: asyncpg.Pool) -> None:
     assert [(r["job_id"], r["url"]) for r in rows] == [("poll-2", url)]
 
 
+async def test_old_record_failures_and_finished_webhooks_go_pending_ones_stay(
+    pool: asyncpg.Pool,
+) -> None:
+    """Record failures past the cutoff go; a delivered or given-up webhook past it goes, a
+    pending one stays however old, and recent rows stay."""
+    for job_id, age in (("old", 10 * DAY), ("new", 1 * DAY)):
+        await pool.execute(
+            """INSERT INTO record_failures (job_id, url, source, kind, detail, created_at)
+               VALUES ($1, 'http://x/r', 'orders', 'records_no_key', 'no key',
+                       now() - make_interval(secs => $2::float8))""",
+            job_id,
+            age,
+        )
+    for job_id, state, age in (
+        ("delivered-old", "delivered", 10 * DAY),
+        ("failed-old", "failed", 10 * DAY),
+        ("pending-old", "pending", 10 * DAY),
+        ("delivered-new", "delivered", 1 * DAY),
+    ):
+        await pool.execute(
+            """INSERT INTO webhook_outbox (job_id, url, body, state, created_at)
+               VALUES ($1, 'http://hook', '{}', $2, now() - make_interval(secs => $3::float8))""",
+            job_id,
+            state,
+            age,
+        )
+
+    result = await delete_expired(pool, days=7, batch_rows=1)
+
+    assert (result.record_failures, result.webhooks) == (1, 2)
+    assert await pool.fetchval("SELECT array_agg(job_id) FROM record_failures") == ["new"]
+    left = await pool.fetchval("SELECT array_agg(job_id ORDER BY job_id) FROM webhook_outbox")
+    assert left == ["delivered-new", "pending-old"]
+
+
 async def test_arguments_are_checked(pool: asyncpg.Pool) -> None:
     """Nonsense arguments are refused before anything is deleted."""
     with pytest.raises(ValueError, match="days"):
@@ -96,5 +131,10 @@ async def test_cron_job_uses_the_settings_and_is_off_by_default(
     on: Any = cron_ctx(
         "apply_retention", make_settings(retention_days=2, retention_batch_rows=10), pool=pool
     )
-    assert await apply_retention(on) == {"documents": 1, "failures": 0}
+    assert await apply_retention(on) == {
+        "documents": 1,
+        "failures": 0,
+        "record_failures": 0,
+        "webhooks": 0,
+    }
     assert await pool.fetchval("SELECT count(*) FROM documents") == 0

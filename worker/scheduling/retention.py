@@ -1,10 +1,13 @@
-"""Retention: delete documents and failures older than a cutoff, a small batch at a time.
+"""Retention: delete documents, failures, record failures and finished webhook deliveries older
+than a cutoff, a small batch at a time.
 
 Each batch is one short ``DELETE ... WHERE id IN (SELECT id ... LIMIT n)`` transaction, so
 retention never holds locks on many rows for long and never blocks the writers. A document that
 is a registered source's current content (``sources.document_job_id``) is kept whatever its age:
 it is what that source's next poll compares against; so is every request's current copy (the
-document ``latest_document_refs`` points at), found by its primary key.
+document ``latest_document_refs`` points at), found by its primary key. Records are current
+state, not history: they stay. A webhook still pending stays whatever its age (its own
+HARVESTER_WEBHOOK_MAX_AGE gives it up).
 """
 
 from __future__ import annotations
@@ -49,12 +52,35 @@ DELETE FROM fetch_failures WHERE id IN (
 """
 
 
+_DELETE_RECORD_FAILURES = """
+DELETE FROM record_failures WHERE id IN (
+    SELECT id FROM record_failures WHERE created_at < $1 LIMIT $2
+)
+"""
+
+_DELETE_WEBHOOKS = """
+DELETE FROM webhook_outbox WHERE id IN (
+    SELECT id FROM webhook_outbox WHERE created_at < $1 AND state <> 'pending' LIMIT $2
+)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionResult:
     """Rows deleted by one retention run."""
 
     documents: int
     failures: int
+    record_failures: int = 0
+    webhooks: int = 0  # delivered or given-up deliveries
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "documents": self.documents,
+            "failures": self.failures,
+            "record_failures": self.record_failures,
+            "webhooks": self.webhooks,
+        }
 
 
 async def _delete_batches(
@@ -70,7 +96,8 @@ async def _delete_batches(
 
 
 async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) -> RetentionResult:
-    """Delete documents fetched and failures recorded more than ``days`` ago; return the counts.
+    """Delete documents fetched, failures and record failures recorded, and webhook deliveries
+    finished, more than ``days`` ago; return the counts.
 
     Raises `StoreError` when Postgres fails; batches already deleted stay deleted, and the next
     run carries on from there.
@@ -83,8 +110,13 @@ async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) ->
         cutoff: datetime = await pool.fetchval(_CUTOFF, days * 86_400.0)
     documents = await _delete_batches(pool, _DELETE_DOCUMENTS, cutoff, batch_rows, "documents")
     failures = await _delete_batches(pool, _DELETE_FAILURES, cutoff, batch_rows, "failures")
-    log.info(
-        "retention.deleted",
-        extra={"documents": documents, "failures": failures, "cutoff": cutoff.isoformat()},
+    result = RetentionResult(
+        documents=documents,
+        failures=failures,
+        record_failures=await _delete_batches(
+            pool, _DELETE_RECORD_FAILURES, cutoff, batch_rows, "record failures"
+        ),
+        webhooks=await _delete_batches(pool, _DELETE_WEBHOOKS, cutoff, batch_rows, "webhooks"),
     )
-    return RetentionResult(documents=documents, failures=failures)
+    log.info("retention.deleted", extra={**result.as_dict(), "cutoff": cutoff.isoformat()})
+    return result
