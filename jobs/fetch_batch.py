@@ -54,11 +54,18 @@ async def _abandon(
         kind="abandoned",
         detail=f"job gave up after {job_try - 1} interrupted or deferred tries",
         paginated=batch.paginate is not None,
+        on_landed=_on_landed(ctx),
     )
     await _finish(ctx, batch, "abandoned", lease)
     log.warning("job.abandoned", extra={"try": job_try, "recorded": recorded})
     metrics.record_job("abandoned")
     return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
+
+
+def _on_landed(ctx: JobContext) -> pipeline.OnLanded | None:
+    """What tells the change stream of each chunk this job lands (None: the stream is off)."""
+    events = ctx.get("events")
+    return events.emit if events is not None else None
 
 
 async def _finish(
@@ -90,7 +97,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLea
         profile=ctx["credentials"].get(batch.auth) if batch.auth is not None else None,
         paginate=batch.paginate.spec() if batch.paginate is not None else None,
         lease=lease,
-        on_landed=events.emit if (events := ctx.get("events")) is not None else None,
+        on_landed=_on_landed(ctx),
         records=batch.records.spec() if batch.records is not None else None,
     )
     return await pipeline.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import asyncpg
+import orjson
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.worker import Worker
@@ -30,9 +31,22 @@ async def _kinds(pool: asyncpg.Pool, job_id: str) -> dict[str, int]:
     return {r["kind"]: r["n"] for r in rows if r["n"]}
 
 
+async def _streamed(redis: aioredis.Redis, job_id: str) -> tuple[int, dict[str, int]]:
+    """The outcomes and failures by kind that the change stream says ``job_id`` landed."""
+    ((_, entries),) = await redis.xread({"harvester:events": "0-0"}, count=1000)
+    read = [{k.decode(): v.decode() for k, v in e.items()} for _, e in entries]
+    mine = [e for e in read if e["job_id"] == job_id]
+    kinds: dict[str, int] = {}
+    for e in mine:
+        for kind, n in orjson.loads(e["failures"]).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    return sum(int(e["urls"]) for e in mine), kinds
+
+
 async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
     upstream: Upstream,
     pool: asyncpg.Pool,
+    redis: aioredis.Redis,
     make_worker: Callable[..., Worker],
     arq_queue: ArqRedis,
 ) -> None:
@@ -50,6 +64,8 @@ async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
     assert kinds["document"] + kinds["deadline"] == 22
     assert kinds["document"] >= 10 + 2  # each try landed slow URLs before its deadline
     assert upstream.counts["/json/0"] == 1  # the second try did not fetch landed URLs again
+    # The change stream tells of every outcome, the deadline failures included.
+    assert await _streamed(redis, job_id) == (22, {"deadline": kinds["deadline"]})
 
 
 async def test_job_started_too_often_records_its_urls_as_abandoned(
@@ -69,6 +85,7 @@ async def test_job_started_too_often_records_its_urls_as_abandoned(
     assert worker.jobs_complete == 1
     assert await _kinds(pool, job_id) == {"abandoned": 5}
     assert upstream.hits == []
+    assert await _streamed(redis, job_id) == (5, {"abandoned": 5})
 
 
 async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(

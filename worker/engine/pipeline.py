@@ -454,6 +454,7 @@ class BatchRun:
             kind="deadline",
             detail="the job's last allowed run ended before this URL was fetched",
             paginated=self.batch.paginate is not None,
+            on_landed=self.batch.on_landed,
         )
 
 
@@ -489,11 +490,12 @@ async def record_failures(
     kind: str,
     detail: str,
     paginated: bool = False,
+    on_landed: OnLanded | None = None,
 ) -> int:
     """Land a failure row of ``kind`` for each of ``requests`` that has no outcome yet for
     ``job.job_id`` (under ``job.source``, fenced by ``job.lease``); return how many. For a
     ``paginated`` job, a request whose walk has not ended gets one, for the page its walk would
-    have fetched next."""
+    have fetched next. ``on_landed`` is told of each committed chunk, as a run's are."""
     fails = (
         await walks.unfinished(pool, job.job_id, requests, settings.max_url_length, kind, detail)
         if paginated
@@ -504,7 +506,10 @@ async def record_failures(
     )
     step = settings.copy_chunk_rows
     for i in range(0, len(fails), step):
-        await write_retried(pool, replace(job, fails=fails[i : i + step]), settings)
+        chunk = replace(job, fails=fails[i : i + step])
+        written = await write_retried(pool, chunk, settings)
+        if on_landed is not None:
+            _tell(on_landed, chunk, written)
     return len(fails)
 
 
