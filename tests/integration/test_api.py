@@ -822,3 +822,26 @@ async def test_the_intake_takes_notify_url_only_with_a_webhook_secret(
     (job,) = await arq_queue.queued_jobs()
     assert job.kwargs["notify_url"] == "https://hooks.example.com/h"
     assert "notify_url" in orjson.dumps(schema).decode()
+
+
+async def test_notify_url_needs_the_webhook_secret_at_the_intake(
+    start_api: StartAPI, arq_queue: ArqRedis
+) -> None:
+    """POST /batches with notify_url: 422 saying why when the API has no
+    HARVESTER_WEBHOOK_SECRET (nothing enqueued); 202 with it, the job carrying the URL; the
+    OpenAPI document describes the field."""
+    batch = {"urls": ["https://a.example/x"], "notify_url": "https://hooks.example.com/h"}
+    without = await start_api()
+    with_secret = await start_api(webhook_secret="whsec-api-0123456789abcdef")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{without}/batches", json=batch, headers=AUTH) as r:
+            assert r.status == 422
+            assert "'notify_url' needs HARVESTER_WEBHOOK_SECRET" in (await r.json())["error"]
+        assert await arq_queue.queued_jobs() == []
+        async with session.post(f"{with_secret}/batches", json=batch, headers=AUTH) as r:
+            assert r.status == 202, await r.text()
+        (queued,) = await arq_queue.queued_jobs()
+        assert queued.kwargs["notify_url"] == "https://hooks.example.com/h"
+        async with session.get(f"{with_secret}/openapi.json", headers=AUTH) as r:
+            schema = (await r.json())["components"]["schemas"]["Batch"]["properties"]
+    assert "HARVESTER_WEBHOOK_SECRET" in schema["notify_url"]["description"]
