@@ -23,7 +23,8 @@ class BenchDatabaseError(Exception):
 
 def with_database(url: str, name: str) -> str:
     """``url`` naming database ``name`` instead (user, host, port and options kept)."""
-    return str(URL(url).with_path(f"/{name}"))
+    parsed = URL(url)
+    return str(parsed.with_path(f"/{name}").with_query(parsed.query))
 
 
 async def create(url: str) -> str:
