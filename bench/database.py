@@ -32,7 +32,8 @@ async def create(url: str) -> str:
     dropping the bench's own left from an interrupted run."""
     try:
         conn = await asyncpg.connect(url, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # OSError: refused or timed out; ValueError: a malformed URL.
         raise BenchDatabaseError(f"cannot connect to BENCH_DATABASE_URL: {exc}") from exc
     try:
         found = await conn.fetchrow(
