@@ -76,7 +76,8 @@ class Run:
     records: int = 0  # records upserted (the "api records" case)
     postgres_cpu_seconds: float | None = None  # the server's, every process (None: not seen)
     upstream_cpu_seconds: float | None = None  # the upstream server's that served the run
-    cpu_samples: list[float] = field(default_factory=list)  # cpu_us_per_url per repetition
+    startup_cpu_seconds: float = 0.0  # the same commands' over an empty queue (start-up, exit)
+    cpu_samples: list[float] = field(default_factory=list)  # run_us_per_url per repetition
 
     @property
     def records_per_s(self) -> float:
@@ -88,7 +89,15 @@ class Run:
 
     @property
     def cpu_us_per_url(self) -> float:
+        """The process under test's CPU per URL, start-up included."""
         return self.cpu_seconds / self.urls * 1e6
+
+    @property
+    def run_us_per_url(self) -> float:
+        """The process under test's CPU per URL once running: start-up and exit (the same
+        commands' over an empty queue) taken off, so that it depends neither on the number of
+        URLs nor on how many processes start."""
+        return (self.cpu_seconds - self.startup_cpu_seconds) / self.urls * 1e6
 
     @property
     def postgres_us_per_url(self) -> float | None:
@@ -127,6 +136,7 @@ class Bench:
         self.db = db
         self.rd = rd
         self.postmaster = postmaster
+        self.startup: dict[str, float] = {}  # CPU seconds of each command over an empty queue
 
     @contextmanager
     def _servers(self, upstream: int) -> Iterator[ServerCpu]:
@@ -204,20 +214,44 @@ class Bench:
         return (max(x["ft"] for x in results) - min(x["st"] for x in results)) / 1000
 
     def ceiling(self, kb: int) -> Run:
-        n, conc = self.args.urls, self.args.concurrency
+        n = self.args.urls
         prefix = self.up.url(kb, 0).rsplit("=", 1)[0] + "="
         with self._servers(self.up.proc.pid) as servers:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(conc)],
-                stdout=subprocess.PIPE,
-            )
-            assert proc.stdout is not None
-            out = proc.stdout.read()
-            code, rss, cpu = procs.wait(proc)
-        assert code == 0
-        data = orjson.loads(out)
+            data, rss, cpu = self._ceiling(prefix, n)
         run = Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
+        run.startup_cpu_seconds = self.startup.get("ceiling", 0.0)
         return servers.charge(run)
+
+    def _ceiling(self, prefix: str, n: int) -> tuple[dict[str, float], float, float]:
+        """The ceiling client over ``n`` URLs: what it printed, its peak RSS and CPU."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(self.args.concurrency)],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        code, rss, cpu = procs.wait(proc)
+        assert code == 0
+        return orjson.loads(out), rss, cpu
+
+    def measure_startup(self, keys: list[str]) -> None:
+        """CPU seconds of each command the plan's ``keys`` run, over an empty queue: start-up
+        and exit, which `Run.run_us_per_url` leaves out. Once a repetition, so that it shares
+        the repetition's load."""
+        asyncio.run(self._reset())
+        self.startup = {}
+        if any(k.startswith("ceiling") for k in keys):
+            self.startup["ceiling"] = self._ceiling(self.up.url(1, 0), 0)[2]
+        if any(k.startswith("naive") for k in keys):
+            self.startup["naive"] = self._idle(self._naive_command(), self.env())
+        for processes in sorted({2 if " p2 " in k else 1 for k in keys if "naive" not in k}):
+            command = self._worker_command("", processes, profile=False)()
+            self.startup[f"worker p{processes}"] = self._idle(command, self._worker_env())
+
+    def _idle(self, command: list[str], env: dict[str, str]) -> float:
+        code, _, cpu = procs.wait(subprocess.Popen(command, env=env))
+        assert code == 0, f"{command} exited with {code} on an empty queue"
+        return cpu
 
     def harvester(
         self, kb: int, batch: int, workers: int = 1, processes: int = 1, **settings: object
@@ -301,8 +335,7 @@ class Bench:
         """Run ``workers`` burst workers (of ``processes`` each) over what is queued; ``n`` rows
         must land. A parent's CPU and peak RSS, as wait4 reports them, include its children's.
         ``upstream``: the pid of the server the URLs point at (the static upstream's if None)."""
-        env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
-        env["BENCH_API_TOKEN"] = api_mod.TOKEN
+        env = self._worker_env(**settings)
         command = self._worker_command(f"{name}-{kb}k-b{batch}", processes)
         with self._servers(upstream or self.up.proc.pid) as servers:
             started = time.perf_counter()
@@ -316,7 +349,13 @@ class Bench:
         rss = max(rss for _, rss, _ in waited)
         cpu = sum(c for _, _, c in waited)
         run = Run(name, kb, batch, workers * processes, n, seconds, wall, rss, cpu)
+        run.startup_cpu_seconds = workers * self.startup.get(f"worker p{processes}", 0.0)
         return servers.charge(run)
+
+    def _worker_env(self, **settings: object) -> dict[str, str]:
+        env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
+        env["BENCH_API_TOKEN"] = api_mod.TOKEN
+        return env
 
     def naive(self, kb: int, batch: int) -> Run:
         asyncio.run(self._reset())
@@ -324,26 +363,32 @@ class Bench:
         asyncio.run(
             self._enqueue(self.urls(kb, n, f"n{time.monotonic_ns()}"), batch, "naive_fetch")
         )
-        arq = str(Path(sys.executable).with_name("arq"))
         with self._servers(self.up.proc.pid) as servers:
             started = time.perf_counter()
-            proc = subprocess.Popen([arq, "bench.naive.WorkerSettings", "--burst"], env=self.env())
+            proc = subprocess.Popen(self._naive_command(), env=self.env())
             code, rss, cpu = procs.wait(proc)
             wall = time.perf_counter() - started
         assert code == 0
         landed = asyncio.run(self._count("naive_documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
-        return servers.charge(Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu))
+        run = Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+        run.startup_cpu_seconds = self.startup.get("naive", 0.0)
+        return servers.charge(run)
 
-    def _worker_command(self, label: str, processes: int = 1) -> Callable[[], list[str]]:
+    def _naive_command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("arq")), "bench.naive.WorkerSettings", "--burst"]
+
+    def _worker_command(
+        self, label: str, processes: int = 1, *, profile: bool = True
+    ) -> Callable[[], list[str]]:
         """A burst worker (of ``processes``): each call its command line, under py-spy writing
         one profile per worker process tree into --profile's folder when it is given."""
         cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
         if processes > 1:
             cmd += ["--processes", str(processes)]
         folder = self.args.profile
-        if not folder:
+        if not folder or not profile:
             return lambda: cmd
         return lambda: profiled(cmd, Path(folder), label, self.args.profile_format, processes)
 
@@ -419,7 +464,8 @@ def _median(runs: list[Run]) -> Run:
     mid.samples = [round(r.urls_per_s) for r in runs]
     mid.peak_rss_mib = max(r.peak_rss_mib for r in runs)
     mid.cpu_seconds = statistics.median(r.cpu_seconds for r in runs)
-    mid.cpu_samples = [round(r.cpu_us_per_url, 1) for r in runs]
+    mid.startup_cpu_seconds = statistics.median(r.startup_cpu_seconds for r in runs)
+    mid.cpu_samples = [round(r.run_us_per_url, 1) for r in runs]
     mid.postgres_cpu_seconds = _median_of([r.postgres_cpu_seconds for r in runs])
     mid.upstream_cpu_seconds = _median_of([r.upstream_cpu_seconds for r in runs])
     return mid
@@ -453,8 +499,8 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
 def _table(runs: list[Run]) -> str:
     lines = [
         "ratios are medians of per-repetition ratios; CPU/URL in µs (user + system): run = the "
-        "process under test (the worker's processes, or the ceiling's client), pg = the Postgres "
-        "server, up = the upstream server, every process of each",
+        "process under test (the worker's processes, or the ceiling's client) less its start-up "
+        "and exit, pg = the Postgres server, up = the upstream server, every process of each",
         f"{'size':>5} {'what':<14} {'batch':>6} {'URLs/s':>8} {'samples':<22} {'s':>6} "
         f"{'wall s':>6} {'peak RSS':>9} {'CPU/URL run':>11} {'pg':>5} {'up':>5}  ratios",
     ]
@@ -477,7 +523,7 @@ def _table(runs: list[Run]) -> str:
             lines.append(
                 f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
                 f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
-                f"{r.peak_rss_mib:>6.0f} MiB {r.cpu_us_per_url:>11.0f} "
+                f"{r.peak_rss_mib:>6.0f} MiB {r.run_us_per_url:>11.0f} "
                 f"{_us(r.postgres_us_per_url):>5} {_us(r.upstream_us_per_url):>5}  "
                 f"{', '.join(shown)}"
             )
@@ -569,7 +615,7 @@ def _measure(args: argparse.Namespace, sizes: list[int]) -> tuple[list[Run], dic
             asyncio.run(migrate(db))
             postgres = asyncio.run(database.describe(db, embedded=pg is not None))
             bench = Bench(args, up, api, db, rurl, root, asyncio.run(database.postmaster(db)))
-            runs = _repeat(args, _plan(bench, sizes))
+            runs = _repeat(args, bench, _plan(bench, sizes))
         finally:
             up.stop()
             api.stop()
@@ -582,18 +628,21 @@ def _measure(args: argparse.Namespace, sizes: list[int]) -> tuple[list[Run], dic
     return runs, {"upstream": up.kind, "postgres": postgres}
 
 
-def _repeat(args: argparse.Namespace, plan: list[tuple[str, Callable[[], Run]]]) -> list[Run]:
+def _repeat(
+    args: argparse.Namespace, bench: Bench, plan: list[tuple[str, Callable[[], Run]]]
+) -> list[Run]:
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         plan = [(k, f) for k, f in plan if any(w in k for w in wanted)]
     samples: dict[str, list[Run]] = {k: [] for k, _ in plan}
     for rep in range(args.repeat):
+        bench.measure_startup([k for k, _ in plan])
         for key, fn in plan:
             run = fn()
             samples[key].append(run)
             print(
                 f"[{rep + 1}/{args.repeat}] {key:<24} {run.urls_per_s:8.0f} URLs/s "
-                f"rss {run.peak_rss_mib:.0f} MiB CPU/URL {run.cpu_us_per_url:.0f} µs "
+                f"rss {run.peak_rss_mib:.0f} MiB CPU/URL {run.run_us_per_url:.0f} µs "
                 f"(pg {_us(run.postgres_us_per_url)}, up {_us(run.upstream_us_per_url)})",
                 flush=True,
             )
@@ -619,6 +668,7 @@ def _write(args: argparse.Namespace, runs: list[Run], info: dict[str, str]) -> P
                     | {
                         "urls_per_s": r.urls_per_s,
                         "cpu_us_per_url": r.cpu_us_per_url,
+                        "run_cpu_us_per_url": r.run_us_per_url,
                         "postgres_cpu_us_per_url": r.postgres_us_per_url,
                         "upstream_cpu_us_per_url": r.upstream_us_per_url,
                         "records_per_s": r.records_per_s,
