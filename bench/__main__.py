@@ -1,8 +1,9 @@
 """`make bench`: harvester end to end against the raw aiohttp ceiling and the naive baseline.
 
-Starts its own upstream (nginx if on PATH, else granian), its own Postgres and Valkey (embedded,
-unless --database-url/--redis-url are given), then for each body size measures, interleaved and
-repeated (medians are reported):
+Starts its own upstream (nginx if on PATH, else granian), its own Postgres and Valkey (embedded;
+BENCH_DATABASE_URL or --database-url names a Postgres server to use instead, where the bench
+works in a database of its own, `bench.database`; --redis-url a Redis), then for each body size
+measures, interleaved and repeated (medians are reported):
 
   ceiling      raw aiohttp client, harvester's session settings, no Redis, no Postgres
   harvester    jobs through Redis, `harvester worker --burst`, until every row is committed
@@ -20,6 +21,10 @@ against a JSON API upstream (`bench.api`, granian):
                credential profile, batches of 100 walks (1,000 pages): the same number of rows,
                each page a row; compared with api plain
 
+Every run also reports CPU per URL (user + system, start-up included) of the process under test
+(the worker's processes, or the ceiling's client), of the Postgres server (every process of it,
+`bench.procs`) and of the upstream server that served the run.
+
 Prints a table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
 """
 
@@ -34,7 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +49,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from bench import api as api_mod
+from bench import database, procs
 from bench import upstream as upstream_mod
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
@@ -67,6 +74,10 @@ class Run:
     cpu_seconds: float = 0.0  # user + system CPU of the worker processes, start-up included
     samples: list[float] = field(default_factory=list)
     records: int = 0  # records upserted (the "api records" case)
+    postgres_cpu_seconds: float | None = None  # the server's, every process (None: not seen)
+    upstream_cpu_seconds: float | None = None  # the upstream server's that served the run
+    startup_cpu_seconds: float = 0.0  # the same commands' over an empty queue (start-up, exit)
+    cpu_samples: list[float] = field(default_factory=list)  # run_us_per_url per repetition
 
     @property
     def records_per_s(self) -> float:
@@ -78,15 +89,27 @@ class Run:
 
     @property
     def cpu_us_per_url(self) -> float:
+        """The process under test's CPU per URL, start-up included."""
         return self.cpu_seconds / self.urls * 1e6
 
+    @property
+    def run_us_per_url(self) -> float:
+        """The process under test's CPU per URL once running: start-up and exit (the same
+        commands' over an empty queue) taken off, so that it depends neither on the number of
+        URLs nor on how many processes start."""
+        return (self.cpu_seconds - self.startup_cpu_seconds) / self.urls * 1e6
 
-def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float, float]:
-    """Wait for ``proc``; return its exit code, peak RSS in MiB (Linux ru_maxrss is KiB) and
-    CPU seconds (user + system)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    @property
+    def postgres_us_per_url(self) -> float | None:
+        return _per_url(self.postgres_cpu_seconds, self.urls)
+
+    @property
+    def upstream_us_per_url(self) -> float | None:
+        return _per_url(self.upstream_cpu_seconds, self.urls)
+
+
+def _per_url(seconds: float | None, urls: int) -> float | None:
+    return None if seconds is None else seconds / urls * 1e6
 
 
 # Pages per walk in the "api auth+pages" case.
@@ -104,6 +127,7 @@ class Bench:
         db: str,
         rd: str,
         root: Path,
+        postmaster: int | None = None,
     ) -> None:
         self.args = args
         self.root = root
@@ -111,6 +135,20 @@ class Bench:
         self.api_up = api
         self.db = db
         self.rd = rd
+        self.postmaster = postmaster
+        self.startup: dict[str, float] = {}  # CPU seconds of each command over an empty queue
+
+    @contextmanager
+    def _servers(self, upstream: int) -> Iterator[ServerCpu]:
+        """CPU seconds the Postgres server and the ``upstream`` process tree spend in the block;
+        read once the block's backends have left the server (see `bench.procs`)."""
+        before = procs.snapshot()
+        cpu = ServerCpu()
+        yield cpu
+        pm = self.postmaster
+        after = procs.settled(pm, before) if pm is not None else procs.snapshot()
+        cpu.postgres = procs.cpu_between(pm, before, after)
+        cpu.upstream = procs.cpu_between(upstream, before, after)
 
     def env(self, **extra: object) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HARVESTER_")}
@@ -176,18 +214,44 @@ class Bench:
         return (max(x["ft"] for x in results) - min(x["st"] for x in results)) / 1000
 
     def ceiling(self, kb: int) -> Run:
-        n, conc = self.args.urls, self.args.concurrency
+        n = self.args.urls
         prefix = self.up.url(kb, 0).rsplit("=", 1)[0] + "="
+        with self._servers(self.up.proc.pid) as servers:
+            data, rss, cpu = self._ceiling(prefix, n)
+        run = Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
+        run.startup_cpu_seconds = self.startup.get("ceiling", 0.0)
+        return servers.charge(run)
+
+    def _ceiling(self, prefix: str, n: int) -> tuple[dict[str, float], float, float]:
+        """The ceiling client over ``n`` URLs: what it printed, its peak RSS and CPU."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(conc)],
+            [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(self.args.concurrency)],
             stdout=subprocess.PIPE,
         )
         assert proc.stdout is not None
         out = proc.stdout.read()
-        code, rss, cpu = _wait(proc)
+        code, rss, cpu = procs.wait(proc)
         assert code == 0
-        data = orjson.loads(out)
-        return Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
+        return orjson.loads(out), rss, cpu
+
+    def measure_startup(self, keys: list[str]) -> None:
+        """CPU seconds of each command the plan's ``keys`` run, over an empty queue: start-up
+        and exit, which `Run.run_us_per_url` leaves out. Once a repetition, so that it shares
+        the repetition's load."""
+        asyncio.run(self._reset())
+        self.startup = {}
+        if any(k.startswith("ceiling") for k in keys):
+            self.startup["ceiling"] = self._ceiling(self.up.url(1, 0), 0)[2]
+        if any(k.startswith("naive") for k in keys):
+            self.startup["naive"] = self._idle(self._naive_command(), self.env())
+        for processes in sorted({2 if " p2 " in k else 1 for k in keys if "naive" not in k}):
+            command = self._worker_command("", processes, profile=False)()
+            self.startup[f"worker p{processes}"] = self._idle(command, self._worker_env())
+
+    def _idle(self, command: list[str], env: dict[str, str]) -> float:
+        code, _, cpu = procs.wait(subprocess.Popen(command, env=env))
+        assert code == 0, f"{command} exited with {code} on an empty queue"
+        return cpu
 
     def harvester(
         self, kb: int, batch: int, workers: int = 1, processes: int = 1, **settings: object
@@ -217,10 +281,15 @@ class Bench:
             ]
             asyncio.run(self._enqueue_batches(batches))
             return self._work(
-                "api auth+pages", kb, size, len(walks) * pages, credentials=self._credentials()
+                "api auth+pages",
+                kb,
+                size,
+                len(walks) * pages,
+                upstream=self.api_up.proc.pid,
+                credentials=self._credentials(),
             )
         asyncio.run(self._enqueue([self.api_up.url(kb, i) + f"&r={tag}" for i in range(n)], 1000))
-        return self._work("api plain", kb, 1000, n)
+        return self._work("api plain", kb, 1000, n, upstream=self.api_up.proc.pid)
 
     def api_records(self, kb: int) -> Run:
         """The API upstream's record bodies (50 records each, keys distinct per URL), with
@@ -235,7 +304,7 @@ class Bench:
             for i in range(0, n, 1000)
         ]
         asyncio.run(self._enqueue_batches(batches))
-        run = self._work("api records", kb, 1000, n)
+        run = self._work("api records", kb, 1000, n, upstream=self.api_up.proc.pid)
         landed = asyncio.run(self._count("records"))
         assert landed == n * api_mod.RECORDS_PER_BODY, f"{landed} records landed"
         assert asyncio.run(self._count("record_failures")) == 0
@@ -260,25 +329,33 @@ class Bench:
         n: int,
         workers: int = 1,
         processes: int = 1,
+        upstream: int | None = None,
         **settings: object,
     ) -> Run:
         """Run ``workers`` burst workers (of ``processes`` each) over what is queued; ``n`` rows
-        must land. A parent's CPU and peak RSS, as wait4 reports them, include its children's."""
-        env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
-        env["BENCH_API_TOKEN"] = api_mod.TOKEN
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen(_worker_command(name, processes), env=env) for _ in range(workers)
-        ]
-        waited = [_wait(p) for p in procs]
-        wall = time.perf_counter() - started
+        must land. A parent's CPU and peak RSS, as wait4 reports them, include its children's.
+        ``upstream``: the pid of the server the URLs point at (the static upstream's if None)."""
+        env = self._worker_env(**settings)
+        command = self._worker_command(f"{name}-{kb}k-b{batch}", processes)
+        with self._servers(upstream or self.up.proc.pid) as servers:
+            started = time.perf_counter()
+            running = [subprocess.Popen(command(), env=env) for _ in range(workers)]
+            waited = [procs.wait(p) for p in running]
+            wall = time.perf_counter() - started
         assert all(code == 0 for code, _, _ in waited), waited
         landed = asyncio.run(self._count("documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
         rss = max(rss for _, rss, _ in waited)
         cpu = sum(c for _, _, c in waited)
-        return Run(name, kb, batch, workers * processes, n, seconds, wall, rss, cpu)
+        run = Run(name, kb, batch, workers * processes, n, seconds, wall, rss, cpu)
+        run.startup_cpu_seconds = workers * self.startup.get(f"worker p{processes}", 0.0)
+        return servers.charge(run)
+
+    def _worker_env(self, **settings: object) -> dict[str, str]:
+        env = self.env(concurrency=self.args.concurrency, **{**self.args.settings, **settings})
+        env["BENCH_API_TOKEN"] = api_mod.TOKEN
+        return env
 
     def naive(self, kb: int, batch: int) -> Run:
         asyncio.run(self._reset())
@@ -286,37 +363,79 @@ class Bench:
         asyncio.run(
             self._enqueue(self.urls(kb, n, f"n{time.monotonic_ns()}"), batch, "naive_fetch")
         )
-        arq = str(Path(sys.executable).with_name("arq"))
-        started = time.perf_counter()
-        proc = subprocess.Popen([arq, "bench.naive.WorkerSettings", "--burst"], env=self.env())
-        code, rss, cpu = _wait(proc)
-        wall = time.perf_counter() - started
+        with self._servers(self.up.proc.pid) as servers:
+            started = time.perf_counter()
+            proc = subprocess.Popen(self._naive_command(), env=self.env())
+            code, rss, cpu = procs.wait(proc)
+            wall = time.perf_counter() - started
         assert code == 0
         landed = asyncio.run(self._count("naive_documents"))
         assert landed == n, f"{landed} of {n} landed"
         seconds = asyncio.run(self._job_window())
-        return Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+        run = Run("naive", kb, batch, 1, n, seconds, wall, rss, cpu)
+        run.startup_cpu_seconds = self.startup.get("naive", 0.0)
+        return servers.charge(run)
+
+    def _naive_command(self) -> list[str]:
+        return [str(Path(sys.executable).with_name("arq")), "bench.naive.WorkerSettings", "--burst"]
+
+    def _worker_command(
+        self, label: str, processes: int = 1, *, profile: bool = True
+    ) -> Callable[[], list[str]]:
+        """A burst worker (of ``processes``): each call its command line, under py-spy writing
+        one profile per worker process tree into --profile's folder when it is given."""
+        cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
+        if processes > 1:
+            cmd += ["--processes", str(processes)]
+        folder = self.args.profile
+        if not folder or not profile:
+            return lambda: cmd
+        return lambda: profiled(cmd, Path(folder), label, self.args.profile_format, processes)
 
 
-def _worker_command(name: str, processes: int = 1) -> list[str]:
-    """A burst worker (of ``processes``); under py-spy, writing collapsed stacks, when
-    BENCH_PYSPY names a folder (a supervisor's children included)."""
-    cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
-    if processes > 1:
-        cmd += ["--processes", str(processes)]
-    folder = os.environ.get("BENCH_PYSPY")
-    if not folder:
-        return cmd
-    out = Path(folder) / f"{name.replace(' ', '_')}-{time.monotonic_ns()}.txt"
+# py-spy's output formats and the extension of each.
+PROFILE_FORMATS = {"flamegraph": "svg", "speedscope": "json", "raw": "txt"}
+
+
+def profiled(cmd: list[str], folder: Path, label: str, fmt: str, processes: int) -> list[str]:
+    """``cmd`` under `py-spy record`, writing ``<label>-<n>.<ext>`` into ``folder`` (n counts
+    up, so repetitions and a run's several workers keep their own file); a supervisor's
+    children are followed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = label.replace(" ", "_")
+    n = 1
+    while any(folder.glob(f"{stem}-{n}.*")):
+        n += 1
+    out = folder / f"{stem}-{n}.{PROFILE_FORMATS[fmt]}"
+    out.touch()  # claimed now: a second worker of the same run takes the next number
     spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--rate", "400"]
     if processes > 1:
         spy.append("--subprocesses")
-    return [*spy, "--format", "raw", "-o", str(out), "--", *cmd]
+    return [*spy, "--format", fmt, "-o", str(out), "--", *cmd]
+
+
+@dataclass
+class ServerCpu:
+    """CPU seconds the servers spent during one run (None: not measured)."""
+
+    postgres: float | None = None
+    upstream: float | None = None
+
+    def charge(self, run: Run) -> Run:
+        run.postgres_cpu_seconds = self.postgres
+        run.upstream_cpu_seconds = self.upstream
+        return run
 
 
 def _paired_ratio(a: Run, b: Run) -> float:
     """Median of per-repetition ratios: runs of one repetition share the machine's load."""
     return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=True))
+
+
+def _paired_cpu_ratio(a: Run, b: Run) -> float:
+    """Median of per-repetition ratios of CPU per URL (the process under test's): steadier
+    than rates on a shared machine, where a neighbour slows a run more than it costs it CPU."""
+    return statistics.median(x / y for x, y in zip(a.cpu_samples, b.cpu_samples, strict=True))
 
 
 def ratios(runs: list[Run]) -> dict[str, float]:
@@ -333,6 +452,9 @@ def ratios(runs: list[Run]) -> dict[str, float]:
             ref = next((x for x in runs if x.name == base and x.size_kb == r.size_kb), None)
             if ref is not None:
                 out[f"{r.size_kb}K {r.name} b{r.batch} / {base}"] = round(_paired_ratio(r, ref), 3)
+            if ref is not None and base == "ceiling":
+                key = f"{r.size_kb}K {r.name} b{r.batch} CPU/URL / ceiling CPU/URL"
+                out[key] = round(_paired_cpu_ratio(r, ref), 3)
     return out
 
 
@@ -342,7 +464,17 @@ def _median(runs: list[Run]) -> Run:
     mid.samples = [round(r.urls_per_s) for r in runs]
     mid.peak_rss_mib = max(r.peak_rss_mib for r in runs)
     mid.cpu_seconds = statistics.median(r.cpu_seconds for r in runs)
+    mid.startup_cpu_seconds = statistics.median(r.startup_cpu_seconds for r in runs)
+    mid.cpu_samples = [round(r.run_us_per_url, 1) for r in runs]
+    mid.postgres_cpu_seconds = _median_of([r.postgres_cpu_seconds for r in runs])
+    mid.upstream_cpu_seconds = _median_of([r.upstream_cpu_seconds for r in runs])
     return mid
+
+
+def _median_of(values: list[float | None]) -> float | None:
+    """The median of the measured values; None when none was."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
 
 
 def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
@@ -366,9 +498,11 @@ def _plan(b: Bench, sizes: list[int]) -> list[tuple[str, Callable[[], Run]]]:
 
 def _table(runs: list[Run]) -> str:
     lines = [
-        "ratios are medians of per-repetition ratios",
+        "ratios are medians of per-repetition ratios; CPU/URL in µs (user + system): run = the "
+        "process under test (the worker's processes, or the ceiling's client) less its start-up "
+        "and exit, pg = the Postgres server, up = the upstream server, every process of each",
         f"{'size':>5} {'what':<14} {'batch':>6} {'URLs/s':>8} {'samples':<22} {'s':>6} "
-        f"{'wall s':>6} {'peak RSS':>9} {'CPU/URL':>9}  ratios",
+        f"{'wall s':>6} {'peak RSS':>9} {'CPU/URL run':>11} {'pg':>5} {'up':>5}  ratios",
     ]
     for kb in sorted({r.size_kb for r in runs}):
         group = [r for r in runs if r.size_kb == kb]
@@ -378,6 +512,7 @@ def _table(runs: list[Run]) -> str:
             shown = []
             if r.name.startswith("harvester") and ceiling:
                 shown.append(f"{_paired_ratio(r, ceiling):.2f}x ceiling")
+                shown.append(f"{_paired_cpu_ratio(r, ceiling):.2f}x its CPU/URL")
             if r.name.startswith("harvester") and naive:
                 shown.append(f"{_paired_ratio(r, naive):.2f}x naive")
             plain = next((x for x in group if x.name == "api plain"), None)
@@ -388,12 +523,18 @@ def _table(runs: list[Run]) -> str:
             lines.append(
                 f"{kb:>4}K {r.name:<14} {r.batch or '-':>6} {r.urls_per_s:>8.0f} "
                 f"{r.samples!s:<22} {r.seconds:>6.2f} {r.wall_seconds:>6.2f} "
-                f"{r.peak_rss_mib:>6.0f} MiB {r.cpu_us_per_url:>6.0f} µs  {', '.join(shown)}"
+                f"{r.peak_rss_mib:>6.0f} MiB {r.run_us_per_url:>11.0f} "
+                f"{_us(r.postgres_us_per_url):>5} {_us(r.upstream_us_per_url):>5}  "
+                f"{', '.join(shown)}"
             )
     return "\n".join(lines)
 
 
-def main() -> int:
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=20_000, help="URLs per measurement (20000)")
     parser.add_argument("--sizes", default="1,16", help="body sizes in KiB (1,16)")
@@ -403,9 +544,27 @@ def main() -> int:
         "--only", default="", help="comma-separated plan entries to run (substring)"
     )
     parser.add_argument("--upstream", choices=["nginx", "granian"], default=None)
-    parser.add_argument("--database-url", default=None)
-    parser.add_argument("--redis-url", default=None)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL") or None,
+        help="a Postgres server to use instead of an embedded one (default: BENCH_DATABASE_URL); "
+        f"the bench creates, empties and drops a database {database.NAME} there",
+    )
+    parser.add_argument("--redis-url", default=None, help="a Redis database to use (flushed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        default=os.environ.get("BENCH_PROFILE") or None,
+        help="run every harvester worker under py-spy, one profile per worker into DIR, e.g. "
+        "bench/profiles (default: BENCH_PROFILE)",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=sorted(PROFILE_FORMATS),
+        default="flamegraph",
+        help="py-spy's output: flamegraph (SVG, the default), speedscope or raw (collapsed stacks)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -413,36 +572,50 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="a harvester setting for every harvester run, e.g. --set max_jobs=8 (repeatable)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     args.settings = dict(item.split("=", 1) for item in args.set)
     sizes = [int(x) for x in args.sizes.split(",")]
+    try:
+        runs, info = _measure(args, sizes)
+    except database.BenchDatabaseError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(
+        f"upstream: {info['upstream']}; postgres: {info['postgres']}; {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}; {args.urls} URLs per run; medians of "
+        f"{args.repeat}; settings {args.settings or 'defaults'}"
+    )
+    print(_table(runs))
+    print(f"\nwrote {_write(args, runs, info)}")
+    return 0
 
+
+def _measure(args: argparse.Namespace, sizes: list[int]) -> tuple[list[Run], dict[str, str]]:
+    """Start the servers, run the plan ``args.repeat`` times, interleaved; the median runs and
+    what the servers were."""
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
         root = Path(tmp)
+        pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         up = upstream_mod.start(root / "upstream", sizes, prefer=args.upstream)
         api = upstream_mod.start_api()
-        pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
+        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            db = args.database_url or pg.start()  # type: ignore[union-attr]
+            if pg is None:
+                db = asyncio.run(database.create(args.database_url))
+                claimed = True
+            else:
+                db = pg.start()
             rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
             asyncio.run(migrate(db))
-            bench = Bench(args, up, api, db, rurl, root)
-            plan = _plan(bench, sizes)
-            if args.only:
-                wanted = [w.strip() for w in args.only.split(",")]
-                plan = [(k, f) for k, f in plan if any(w in k for w in wanted)]
-            samples: dict[str, list[Run]] = {k: [] for k, _ in plan}
-            for rep in range(args.repeat):
-                for key, fn in plan:
-                    run = fn()
-                    samples[key].append(run)
-                    print(
-                        f"[{rep + 1}/{args.repeat}] {key:<24} {run.urls_per_s:8.0f} URLs/s "
-                        f"rss {run.peak_rss_mib:.0f} MiB",
-                        flush=True,
-                    )
-            runs = [_median(v) for v in samples.values()]
+            postgres = asyncio.run(database.describe(db, embedded=pg is not None))
+            bench = Bench(args, up, api, db, rurl, root, asyncio.run(database.postmaster(db)))
+            runs = _repeat(args, bench, _plan(bench, sizes))
         finally:
             up.stop()
             api.stop()
@@ -450,21 +623,40 @@ def main() -> int:
                 rd.stop()
             if pg is not None:
                 pg.stop("fast")
+            if claimed:
+                asyncio.run(database.drop(args.database_url))
+    return runs, {"upstream": up.kind, "postgres": postgres}
 
-    print()
-    print(
-        f"upstream: {up.kind}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
-        f"{args.urls} URLs per run; medians of {args.repeat}; "
-        f"settings {args.settings or 'defaults'}"
-    )
-    print(_table(runs))
+
+def _repeat(
+    args: argparse.Namespace, bench: Bench, plan: list[tuple[str, Callable[[], Run]]]
+) -> list[Run]:
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        plan = [(k, f) for k, f in plan if any(w in k for w in wanted)]
+    samples: dict[str, list[Run]] = {k: [] for k, _ in plan}
+    for rep in range(args.repeat):
+        bench.measure_startup([k for k, _ in plan])
+        for key, fn in plan:
+            run = fn()
+            samples[key].append(run)
+            print(
+                f"[{rep + 1}/{args.repeat}] {key:<24} {run.urls_per_s:8.0f} URLs/s "
+                f"rss {run.peak_rss_mib:.0f} MiB CPU/URL {run.run_us_per_url:.0f} µs "
+                f"(pg {_us(run.postgres_us_per_url)}, up {_us(run.upstream_us_per_url)})",
+                flush=True,
+            )
+    return [_median(v) for v in samples.values()]
+
+
+def _write(args: argparse.Namespace, runs: list[Run], info: dict[str, str]) -> Path:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / time.strftime("bench-%Y%m%dT%H%M%S.json")
     out.write_bytes(
         orjson.dumps(
             {
-                "upstream": up.kind,
+                **info,
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
                 "urls": args.urls,
@@ -476,6 +668,9 @@ def main() -> int:
                     | {
                         "urls_per_s": r.urls_per_s,
                         "cpu_us_per_url": r.cpu_us_per_url,
+                        "run_cpu_us_per_url": r.run_us_per_url,
+                        "postgres_cpu_us_per_url": r.postgres_us_per_url,
+                        "upstream_cpu_us_per_url": r.upstream_us_per_url,
                         "records_per_s": r.records_per_s,
                     }
                     for r in runs
@@ -485,8 +680,7 @@ def main() -> int:
             option=orjson.OPT_INDENT_2,
         )
     )
-    print(f"\nwrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

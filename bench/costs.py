@@ -1,16 +1,18 @@
 """`python -m bench.costs`: what one URL costs Redis, Postgres and the worker's CPU.
 
 The figures behind docs/scaling.md. Starts its own upstream (`bench.upstream`), Postgres
-(durable) and Valkey (embedded, unless --database-url/--redis-url are given; both are emptied),
-then for each body size and batch size enqueues the URLs, runs one `harvester worker --burst`
-until every row is committed, and reads:
+(durable) and Valkey (embedded, unless BENCH_DATABASE_URL or --database-url names a Postgres
+server, where it works in a database of its own as `python -m bench` does, or --redis-url a Redis
+database, which is flushed), then for each body size and batch size enqueues the URLs, runs
+one `harvester worker --burst` until every row is committed, and reads:
 
   Redis     commands by name and network bytes (`INFO commandstats`, `INFO stats`, reset with
             `CONFIG RESETSTAT` before each phase), for the enqueue and for the worker apart, and
             the memory its keys hold (`MEMORY USAGE` of every key) once queued and once done
   Postgres  WAL bytes (`pg_wal_lsn_diff` of `pg_current_wal_lsn()`), rows inserted, updated and
             deleted per table (`pg_stat_user_tables`), and the size of `documents` on disk
-  CPU       user + system CPU of the worker process
+  CPU       user + system CPU of the worker process, and of the Postgres server's processes when
+            it runs on this machine (`bench.procs`)
 
 A burst worker on an empty queue is measured first; its start-up and exit are taken off every
 case, so the per-URL figures are those of a running worker. Then an idle long-running worker is
@@ -36,8 +38,8 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
+from bench import database, procs
 from bench import upstream as upstream_mod
-from bench.__main__ import _wait
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine.migrate import migrate
 from worker.queue.client import enqueue_urls, open_queue
@@ -80,7 +82,7 @@ class Postgres:
     """A snapshot: the WAL position and the rows written so far, per table."""
 
     lsn: int  # bytes of WAL written since the cluster began
-    cpu: float | None  # CPU seconds of the server's processes so far (None: not ours)
+    cpu: float | None  # CPU seconds of the server's processes so far (None: not seen)
     rows: dict[str, tuple[int, int, int]]  # table: (inserted, updated, deleted)
 
 
@@ -91,7 +93,7 @@ class Worked:
     rows: dict[str, tuple[int, int, int]]
     cpu: float  # the worker process's
     seconds: float
-    postgres_cpu: float | None  # every Postgres process's, when the script started Postgres
+    postgres_cpu: float | None  # every Postgres process's, when /proc shows the server
 
 
 @dataclass
@@ -105,10 +107,10 @@ class Case:
 
 
 class Measure:
-    def __init__(self, db: str, rd: str, pgdata: Path | None) -> None:
+    def __init__(self, db: str, rd: str, postmaster: int | None) -> None:
         self.db = db
         self.rd = rd
-        self.pgdata = pgdata
+        self.postmaster = postmaster
 
     async def reset_redis(self) -> float:
         """Reset the command and network counters; the server's CPU seconds so far."""
@@ -155,7 +157,8 @@ class Measure:
         finally:
             await conn.close()
         rows = {r[0]: (r[1], r[2], r[3]) for r in found}
-        return Postgres(lsn, None if self.pgdata is None else postgres_cpu(self.pgdata), rows)
+        pm = self.postmaster
+        return Postgres(lsn, None if pm is None else procs.snapshot().seconds(pm), rows)
 
     async def settled(self, before: Postgres, landed: int) -> Postgres:
         """A snapshot once the worker's row counts have reached the statistics (a backend
@@ -195,27 +198,6 @@ class Measure:
             await enqueue_urls(redis, urls, batch_size=batch)
 
 
-def _ticks(stat: str) -> tuple[int, list[int]]:
-    """The parent pid and the CPU fields (utime, stime, cutime, cstime) of a /proc stat line."""
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), [int(x) for x in fields[11:15]]
-
-
-def postgres_cpu(pgdata: Path) -> float:
-    """CPU seconds of a Postgres server so far (Linux): the postmaster's own and its exited
-    children's (cutime, cstime), plus every running child's."""
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    total = sum(_ticks(Path(f"/proc/{postmaster}/stat").read_text())[1])
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent, ticks = _ticks(stat.read_text())
-        except OSError:
-            continue  # a process that ended meanwhile
-        if parent == postmaster:
-            total += ticks[0] + ticks[1]
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def _delta(
     before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
 ) -> dict[str, tuple[int, int, int]]:
@@ -246,7 +228,7 @@ def work(m: Measure, landed: int) -> Worked:
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "worker", "--burst"], env=_env(m.db, m.rd)
     )
-    code, _, cpu = _wait(proc)
+    code, _, cpu = procs.wait(proc)
     seconds = time.perf_counter() - started
     assert code == 0, f"the worker exited with {code}"
     redis = asyncio.run(m.read_redis())
@@ -350,7 +332,7 @@ def report(c: Case, base: Worked) -> list[str]:
 
 def _pg_cpu(w: Worked, base: Worked, urls: int) -> str:
     if w.postgres_cpu is None or base.postgres_cpu is None:
-        return "not measured (not a Postgres this script started)"
+        return "not measured (the server is not on this machine)"
     return f"{(w.postgres_cpu - base.postgres_cpu) / urls * 1e6:,.0f} µs/URL (every process)"
 
 
@@ -370,7 +352,12 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,16", help="body sizes in KiB (1,16)")
     parser.add_argument("--batches", default="100,1000", help="URLs per job (100,1000)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds to watch an idle worker")
-    parser.add_argument("--database-url", default=None, help="a database to use (emptied)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL") or None,
+        help="a Postgres server to use (default: BENCH_DATABASE_URL); the script creates, "
+        f"empties and drops a database {database.NAME} there",
+    )
     parser.add_argument("--redis-url", default=None, help="a Redis database to use (flushed)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -380,18 +367,28 @@ def main() -> int:
         up = upstream_mod.start(root / "upstream", sizes)
         pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
+        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            db = args.database_url or pg.start()  # type: ignore[union-attr]
+            if pg is None:
+                db = asyncio.run(database.create(args.database_url))
+                claimed = True
+            else:
+                db = pg.start()
             rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
             asyncio.run(migrate(db))
-            pgdata = None if pg is None else pg.data
-            lines = measure(Measure(db, rurl, pgdata), up, sizes, batches, args)
+            m = Measure(db, rurl, asyncio.run(database.postmaster(db)))
+            lines = measure(m, up, sizes, batches, args)
+        except database.BenchDatabaseError as exc:
+            print(f"python -m bench.costs: {exc}", file=sys.stderr)
+            return 2
         finally:
             up.stop()
             if rd is not None:
                 rd.stop()
             if pg is not None:
                 pg.stop("fast")
+            if claimed:
+                asyncio.run(database.drop(args.database_url))
     print(f"upstream {up.kind}; {os.cpu_count()} CPUs; Postgres and Redis on the same machine")
     print("\n".join(lines))
     return 0

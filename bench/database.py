@@ -1,0 +1,99 @@
+"""The bench's own database on a Postgres server it did not start (`BENCH_DATABASE_URL`).
+
+The bench empties its tables between runs, so it never works in the database a URL names: it
+connects there only to create ``harvester_bench`` beside it, marked with a comment as the
+bench's, and drops it when done. A ``harvester_bench`` without the mark, or one another session
+is connected to, is refused: it is someone else's, or another bench's in progress.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from yarl import URL
+
+from bench import procs
+
+NAME = "harvester_bench"
+MARK = "harvester bench: created, emptied and dropped by python -m bench"
+
+
+class BenchDatabaseError(Exception):
+    """The server cannot give the bench a database of its own; the message says why."""
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming database ``name`` instead (user, host, port and options kept)."""
+    parsed = URL(url)
+    return str(parsed.with_path(f"/{name}").with_query(parsed.query))
+
+
+async def create(url: str) -> str:
+    """The URL of a fresh bench database on ``url``'s server: created and marked, after
+    dropping the bench's own left from an interrupted run."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # OSError: refused or timed out; ValueError: a malformed URL.
+        raise BenchDatabaseError(f"cannot connect to BENCH_DATABASE_URL: {exc}") from exc
+    try:
+        found = await conn.fetchrow(
+            "SELECT shobj_description(oid, 'pg_database') AS mark, "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) AS sessions "
+            "FROM pg_database d WHERE datname = $1",
+            NAME,
+        )
+        if found is not None and found["mark"] != MARK:
+            raise BenchDatabaseError(
+                f"database {NAME} exists and is not the bench's (no mark): left alone"
+            )
+        if found is not None and found["sessions"]:
+            raise BenchDatabaseError(f"database {NAME} is in use (another bench run?)")
+        try:
+            if found is not None:
+                await conn.execute(f"DROP DATABASE {NAME}")
+            await conn.execute(f"CREATE DATABASE {NAME}")
+        except asyncpg.PostgresError as exc:
+            raise BenchDatabaseError(f"cannot create database {NAME}: {exc}") from exc
+        await conn.execute(f"COMMENT ON DATABASE {NAME} IS '{MARK}'")
+    finally:
+        await conn.close()
+    return with_database(url, NAME)
+
+
+async def drop(url: str) -> None:
+    """Drop the bench's database from ``url``'s server (``url`` names another database)."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        mark = await conn.fetchval(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            NAME,
+        )
+        if mark == MARK:
+            await conn.execute(f"DROP DATABASE {NAME}")
+    finally:
+        await conn.close()
+
+
+async def postmaster(url: str) -> int | None:
+    """The pid of the server's postmaster, when it runs on this machine and /proc shows it (a
+    backend's parent); None otherwise, and the server's CPU is not measured."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        return procs.parent_server(backend)
+    finally:
+        await conn.close()
+
+
+async def describe(url: str, *, embedded: bool) -> str:
+    """What the server is, for the report: version, where, and its durability settings (which
+    decide what a commit costs). Never the URL itself: it may hold a password."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        fsync = await conn.fetchval("SHOW fsync")
+        sync = await conn.fetchval("SHOW synchronous_commit")
+    finally:
+        await conn.close()
+    where = "embedded" if embedded else f"at {URL(url).host or 'a socket'}:{URL(url).port}"
+    return f"PostgreSQL {version.split()[0]} {where} (fsync {fsync}, synchronous_commit {sync})"
