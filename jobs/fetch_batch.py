@@ -48,7 +48,7 @@ async def _abandon(
     without an outcome a failure row, so nothing is silently lost."""
     recorded = await pipeline.record_failures(
         ctx["pool"],
-        Chunk(ctx["job_id"], batch.source, lease=lease),
+        Chunk(ctx["job_id"], batch.source, lease=lease, auth=batch.auth),
         batch.requests_of(),
         ctx["settings"],
         kind="abandoned",

@@ -22,7 +22,9 @@ Routes (all on one loopback port):
                                      whose first segment is in ``upstream.locks`` demands that
                                      credential (`tests.helpers.locks`); /api/paged/{style}/{name}:
                                      `pages` under it; /api/v1/orders: two records under
-                                     ``data`` (the README's records example)
+                                     ``data`` (the README's records example);
+                                     ?fails=N&status=S: S for the first N requests of the path
+                                     that pass its credential check (a flaky locked API)
   /oauth/token                       ``upstream.tokens``: an OAuth2 client-credentials endpoint
   /echo-auth/{name}                  403, its reason phrase echoing the credential it received
   /pages/{style}/{name}?n=N          any method: N pages (style link, json or cursor), page K at
@@ -111,6 +113,7 @@ class Feed:
 class Upstream:
     hits: list[Hit] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    passed: Counter[str] = field(default_factory=Counter)  # /api/ requests let through, by path
     in_flight: int = 0
     max_in_flight: int = 0
     base: str = ""
@@ -246,6 +249,8 @@ class Upstream:
         refusal = lock.judge(request, self.tokens) if lock is not None else None
         if refusal is not None:
             return web.json_response({"error": "credentials"}, status=refusal)
+        if "fails" in request.query and self._passed(request) <= int(request.query["fails"]):
+            return web.Response(status=int(request.query.get("status", "503")), text="try again")
         body: dict[str, object] = {
             "name": path,
             "sku": path.replace("/", "-"),
@@ -258,6 +263,11 @@ class Upstream:
             since = int(request.query.get("since", "0"))
             body = {"changes": [since + 1], "meta": {"next_since": str(since + 1)}}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    def _passed(self, request: web.Request) -> int:
+        """Count a request that passed ``/api/``'s credential check; return how many have."""
+        self.passed[request.path] += 1
+        return self.passed[request.path]
 
     async def _echo_auth(self, request: web.Request) -> web.Response:
         reason = f"refused {echoed_credential(request)}"

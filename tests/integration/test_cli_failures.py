@@ -122,3 +122,26 @@ async def test_failures_list_fits_80_columns_and_keeps_long_values_whole(
         ["2h ago", "timeout", "2", job, url],
     ]
     assert "1 of these already replayed" in listed.stdout
+
+
+async def test_failures_list_shows_the_profile_name_when_a_row_has_one(
+    cli: InProcess, services: Services, pool: asyncpg.Pool
+) -> None:
+    """A failure of an authenticated job shows its profile's name in an auth column (blank for
+    the others) and in --json; the table still fits 80 columns."""
+    await _fail(pool, "job-a", "http://x/plain", "timeout", 120)
+    await _fail(pool, "job-b", "http://x/billing", "timeout", 60)
+    await pool.execute("UPDATE fetch_failures SET auth = 'billing' WHERE job_id = 'job-b'")
+    env = cli_env(services, COLUMNS="80")
+
+    listed = await cli("failures", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    header, rows = table_rows(listed.stdout)
+    assert header == ["id", "failed", "error", "tries", "auth", "job", "url"]
+    assert [r[2:] for r in rows] == [
+        ["timeout", "2", "billing", "job-b", "http://x/billing"],
+        ["timeout", "2", "", "job-a", "http://x/plain"],
+    ]
+    as_json = await cli("failures", "list", "--json", env=env)
+    assert [json.loads(line)["auth"] for line in as_json.stdout.splitlines()] == ["billing", None]

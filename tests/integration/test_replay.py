@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ from arq.worker import Worker
 
 from jobs.replay_failures import replay_failures as replay_cron
 from tests.helpers import TEST_QUEUE, cron_ctx
+from tests.helpers.locks import SECRET_ENV
 from tests.helpers.upstream import Upstream
 from worker.errors import TRANSIENT_KINDS, is_transient_failure
 from worker.scheduling.replay import (
@@ -35,11 +37,13 @@ async def _fail(
     status: int | None = None,
     source: str | None = None,
     age_s: float = 3600.0,
+    auth: str | None = None,
 ) -> int:
     """Insert one failure row that failed ``age_s`` seconds ago; return its id."""
     row_id: int = await pool.fetchval(
-        """INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, failed_at)
-           VALUES ($1, $2, $3, $4, $5, 1, 'test', now() - make_interval(secs => $6::float8))
+        """INSERT INTO fetch_failures
+               (job_id, url, source, error, status, attempts, detail, failed_at, auth)
+           VALUES ($1, $2, $3, $4, $5, 1, 'test', now() - make_interval(secs => $6::float8), $7)
            RETURNING id""",
         job_id,
         url,
@@ -47,6 +51,7 @@ async def _fail(
         error,
         status,
         age_s,
+        auth,
     )
     return row_id
 
@@ -393,3 +398,94 @@ async def test_only_failures_of_gets_without_a_body_are_replayed(
     [job_id] = result.jobs
     assert (await _queued(redis, job_id))["urls"] == ["http://x/get"]
     assert (await _replayed_by(pool))["http://x/post"] is None
+
+
+async def test_a_replay_sends_the_credential_profile_of_the_failed_job(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    redis: aioredis.Redis,
+    upstream: Upstream,
+    credentials_file: Path,
+    make_worker: Callable[..., Worker],
+) -> None:
+    """A bearer job's URL answers 503 the first time: its failure keeps the profile's name, the
+    replay job carries ``auth``, and the URL, which the upstream serves only with the token,
+    lands under the replay's id. The token is in no fetch_failures or replays row."""
+    url = upstream.url("/api/bearer/replayed?fails=1&status=503")
+    await arq_queue.enqueue_job("fetch_batch", urls=[url], auth="bearer", _job_id="original")
+    first = make_worker(credentials=credentials_file, max_attempts=1)
+    await first.main()
+    failure = await pool.fetchrow("SELECT error, status, auth FROM fetch_failures")
+    assert dict(failure) == {"error": "http_status", "status": 503, "auth": "bearer"}
+
+    result = await replay_failures(pool, arq_queue, transient_only=True, batch_size=10, limit=10)
+    [job_id] = result.jobs
+    assert await _queued(redis, job_id) == {"urls": [url], "auth": "bearer"}
+    assert await pool.fetchval("SELECT auth FROM replays WHERE job_id = $1", job_id) == "bearer"
+    second = make_worker(credentials=credentials_file)
+    await second.main()
+
+    assert (second.jobs_complete, second.jobs_failed) == (1, 0)
+    doc = await pool.fetchrow("SELECT job_id, status FROM documents WHERE url = $1", url)
+    assert doc is not None
+    assert (doc["job_id"], doc["status"]) == (job_id, 200)
+    assert upstream.passed["/api/bearer/replayed"] == 2  # both fetches carried the token
+    assert await pool.fetchval("SELECT count(*) FROM fetch_failures") == 1  # the original only
+    token = SECRET_ENV["TEST_BEARER_TOKEN"]
+    for table in ("fetch_failures", "replays"):
+        rows = await pool.fetch(f"SELECT x::text FROM {table} x")
+        assert rows
+        assert all(token not in r[0] for r in rows), table
+
+
+async def test_failures_of_different_profiles_go_out_in_different_jobs(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, redis: aioredis.Redis
+) -> None:
+    """Failures of one source under two profiles and under none make three jobs, each with its
+    own ``auth`` (none: omitted), recorded in replays.auth; a dry run counts three too."""
+    await _fail(pool, "j", "http://x/a1", source="s", auth="billing", age_s=900)
+    await _fail(pool, "j", "http://x/none", source="s", age_s=800)
+    await _fail(pool, "j", "http://x/b", source="s", auth="maps", age_s=700)
+    await _fail(pool, "j", "http://x/a2", source="s", auth="billing", age_s=600)
+
+    dry = await replay_failures(pool, arq_queue, batch_size=10, limit=10, dry_run=True)
+    assert (dry.batches, dry.urls) == (3, 4)
+    result = await replay_failures(pool, arq_queue, batch_size=10, limit=10)
+
+    payloads = [await _queued(redis, j) for j in result.jobs]
+    assert payloads == [
+        {"urls": ["http://x/a1", "http://x/a2"], "source": "s", "auth": "billing"},
+        {"urls": ["http://x/none"], "source": "s"},
+        {"urls": ["http://x/b"], "source": "s", "auth": "maps"},
+    ]
+    recorded = [
+        await pool.fetchval("SELECT auth FROM replays WHERE job_id = $1", j) for j in result.jobs
+    ]
+    assert recorded == ["billing", None, "maps"]
+    listed = {r.url: r.auth for r in await list_failures(pool)}
+    assert listed["http://x/a1"] == "billing"
+    assert listed["http://x/none"] is None
+
+
+async def test_the_outbox_enqueues_a_replay_with_its_profile(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, redis: aioredis.Redis
+) -> None:
+    """A committed replay of an authenticated job that never reached Redis is enqueued by the
+    next call with the profile its replays row recorded."""
+    await pool.execute(
+        "INSERT INTO replays (job_id, generation, urls, source, auth, reason, created_at)"
+        " VALUES ('replay-orphan', 1, 1, NULL, 'billing', 'cron',"
+        "         now() - make_interval(secs => $1::float8))",
+        OUTBOX_GRACE_S + 60,
+    )
+    row_id = await _fail(pool, "j", "http://x/1", auth="billing")
+    await pool.execute(
+        "UPDATE fetch_failures SET replayed_by = 'replay-orphan', replayed_at = now()"
+        " WHERE id = $1",
+        row_id,
+    )
+
+    result = await replay_failures(pool, arq_queue, batch_size=10, limit=10)
+
+    assert (result.recovered, result.jobs) == (1, [])
+    assert await _queued(redis, "replay-orphan") == {"urls": ["http://x/1"], "auth": "billing"}

@@ -181,6 +181,15 @@ def sweep(
         env = cli_env(services)
         status = await cli("status", "--json", env=env)
         failures = await cli("failures", "list", "--json", env=env)
+        # The failures keep their profile's name, and a replay of them records it (replays.auth)
+        # and enqueues it: the sweep below reads those columns and jobs too.
+        replay = await cli("failures", "replay", env=env)
+        assert replay.returncode == 0, replay.stderr
+        profiles = await pool.fetch(
+            "SELECT DISTINCT f.auth, r.auth FROM fetch_failures f"
+            " JOIN replays r ON r.job_id = f.replayed_by"
+        )
+        assert sorted(tuple(r) for r in profiles) == sorted((k, k) for k in PROFILE_TYPES)
         details = [r["detail"] for r in await pool.fetch("SELECT detail FROM fetch_failures")]
         assert len(details) == len(job_ids)
         assert await pool.fetchval("SELECT count(*) FROM documents") == len(job_ids)

@@ -93,6 +93,24 @@ async def test_body_postgres_refuses_becomes_a_failure_not_a_failed_chunk(
     assert kinds == {"http://bad": "invalid_json", "http://f": "http_status"}
 
 
+async def test_failures_keep_the_profile_name_on_every_write_path(pool: asyncpg.Pool) -> None:
+    """The chunk's ``auth`` lands in fetch_failures.auth by direct COPY, through staging (a
+    re-run whose document is there already) and row by row (a body Postgres refuses)."""
+    await write_chunk(pool, Chunk("j", None, [_doc("http://d")], []), max_url_length=8192)
+    chunks = {
+        "direct": Chunk("j", None, [], [_fail("http://direct")], auth="billing"),
+        "staged": Chunk("j", None, [_doc("http://d")], [_fail("http://staged")], auth="billing"),
+        "rows": Chunk("j", None, [_doc("http://bad", b'{"s": "\\u0000"}')], [], auth="maps"),
+    }
+    for chunk in chunks.values():
+        await write_chunk(pool, chunk, max_url_length=8192)
+    assert dict(await pool.fetch("SELECT url, auth FROM fetch_failures")) == {
+        "http://direct": "billing",
+        "http://staged": "billing",
+        "http://bad": "maps",
+    }
+
+
 async def test_existing_requests_lists_both_tables(pool: asyncpg.Pool) -> None:
     """An interrupted job's landed URLs are known, from documents and failures alike."""
     await write_chunk(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.engine.outcomes import Fetched
+from worker.engine.outcomes import Failed, Fetched
 from worker.engine.requests import Body, Request
 from worker.engine.writes import Chunk
 
@@ -31,3 +31,20 @@ def test_pages_of_a_post_walk_carry_the_request_columns_too() -> None:
     assert columns[-3:] == ("page", "page_url", "next_url")
     assert rows == [chunk.doc_record(chunk.docs[0])]
     assert len(rows[0]) == len(columns)
+
+
+def test_every_failure_row_carries_the_chunks_profile_name() -> None:
+    """A chunk's ``auth`` (the profile's name) fills the auth column of each failure row, on the
+    plain path and on the one with request columns; without one it is NULL."""
+    post = Request("https://a/p", "POST", Body.of({"q": 1}))
+    plain = [
+        Failed("https://a/1", "timeout", "", None, 1),
+        Failed("https://a/2", "connect", "", None, 1),
+    ]
+    for fails in (plain, [*plain, Failed(post.url, "timeout", "", None, 1, request=post)]):
+        rows, columns = Chunk("job", "src", auth="billing").fail_records(fails)
+        at = columns.index("auth")
+        assert [r[at] for r in rows] == ["billing"] * len(fails)
+        assert all(len(r) == len(columns) for r in rows)
+    rows, columns = Chunk("job", "src").fail_records(plain)
+    assert [r[columns.index("auth")] for r in rows] == [None, None]

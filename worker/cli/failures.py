@@ -49,19 +49,23 @@ def _as_json(row: FailureRow) -> bytes:
 
 def _print_table(rows: list[FailureRow]) -> None:
     """The rows as a table that fits the terminal (job ids and URLs fold within their column);
-    every field is in ``--json``."""
+    every field is in ``--json``. An ``auth`` column (the credential profile's name) appears
+    only when a row has one."""
     from rich.text import Text
 
     from worker.logs import safe
 
     now = datetime.now(UTC)
-    t = table("id", "failed", "error", "tries", "job*", "url*", title="failures, newest first")
+    with_auth = any(r.auth is not None for r in rows)
+    columns = ("id", "failed", "error", "tries", *(("auth",) if with_auth else ()), "job*", "url*")
+    t = table(*columns, title="failures, newest first")
     for r in rows:
         error = r.error if r.status is None else f"{r.error} {r.status}"
+        cells = (error, str(r.attempts), *((r.auth or "",) if with_auth else ()), r.job_id, r.url)
         t.add_row(
             str(r.id),
             f"{format_age((now - r.failed_at).total_seconds())} ago",
-            *(Text(safe(cell)) for cell in (error, str(r.attempts), r.job_id, r.url)),
+            *(Text(safe(cell)) for cell in cells),
         )
     print_table(t)
     replayed = sum(r.replayed_by is not None for r in rows)

@@ -108,6 +108,11 @@ class Batch:
     # Records extracted from each document and upserted with it (`worker.engine.records`).
     records: RecordSpec | None = None
 
+    @property
+    def auth(self) -> str | None:
+        """The profile's name, which the job's failures keep (so a replay sends it again)."""
+        return None if self.profile is None else self.profile.name
+
 
 class DeadlineError(Exception):
     """The run's deadline came before every URL landed; what landed stays landed."""
@@ -221,7 +226,7 @@ class ChunkWriter:
             return
         b = self._batch
         chunk = Chunk(
-            b.job_id, b.source, self._docs, self._fails, self._updates, b.lease, b.records
+            b.job_id, b.source, self._docs, self._fails, self._updates, b.lease, b.records, b.auth
         )
         held = self._bytes
         self._docs, self._fails, self._updates, self._bytes = [], [], [], 0
@@ -448,7 +453,9 @@ class BatchRun:
             raise DeadlineError(landed=len(self._tally.landed), remaining=len(unfinished))
         self._tally.failures["deadline"] += await record_failures(
             self._pool,
-            Chunk(self.batch.job_id, self.batch.source, lease=self.batch.lease),
+            Chunk(
+                self.batch.job_id, self.batch.source, lease=self.batch.lease, auth=self.batch.auth
+            ),
             unfinished,
             self._settings,
             kind="deadline",

@@ -39,7 +39,8 @@ from worker.engine.store import (
 from worker.errors import StoreError
 
 _DOC_COLUMNS = ("job_id", "url", "source", "status", "body", "elapsed_ms", "attempts")
-_FAIL_COLUMNS = ("job_id", "url", "source", "error", "status", "attempts", "detail")
+# ``auth`` is the job's credential profile name (never a secret), a constant of the chunk.
+_FAIL_COLUMNS = ("job_id", "url", "source", "auth", "error", "status", "attempts", "detail")
 # Only a chunk holding a request other than a plain GET copies these (the columns' defaults,
 # GET and NULL, are a plain GET's), so plain batches COPY what they always did.
 _REQUEST_COLUMNS = ("method", "body_hash", "request")
@@ -62,7 +63,7 @@ ALTER TABLE harvester_stage_documents ALTER COLUMN body SET STORAGE EXTERNAL;
 
 _STAGE_FAILURES = """
 CREATE TEMP TABLE IF NOT EXISTS harvester_stage_failures (
-    job_id text, url text, source text, error text, status integer,
+    job_id text, url text, source text, auth text, error text, status integer,
     attempts integer, detail text,
     method text NOT NULL DEFAULT 'GET', body_hash bytea, request jsonb,
     page integer, page_url text
@@ -80,10 +81,10 @@ ON CONFLICT (job_id, harvester_request_key(url, method, body_hash), COALESCE(pag
 """
 
 _MOVE_FAILURES = """
-INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail, method,
+INSERT INTO fetch_failures (job_id, url, source, auth, error, status, attempts, detail, method,
                             body_hash, request, page, page_url)
-SELECT job_id, url, source, error, status, attempts, detail, method, body_hash, request, page,
-       page_url
+SELECT job_id, url, source, auth, error, status, attempts, detail, method, body_hash, request,
+       page, page_url
 FROM harvester_stage_failures
 ON CONFLICT (job_id, harvester_request_key(url, method, body_hash)) DO NOTHING
 """
@@ -153,6 +154,9 @@ class Chunk:
     lease: JobLease | None = None
     # The job's records (`worker.engine.records`), upserted with the documents; None: none.
     records: RecordSpec | None = None
+    # The job's credential profile NAME (its ``auth``), kept with its failures so that a replay
+    # sends it again; never the secret. None: no credentials.
+    auth: str | None = None
 
     def stored(self, max_url_length: int) -> Chunk:
         """This chunk with every URL in its `stored_url` form (itself when all are short)."""
@@ -202,11 +206,11 @@ class Chunk:
         self, fails: Sequence[Failed]
     ) -> tuple[list[tuple[object, ...]], tuple[str, ...]]:
         """``fails`` as COPY records, and the columns they fill."""
-        j, s = self.job_id, self.source
+        j, s, a = self.job_id, self.source, self.auth
         requests, pages = _extras(fails)
         if not requests and not pages:
             rows: list[tuple[object, ...]] = [
-                (j, f.url, s, f.kind, f.status, f.attempts, f.detail) for f in fails
+                (j, f.url, s, a, f.kind, f.status, f.attempts, f.detail) for f in fails
             ]
             return rows, _FAIL_COLUMNS
         columns = (
@@ -216,7 +220,7 @@ class Chunk:
         )
         records = []
         for f in fails:
-            row: tuple[object, ...] = (j, f.url, s, f.kind, f.status, f.attempts, f.detail)
+            row: tuple[object, ...] = (j, f.url, s, a, f.kind, f.status, f.attempts, f.detail)
             if requests:
                 row += _request_fields(f)
             if pages:

@@ -1,10 +1,12 @@
 """Failure replay: list ``fetch_failures`` rows and retry some of them as new `fetch_batch` jobs.
 
 A replay never rewrites what the original job recorded. It creates a new job
-``replay-<16 hex>``, records it in ``replays`` with its *generation* (1 for a replay of
-first-time failures, n + 1 for a replay of a generation-n replay's failures) and links each
-retried row to it through ``fetch_failures.replayed_by`` (and ``replayed_at``). A row with
-``replayed_by`` set is never replayed again. The new job's outcomes land under its own id, so
+``replay-<16 hex>`` with the failures' source and credential profile (``fetch_failures.auth``,
+the profile's name: a worker that no longer has that profile refuses the job, as any job naming
+an unknown one), records it in ``replays`` with its *generation* (1 for a replay of first-time
+failures, n + 1 for a replay of a generation-n replay's failures) and links each retried row to
+it through ``fetch_failures.replayed_by`` (and ``replayed_at``). A row with ``replayed_by`` set
+is never replayed again. The new job's outcomes land under its own id, so
 what became of each replayed failure is::
 
     SELECT f.url, f.error, d.status
@@ -51,7 +53,7 @@ OUTBOX_GRACE_S: Final = 60.0
 OUTBOX_BATCH: Final = 100
 
 _LIST = """
-SELECT id, job_id, url, source, error, status, attempts, detail, failed_at, replayed_by
+SELECT id, job_id, url, source, auth, error, status, attempts, detail, failed_at, replayed_by
 FROM fetch_failures
 WHERE ($1::text IS NULL OR job_id = $1)
   AND ($2::text[] IS NULL OR error = ANY($2::text[]))
@@ -78,27 +80,29 @@ WHERE f.replayed_by IS NULL
 """
 
 _PLAN = f"""
-SELECT f.url, f.source, COALESCE(r.generation, 0) AS generation {_CANDIDATES}
+SELECT f.url, f.source, f.auth, COALESCE(r.generation, 0) AS generation {_CANDIDATES}
 ORDER BY f.failed_at, f.id LIMIT $7
 """
 
-# The oldest unlocked candidate picks the group (source, generation) of the next job...
+# The oldest unlocked candidate picks the group (source, generation, auth) of the next job...
 _CLAIM_FIRST = f"""
-SELECT f.source, COALESCE(r.generation, 0) AS generation {_CANDIDATES}
+SELECT f.source, f.auth, COALESCE(r.generation, 0) AS generation {_CANDIDATES}
 ORDER BY f.failed_at, f.id LIMIT 1
 FOR UPDATE OF f SKIP LOCKED
 """
 
-# ... and up to $9 candidates of that group are locked with it (our own lock is not skipped).
+# ... and up to $10 candidates of that group are locked with it (our own lock is not skipped).
 _CLAIM_GROUP = f"""
 SELECT f.id, f.url {_CANDIDATES}
   AND f.source IS NOT DISTINCT FROM $7::text AND COALESCE(r.generation, 0) = $8
-ORDER BY f.failed_at, f.id LIMIT $9
+  AND f.auth IS NOT DISTINCT FROM $9::text
+ORDER BY f.failed_at, f.id LIMIT $10
 FOR UPDATE OF f SKIP LOCKED
 """  # noqa: S608 - constant fragments only; values are parameters
 
 _INSERT_REPLAY = """
-INSERT INTO replays (job_id, generation, urls, source, reason) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO replays (job_id, generation, urls, source, auth, reason)
+VALUES ($1, $2, $3, $4, $5, $6)
 """
 
 _LINK = """
@@ -108,7 +112,7 @@ UPDATE fetch_failures SET replayed_by = $1, replayed_at = now() WHERE id = ANY($
 _MARK_ENQUEUED = "UPDATE replays SET enqueued_at = now() WHERE job_id = $1"
 
 _OUTBOX = """
-SELECT job_id, source FROM replays
+SELECT job_id, source, auth FROM replays
 WHERE enqueued_at IS NULL AND created_at < now() - make_interval(secs => $1::float8)
 ORDER BY created_at LIMIT $2
 """
@@ -128,6 +132,7 @@ class FailureRow:
     job_id: str
     url: str
     source: str | None
+    auth: str | None  # the credential profile's name, never a secret
     error: str
     status: int | None
     attempts: int
@@ -202,7 +207,7 @@ async def replay_failures(
 ) -> ReplayResult:
     """Replay up to ``limit`` not yet replayed failures matching every filter as new jobs.
 
-    Failures are grouped by (source, generation), oldest first, into jobs of at most
+    Failures are grouped by (source, generation, auth), oldest first, into jobs of at most
     ``batch_size`` rows; a URL appears once per job. ``older_than`` is seconds since
     ``failed_at``; ``max_generation`` keeps failures of that generation or lower (0: failures of
     jobs that are not replays). ``dry_run`` only reads. Raises `StoreError` when Postgres fails;
@@ -231,11 +236,10 @@ async def replay_failures(
         )
         if claimed is None:
             break
-        new_job, source, chunk_urls, rows = claimed
-        taken += rows
-        await _enqueue(pool, redis, new_job, source, chunk_urls)
-        jobs.append(new_job)
-        urls += len(chunk_urls)
+        taken += claimed.rows
+        await _enqueue(pool, redis, claimed.job_id, claimed.job)
+        jobs.append(claimed.job_id)
+        urls += len(claimed.job.urls or ())
     if jobs:
         log.info("replay.enqueued", extra={"jobs": len(jobs), "urls": urls, "reason": reason})
     return ReplayResult(jobs=jobs, urls=urls, batches=len(jobs), recovered=recovered)
@@ -247,9 +251,9 @@ async def _plan(
     """The jobs a replay would make now, read without locks."""
     with store.translated("cannot read failures"):
         rows = await pool.fetch(_PLAN, *filters, limit)
-    groups: dict[tuple[str | None, int], list[str]] = {}
+    groups: dict[tuple[str | None, int, str | None], list[str]] = {}
     for r in rows:
-        groups.setdefault((r["source"], r["generation"]), []).append(r["url"])
+        groups.setdefault((r["source"], r["generation"], r["auth"]), []).append(r["url"])
     batches = urls = 0
     for group in groups.values():
         for i in range(0, len(group), batch_size):
@@ -258,10 +262,19 @@ async def _plan(
     return ReplayResult(jobs=[], urls=urls, batches=batches)
 
 
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """One replay job committed to Postgres, to be enqueued: ``rows`` failure rows claimed."""
+
+    job_id: str
+    job: FetchBatch
+    rows: int
+
+
 async def _claim(
     pool: asyncpg.Pool, filters: _Filters, *, batch_size: int, reason: str
-) -> tuple[str, str | None, list[str], int] | None:
-    """Claim one job's failures in one short transaction: (job id, source, URLs, rows)."""
+) -> _Claimed | None:
+    """Claim one job's failures in one short transaction."""
     with store.translated("cannot claim failures for replay"):
         async with (
             pool.acquire(timeout=store.ACQUIRE_TIMEOUT_S) as conn,
@@ -271,21 +284,27 @@ async def _claim(
             if first is None:
                 return None
             source: str | None = first["source"]
+            auth: str | None = first["auth"]
             generation: int = first["generation"]
-            rows = await conn.fetch(_CLAIM_GROUP, *filters, source, generation, batch_size)
+            rows = await conn.fetch(_CLAIM_GROUP, *filters, source, generation, auth, batch_size)
             urls = list(dict.fromkeys(r["url"] for r in rows))
             new_job = f"replay-{uuid.uuid4().hex[:16]}"
-            await conn.execute(_INSERT_REPLAY, new_job, generation + 1, len(urls), source, reason)
+            await conn.execute(
+                _INSERT_REPLAY, new_job, generation + 1, len(urls), source, auth, reason
+            )
             await conn.execute(_LINK, new_job, [r["id"] for r in rows])
-    return new_job, source, urls, len(rows)
+    return _Claimed(new_job, _job(urls, source, auth), len(rows))
 
 
-async def _enqueue(
-    pool: asyncpg.Pool, redis: ArqRedis, job_id: str, source: str | None, urls: list[str]
-) -> None:
+def _job(urls: list[str], source: str | None, auth: str | None) -> FetchBatch:
+    """A replay's job: its failures' URLs, with their source and credential profile name."""
+    return FetchBatch(urls=urls, source=source, auth=auth)
+
+
+async def _enqueue(pool: asyncpg.Pool, redis: ArqRedis, job_id: str, job: FetchBatch) -> None:
     """Hand the job to Redis, then mark its replays row enqueued."""
     # arq returns None when the id is queued, running or has a result: enqueued already.
-    await submit(redis, FetchBatch(urls=urls, source=source), job_id)
+    await submit(redis, job, job_id)
     with store.translated("cannot mark a replay enqueued"):
         await pool.execute(_MARK_ENQUEUED, job_id)
 
@@ -309,7 +328,7 @@ async def recover_outbox(pool: asyncpg.Pool, redis: ArqRedis) -> int:
                 log.warning("replay.outbox_empty", extra={"replay_job_id": job_id})
                 await pool.execute(_MARK_ENQUEUED, job_id)
                 continue
-        await _enqueue(pool, redis, job_id, row["source"], urls)
+        await _enqueue(pool, redis, job_id, _job(urls, row["source"], row["auth"]))
         log.info("replay.recovered", extra={"replay_job_id": job_id, "urls": len(urls)})
         recovered += 1
     return recovered
