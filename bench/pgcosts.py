@@ -15,9 +15,9 @@ the one backend that does the work (user + system; the WAL writer and checkpoint
 processes and are not counted), with the WAL bytes the variant wrote and the table's size.
 
 Variants run interleaved, ``--repeat`` times (medians shown), on an embedded PostgreSQL (fsync
-on), or on BENCH_DATABASE_URL / ``--database-url`` (a database of its own there: the schemas are
-made and dropped by this run, and the tables migrated into ``public`` if they are missing). The
-server must run on this machine (its backend's CPU is read from /proc).
+on), or on BENCH_DATABASE_URL / ``--database-url``'s server, in a database of its own there as
+`python -m bench` does (`bench.database`). The server must run on this machine (its backend's
+CPU is read from /proc).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Final
 
 import asyncpg
 
+from bench import database, procs
 from bench.upstream import make_body
 from worker.devtools.embedded import EmbeddedPostgres
 from worker.engine import latest, store
@@ -83,10 +84,8 @@ class Sample:
 
 
 def backend_cpu(pid: int) -> float:
-    """A process's user + system CPU seconds, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the command: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """A process's user + system CPU seconds (a backend reaps no children), from /proc."""
+    return procs.parse_stat(Path(f"/proc/{pid}/stat").read_text()).ticks / TICKS
 
 
 def schema_name(variant: str) -> str:
@@ -209,12 +208,23 @@ def main() -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="harvester-pgcosts-") as tmp:
         pg = None if args.database_url else EmbeddedPostgres(Path(tmp) / "pg", durable=True)
+        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            url = args.database_url or pg.start()  # type: ignore[union-attr]
+            if pg is None:
+                url = asyncio.run(database.create(args.database_url))
+                claimed = True
+            else:
+                url = pg.start()
+            print(asyncio.run(database.describe(url, embedded=pg is not None)))
             asyncio.run(run(url, sizes, args.rows, args.repeat))
+        except database.BenchDatabaseError as exc:
+            print(f"python -m bench.pgcosts: {exc}", file=sys.stderr)
+            return 2
         finally:
             if pg is not None:
-                pg.stop()
+                pg.stop("fast")
+            if claimed:
+                asyncio.run(database.drop(args.database_url))
     return 0
 
 
