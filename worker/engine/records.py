@@ -17,16 +17,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-import jsonpath
 import orjson
-from jsonpath.segments import JSONPathChildSegment
-from jsonpath.selectors import NameSelector, WildcardSelector
 
 from worker.engine.bodies import clean_detail
 from worker.engine.outcomes import Fetched
 from worker.engine.store import Conn
+
+if TYPE_CHECKING:  # python-jsonpath takes ~50 ms to import: only jobs with records load it
+    from jsonpath import CompoundJSONPath, JSONPath
 
 NO_PATH: Final = "records_no_path"
 NO_KEY: Final = "records_no_key"
@@ -38,8 +38,10 @@ _SORTED: Final = orjson.OPT_SORT_KEYS
 _MISSING: Final = object()
 
 
-def compile_path(path: str) -> jsonpath.JSONPath | jsonpath.CompoundJSONPath:
+def compile_path(path: str) -> JSONPath | CompoundJSONPath:
     """``path`` compiled, or `ValueError` saying why it is not a JSONPath."""
+    import jsonpath  # here, not at the top: see TYPE_CHECKING above
+
     if not path.startswith("$"):
         raise ValueError("must start with '$' (e.g. $.data[*])")
     try:
@@ -49,10 +51,14 @@ def compile_path(path: str) -> jsonpath.JSONPath | jsonpath.CompoundJSONPath:
         raise ValueError(first) from None
 
 
-def _plain(path: jsonpath.JSONPath | jsonpath.CompoundJSONPath) -> tuple[tuple[str, ...], bool]:
+def _plain(path: JSONPath | CompoundJSONPath) -> tuple[tuple[str, ...], bool]:
     """``path``'s member names and whether it ends in ``[*]``, when it is only that (``$.a.b``,
     ``$.a.b[*]``); ``((), False)`` otherwise (``$`` alone is also plain: no names, no star)."""
-    if not isinstance(path, jsonpath.JSONPath):
+    from jsonpath import JSONPath  # loaded already by compile_path
+    from jsonpath.segments import JSONPathChildSegment
+    from jsonpath.selectors import NameSelector, WildcardSelector
+
+    if not isinstance(path, JSONPath):
         return (), False
     names: list[str] = []
     segments = path.segments
