@@ -107,10 +107,11 @@ function niceMax(value) {
 }
 
 function frame(container, max, labels) {
-  const W = 600;
+  // Drawn at the container's own width, so that text keeps its size on any screen.
+  const W = Math.max(280, Math.round(container.clientWidth || 600));
   const H = container.classList.contains("small") ? 160 : 200;
   const pad = { l: 40, r: 8, t: 8, b: 20 };
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "plot" });
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", class: "plot" });
   const plot = { x: pad.l, y: pad.t, w: W - pad.l - pad.r, h: H - pad.t - pad.b };
   for (const f of [0, 0.5, 1]) {
     const y = plot.y + plot.h * (1 - f);

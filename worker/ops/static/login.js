@@ -14,7 +14,7 @@ form.addEventListener("submit", async (event) => {
       credentials: "same-origin",
     });
     if (response.ok) {
-      window.location.replace("/");
+      window.location.replace(`/${window.location.search}`); // same page, same options
       return;
     }
     const body = await response.json().catch(() => ({}));
