@@ -7,7 +7,7 @@ const INTERVAL_MS = Math.max(1, Number(params.get("interval")) || 5) * 1000;
 const QUEUE_SAMPLES = 720; // an hour of queue samples at the default interval
 const SVG = "http://www.w3.org/2000/svg";
 
-const state = { csrf: null, auth: null, queue: [], lastGood: null, failures: [], kinds: [] };
+const state = { csrf: null, auth: null, queue: [], lastGood: null, kinds: [], last: null };
 
 // --- talking to the API --------------------------------------------------------------------
 
@@ -196,19 +196,31 @@ function drawOverview(status, history) {
   $("t-sources-sub").textContent = `${src.due ?? 0} due, ${src.polling ?? 0} polling, ${src.failing ?? 0} failing`;
   $("t-sources").parentElement.classList.toggle("bad", (src.failing ?? 0) > 0);
 
+  drawThroughput(history);
+  drawQueue(status);
+  drawWorkers(status);
+}
+
+function drawThroughput(history) {
   const failed = history.minutes.map((_, i) => Object.values(history.failures).reduce((sum, v) => sum + v[i], 0));
   bars($("chart-throughput"), history.minutes.map(clock), [
     { name: "documents", values: history.documents, className: "ok" },
     { name: "failures", values: failed, className: "failed" },
   ], "URLs landed per minute by outcome");
+}
 
-  state.queue.push({ at: Date.now() / 1000, queued: status.queued, wait: status.oldest_ready_age_s });
-  if (state.queue.length > QUEUE_SAMPLES) state.queue.shift();
+function drawQueue(status) {
+  if (status) {
+    state.queue.push({ at: Date.now() / 1000, queued: status.queued, wait: status.oldest_ready_age_s });
+    if (state.queue.length > QUEUE_SAMPLES) state.queue.shift();
+  }
   lines($("chart-queue"), state.queue.map((s) => new Date(s.at * 1000).toTimeString().slice(0, 8)), [
     { name: "queued", values: state.queue.map((s) => s.queued), className: "queued" },
     { name: "oldest wait", values: state.queue.map((s) => s.wait), className: "wait" },
   ], "queue depth and oldest wait");
+}
 
+function drawWorkers(status) {
   fill("workers", status.workers.map((w) => {
     const tr = row(w.id, w.host, w.pid, w.alive ? "alive" : "dead", w.last_beat_age_s === null ? "–" : `${seconds(w.last_beat_age_s)} ago`,
       `${w.jobs.complete ?? 0} ok, ${w.jobs.failed ?? 0} failed`, (w.held || []).join(", "));
@@ -228,12 +240,27 @@ function drawJobs(status, progress) {
     return tr;
   }), "no job is running");
   fill("recent", status.recent_jobs.map((j) => {
-    const summary = j.summary ? Object.entries(j.summary).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ") : "";
-    const tr = row(j.job_id, j.state, j.finished_at ? ago(j.finished_at) : "", summary);
+    const tr = row(j.job_id, j.state, j.finished_at ? ago(j.finished_at) : "", summarise(j.summary));
     tr.dataset.job = j.job_id;
     tr.className = `state-${j.state}`;
     return tr;
   }), "no job in the last hour");
+}
+
+// A job's summary in a line: what it did, without its id or the counts that are zero.
+function summarise(summary) {
+  if (!summary) return "";
+  const parts = [];
+  for (const [key, value] of Object.entries(summary)) {
+    if (key === "job_id" || value === null || value === 0 || value === "") continue;
+    if (typeof value === "object") {
+      const inner = Object.entries(value).map(([k, v]) => `${k} ${v}`).join(", ");
+      if (inner) parts.push(`${key}: ${inner}`);
+    } else {
+      parts.push(`${key}: ${value}`);
+    }
+  }
+  return parts.join(", ");
 }
 
 const KIND_CLASSES = 8;
@@ -376,6 +403,7 @@ async function refresh() {
     const q = new URLSearchParams();
     for (const id of status.in_progress.slice(0, 100)) q.append("job", id);
     const progress = await api(`/status/progress?${q}`);
+    state.last = { status, history };
     drawOverview(status, history);
     drawJobs(status, progress);
     drawFailureChart(history);
@@ -409,6 +437,13 @@ async function start() {
   });
   $("replay").addEventListener("click", () => replaySelected().catch(stale));
   window.addEventListener("hashchange", showPage);
+  // Charts are drawn at their container's width: draw them again when it changes.
+  window.addEventListener("resize", () => {
+    if (!state.last) return;
+    drawThroughput(state.last.history);
+    drawQueue(null);
+    drawFailureChart(state.last.history);
+  });
   showPage();
   await refresh();
   setInterval(refresh, INTERVAL_MS);
