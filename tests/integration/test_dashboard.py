@@ -341,3 +341,40 @@ async def test_headers_compression_bearer_and_open_mode(start_api: StartAPI) -> 
         evil = {"Host": "evil.example"}
         async with s.get(open_base + "/status", headers=evil) as r:
             assert r.status == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "message"),
+    [
+        ("GET", "/status/history?minutes=0", None, 400, "'minutes' must be"),
+        ("GET", "/status/history?minutes=x", None, 400, "'minutes' must be"),
+        ("GET", "/failures?job=a%00b", None, 400, "control characters"),
+        ("GET", "/failures?limit=5000", None, 400, "'limit' must be"),
+        ("GET", "/status/progress?job=" + "j" * 300, None, 400, "at most 256"),
+        ("POST", "/failures/replay", b'{"ids": "1"}', 422, "'ids' must be"),
+        ("POST", "/failures/replay", b'{"ids": [true]}', 422, "'ids' must be"),
+        ("POST", "/failures/replay", b'{"ids": []}', 422, "'ids' must be"),
+        ("POST", "/failures/replay", b"[1]", 400, "JSON object"),
+        ("POST", "/failures/replay", b"{nope", 400, "not valid JSON"),
+        ("POST", "/sources/enabled", b'{"ids": [1]}', 422, "'enabled' must be"),
+    ],
+)
+async def test_bad_queries_and_bodies_get_a_clear_4xx(
+    start_api: StartAPI,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    message: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong parameter or body is a JSON 4xx naming it, never a 500 or a traceback."""
+    base = await start_api()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, base + path, data=body, headers=headers) as r,
+    ):
+        assert r.status == status
+        assert message in (await r.json())["error"]
+    assert "Traceback" not in caplog.text

@@ -18,6 +18,7 @@ its CSRF token for a POST).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from aiohttp import web
 from worker.ops import sessions, status
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.sessions import Sessions
+from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control
 from worker.scheduling import replay
 from worker.scheduling import sources as sources_
 from worker.settings import Settings
@@ -84,8 +86,16 @@ def _file(request: web.Request, name: str) -> web.Response:
 async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="send application/json")
+    timeout = request.app[SETTINGS].api_body_timeout
     try:
-        body = orjson.loads(await request.read())
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"request body not received within {timeout:g} s (HARVESTER_API_BODY_TIMEOUT)"
+        ) from None
+    try:
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -104,6 +114,24 @@ def _ids(body: dict[str, Any]) -> list[int]:
             reason=f"'ids' must be a list of 1 to {MAX_SELECTION} positive integers"
         )
     return ids
+
+
+def _texts(request: web.Request, name: str) -> list[str]:
+    """The non-empty values of a query parameter; 400 for one Postgres could not take (a NUL)
+    or no job id could be (too long, control characters)."""
+    values = [v for v in request.query.getall(name, []) if v]
+    for value in values:
+        if len(value) > MAX_JOB_ID_LENGTH or has_control(value):
+            raise web.HTTPBadRequest(
+                reason=f"'{name}' must be at most {MAX_JOB_ID_LENGTH} characters, without "
+                "control characters"
+            )
+    return values
+
+
+def _text(request: web.Request, name: str) -> str | None:
+    values = _texts(request, name)
+    return values[0] if values else None
 
 
 def _limit(request: web.Request, default: int, most: int) -> int:
@@ -195,7 +223,7 @@ async def get_history(request: web.Request) -> web.Response:
 
 
 async def get_progress(request: web.Request) -> web.Response:
-    job_ids = list(dict.fromkeys(request.query.getall("job", [])))
+    job_ids = list(dict.fromkeys(_texts(request, "job")))
     if len(job_ids) > MAX_PROGRESS_JOBS:
         raise web.HTTPBadRequest(reason=f"at most {MAX_PROGRESS_JOBS} 'job' parameters")
     rows = await status.progress(request.app[REDIS], request.app[POOL], job_ids)
@@ -203,12 +231,11 @@ async def get_progress(request: web.Request) -> web.Response:
 
 
 async def get_failures(request: web.Request) -> web.Response:
-    q = request.query
     rows = await replay.list_failures(
         request.app[POOL],
-        job_id=q.get("job") or None,
-        kinds=[k for k in q.getall("kind", []) if k] or None,
-        host=q.get("host") or None,
+        job_id=_text(request, "job"),
+        kinds=_texts(request, "kind") or None,
+        host=_text(request, "host"),
         limit=_limit(request, 100, MAX_FAILURES),
     )
     return _json(rows)
