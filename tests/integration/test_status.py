@@ -323,6 +323,11 @@ async def test_progress_counts_a_running_jobs_urls_and_outcomes(
         await wait_until(two_landed, timeout=20)
         (p, gone) = await progress(arq_queue, pool, [job, "no-such-job"])
         upstream.gate.set()
+
+        async def finished() -> bool:
+            return bool(await arq_queue.exists(result_key_prefix + job))
+
+        await wait_until(finished, timeout=20)  # not stopped mid-job: nothing left half-closed
     assert (p.job_id, p.total, p.landed) == (job, 3, 2)
     assert (gone.total, gone.landed) == (None, 0)
     assert await progress(arq_queue, pool, []) == []
