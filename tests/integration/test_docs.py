@@ -74,6 +74,7 @@ SESSIONS: dict[str, list[str]] = {
         "data-records",
     ],
     "docs/http-api.md": ["api-start", "api-curl"],
+    "docs/dashboard.md": ["dash-start", "dash-session"],
     "docs/cli.md": ["cli-tour"],
     "docs/upgrading.md": ["upgrade-migrate"],
 }
@@ -158,6 +159,7 @@ async def run_docs(
             "apis-worker": "harvester health",
             "http-api": f"curl -sf localhost:{api_port}/healthz",
             "api-start": f"curl -sf localhost:{api_port}/healthz",
+            "dash-start": f"curl -sf localhost:{api_port}/healthz",
             "procfile": f"curl -sf localhost:{honcho_port + 100}/healthz",
             "results-worker": "harvester health",
             # It answers no GET (501): a connection is the sign it is up.
@@ -361,6 +363,20 @@ async def test_the_http_api_examples_enqueue_over_http(
     assert '"job_id":"catalog-api-0001"' in session.stdout.replace(" ", "")
     assert "'/batches'" in session.stdout
     assert await redis.exists("arq:job:catalog-api-0001")
+
+
+async def test_the_dashboard_session_example_logs_in_and_needs_its_csrf_token(
+    run_docs: Callable[..., Awaitable[Session]],
+) -> None:
+    """The dashboard page's curl session logs in with the token, reads the status with the
+    cookie, is refused a POST without the CSRF token and allowed it with the token."""
+    session = await run_docs("docs/dashboard.md")
+    assert session.returncode == 0, session.stderr[-4000:]
+    lines = session.stdout.replace(" ", "").splitlines()
+    assert lines[0] == '{"auth":"session"}'
+    assert lines[1] == "arq:queue"
+    assert lines[2] == "403"
+    assert lines[3] == '{"changed":0,"enabled":true}'
 
 
 async def test_the_command_line_tour_runs(run_docs: Callable[..., Awaitable[Session]]) -> None:

@@ -489,3 +489,44 @@ async def test_the_outbox_enqueues_a_replay_with_its_profile(
 
     assert (result.recovered, result.jobs) == (1, [])
     assert await _queued(redis, "replay-orphan") == {"urls": ["http://x/1"], "auth": "billing"}
+
+
+async def test_list_filters_by_host_whatever_the_port_userinfo_or_case(pool: asyncpg.Pool) -> None:
+    """The dashboard's host filter matches a URL's host alone: not its port, its userinfo, its
+    case, nor a host that merely starts or ends the same."""
+    await _fail(pool, "h", "https://API.example.com:8443/a?x=1")
+    await _fail(pool, "h", "http://user:pw@api.example.com/b")
+    await _fail(pool, "h", "https://api.example.com#frag")
+    await _fail(pool, "h", "https://api.example.com.evil.test/c")
+    await _fail(pool, "h", "https://other.example/api.example.com")
+    await _fail(pool, "h", "http://[::1]:8080/d")
+    rows = await list_failures(pool, host="api.example.com")
+    assert sorted(r.url for r in rows) == [
+        "http://user:pw@api.example.com/b",
+        "https://API.example.com:8443/a?x=1",
+        "https://api.example.com#frag",
+    ]
+    assert [r.url for r in await list_failures(pool, host="[::1]")] == ["http://[::1]:8080/d"]
+    assert await list_failures(pool, host="example.com") == []
+
+
+async def test_replay_by_ids_takes_only_the_selected_rows(
+    pool: asyncpg.Pool, arq_queue: ArqRedis
+) -> None:
+    """A selection (the dashboard's) replays those rows alone, as one job recorded with reason
+    'api'; a selected row already replayed is not taken again."""
+    first = await _fail(pool, "s", "http://x/one", age_s=100)
+    await _fail(pool, "s", "http://x/two", age_s=100)
+    third = await _fail(pool, "s", "http://x/three", age_s=100)
+    result = await replay_failures(
+        pool, arq_queue, ids=[first, third], reason="api", batch_size=10, limit=10
+    )
+    (job,) = result.jobs
+    assert sorted((await _queued(arq_queue, job))["urls"]) == ["http://x/one", "http://x/three"]
+    assert await pool.fetchval("SELECT reason FROM replays WHERE job_id = $1", job) == "api"
+    linked = await _replayed_by(pool)
+    assert linked == {"http://x/one": job, "http://x/two": None, "http://x/three": job}
+    again = await replay_failures(
+        pool, arq_queue, ids=[first], reason="api", batch_size=10, limit=10
+    )
+    assert again.jobs == []

@@ -8,9 +8,11 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
@@ -20,7 +22,7 @@ from tests.helpers import Services, wait_until
 from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
-from worker.ops.status import gather
+from worker.ops.status import gather, history, progress
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
 
@@ -266,3 +268,66 @@ async def test_a_running_job_is_not_counted_as_queued(
     assert status.in_progress == ["long-0"]
     assert (status.queued, status.ready, status.deferred) == (0, 0, 0)
     assert status.oldest_ready_age_s is None
+
+
+async def test_history_counts_each_minute_by_outcome_and_kind(pool: asyncpg.Pool) -> None:
+    """history() has one slot per minute, oldest first, ending with this one; rows land in the
+    slot of their minute, documents apart from failures and failures by kind; older rows and
+    quiet minutes count zero."""
+    axis = (await history(pool, minutes=10)).minutes
+    now, earlier = axis[-1], axis[-3]  # rows are put in these minutes, whenever read back
+    await pool.execute(
+        """INSERT INTO documents (job_id, url, status, body, elapsed_ms, attempts, fetched_at) VALUES
+           ('h', 'http://x/1', 200, '{}', 1, 1, to_timestamp($1 + 1)),
+           ('h', 'http://x/2', 200, '{}', 1, 1, to_timestamp($1 + 59)),
+           ('h', 'http://x/3', 200, '{}', 1, 1, to_timestamp($2)),
+           ('h', 'http://x/old', 200, '{}', 1, 1, now() - interval '2 hours')""",
+        now,
+        earlier,
+    )
+    await pool.execute(
+        """INSERT INTO fetch_failures (job_id, url, error, attempts, failed_at) VALUES
+           ('h', 'http://x/4', 'timeout', 1, to_timestamp($1 + 30)),
+           ('h', 'http://x/5', 'http_status', 1, to_timestamp($2 + 30))""",
+        now,
+        earlier,
+    )
+    h = await history(pool, minutes=10)
+    assert len(h.minutes) == len(h.documents) == 10
+    assert all(b - a == 60 for a, b in zip(h.minutes, h.minutes[1:], strict=False))
+    assert h.minutes[-1] <= time.time() < h.minutes[-1] + 60
+    documents = dict(zip(h.minutes, h.documents, strict=True))
+    assert (documents[now], documents[earlier], sum(h.documents)) == (2, 1, 3)
+    assert set(h.failures) == {"http_status", "timeout"}
+    timeouts = dict(zip(h.minutes, h.failures["timeout"], strict=True))
+    statuses = dict(zip(h.minutes, h.failures["http_status"], strict=True))
+    assert (timeouts[now], sum(timeouts.values())) == (1, 1)
+    assert (statuses[earlier], sum(statuses.values())) == (1, 1)
+    with pytest.raises(ValueError, match="minutes"):
+        await history(pool, minutes=0)
+
+
+async def test_progress_counts_a_running_jobs_urls_and_outcomes(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, settings: Settings, upstream: Upstream
+) -> None:
+    """progress() gives a running job's URL count (from its job in Redis) and how many have an
+    outcome in Postgres; a job Redis no longer has has no total."""
+    urls = [upstream.url("/json/p1"), upstream.url("/status/404"), upstream.url("/gate/p3")]
+    (job,) = await enqueue_urls(arq_queue, urls, job_id_prefix="prog")
+    async with running(long_running(settings.model_copy(update={"copy_chunk_rows": 1}))):
+
+        async def two_landed() -> bool:
+            (p,) = await progress(arq_queue, pool, [job])
+            return p.landed == 2
+
+        await wait_until(two_landed, timeout=20)
+        (p, gone) = await progress(arq_queue, pool, [job, "no-such-job"])
+        upstream.gate.set()
+
+        async def finished() -> bool:
+            return bool(await arq_queue.exists(result_key_prefix + job))
+
+        await wait_until(finished, timeout=20)  # not stopped mid-job: nothing left half-closed
+    assert (p.job_id, p.total, p.landed) == (job, 3, 2)
+    assert (gone.total, gone.landed) == (None, 0)
+    assert await progress(arq_queue, pool, []) == []

@@ -5,12 +5,16 @@
     GET  /healthz          200 when Redis and Postgres answer, else 503
     GET  /metrics          Prometheus text (this process, plus the queue depth)
     GET  /openapi.json     the OpenAPI 3.1 document of the above
+    GET  /                 the dashboard, and the JSON endpoints it polls (`worker.ops.dashboard`)
 
-Everything under /batches needs ``Authorization: Bearer $HARVESTER_API_TOKEN``. Without a token
-the API refuses to start unless bound to loopback, and then serves only requests whose Host (and
-a POST's Origin) name loopback, against DNS rebinding. Payloads are validated by the same code as
-the job (`worker.queue.payload`), so the API refuses what the worker would. Every failure is a JSON
-answer (an outage of Redis or Postgres a 503), and every request is counted.
+Everything but health, metrics, this document, the login and the dashboard's static files needs
+``Authorization: Bearer $HARVESTER_API_TOKEN``, or a dashboard session's cookie (and, to POST,
+its CSRF token: `worker.ops.sessions`). Every answer carries a strict Content-Security-Policy,
+and is compressed when the client accepts it (but the one that carries a CSRF token). Without a
+token the API refuses to start unless bound to loopback, and then serves only requests whose Host
+(and a POST's Origin) name loopback, against DNS rebinding. Payloads are validated by the same
+code as the job (`worker.queue.payload`), so the API refuses what the worker would. Every failure
+is a JSON answer (an outage of Redis or Postgres a 503), and every request is counted.
 
 `serve` listens through `worker.ops.connections.ConnectionGuard` (deadlines on headers, a cap
 on connections); `run` is `harvester api`: serve until SIGTERM or SIGINT.
@@ -29,10 +33,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-import asyncpg
 import orjson
 from aiohttp import web
-from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from redis.exceptions import RedisError
@@ -42,7 +44,9 @@ from worker.engine import store
 from worker.engine.credentials import profile_names
 from worker.engine.migrate import migrate
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
+from worker.ops import dashboard, sessions
 from worker.ops import metrics as ops_metrics
+from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.connections import ConnectionGuard
 from worker.ops.openapi import openapi
 from worker.queue.client import JobIdTakenError, enqueue_batch, redis_pool
@@ -52,9 +56,6 @@ from worker.settings import Settings
 
 log = logging.getLogger("harvester.api")
 
-SETTINGS: Final = web.AppKey("settings", Settings)
-REDIS: Final = web.AppKey("redis", ArqRedis)
-POOL: Final = web.AppKey("pool", asyncpg.Pool)
 CONNECTIONS: Final = web.AppKey("connections", ConnectionGuard)
 # The credential profile names, when HARVESTER_CREDENTIALS is set here: a job naming another
 # is refused at the door. Without the file, the worker alone can judge its `auth`.
@@ -72,6 +73,23 @@ REQUESTS: Final = Counter(
 HEALTH_TIMEOUT_S: Final = 2.0
 _OPEN_PATHS: Final = frozenset({"/healthz", "/metrics", "/openapi.json"})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+# No inline script or style anywhere: the dashboard's code and styles are files of its own.
+CSP: Final = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# Worth compressing; /session is left out: a secret next to reflected input (BREACH).
+_COMPRESSIBLE: Final = frozenset(
+    {"application/json", "text/html", "text/javascript", "text/css", "image/svg+xml"}
+)
+_UNCOMPRESSED_PATHS: Final = frozenset({"/session"})
+MIN_COMPRESS_BYTES: Final = 512
 _LANDED = """
 SELECT (SELECT count(*) FROM documents WHERE job_id = $1) AS documents,
        (SELECT count(*) FROM fetch_failures WHERE job_id = $1) AS failures
@@ -119,6 +137,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         response = await _answer(request, handler)
         status = str(response.status)
+        _finish(request, response)
         return response
     finally:
         connections.request_finished(request.protocol)
@@ -152,11 +171,25 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "internal error")
 
 
+def _finish(request: web.Request, response: web.StreamResponse) -> None:
+    """Security headers on every answer; compression for a JSON or static one worth it."""
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if (
+        isinstance(response, web.Response)
+        and response.content_type in _COMPRESSIBLE
+        and request.path not in _UNCOMPRESSED_PATHS
+        and response.body is not None
+        and len(response.body) >= MIN_COMPRESS_BYTES  # type: ignore[arg-type]
+    ):
+        response.enable_compression()
+
+
 def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
     """The answer to a request that may not proceed, or None."""
     if settings.api_token is None:
         return _foreign_site(request)
-    if request.path in _OPEN_PATHS:
+    if request.path in _OPEN_PATHS or dashboard.is_public(request.path):
         return None
     expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
     # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: give them back
@@ -164,6 +197,11 @@ def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
     given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
     if hmac.compare_digest(given, expected):
         return None
+    session = sessions.session_of(request, request.app[dashboard.SESSIONS])
+    if session is not None:
+        if request.method in _SAFE_METHODS or sessions.csrf_ok(request, session):
+            return None
+        return _error(403, f"missing or wrong CSRF token ({sessions.CSRF_HEADER} header)")
     response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
@@ -372,6 +410,7 @@ def create_app(settings: Settings) -> web.Application:
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", get_metrics)
     r.add_get("/openapi.json", get_openapi)
+    dashboard.add_routes(app)
     return app
 
 

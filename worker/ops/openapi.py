@@ -64,13 +64,17 @@ def openapi(settings: Settings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "harvester", "version": "0.1.0"},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # The dashboard's session (POST /login); a POST with it also needs X-CSRF-Token.
+                "session": {"type": "apiKey", "in": "cookie", "name": "harvester_session"},
+            },
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
                 "Batch": batch_schema(settings),
             },
         },
-        "paths": {**_batch_paths(), **_operations_paths()},
+        "paths": {**_batch_paths(), **_operations_paths(), **_dashboard_paths()},
     }
 
 
@@ -136,4 +140,120 @@ def _operations_paths() -> dict[str, Any]:
         "/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": _resp("OpenAPI")}}
         },
+    }
+
+
+_AUTH: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"session": []}]
+_CSRF: Final = {
+    "name": "X-CSRF-Token",
+    "in": "header",
+    "required": False,
+    "description": "The session's CSRF token (GET /session): required with the session cookie",
+    "schema": {"type": "string"},
+}
+
+
+def _read(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": _AUTH,
+            "parameters": params or [],
+            "responses": {
+                "200": _resp("OK", {"type": "object"}),
+                "400": _resp("A bad query parameter", _ERROR),
+                "401": _resp("No bearer token and no session", _ERROR),
+                "403": _resp(_FOREIGN_SITE, _ERROR),
+                "503": _resp("Redis or Postgres unavailable", _ERROR),
+            },
+        }
+    }
+
+
+def _change(summary: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": _AUTH,
+            "parameters": [_CSRF],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _resp("Done", {"type": "object"}),
+                "401": _resp("No bearer token and no session", _ERROR),
+                "403": _resp("A session without its CSRF token, or " + _FOREIGN_SITE, _ERROR),
+                "422": _resp("An invalid body", _ERROR),
+                "503": _resp("Redis or Postgres unavailable", _ERROR),
+            },
+        }
+    }
+
+
+def _query(name: str, description: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
+
+
+_IDS: Final = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}
+
+
+def _dashboard_paths() -> dict[str, Any]:
+    """The dashboard's endpoints (`worker.ops.dashboard`); also for scripts, with the token."""
+    html = {"200": {"description": "HTML", "content": {"text/html": {}}}}
+    return {
+        "/": {"get": {"summary": "The dashboard, or its login form", "responses": html}},
+        "/login": {
+            "post": {
+                "summary": "Trade the API token for a session cookie (HttpOnly, SameSite=Strict)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}},
+                                "required": ["token"],
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _resp("Logged in: Set-Cookie harvester_session", {"type": "object"}),
+                    "401": _resp("Wrong token", _ERROR),
+                    "403": _resp("Origin of another site", _ERROR),
+                    "404": _resp("No HARVESTER_API_TOKEN: nothing to log in to", _ERROR),
+                },
+            }
+        },
+        "/logout": _change("End the session", {"type": "object"}),
+        "/session": _read("How this request is authorised, and the session's CSRF token"),
+        "/status": _read("What `harvester status --json` prints"),
+        "/status/history": _read(
+            "URLs landed per minute by outcome, and failures per minute by kind",
+            [_query("minutes", "how many minutes back (60; at most 1440)", "integer")],
+        ),
+        "/status/progress": _read(
+            "URLs (total) and outcomes landed (landed) of running jobs",
+            [_query("job", "a job id (repeatable, at most 100)")],
+        ),
+        "/failures": _read(
+            "Failure rows, newest first",
+            [
+                _query("kind", "an error kind (repeatable: any of them)"),
+                _query("job", "a job id"),
+                _query("host", "a URL's host"),
+                _query("limit", "rows at most (100; at most 1000)", "integer"),
+            ],
+        ),
+        "/failures/replay": _change(
+            "Replay these failure rows (those not replayed yet) as new jobs",
+            {"type": "object", "properties": {"ids": _IDS}, "required": ["ids"]},
+        ),
+        "/sources": _read("Registered sources", [_query("limit", "at most (1000)", "integer")]),
+        "/sources/enabled": _change(
+            "Enable or disable sources",
+            {
+                "type": "object",
+                "properties": {"ids": _IDS, "enabled": {"type": "boolean"}},
+                "required": ["ids", "enabled"],
+            },
+        ),
     }

@@ -51,19 +51,28 @@ TRANSIENT_SQL: Final = f"""(
 # caller between its commit and its enqueue is never raced.
 OUTBOX_GRACE_S: Final = 60.0
 OUTBOX_BATCH: Final = 100
+# Who asked for a replay (``replays.reason``): the command line, the replay cron, the dashboard.
+REASONS: Final = ("cli", "cron", "api")
 
-_LIST = """
+# The host of a URL as stored (no userinfo, no port), for the list's host filter.
+HOST_SQL: Final = (
+    r"lower(substring(url from '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\[[^]]*\]|[^/?#:]*)'))"
+)
+
+_LIST = f"""
 SELECT id, job_id, url, source, auth, error, status, attempts, detail, failed_at, replayed_by
 FROM fetch_failures
 WHERE ($1::text IS NULL OR job_id = $1)
   AND ($2::text[] IS NULL OR error = ANY($2::text[]))
   AND ($3::timestamptz IS NULL OR failed_at >= $3)
+  AND ($5::text IS NULL OR {HOST_SQL} = lower($5))
 ORDER BY failed_at DESC, id DESC
 LIMIT $4
-"""
+"""  # noqa: S608 - a constant fragment; values are parameters
 
 # Candidates for a replay. Parameters: $1 kinds, $2 transient only, $3 since, $4 job id,
-# $5 older than (s), $6 max generation; a NULL filter (or false $2) lets every row through.
+# $5 older than (s), $6 max generation, $7 row ids; a NULL filter (or false $2) lets every row
+# through.
 # The queries below are put together from constant fragments only; values are parameters.
 _CANDIDATES = f"""
 FROM fetch_failures f LEFT JOIN replays r ON r.job_id = f.job_id
@@ -77,11 +86,12 @@ WHERE f.replayed_by IS NULL
   AND ($4::text IS NULL OR f.job_id = $4)
   AND ($5::float8 IS NULL OR f.failed_at <= now() - make_interval(secs => $5))
   AND ($6::integer IS NULL OR COALESCE(r.generation, 0) <= $6)
+  AND ($7::bigint[] IS NULL OR f.id = ANY($7::bigint[]))
 """
 
 _PLAN = f"""
 SELECT f.url, f.source, f.auth, COALESCE(r.generation, 0) AS generation {_CANDIDATES}
-ORDER BY f.failed_at, f.id LIMIT $7
+ORDER BY f.failed_at, f.id LIMIT $8
 """
 
 # The oldest unlocked candidate picks the group (source, generation, auth) of the next job...
@@ -91,12 +101,12 @@ ORDER BY f.failed_at, f.id LIMIT 1
 FOR UPDATE OF f SKIP LOCKED
 """
 
-# ... and up to $10 candidates of that group are locked with it (our own lock is not skipped).
+# ... and up to $11 candidates of that group are locked with it (our own lock is not skipped).
 _CLAIM_GROUP = f"""
 SELECT f.id, f.url {_CANDIDATES}
-  AND f.source IS NOT DISTINCT FROM $7::text AND COALESCE(r.generation, 0) = $8
-  AND f.auth IS NOT DISTINCT FROM $9::text
-ORDER BY f.failed_at, f.id LIMIT $10
+  AND f.source IS NOT DISTINCT FROM $8::text AND COALESCE(r.generation, 0) = $9
+  AND f.auth IS NOT DISTINCT FROM $10::text
+ORDER BY f.failed_at, f.id LIMIT $11
 FOR UPDATE OF f SKIP LOCKED
 """  # noqa: S608 - constant fragments only; values are parameters
 
@@ -120,8 +130,10 @@ ORDER BY created_at LIMIT $2
 _OUTBOX_URLS = "SELECT url FROM fetch_failures WHERE replayed_by = $1 ORDER BY id"
 
 
-# The candidate filters in _CANDIDATES' parameter order ($1 to $6).
-_Filters = tuple[list[str] | None, bool, datetime | None, str | None, float | None, int | None]
+# The candidate filters in _CANDIDATES' parameter order ($1 to $7).
+_Filters = tuple[
+    list[str] | None, bool, datetime | None, str | None, float | None, int | None, list[int] | None
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +179,16 @@ async def list_failures(
     job_id: str | None = None,
     kinds: Sequence[str] | None = None,
     since: datetime | None = None,
+    host: str | None = None,
     limit: int = 100,
 ) -> list[FailureRow]:
     """Failure rows matching every given filter, newest first, at most ``limit``. ``kinds``:
-    rows of any of these error kinds."""
+    rows of any of these error kinds; ``host``: URLs on this host (any port, any case)."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     _check_aware("since", since)
     with store.translated("cannot list failures"):
-        rows = await pool.fetch(_LIST, job_id, list(kinds) if kinds else None, since, limit)
+        rows = await pool.fetch(_LIST, job_id, list(kinds) if kinds else None, since, limit, host)
     return [FailureRow(**dict(r)) for r in rows]
 
 
@@ -184,8 +197,8 @@ def _check_arguments(*, batch_size: int, limit: int, reason: str, older_than: fl
         raise ValueError("batch_size must be at least 1")
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if reason not in ("cli", "cron"):
-        raise ValueError(f"reason must be 'cli' or 'cron', got {reason!r}")
+    if reason not in REASONS:
+        raise ValueError(f"reason must be one of {', '.join(REASONS)}, got {reason!r}")
     if older_than is not None and older_than < 0:
         raise ValueError("older_than must not be negative")
 
@@ -200,6 +213,7 @@ async def replay_failures(
     job_id: str | None = None,
     older_than: float | None = None,
     max_generation: int | None = None,
+    ids: Sequence[int] | None = None,
     reason: str = "cli",
     batch_size: int,
     limit: int,
@@ -210,7 +224,8 @@ async def replay_failures(
     Failures are grouped by (source, generation, auth), oldest first, into jobs of at most
     ``batch_size`` rows; a URL appears once per job. ``older_than`` is seconds since
     ``failed_at``; ``max_generation`` keeps failures of that generation or lower (0: failures of
-    jobs that are not replays). ``dry_run`` only reads. Raises `StoreError` when Postgres fails;
+    jobs that are not replays); ``ids`` keeps these rows only (a selection made by hand).
+    ``dry_run`` only reads. Raises `StoreError` when Postgres fails;
     a Redis error after a commit propagates, and a later call's outbox enqueues that job.
     """
     _check_arguments(batch_size=batch_size, limit=limit, reason=reason, older_than=older_than)
@@ -222,6 +237,7 @@ async def replay_failures(
         job_id,
         None if older_than is None else float(older_than),
         max_generation,
+        list(ids) if ids is not None else None,
     )
     if dry_run:
         return await _plan(pool, filters, batch_size=batch_size, limit=limit)
