@@ -145,6 +145,7 @@ async def run_docs(
         folder.mkdir(exist_ok=True)
         folders.append(folder)
         api_port = free_ports(0)
+        receiver_port = next(p for p in iter(lambda: free_ports(0), None) if p != api_port)
         honcho_port = free_ports(0, 100)
         replacements = {
             "https://api.example.com": upstream.url("/api"),
@@ -153,6 +154,7 @@ async def run_docs(
             "postgresql://harvester:secret@localhost:5432/harvester": services.database_url,
             "redis://localhost:6379/0": services.redis_url,
             "8080": str(api_port),
+            "8081": str(receiver_port),  # the README's webhook receiver
         }
         ready = {
             "worker": "harvester health",
@@ -163,7 +165,7 @@ async def run_docs(
             "procfile": f"curl -sf localhost:{honcho_port + 100}/healthz",
             "results-worker": "harvester health",
             # It answers no GET (501): a connection is the sign it is up.
-            "results-receiver": f"curl -s -o /dev/null localhost:{api_port}/",
+            "results-receiver": f"curl -s -o /dev/null localhost:{receiver_port}/",
         }
         docs_examples = examples(repo_root / doc.split("#")[0])
         script = session_script([docs_examples[n] for n in SESSIONS[doc]], replacements, ready)

@@ -79,14 +79,22 @@ async def test_a_sources_current_document_is_kept(pool: asyncpg.Pool) -> None:
 async def test_old_record_failures_and_finished_webhooks_go_pending_ones_stay(
     pool: asyncpg.Pool,
 ) -> None:
-    """Record failures past the cutoff go; a delivered or given-up webhook past it goes, a
-    pending one stays however old, and recent rows stay."""
-    for job_id, age in (("old", 10 * DAY), ("new", 1 * DAY)):
+    """Record failures past the cutoff go, but not one whose document retention keeps (a
+    source's current content: why its records are missing stays with it); a delivered or
+    given-up webhook past it goes, a pending one stays however old, and recent rows stay."""
+    url = "http://x/r"
+    await pool.execute(
+        "INSERT INTO sources (url, name, document_job_id) VALUES ($1, 'orders', 'kept')", url
+    )
+    await _doc(pool, "kept", url, 10 * DAY)
+    await _doc(pool, "old", url, 10 * DAY)
+    for job_id, age in (("old", 10 * DAY), ("kept", 10 * DAY), ("new", 1 * DAY)):
         await pool.execute(
             """INSERT INTO record_failures (job_id, url, source, kind, detail, created_at)
-               VALUES ($1, 'http://x/r', 'orders', 'records_no_key', 'no key',
-                       now() - make_interval(secs => $2::float8))""",
+               VALUES ($1, $2, 'orders', 'records_no_key', 'no key',
+                       now() - make_interval(secs => $3::float8))""",
             job_id,
+            url,
             age,
         )
     for job_id, state, age in (
@@ -105,8 +113,9 @@ async def test_old_record_failures_and_finished_webhooks_go_pending_ones_stay(
 
     result = await delete_expired(pool, days=7, batch_rows=1)
 
-    assert (result.record_failures, result.webhooks) == (1, 2)
-    assert await pool.fetchval("SELECT array_agg(job_id) FROM record_failures") == ["new"]
+    assert (result.documents, result.record_failures, result.webhooks) == (1, 1, 2)
+    kept = await pool.fetchval("SELECT array_agg(job_id ORDER BY job_id) FROM record_failures")
+    assert kept == ["kept", "new"]
     left = await pool.fetchval("SELECT array_agg(job_id ORDER BY job_id) FROM webhook_outbox")
     assert left == ["delivered-new", "pending-old"]
 

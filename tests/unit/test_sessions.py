@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.ops.sessions import Sessions, token_ok
+from worker.ops.answers import same_secret
+from worker.ops.sessions import Sessions
 
 
 class Clock:
@@ -67,13 +68,13 @@ def test_close_ends_a_session_and_unknown_ids_are_none() -> None:
     assert store.get(None) is None
 
 
-def test_token_ok_compares_the_whole_token() -> None:
+def test_same_secret_compares_the_whole_token() -> None:
     """Only the exact token logs in: no prefix, no extension, no other case; undecodable
     input is a wrong token, not an error."""
     token = "a-very-long-api-token"
-    assert token_ok(token, token)
-    assert not token_ok(token[:-1], token)
-    assert not token_ok(token + "x", token)
-    assert not token_ok(token.upper(), token)
-    assert not token_ok("", token)
-    assert not token_ok("\udcff", token)
+    assert same_secret(token, token)
+    assert not same_secret(token[:-1], token)
+    assert not same_secret(token + "x", token)
+    assert not same_secret(token.upper(), token)
+    assert not same_secret("", token)
+    assert not same_secret("\udcff", token)

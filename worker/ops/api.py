@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 import ipaddress
 import logging
 import signal
@@ -46,6 +45,7 @@ from worker.engine.migrate import migrate
 from worker.errors import BadJobError, ConfigError, ListenError, StoreError
 from worker.ops import dashboard, sessions
 from worker.ops import metrics as ops_metrics
+from worker.ops.answers import error_answer, json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.connections import ConnectionGuard
 from worker.ops.openapi import openapi
@@ -98,16 +98,6 @@ SELECT (SELECT count(*) FROM documents WHERE job_id = $1) AS documents,
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _json(data: object, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status=status)
-
-
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses."""
     if host == "localhost":
@@ -156,19 +146,19 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        return _error(
+        return error_answer(
             413,
             f"request body over {settings.api_max_body_bytes} bytes (HARVESTER_API_MAX_BODY_BYTES)",
         )
     except web.HTTPException as exc:
-        return _error(exc.status, exc.reason)
+        return error_answer(exc.status, exc.reason)
     except RedisError as exc:
         return _unavailable("Redis", exc)
     except StoreError as exc:
         return _unavailable("Postgres", exc)
     except Exception:
         log.exception("api.error", extra={"method": request.method, "path": request.path})
-        return _error(500, "internal error")
+        return error_answer(500, "internal error")
 
 
 def _finish(request: web.Request, response: web.StreamResponse) -> None:
@@ -183,6 +173,8 @@ def _finish(request: web.Request, response: web.StreamResponse) -> None:
         and len(response.body) >= MIN_COMPRESS_BYTES  # type: ignore[arg-type]
     ):
         response.enable_compression()
+        # A cache between may keep one form of the answer: it must key it by encoding.
+        response.headers["Vary"] = "Accept-Encoding"
 
 
 def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
@@ -191,18 +183,15 @@ def _refusal(request: web.Request, settings: Settings) -> web.Response | None:
         return _foreign_site(request)
     if request.path in _OPEN_PATHS or dashboard.is_public(request.path):
         return None
-    expected = f"Bearer {settings.api_token.get_secret_value()}".encode()
-    # aiohttp decodes header bytes that are not UTF-8 with surrogateescape: give them back
-    # as they came, so such a header is just a wrong token.
-    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-    if hmac.compare_digest(given, expected):
+    expected = f"Bearer {settings.api_token.get_secret_value()}"
+    if same_secret(request.headers.get("Authorization", ""), expected):
         return None
     session = sessions.session_of(request, request.app[dashboard.SESSIONS])
     if session is not None:
         if request.method in _SAFE_METHODS or sessions.csrf_ok(request, session):
             return None
-        return _error(403, f"missing or wrong CSRF token ({sessions.CSRF_HEADER} header)")
-    response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        return error_answer(403, f"missing or wrong CSRF token ({sessions.CSRF_HEADER} header)")
+    response = error_answer(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
@@ -214,7 +203,7 @@ def _foreign_site(request: web.Request) -> web.Response | None:
     if request.path == "/healthz":
         return None
     if not _is_loopback_host(request.headers.get("Host", "")):
-        return _error(
+        return error_answer(
             403,
             "without HARVESTER_API_TOKEN the Host header must name loopback "
             "(localhost, 127.0.0.1 or [::1])",
@@ -222,7 +211,7 @@ def _foreign_site(request: web.Request) -> web.Response | None:
     origin = request.headers.get("Origin")
     if request.method in _SAFE_METHODS or origin is None or _is_loopback_origin(origin):
         return None
-    return _error(
+    return error_answer(
         403,
         "without HARVESTER_API_TOKEN a browser's Origin must be loopback "
         "(http://localhost, http://127.0.0.1 or http://[::1])",
@@ -258,7 +247,7 @@ def _unavailable(backend: str, exc: Exception) -> web.Response:
         "api.backend_unavailable",
         extra={"backend": backend, "error": f"{type(exc).__name__}: {exc}"},
     )
-    return _error(503, f"{backend} is unavailable; try again later")
+    return error_answer(503, f"{backend} is unavailable; try again later")
 
 
 def _job_id_problem(job_id: object) -> str | None:
@@ -274,13 +263,13 @@ def _job_id_problem(job_id: object) -> str | None:
 async def post_batch(request: web.Request) -> web.Response:
     """Enqueue a batch; 202 with its job id."""
     if request.content_type != "application/json":
-        return _error(415, "send the batch as application/json")
+        return error_answer(415, "send the batch as application/json")
     timeout = request.app[SETTINGS].api_body_timeout
     try:
         async with asyncio.timeout(timeout):
             raw = await request.read()
     except TimeoutError:
-        response = _error(
+        response = error_answer(
             408, f"request body not received within {timeout:g} s (HARVESTER_API_BODY_TIMEOUT)"
         )
         response.force_close()  # the rest of the body may still be on its way
@@ -288,15 +277,15 @@ async def post_batch(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
+        return error_answer(400, f"body is not valid JSON: {exc}")
     if not isinstance(body, dict):
-        return _error(
+        return error_answer(
             400, 'body must be a JSON object: {"urls": [...], "source": ..., "job_id": ...}'
         )
     job_id = body.pop("job_id", None)
     problem = _job_id_problem(job_id)
     if problem is not None:
-        return _error(422, problem)
+        return error_answer(422, problem)
     settings = request.app[SETTINGS]
     try:
         batch = parse_batch(
@@ -309,19 +298,19 @@ async def post_batch(request: web.Request) -> web.Response:
             webhooks=settings.webhook_secret is not None,
         )
     except BadJobError as exc:
-        return _error(422, str(exc))
+        return error_answer(422, str(exc))
     try:
         new_id, new = await enqueue_batch(request.app[REDIS], batch, job_id=job_id)
     except JobIdTakenError as exc:
-        return _error(409, str(exc))
+        return error_answer(409, str(exc))
     # Never a header from raw input: the id may hold anything a URL path cannot.
     location = f"/batches/{quote(new_id, safe='')}"
     body = {"job_id": new_id, "urls": batch.size, "status_url": location}
     if not new:
         # The same batch under the same id: enqueueing is idempotent, nothing was added.
-        return _json({**body, "duplicate": True}, status=200, Location=location)
+        return json_answer({**body, "duplicate": True}, status=200, Location=location)
     log.info("api.enqueued", extra={"job_id": new_id, "urls": batch.size})
-    return _json(body, status=202, Location=location)
+    return json_answer(body, status=202, Location=location)
 
 
 async def get_batch(request: web.Request) -> web.Response:
@@ -329,7 +318,7 @@ async def get_batch(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]  # percent-decoded by aiohttp
     if len(job_id) > MAX_JOB_ID_LENGTH or has_control(job_id):
         # No job can have such an id, and Postgres refuses NUL in text: do not ask it.
-        return _error(404, "no job with that id (unknown, or not a possible job id)")
+        return error_answer(404, "no job with that id (unknown, or not a possible job id)")
     redis = request.app[REDIS]
     job = Job(job_id, redis, _queue_name=request.app[SETTINGS].queue, _deserializer=deserialize)
     status = await job.status()
@@ -337,7 +326,7 @@ async def get_batch(request: web.Request) -> web.Response:
         landed = await request.app[POOL].fetchrow(_LANDED, job_id)
     assert landed is not None
     if status == JobStatus.not_found and not (landed["documents"] or landed["failures"]):
-        return _error(404, f"no job {job_id!r} (unknown, or its result has expired)")
+        return error_answer(404, f"no job {job_id!r} (unknown, or its result has expired)")
     data: dict[str, Any] = {
         "job_id": job_id,
         "status": status.value,
@@ -348,7 +337,7 @@ async def get_batch(request: web.Request) -> web.Response:
         if info is not None:
             data["success"] = info.success
             data["summary"] = info.result if info.success else {"error": str(info.result)}
-    return _json(data)
+    return json_answer(data)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -366,7 +355,9 @@ async def healthz(request: web.Request) -> web.Response:
         except (RedisError, *store.DB_ERRORS) as exc:
             checks[name] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
-    return _json({"status": "ok" if healthy else "unavailable", **checks}, 200 if healthy else 503)
+    return json_answer(
+        {"status": "ok" if healthy else "unavailable", **checks}, 200 if healthy else 503
+    )
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -375,7 +366,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return _json(openapi(request.app[SETTINGS]))
+    return json_answer(openapi(request.app[SETTINGS]))
 
 
 def create_app(settings: Settings) -> web.Application:

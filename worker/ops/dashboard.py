@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import logging
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
+from worker.engine import counters as metrics
 from worker.ops import sessions, status
+from worker.ops.answers import json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.sessions import Sessions
 from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control
@@ -33,11 +37,20 @@ from worker.scheduling import replay
 from worker.scheduling import sources as sources_
 from worker.settings import Settings
 
+log = logging.getLogger("harvester.api")
+
+LOGINS_REFUSED: Final = Counter(
+    "harvester_api_logins_refused",
+    "Dashboard logins refused for a wrong token",
+    registry=metrics.REGISTRY,
+)
+
 SESSIONS: Final = web.AppKey("sessions", Sessions)
 STATIC: Final = web.AppKey("static", dict)
 
 MAX_FAILURES: Final = 1000
 MAX_SELECTION: Final = 1000
+MAX_ID: Final = 2**63 - 1  # a bigint: a larger id is a client's mistake, never an outage
 MAX_PROGRESS_JOBS: Final = 100
 MAX_SOURCES: Final = 10_000
 # Paths served without a token or session: the page shell, its files, and the login itself.
@@ -67,12 +80,7 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 
 def _json(data: object, status_code: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data),
-        status=status_code,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
+    return json_answer(data, status_code, **{"Cache-Control": "no-store"})
 
 
 def _file(request: web.Request, name: str) -> web.Response:
@@ -108,10 +116,11 @@ def _ids(body: dict[str, Any]) -> list[int]:
     if (
         not isinstance(ids, list)
         or not 1 <= len(ids) <= MAX_SELECTION
-        or not all(type(i) is int and i > 0 for i in ids)
+        or not all(type(i) is int and 0 < i <= MAX_ID for i in ids)
     ):
         raise web.HTTPUnprocessableEntity(
-            reason=f"'ids' must be a list of 1 to {MAX_SELECTION} positive integers"
+            reason=f"'ids' must be a list of 1 to {MAX_SELECTION} positive integers "
+            f"(at most {MAX_ID}: row ids are bigint)"
         )
     return ids
 
@@ -134,10 +143,11 @@ def _text(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _limit(request: web.Request, default: int, most: int) -> int:
-    text = request.query.get("limit", str(default))
+def _int_param(request: web.Request, name: str, default: int, most: int) -> int:
+    """A query parameter that is an integer from 1 to ``most``; 400 otherwise."""
+    text = request.query.get(name, str(default))
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
-        raise web.HTTPBadRequest(reason=f"'limit' must be an integer from 1 to {most}")
+        raise web.HTTPBadRequest(reason=f"'{name}' must be an integer from 1 to {most}")
     return int(text)
 
 
@@ -170,24 +180,20 @@ async def login(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if settings.api_token is None:
         return _json({"error": "no login: without HARVESTER_API_TOKEN the API is open"}, 404)
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != _own_origin(request):
+    # What the browser says of the page that sent it: a proxy that rewrites Host does not
+    # change it (an Origin compared with Host would refuse every login behind such a proxy).
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
         return _json({"error": "login from another site refused"}, 403)
     body = await _body(request)
     token = body.get("token")
-    if not isinstance(token, str) or not sessions.token_ok(
-        token, settings.api_token.get_secret_value()
-    ):
+    if not isinstance(token, str) or not same_secret(token, settings.api_token.get_secret_value()):
+        log.warning("dashboard.login_refused", extra={"peer": request.remote})  # never the token
+        LOGINS_REFUSED.inc()
         return _json({"error": "wrong token"}, 401)
     session_id, _ = request.app[SESSIONS].open()
     response = _json({"auth": "session"})
     sessions.set_cookie(response, request, session_id)
     return response
-
-
-def _own_origin(request: web.Request) -> str:
-    scheme = "https" if sessions.is_https(request) else "http"
-    return f"{scheme}://{request.host}"
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -215,11 +221,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    text = request.query.get("minutes", str(status.HISTORY_MINUTES))
-    most = status.MAX_HISTORY_MINUTES
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
-        raise web.HTTPBadRequest(reason=f"'minutes' must be an integer from 1 to {most}")
-    return _json((await status.history(request.app[POOL], int(text))).as_dict())
+    minutes = _int_param(request, "minutes", status.HISTORY_MINUTES, status.MAX_HISTORY_MINUTES)
+    return _json((await status.history(request.app[POOL], minutes)).as_dict())
 
 
 async def get_progress(request: web.Request) -> web.Response:
@@ -236,7 +239,7 @@ async def get_failures(request: web.Request) -> web.Response:
         job_id=_text(request, "job"),
         kinds=_texts(request, "kind") or None,
         host=_text(request, "host"),
-        limit=_limit(request, 100, MAX_FAILURES),
+        limit=_int_param(request, "limit", 100, MAX_FAILURES),
     )
     return _json(rows)
 
@@ -257,7 +260,9 @@ async def post_replay(request: web.Request) -> web.Response:
 
 
 async def get_sources(request: web.Request) -> web.Response:
-    rows = await sources_.list_sources(request.app[POOL], limit=_limit(request, 1000, MAX_SOURCES))
+    rows = await sources_.list_sources(
+        request.app[POOL], limit=_int_param(request, "limit", 1000, MAX_SOURCES)
+    )
     return _json([r.as_dict() for r in rows])
 
 

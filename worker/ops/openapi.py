@@ -170,29 +170,39 @@ def _read(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str,
     }
 
 
-def _change(summary: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "security": _AUTH,
-            "parameters": [_CSRF],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-            "responses": {
-                "200": _resp("Done", {"type": "object"}),
-                "401": _resp("No bearer token and no session", _ERROR),
-                "403": _resp("A session without its CSRF token, or " + _FOREIGN_SITE, _ERROR),
-                "422": _resp("An invalid body", _ERROR),
-                "503": _resp("Redis or Postgres unavailable", _ERROR),
-            },
-        }
+def _change(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """A POST that changes something; ``body`` None: it reads no body."""
+    post: dict[str, Any] = {
+        "summary": summary,
+        "security": _AUTH,
+        "parameters": [_CSRF],
+        "responses": {
+            "200": _resp("Done", {"type": "object"}),
+            "400": _resp("A body that is not a JSON object", _ERROR),
+            "401": _resp("No bearer token and no session", _ERROR),
+            "403": _resp("A session without its CSRF token, or " + _FOREIGN_SITE, _ERROR),
+            "408": _resp("The body did not arrive in time", _ERROR),
+            "413": _resp("A body over HARVESTER_API_MAX_BODY_BYTES", _ERROR),
+            "415": _resp("A body that is not application/json", _ERROR),
+            "422": _resp("An invalid body", _ERROR),
+            "503": _resp("Redis or Postgres unavailable", _ERROR),
+        },
     }
+    if body is not None:
+        post["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return {"post": post}
 
 
 def _query(name: str, description: str, kind: str = "string") -> dict[str, Any]:
     return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
 
 
-_IDS: Final = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}
+_IDS: Final = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "minItems": 1,
+    "maxItems": 1000,
+}
 
 
 def _dashboard_paths() -> dict[str, Any]:
@@ -223,7 +233,7 @@ def _dashboard_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/logout": _change("End the session", {"type": "object"}),
+        "/logout": _change("End the session", None),
         "/session": _read("How this request is authorised, and the session's CSRF token"),
         "/status": _read("What `harvester status --json` prints"),
         "/status/history": _read(

@@ -9,7 +9,6 @@ authority in a browser: a request with a valid bearer token needs no CSRF token.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+
+from worker.ops.answers import same_secret
 
 COOKIE: Final = "harvester_session"
 CSRF_HEADER: Final = "X-CSRF-Token"
@@ -89,13 +90,7 @@ def session_of(request: web.Request, sessions: Sessions) -> Session | None:
 
 def csrf_ok(request: web.Request, session: Session) -> bool:
     """Whether the request sends its session's CSRF token back (constant-time compare)."""
-    given = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given, session.csrf.encode())
-
-
-def token_ok(given: str, expected: str) -> bool:
-    """Whether a login's token is the API token (constant-time compare)."""
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+    return same_secret(request.headers.get(CSRF_HEADER, ""), session.csrf)
 
 
 def set_cookie(response: web.StreamResponse, request: web.Request, session_id: str) -> None:

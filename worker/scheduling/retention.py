@@ -52,9 +52,19 @@ DELETE FROM fetch_failures WHERE id IN (
 """
 
 
+# A record failure says why a document's records are missing: it stays while its document does
+# (a kept current copy keeps the reason its records are not there).
 _DELETE_RECORD_FAILURES = """
 DELETE FROM record_failures WHERE id IN (
-    SELECT id FROM record_failures WHERE created_at < $1 LIMIT $2
+    SELECT f.id FROM record_failures f
+    WHERE f.created_at < $1
+      AND NOT EXISTS (
+          SELECT 1 FROM documents d
+          WHERE d.job_id = f.job_id
+            AND harvester_url_key(d.url) = harvester_url_key(f.url)
+            AND COALESCE(d.page, 0) = COALESCE(f.page, 0)
+      )
+    LIMIT $2
 )
 """
 
@@ -108,6 +118,7 @@ async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) ->
         raise ValueError("batch_rows must be at least 1")
     with store.translated("cannot compute the retention cutoff"):
         cutoff: datetime = await pool.fetchval(_CUTOFF, days * 86_400.0)
+    # Documents first: a record failure goes with its document (`_DELETE_RECORD_FAILURES`).
     documents = await _delete_batches(pool, _DELETE_DOCUMENTS, cutoff, batch_rows, "documents")
     failures = await _delete_batches(pool, _DELETE_FAILURES, cutoff, batch_rows, "failures")
     result = RetentionResult(

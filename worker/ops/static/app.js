@@ -445,8 +445,13 @@ async function start() {
     drawFailureChart(state.last.history);
   });
   showPage();
-  await refresh();
-  setInterval(refresh, INTERVAL_MS);
+  await poll();
+}
+
+// The next poll is set when this one has ended, so slow answers never pile up.
+async function poll() {
+  await refresh(); // never throws: trouble shows as the stale banner
+  setTimeout(poll, INTERVAL_MS);
 }
 
 start().catch(stale);
