@@ -300,10 +300,15 @@ class Bench:
 
 def _worker_command(name: str, processes: int = 1) -> list[str]:
     """A burst worker (of ``processes``); under py-spy, writing collapsed stacks, when
-    BENCH_PYSPY names a folder (a supervisor's children included)."""
+    BENCH_PYSPY names a folder (a supervisor's children included); under valgrind's callgrind
+    when BENCH_CALLGRIND names a folder (instruction counts, steady where rates swing)."""
     cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
     if processes > 1:
         cmd += ["--processes", str(processes)]
+    grind = os.environ.get("BENCH_CALLGRIND")
+    if grind:
+        out = Path(grind) / f"{name.replace(' ', '_')}-%p.out"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
     folder = os.environ.get("BENCH_PYSPY")
     if not folder:
         return cmd
