@@ -383,10 +383,15 @@ class Bench:
         self, label: str, processes: int = 1, *, profile: bool = True
     ) -> Callable[[], list[str]]:
         """A burst worker (of ``processes``): each call its command line, under py-spy writing
-        one profile per worker process tree into --profile's folder when it is given."""
+        one profile per worker process tree into --profile's folder when it is given, under
+        valgrind's callgrind when BENCH_CALLGRIND names a folder."""
         cmd = [sys.executable, "-m", "worker", "worker", "--burst"]
         if processes > 1:
             cmd += ["--processes", str(processes)]
+        grind = os.environ.get("BENCH_CALLGRIND")
+        if grind:  # instruction counts, steady where a shared machine's rates swing
+            out = Path(grind) / f"{label.replace(' ', '_')}-%p.out"
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
         folder = self.args.profile
         if not folder or not profile:
             return lambda: cmd

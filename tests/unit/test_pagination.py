@@ -79,6 +79,11 @@ def test_lookup_follows_a_path_or_finds_nothing() -> None:
         (['<https://a/p2>; rel="next"; rel="prev"'], "https://a/p2"),
         (['<https://a/p2>; rel="prev"; rel="next"'], None),  # the first rel counts
         (['<https://a/p2>; rel="nextpage"'], None),
+        (["<https://a/p2>; rel=nextpage"], None),
+        (['<https://a/p2>; rel="next", <https://a/p9>; rel="last"'], "https://a/p2"),
+        ([' <https://a/p2> ;rel="next" '], "https://a/p2"),
+        (['<https://a/p2>; rel="next"; title="x"'], "https://a/p2"),
+        (['<https://a/p2>; rel="next" x'], "https://a/p2"),
         (['<https://a/p2>; rel="prev"'], None),
         ([], None),
         (["garbage"], None),

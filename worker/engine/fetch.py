@@ -77,6 +77,10 @@ Sleep = Callable[[float], Awaitable[None]]
 _Response = tuple[int, bytes, ResponseMeta | None, tuple[str, ...]]
 # Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
 Admit = Callable[[int], Awaitable[None]]
+# Builds the `Fetched` of a final 2xx answer from its status, body, elapsed ms, attempts, cache
+# headers and Link headers: a walk's page is built once, with its page's identity and next URL,
+# instead of as a plain outcome the walk then copies (once a page).
+Build = Callable[[int, bytes, int, int, ResponseMeta | None, tuple[str, ...]], Fetched]
 
 
 def address_policy(settings: Settings) -> AddressPolicy:
@@ -285,6 +289,8 @@ class Fetcher:
         profile: Profile | None = None,
         *,
         links: bool = False,
+        at: str | None = None,
+        build: Build | None = None,
     ) -> Outcome:
         """Fetch ``request`` (or a plain GET of a URL, as enqueued) into an `Outcome`; never
         raises for the URL's own faults. The outcome carries the `Request` it answers.
@@ -296,11 +302,14 @@ class Fetcher:
         never outnumber the slots. With a credential ``profile``, each hop to a host the profile
         lists carries its secret (`worker.engine.auth`); the outcome keeps ``url`` as given.
         With ``links`` a `Fetched` carries the response's ``Link`` headers (a paginated walk
-        reads its next page there).
+        reads its next page there). ``at`` fetches the request at another URL (a later page of
+        a walk: its method, body and headers at the page's URL, with no `Request` built for
+        it); outcomes then have that URL. With ``build``, a 2xx answer's `Fetched` is what
+        ``build`` makes of it.
         """
         started = time.monotonic()
         req = request if isinstance(request, Request) else Request(request)
-        url = req.url
+        url = req.url if at is None else at
         try:
             target = self._parse(url)
         except FetchError as exc:
@@ -311,15 +320,17 @@ class Fetcher:
             status, body, meta, link = await self._attempt(call)
         except FetchError as exc:
             if not exc.transient or self._settings.max_attempts == 1:
-                return _failed(req, exc, attempts)
+                return _failed(req, url, exc, attempts)
             # Slow path: only now does the call pay for tenacity.
             try:
                 status, body, meta, link, attempts = await self._retry(call, exc, started)
             except _RetriesExhausted as gave_up:
-                return _failed(req, gave_up.last, gave_up.attempts)
+                return _failed(req, url, gave_up.last, gave_up.attempts)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if status == 304 and meta is not None:
             return NotModified(url, elapsed_ms, attempts, meta)
+        if build is not None:
+            return build(status, body, elapsed_ms, attempts, meta, link)
         return Fetched(url, status, body, elapsed_ms, attempts, meta, req, link)
 
     def _parse(self, raw: str) -> URL:
@@ -584,11 +595,9 @@ def _headers(
     return headers
 
 
-def _failed(request: Request, exc: FetchError, attempts: int) -> Failed:
+def _failed(request: Request, url: str, exc: FetchError, attempts: int) -> Failed:
     detail = clean_detail(exc.detail)
-    return Failed(
-        request.url, exc.kind, detail, exc.status, attempts, exc.retry_after, request=request
-    )
+    return Failed(url, exc.kind, detail, exc.status, attempts, exc.retry_after, request=request)
 
 
 class _StaleToken(Exception):

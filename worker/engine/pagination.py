@@ -85,6 +85,8 @@ _LINK: Final = re.compile(r'<([^>]*)>((?:\s*;\s*[^;,="]+(?:=\s*(?:"(?:[^"\\]|\\.
 # The usual header, GitHub's form: the first link-value is the next page, with rel alone.
 _PLAIN_NEXT: Final = re.compile(r'\s*<([^>]*)>\s*;\s*rel=(?:"next"|next)\s*(?:,|$)')
 _PARAM: Final = re.compile(r';\s*([^;,="\s]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,"]*)))?')
+# The parameters of that form as APIs write them, read with str methods before `_PLAIN_NEXT`.
+_NEXT_PARAMS: Final = ('; rel="next"', "; rel=next")
 
 
 def next_link(headers: Sequence[str]) -> str | None:
@@ -95,6 +97,9 @@ def next_link(headers: Sequence[str]) -> str | None:
     are compared case-insensitively and a ``rel`` may list several).
     """
     for header in headers:
+        target = _written_next(header)
+        if target is not None:
+            return target
         plain = _PLAIN_NEXT.match(header)
         if plain is not None:
             return plain.group(1).strip()
@@ -103,6 +108,20 @@ def next_link(headers: Sequence[str]) -> str | None:
         for link in _LINK.finditer(header):
             if _has_next(link.group(2)):
                 return link.group(1).strip()
+    return None
+
+
+def _written_next(header: str) -> str | None:
+    """The target when ``header`` starts ``<target>; rel="next"`` as APIs write it (then the
+    end or a comma), by str methods: a regular expression costs more, once a page. None for
+    any other form, which `_PLAIN_NEXT` and the full parse read."""
+    if not header.startswith("<"):
+        return None
+    target, _, rest = header[1:].partition(">")
+    for params in _NEXT_PARAMS:
+        if rest.startswith(params):
+            after = rest[len(params) :].lstrip()
+            return target.strip() if not after or after.startswith(",") else None
     return None
 
 

@@ -28,7 +28,7 @@ from worker.engine.auth import unsigned
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
 from worker.engine.credentials import Profile
-from worker.engine.fetch import Fetcher
+from worker.engine.fetch import Build, Fetcher
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import (
     BatchSummary,
@@ -389,7 +389,16 @@ class BatchRun:
             self._lease.give(len(outcome.body))  # admitted, but the poll found it unchanged
         await self._put(item)
 
-    async def _fetch(self, request: Request, validators: Validators | None = None) -> Outcome:
+    async def _fetch(
+        self,
+        request: Request,
+        validators: Validators | None = None,
+        *,
+        at: str | None = None,
+        build: Build | None = None,
+    ) -> Outcome:
+        """`Fetcher.fetch` with the batch's priority, budget, profile and links (``at`` and
+        ``build`` for a walk's pages); a bug costs the URL a failure, not the batch."""
         try:
             # The body is admitted to the budget while its request slot is still held.
             outcome: Outcome = await self._fetcher.fetch(
@@ -399,12 +408,15 @@ class BatchRun:
                 self._lease.take,
                 self.batch.profile,
                 links=self._links,
+                at=at,
+                build=build,
             )
         except Exception as exc:
             # A bug must cost one URL a failure row, never the whole batch.
-            log.exception("fetch.internal_error", extra={"url": request.url})
+            url = request.url if at is None else at
+            log.exception("fetch.internal_error", extra={"url": url})
             detail = clean_detail(f"{type(exc).__name__}: {exc}")
-            outcome = Failed(request.url, "internal", detail, None, 0, request=request)
+            outcome = Failed(url, "internal", detail, None, 0, request=request)
         metrics.record_fetch(outcome)
         if isinstance(outcome, Failed) and log.isEnabledFor(logging.DEBUG):
             log.debug(

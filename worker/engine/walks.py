@@ -15,12 +15,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
 from worker.engine.bodies import clean_detail
-from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Validators
+from worker.engine.fetch import Build
+from worker.engine.outcomes import (
+    Failed,
+    Fetched,
+    NotModified,
+    Outcome,
+    ResponseMeta,
+    Validators,
+)
 from worker.engine.pagination import PageSpec, Resume, Walk
 from worker.engine.polling import Polled, SourceState, answered, settle, walk_settled
 from worker.engine.requests import Request, RequestKey
@@ -28,9 +36,22 @@ from worker.engine.store import stored_url, translated
 from worker.errors import PaginationError
 from worker.settings import Settings
 
-FetchPage = Callable[[Request], Awaitable[Outcome]]
+
+class FetchPage(Protocol):
+    """Fetches a walk's ``request`` at the page URL ``at``; ``build`` makes its `Fetched`."""
+
+    def __call__(self, request: Request, /, *, at: str, build: Build) -> Awaitable[Outcome]: ...
+
+
+class FetchConditional(Protocol):
+    """`FetchPage` with the validators that make a request conditional (None: they do not)."""
+
+    def __call__(
+        self, request: Request, validators: Validators | None, /, *, at: str, build: Build
+    ) -> Awaitable[Outcome]: ...
+
+
 Emit = Callable[[Outcome], Awaitable[None]]
-FetchConditional = Callable[[Request, Validators | None], Awaitable[Outcome]]
 Put = Callable[[Outcome | Polled], Awaitable[None]]
 
 _LANDED = """
@@ -52,33 +73,27 @@ async def walk(
     """Walk the pages of ``request`` (from ``resume`` when given), emitting one outcome per
     page, each identified as ``request`` with its page number and URL: its document, or the
     failure that ends the walk (a page that could not be fetched, or a next page that cannot be
-    followed). ``fetch`` fetches a page's request: the first request with the page's URL.
+    followed). ``fetch`` fetches the request at a page's URL (no `Request` built a page),
+    and the walk's `_Pages` builds each page's outcome from the answer (one `Fetched` a page).
     ``clean`` takes a secret the API echoed out of a next URL before it is stored or followed."""
     url = request.url
     page, page_url = (1, url) if resume is None else (resume.page, resume.url)
-    method, body, headers = request.method, request.body, request.headers
-    pages: Walk | None = None
+    pages = _Pages(request, spec, resume, clean)
     while True:
-        asked = request if page_url == url else Request(page_url, method, body, headers)
-        outcome = await fetch(asked)
+        outcome = await fetch(request, at=page_url, build=pages)
         if not isinstance(outcome, Fetched):
             if isinstance(outcome, Failed):
                 failed = replace(outcome, url=url, request=request, page=page, page_url=page_url)
                 await emit(failed)
             return
-        if pages is None:
-            # Built once a page came: a URL the fetcher refuses is page 1's failure already.
-            pages = Walk(spec, url, resume, clean)
-        try:
-            nxt = pages.next_url(outcome.links, outcome.body)
-        except PaginationError as exc:
-            await emit(_page(outcome, request, page_url, page, None))
-            await emit(_ended(request, exc, page + 1))
+        await emit(outcome)
+        if pages.ended is not None:
+            await emit(_ended(request, pages.ended, page + 1))
             return
-        await emit(_page(outcome, request, page_url, page, nxt))
+        nxt = outcome.next_url
         if nxt is None:
             return
-        page, page_url = pages.page, nxt
+        page, page_url = page + 1, nxt
 
 
 def polled(
@@ -97,8 +112,8 @@ def polled(
     # The validators of the walk's first fetch, when that is page 1.
     pending: list[Validators | None] = [] if resumed else [state.conditional(request)]
 
-    async def fetch_page(asked: Request) -> Outcome:
-        outcome = await fetch(asked, pending.pop() if pending else None)
+    async def fetch_page(asked: Request, *, at: str, build: Build) -> Outcome:
+        outcome = await fetch(asked, pending.pop() if pending else None, at=at, build=build)
         if isinstance(outcome, NotModified):
             await put(settle(state, answered(outcome, request), settings))
         return outcome
@@ -113,12 +128,47 @@ def polled(
     return fetch_page, emit
 
 
-def _page(f: Fetched, request: Request, page_url: str, page: int, nxt: str | None) -> Fetched:
-    # Built directly, not by dataclasses.replace, which costs several times more (once a page).
-    return Fetched(
-        request.url, f.status, f.body, f.elapsed_ms, f.attempts, f.meta, request, (), page,
-        page_url, nxt,
-    )  # fmt: skip
+class _Pages:
+    """A walk's `Build`: makes each page's `Fetched` (the walk's request, the page's number
+    and URL, its next URL) straight from the fetcher's answer. The `Walk` is made once a page
+    came (a URL the fetcher refuses is page 1's failure already); a next page that cannot be
+    followed ends the walk: the page lands without a next URL and ``ended`` says why."""
+
+    __slots__ = ("_clean", "_request", "_resume", "_spec", "_walk", "ended")
+
+    def __init__(
+        self,
+        request: Request,
+        spec: PageSpec,
+        resume: Resume | None,
+        clean: Callable[[str], str] | None,
+    ) -> None:
+        self._request, self._spec, self._resume, self._clean = request, spec, resume, clean
+        self._walk: Walk | None = None
+        self.ended: PaginationError | None = None
+
+    def __call__(
+        self,
+        status: int,
+        body: bytes,
+        elapsed_ms: int,
+        attempts: int,
+        meta: ResponseMeta | None,
+        links: tuple[str, ...],
+    ) -> Fetched:
+        request, pages = self._request, self._walk
+        if pages is None:
+            pages = self._walk = Walk(self._spec, request.url, self._resume, self._clean)
+        page, page_url = pages.page, pages.url  # the page answered, before the walk moves on
+        try:
+            nxt = pages.next_url(links, body)
+        except PaginationError as exc:
+            self.ended, nxt = exc, None
+        # Built directly, not by dataclasses.replace, which costs several times more.
+        return Fetched(
+            request.url, status, body, elapsed_ms, attempts, meta, request, (), page, page_url,
+            nxt,
+        )  # fmt: skip
 
 
 def _ended(request: Request, exc: PaginationError, page: int) -> Failed:
