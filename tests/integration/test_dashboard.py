@@ -387,3 +387,36 @@ async def test_bad_queries_and_bodies_get_a_clear_4xx(
         assert r.status == status
         assert message in (await r.json())["error"]
     assert "Traceback" not in caplog.text
+
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+async def test_hostile_data_is_shown_as_text_never_run(
+    start_api: StartAPI, context: BrowserContext, pool: asyncpg.Pool
+) -> None:
+    """Failure details, URLs, job ids and source names come from upstreams and callers: markup
+    in them is shown as text on every page, and none of it runs (nor would the CSP let it)."""
+    await pool.execute(
+        """INSERT INTO fetch_failures (job_id, url, source, error, status, attempts, detail)
+           VALUES ($1, $2, $1, 'http_status', 500, 1, $1)""",
+        "job" + HOSTILE,
+        "http://hostile.example/" + HOSTILE,
+    )
+    await sources.add(pool, ["http://hostile.example/feed"], every=60, name="feed" + HOSTILE)
+    base = await start_api()
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await _log_in(page, base)
+    await _page(page, "failures")
+    row = page.locator("#failure-list tbody tr[data-id]")
+    await expect(row).to_have_count(1)
+    await row.locator("summary").click()
+    await expect(row).to_contain_text(HOSTILE)
+    await _page(page, "sources")
+    await expect(page.locator("section#sources")).to_contain_text("feed" + HOSTILE)
+    await _page(page, "jobs")
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator("img[src=x], main script").count() == 0
+    assert errors == []

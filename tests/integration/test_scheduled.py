@@ -308,3 +308,25 @@ async def test_a_paginated_source_lands_every_page_conditional_on_the_first(
     assert again[0].headers["If-None-Match"] == '"s-p1"'
     assert (await state(pool, url))["last_outcome"] == "not_modified"
     assert await pool.fetchval("SELECT count(*) FROM documents") == 3
+
+
+async def test_sources_that_notify_different_urls_go_out_in_different_polls(
+    pool: asyncpg.Pool, arq_queue: ArqRedis, make_settings: Callable[..., Settings]
+) -> None:
+    """A poll job has one notify_url: sources of one name told to different URLs (or none)
+    are polled by different jobs, each carrying its own."""
+    hooks = {
+        "https://a.example/feed": "https://hooks.example/a",
+        "https://b.example/feed": "https://hooks.example/b",
+        "https://c.example/feed": None,
+    }
+    for url, hook in hooks.items():
+        request = {} if hook is None else {"notify_url": hook}
+        spec = sources.poll_spec(name="feeds", request=request, webhooks=True)
+        await sources.add(pool, [url], every=60, name="feeds", spec=spec)
+    enqueued = await sources.enqueue_due(pool, arq_queue, make_settings())
+    assert len(enqueued.jobs) == 3
+    polled = {
+        job.kwargs["urls"][0]: job.kwargs.get("notify_url") for job in await arq_queue.queued_jobs()
+    }
+    assert polled == hooks
