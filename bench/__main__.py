@@ -51,7 +51,7 @@ import redis.asyncio as aioredis
 from bench import api as api_mod
 from bench import database, procs
 from bench import upstream as upstream_mod
-from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.devtools.embedded import EmbeddedRedis
 from worker.engine.migrate import migrate
 from worker.queue.client import enqueue_batch, enqueue_urls, open_queue
 from worker.queue.payload import FetchBatch, make_batch
@@ -549,12 +549,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only", default="", help="comma-separated plan entries to run (substring)"
     )
     parser.add_argument("--upstream", choices=["nginx", "granian"], default=None)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL") or None,
-        help="a Postgres server to use instead of an embedded one (default: BENCH_DATABASE_URL); "
-        f"the bench creates, empties and drops a database {database.NAME} there",
-    )
+    database.add_argument(parser)
     parser.add_argument("--redis-url", default=None, help="a Redis database to use (flushed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument(
@@ -605,31 +600,22 @@ def _measure(args: argparse.Namespace, sizes: list[int]) -> tuple[list[Run], dic
     what the servers were."""
     with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
         root = Path(tmp)
-        pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         up = upstream_mod.start(root / "upstream", sizes, prefer=args.upstream)
         api = upstream_mod.start_api()
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
-        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            if pg is None:
-                db = asyncio.run(database.create(args.database_url))
-                claimed = True
-            else:
-                db = pg.start()
-            rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
-            asyncio.run(migrate(db))
-            postgres = asyncio.run(database.describe(db, embedded=pg is not None))
-            bench = Bench(args, up, api, db, rurl, root, asyncio.run(database.postmaster(db)))
-            runs = _repeat(args, bench, _plan(bench, sizes))
+            with database.server(args.database_url, root / "postgres") as pg:
+                db = pg.url
+                rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
+                asyncio.run(migrate(db))
+                postgres = asyncio.run(database.describe(db, embedded=pg.embedded))
+                bench = Bench(args, up, api, db, rurl, root, asyncio.run(database.postmaster(db)))
+                runs = _repeat(args, bench, _plan(bench, sizes))
         finally:
             up.stop()
             api.stop()
             if rd is not None:
                 rd.stop()
-            if pg is not None:
-                pg.stop("fast")
-            if claimed:
-                asyncio.run(database.drop(args.database_url))
     return runs, {"upstream": up.kind, "postgres": postgres}
 
 

@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 
 from bench import database, procs
 from bench import upstream as upstream_mod
-from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.devtools.embedded import EmbeddedRedis
 from worker.engine.migrate import migrate
 from worker.queue.client import enqueue_urls, open_queue
 from worker.settings import load_settings
@@ -352,12 +352,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,16", help="body sizes in KiB (1,16)")
     parser.add_argument("--batches", default="100,1000", help="URLs per job (100,1000)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds to watch an idle worker")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL") or None,
-        help="a Postgres server to use (default: BENCH_DATABASE_URL); the script creates, "
-        f"empties and drops a database {database.NAME} there",
-    )
+    database.add_argument(parser)
     parser.add_argument("--redis-url", default=None, help="a Redis database to use (flushed)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -365,19 +360,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="harvester-costs-") as tmp:
         root = Path(tmp)
         up = upstream_mod.start(root / "upstream", sizes)
-        pg = None if args.database_url else EmbeddedPostgres(root / "postgres", durable=True)
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
-        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            if pg is None:
-                db = asyncio.run(database.create(args.database_url))
-                claimed = True
-            else:
-                db = pg.start()
-            rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
-            asyncio.run(migrate(db))
-            m = Measure(db, rurl, asyncio.run(database.postmaster(db)))
-            lines = measure(m, up, sizes, batches, args)
+            with database.server(args.database_url, root / "postgres") as pg:
+                rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
+                asyncio.run(migrate(pg.url))
+                m = Measure(pg.url, rurl, asyncio.run(database.postmaster(pg.url)))
+                lines = measure(m, up, sizes, batches, args)
         except database.BenchDatabaseError as exc:
             print(f"python -m bench.costs: {exc}", file=sys.stderr)
             return 2
@@ -385,10 +374,6 @@ def main() -> int:
             up.stop()
             if rd is not None:
                 rd.stop()
-            if pg is not None:
-                pg.stop("fast")
-            if claimed:
-                asyncio.run(database.drop(args.database_url))
     print(f"upstream {up.kind}; {os.cpu_count()} CPUs; Postgres and Redis on the same machine")
     print("\n".join(lines))
     return 0

@@ -8,10 +8,19 @@ is connected to, is refused: it is someone else's, or another bench's in progres
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
 import asyncpg
 from yarl import URL
 
 from bench import procs
+from worker.devtools.embedded import EmbeddedPostgres
 
 NAME = "harvester_bench"
 MARK = "harvester bench: created, emptied and dropped by python -m bench"
@@ -97,3 +106,37 @@ async def describe(url: str, *, embedded: bool) -> str:
         await conn.close()
     where = "embedded" if embedded else f"at {URL(url).host or 'a socket'}:{URL(url).port}"
     return f"PostgreSQL {version.split()[0]} {where} (fsync {fsync}, synchronous_commit {sync})"
+
+
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``, defaulting to BENCH_DATABASE_URL (None: an embedded server)."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL") or None,
+        help="a Postgres server to use instead of an embedded one (default: BENCH_DATABASE_URL); "
+        f"the bench creates, empties and drops a database {NAME} there",
+    )
+
+
+class Server(NamedTuple):
+    url: str  # the database the bench works in
+    embedded: bool
+
+
+@contextmanager
+def server(url: str | None, folder: Path) -> Iterator[Server]:
+    """The bench's Postgres: an embedded one (durable: fsync on) in ``folder`` when ``url`` is
+    None, else a database of its own on ``url``'s server (`create`); stopped, or dropped, on the
+    way out. Raises `BenchDatabaseError` when the server cannot give it one."""
+    if url is not None:
+        db = asyncio.run(create(url))
+        try:
+            yield Server(db, embedded=False)
+        finally:
+            asyncio.run(drop(url))
+        return
+    pg = EmbeddedPostgres(folder, durable=True)
+    try:
+        yield Server(pg.start(), embedded=True)
+    finally:
+        pg.stop("fast")

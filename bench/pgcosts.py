@@ -37,7 +37,6 @@ import asyncpg
 
 from bench import database, procs
 from bench.upstream import make_body
-from worker.devtools.embedded import EmbeddedPostgres
 from worker.engine import latest, store
 from worker.engine.migrate import migrate
 from worker.engine.outcomes import Fetched
@@ -200,31 +199,20 @@ def table(kb: int, rows: int, samples: dict[str, list[Sample]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pgcosts", description=__doc__)
-    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    database.add_argument(parser)
     parser.add_argument("--sizes", default="1,16", help="body sizes in KiB (1,16)")
     parser.add_argument("--rows", type=int, default=4000, help="documents a run (4000)")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved repetitions (5)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="harvester-pgcosts-") as tmp:
-        pg = None if args.database_url else EmbeddedPostgres(Path(tmp) / "pg", durable=True)
-        claimed = False  # the bench's database on BENCH_DATABASE_URL's server exists
         try:
-            if pg is None:
-                url = asyncio.run(database.create(args.database_url))
-                claimed = True
-            else:
-                url = pg.start()
-            print(asyncio.run(database.describe(url, embedded=pg is not None)))
-            asyncio.run(run(url, sizes, args.rows, args.repeat))
+            with database.server(args.database_url, Path(tmp) / "pg") as pg:
+                print(asyncio.run(database.describe(pg.url, embedded=pg.embedded)))
+                asyncio.run(run(pg.url, sizes, args.rows, args.repeat))
         except database.BenchDatabaseError as exc:
             print(f"python -m bench.pgcosts: {exc}", file=sys.stderr)
             return 2
-        finally:
-            if pg is not None:
-                pg.stop("fast")
-            if claimed:
-                asyncio.run(database.drop(args.database_url))
     return 0
 
 
