@@ -97,3 +97,22 @@ def test_processes_out_of_range_is_a_usage_error(
         build_parser().parse_args(["worker", "--processes", value])
     assert stopped.value.code == 2
     assert "--processes" in capsys.readouterr().err
+
+
+async def test_a_child_stuck_past_its_stop_is_killed(tmp_path: Path) -> None:
+    """A child that ignores SIGTERM is SIGKILLed ``kill_after`` seconds after the stop, so the
+    parent ends instead of waiting for it."""
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "try:\n"
+        "    (pathlib.Path(sys.argv[1]) / 'stay').open('x').close()\n"
+        "except FileExistsError:\n"
+        "    sys.exit(2)\n"
+        "time.sleep(60)\n"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    supervisor = Supervisor(2, command, backoff=QUICK, kill_after=0.5)
+    started = time.monotonic()
+    assert await supervisor.run() == 2
+    assert time.monotonic() - started < 30  # the stuck child was killed, not waited for

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from worker.cli import helptext
 from worker.cli.util import (
@@ -123,6 +123,11 @@ def _freeze_start_up() -> None:
     gc.freeze()
 
 
+# How long after its grace a stopping child may take to hand back its batches and close, before
+# the parent of `--processes` kills it as stuck.
+KILL_MARGIN_S: Final = 15.0
+
+
 def _supervise(settings: Settings, processes: int, *, burst: bool) -> int:
     """Run ``processes`` workers under one parent (`worker.runtime.supervisor`). What the
     parent can check is checked first, so that a configuration error exits 2 once instead of
@@ -132,7 +137,13 @@ def _supervise(settings: Settings, processes: int, *, burst: bool) -> int:
 
     load_credentials(settings.credentials)
     shared = settings.metrics_shared_dir if settings.metrics_port is not None else None
-    supervisor = Supervisor(processes, child_command(burst), burst=burst, metrics_dir=shared)
+    supervisor = Supervisor(
+        processes,
+        child_command(burst),
+        burst=burst,
+        metrics_dir=shared,
+        kill_after=settings.shutdown_grace + KILL_MARGIN_S,
+    )
     return asyncio.run(supervisor.run())
 
 

@@ -8,7 +8,9 @@ to every child and waits for them (each lets its running batches finish for
 HARVESTER_SHUTDOWN_GRACE, as a single worker does), and restarts a child that dies unasked, after
 a wait from the one backoff policy (`worker.backoff`). It gives up, stopping the others, when
 a child exits 2 (a configuration problem: a restart would meet it again), or when one slot's
-child has died soon after starting `MAX_QUICK_DEATHS` times in a row (a crash loop).
+child has died soon after starting `MAX_QUICK_DEATHS` times in a row (a crash loop). A child
+still running ``kill_after`` seconds after it was told to stop (the grace and then some: it is
+stuck) is killed, so that the parent always ends.
 """
 
 from __future__ import annotations
@@ -92,12 +94,15 @@ class Supervisor:
         burst: bool = False,
         metrics_dir: Path | None = None,
         backoff: Backoff = RESTART_BACKOFF,
+        kill_after: float | None = None,
     ) -> None:
         self._slots = [_Slot(n) for n in range(1, count + 1)]
         self._command = list(command)
         self._burst = burst
         self._metrics_dir = metrics_dir
         self._backoff = backoff
+        self._kill_after = kill_after
+        self._killer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self._stop_signal = signal.SIGTERM
 
@@ -109,6 +114,8 @@ class Supervisor:
         try:
             return await self._run_all()
         finally:
+            if self._killer is not None:
+                self._killer.cancel()
             for sig in FORWARDED:
                 loop.remove_signal_handler(sig)
 
@@ -140,6 +147,20 @@ class Supervisor:
             if slot.proc is not None and slot.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     slot.proc.send_signal(sig)
+        if self._kill_after is not None and self._killer is None:
+            loop = asyncio.get_running_loop()
+            self._killer = loop.call_later(self._kill_after, self._kill_stragglers)
+
+    def _kill_stragglers(self) -> None:
+        """SIGKILL the children still running long after they were told to stop."""
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                log.error(
+                    "supervisor.child_killed",
+                    extra={"slot": slot.number, "pid": slot.proc.pid, "after_s": self._kill_after},
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.kill()
 
     async def _keep(self, slot: _Slot) -> int:
         """Run the slot's child again and again until the parent stops; its last exit code."""
