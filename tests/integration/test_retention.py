@@ -120,6 +120,22 @@ async def test_old_record_failures_and_finished_webhooks_go_pending_ones_stay(
     assert left == ["delivered-new", "pending-old"]
 
 
+async def test_leases_left_behind_go_live_ones_stay(pool: asyncpg.Pool) -> None:
+    """A job lease taken before the cutoff (its run could not drop it) goes; a recent one, a
+    running job's, stays."""
+    for job_id, age in (("left", 10 * DAY), ("running", 60.0)):
+        await pool.execute(
+            """INSERT INTO job_leases (job_id, run, epoch, owner, taken_at)
+               VALUES ($1, gen_random_uuid(), 1, 'host:1',
+                       now() - make_interval(secs => $2::float8))""",
+            job_id,
+            age,
+        )
+    result = await delete_expired(pool, days=7, batch_rows=1)
+    assert result.leases == 1
+    assert await pool.fetchval("SELECT array_agg(job_id) FROM job_leases") == ["running"]
+
+
 async def test_arguments_are_checked(pool: asyncpg.Pool) -> None:
     """Nonsense arguments are refused before anything is deleted."""
     with pytest.raises(ValueError, match="days"):
@@ -145,5 +161,6 @@ async def test_cron_job_uses_the_settings_and_is_off_by_default(
         "failures": 0,
         "record_failures": 0,
         "webhooks": 0,
+        "leases": 0,
     }
     assert await pool.fetchval("SELECT count(*) FROM documents") == 0

@@ -75,6 +75,17 @@ DELETE FROM webhook_outbox WHERE id IN (
 """
 
 
+# A job's lease is deleted when its run ends; one a run could not delete (Postgres refused, a
+# worker killed before a job's last try) is a leftover once it is older than the cutoff, days past
+# any run. Deleting it is safe whatever the job does next: a run whose lease row is gone lands
+# nothing more, and the job's next run takes a new one. The table holds live jobs only: small.
+_DELETE_LEASES = """
+DELETE FROM job_leases WHERE job_id IN (
+    SELECT job_id FROM job_leases WHERE taken_at < $1 LIMIT $2
+)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionResult:
     """Rows deleted by one retention run."""
@@ -83,6 +94,7 @@ class RetentionResult:
     failures: int
     record_failures: int = 0
     webhooks: int = 0  # delivered or given-up deliveries
+    leases: int = 0  # job leases left behind
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -90,6 +102,7 @@ class RetentionResult:
             "failures": self.failures,
             "record_failures": self.record_failures,
             "webhooks": self.webhooks,
+            "leases": self.leases,
         }
 
 
@@ -106,8 +119,8 @@ async def _delete_batches(
 
 
 async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) -> RetentionResult:
-    """Delete documents fetched, failures and record failures recorded, and webhook deliveries
-    finished, more than ``days`` ago; return the counts.
+    """Delete documents fetched, failures and record failures recorded, webhook deliveries
+    finished and job leases left behind more than ``days`` ago; return the counts.
 
     Raises `StoreError` when Postgres fails; batches already deleted stay deleted, and the next
     run carries on from there.
@@ -128,6 +141,7 @@ async def delete_expired(pool: asyncpg.Pool, *, days: float, batch_rows: int) ->
             pool, _DELETE_RECORD_FAILURES, cutoff, batch_rows, "record failures"
         ),
         webhooks=await _delete_batches(pool, _DELETE_WEBHOOKS, cutoff, batch_rows, "webhooks"),
+        leases=await _delete_batches(pool, _DELETE_LEASES, cutoff, batch_rows, "job leases"),
     )
     log.info("retention.deleted", extra={**result.as_dict(), "cutoff": cutoff.isoformat()})
     return result
