@@ -47,13 +47,14 @@ SESSIONS: dict[str, list[str]] = {
         "procfile",
         "pages",
         "records",
+        "records-query",
     ],
     # The README's "APIs that need credentials", in a session of its own: its worker has the
     # credentials file, the quickstart's does not.
     "README.md#apis": [
         "apis-profiles",
-        "apis-enqueue",
         "apis-worker",
+        "apis-enqueue",
     ],
     # The README's "Getting results back": the latest-copy query, then a worker with a webhook
     # secret, the receiver, the openssl check and the stream consumer.

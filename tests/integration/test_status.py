@@ -22,6 +22,7 @@ from tests.helpers import Services, wait_until
 from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
+from worker.ops.queuehistory import QueueHistory, sampling
 from worker.ops.status import gather, history, progress
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
@@ -331,3 +332,26 @@ async def test_progress_counts_a_running_jobs_urls_and_outcomes(
     assert (p.job_id, p.total, p.landed) == (job, 3, 2)
     assert (gone.total, gone.landed) == (None, 0)
     assert await progress(arq_queue, pool, []) == []
+
+
+async def test_the_api_samples_the_queue_for_the_dashboards_history(
+    arq_queue: ArqRedis, settings: Settings
+) -> None:
+    """While sampling runs, each sample holds the queue's depth and its oldest wait as Redis
+    has them, oldest first."""
+    history = QueueHistory(sample_s=0.05, keep_s=60)
+    await enqueue_urls(arq_queue, ["https://a.example/1", "https://a.example/2"], batch_size=1)
+
+    async def sampled(queued: int) -> bool:
+        return queued in history.as_dict()["queued"]
+
+    async with sampling(history, arq_queue, settings.queue):
+        await wait_until(lambda: sampled(2))
+        await arq_queue.delete(settings.queue)
+        await wait_until(lambda: sampled(0))
+    d = history.as_dict()
+    first = d["queued"].index(2)
+    assert d["oldest_ready_age_s"][first] is not None
+    assert d["oldest_ready_age_s"][d["queued"].index(0)] is None
+    assert d["at"] == sorted(d["at"])
+    assert len(d["at"]) == len(d["queued"]) == len(d["oldest_ready_age_s"])

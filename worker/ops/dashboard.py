@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import orjson
@@ -31,6 +32,7 @@ from worker.engine import counters as metrics
 from worker.ops import sessions, status
 from worker.ops.answers import json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
+from worker.ops.queuehistory import QueueHistory, sampling
 from worker.ops.sessions import Sessions
 from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control
 from worker.scheduling import replay
@@ -46,6 +48,7 @@ LOGINS_REFUSED: Final = Counter(
 )
 
 SESSIONS: Final = web.AppKey("sessions", Sessions)
+QUEUE_HISTORY: Final = web.AppKey("queue_history", QueueHistory)
 STATIC: Final = web.AppKey("static", dict)
 
 MAX_FAILURES: Final = 1000
@@ -222,7 +225,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_history(request: web.Request) -> web.Response:
     minutes = _int_param(request, "minutes", status.HISTORY_MINUTES, status.MAX_HISTORY_MINUTES)
-    return _json((await status.history(request.app[POOL], minutes)).as_dict())
+    landed = (await status.history(request.app[POOL], minutes)).as_dict()
+    return _json({**landed, "queue": request.app[QUEUE_HISTORY].as_dict()})
 
 
 async def get_progress(request: web.Request) -> web.Response:
@@ -277,9 +281,17 @@ async def post_sources_enabled(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the dashboard's routes and load its files."""
+    """Register the dashboard's routes, load its files, and sample the queue while the API
+    runs (after the API's own resources: it reads through their Redis)."""
     app[SESSIONS] = Sessions()
     app[STATIC] = load_static()
+    app[QUEUE_HISTORY] = QueueHistory()
+
+    async def sample_queue(app: web.Application) -> AsyncIterator[None]:
+        async with sampling(app[QUEUE_HISTORY], app[REDIS], app[SETTINGS].queue):
+            yield
+
+    app.cleanup_ctx.append(sample_queue)
     r = app.router
     r.add_get("/", index)
     r.add_get(STATIC_PREFIX + "{name}", static)

@@ -237,7 +237,8 @@ def _dashboard_paths() -> dict[str, Any]:
         "/session": _read("How this request is authorised, and the session's CSRF token"),
         "/status": _read("What `harvester status --json` prints"),
         "/status/history": _read(
-            "URLs landed per minute by outcome, and failures per minute by kind",
+            "URLs landed per minute by outcome, failures per minute by kind, and the queue's "
+            "depth and oldest wait as the API sampled them (every 15 s, the last hour)",
             [_query("minutes", "how many minutes back (60; at most 1440)", "integer")],
         ),
         "/status/progress": _read(

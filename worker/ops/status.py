@@ -231,6 +231,39 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
     db = await _read_db(pool)
     # Redis after Postgres: a job whose rows were read is seen finished if it has finished since.
     in_progress, recent = await _jobs(redis, queue, db.recent)
+    waiting = await queue_counts(redis, queue, in_progress)
+    per_second, window = rate(db.landed, db.span_s)
+    return Status(
+        queue=queue,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        queued=waiting.queued,
+        ready=waiting.ready,
+        deferred=waiting.queued - waiting.ready,
+        oldest_ready_age_s=waiting.oldest_ready_age_s,
+        in_progress=in_progress,
+        workers=await read_workers(redis, queue),
+        urls_per_minute=db.per_minute,
+        urls_per_second=per_second,
+        rate_window_s=window,
+        failures_last_hour=db.failures,
+        recent_jobs=recent,
+        sources=db.sources,
+        hosts=await _hosts(settings, redis),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The jobs of a queue waiting for a worker: all of them, those due now, and how long the
+    oldest due one has waited (None: none is due)."""
+
+    queued: int
+    ready: int
+    oldest_ready_age_s: float | None
+
+
+async def queue_counts(redis: ArqRedis, queue: str, in_progress: list[str]) -> Waiting:
+    """What waits in ``queue``, the jobs ``in_progress`` left out."""
     now_ms = time.time() * 1000
     # arq keeps a job in the queue's sorted set until it finishes: the running ones are not
     # waiting, so they are counted out of queued, ready and the oldest ready job.
@@ -250,24 +283,17 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
     queued = total - sum(1 for x in scores if x is not None)
     ready = due - sum(1 for x in scores if x is not None and x <= now_ms + _DEFER_SLACK_MS)
     oldest = [(j, x) for j, x in first if j.decode() not in running][:1]
-    per_second, window = rate(db.landed, db.span_s)
-    return Status(
-        queue=queue,
-        at=datetime.now(UTC).isoformat(timespec="seconds"),
-        queued=queued,
-        ready=ready,
-        deferred=queued - ready,
-        oldest_ready_age_s=round(max(0.0, now_ms - oldest[0][1]) / 1000, 1) if oldest else None,
-        in_progress=in_progress,
-        workers=await read_workers(redis, queue),
-        urls_per_minute=db.per_minute,
-        urls_per_second=per_second,
-        rate_window_s=window,
-        failures_last_hour=db.failures,
-        recent_jobs=recent,
-        sources=db.sources,
-        hosts=await _hosts(settings, redis),
-    )
+    age = round(max(0.0, now_ms - oldest[0][1]) / 1000, 1) if oldest else None
+    return Waiting(queued, ready, age)
+
+
+async def waiting_now(redis: ArqRedis, queue: str) -> Waiting:
+    """`queue_counts` without reading Postgres or any job's result: the jobs in progress are
+    those with an in-progress key (what the dashboard's queue history samples)."""
+    running = [
+        k[len(in_progress_key_prefix) :] for k in await _scan(redis, f"{in_progress_key_prefix}*")
+    ]
+    return await queue_counts(redis, queue, running)
 
 
 async def _hosts(settings: Settings, redis: ArqRedis) -> dict[str, Any]:

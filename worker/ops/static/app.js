@@ -197,7 +197,7 @@ function drawOverview(status, history) {
   $("t-sources").parentElement.classList.toggle("bad", (src.failing ?? 0) > 0);
 
   drawThroughput(history);
-  drawQueue(status);
+  drawQueue(status, history);
   drawWorkers(status);
 }
 
@@ -209,14 +209,23 @@ function drawThroughput(history) {
   ], "URLs landed per minute by outcome");
 }
 
-function drawQueue(status) {
+// The API samples the queue every 15 s since it started (history.queue); the page's own samples
+// since it opened fill in between, so the chart moves at every poll.
+function drawQueue(status, history) {
   if (status) {
     state.queue.push({ at: Date.now() / 1000, queued: status.queued, wait: status.oldest_ready_age_s });
     if (state.queue.length > QUEUE_SAMPLES) state.queue.shift();
   }
-  lines($("chart-queue"), state.queue.map((s) => new Date(s.at * 1000).toTimeString().slice(0, 8)), [
-    { name: "queued", values: state.queue.map((s) => s.queued), className: "queued" },
-    { name: "oldest wait", values: state.queue.map((s) => s.wait), className: "wait" },
+  if (history) state.served = history.queue;
+  const served = state.served || { at: [], queued: [], oldest_ready_age_s: [] };
+  const since = state.queue.length ? state.queue[0].at : Infinity;
+  const samples = served.at
+    .map((at, i) => ({ at, queued: served.queued[i], wait: served.oldest_ready_age_s[i] }))
+    .filter((s) => s.at < since)
+    .concat(state.queue);
+  lines($("chart-queue"), samples.map((s) => new Date(s.at * 1000).toTimeString().slice(0, 8)), [
+    { name: "queued", values: samples.map((s) => s.queued), className: "queued" },
+    { name: "oldest wait", values: samples.map((s) => s.wait), className: "wait" },
   ], "queue depth and oldest wait");
 }
 
@@ -441,7 +450,7 @@ async function start() {
   window.addEventListener("resize", () => {
     if (!state.last) return;
     drawThroughput(state.last.history);
-    drawQueue(null);
+    drawQueue(null, null);
     drawFailureChart(state.last.history);
   });
   showPage();
