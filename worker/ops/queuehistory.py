@@ -55,22 +55,33 @@ class QueueHistory:
         }
 
 
-async def _sample_forever(history: QueueHistory, redis: ArqRedis, queue: str) -> None:
-    while True:
+# How long the API's shutdown waits for a sample in flight before it gives up on it.
+STOP_WAIT_S: Final = 2.0
+
+
+async def _sample_until(
+    stop: asyncio.Event, history: QueueHistory, redis: ArqRedis, queue: str
+) -> None:
+    while not stop.is_set():
         try:
             history.add(await waiting_now(redis, queue))
         except (RedisError, OSError) as exc:
             log.debug("api.queue_sample_missed", extra={"error": f"{type(exc).__name__}: {exc}"})
-        await asyncio.sleep(history.sample_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), history.sample_s)
 
 
 @contextlib.asynccontextmanager
 async def sampling(history: QueueHistory, redis: ArqRedis, queue: str) -> AsyncIterator[None]:
-    """Sample ``queue`` into ``history`` for as long as the block runs."""
-    task = asyncio.create_task(_sample_forever(history, redis, queue), name="queue-history")
+    """Sample ``queue`` into ``history`` for as long as the block runs. The task is stopped by
+    an event, not cancelled in the middle of a Redis command (redis-py can swallow a cancellation
+    there and never end); a sample stuck past `STOP_WAIT_S` is left behind."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(_sample_until(stop, history, redis, queue), name="queue-history")
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        _, pending = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+        for late in pending:
+            late.cancel()
