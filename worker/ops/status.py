@@ -188,15 +188,20 @@ async def _scan(redis: ArqRedis, pattern: str) -> list[str]:
     return [k.decode() async for k in redis.scan_iter(match=pattern, count=1000)]
 
 
+async def _in_progress_keys(redis: ArqRedis) -> list[str]:
+    """The ids of the jobs arq holds an in-progress key for (running, or a cron job's key that
+    outlived its run a while)."""
+    return [
+        k[len(in_progress_key_prefix) :] for k in await _scan(redis, f"{in_progress_key_prefix}*")
+    ]
+
+
 async def _jobs(
     redis: ArqRedis, queue: str, recent: list[str]
 ) -> tuple[list[str], list[RecentJob]]:
     """(jobs in progress, the recent jobs) read in one transaction, so that no job is both: a
     job with a stored result is finished, whatever other key of it is still about."""
-    candidates = [
-        k[len(in_progress_key_prefix) :] for k in await _scan(redis, f"{in_progress_key_prefix}*")
-    ]
-    ids = list(dict.fromkeys([*recent, *candidates]))
+    ids = list(dict.fromkeys([*recent, *await _in_progress_keys(redis)]))
     async with redis.pipeline(transaction=True) as pipe:
         for job_id in ids:
             pipe.get(result_key_prefix + job_id)
@@ -290,10 +295,7 @@ async def queue_counts(redis: ArqRedis, queue: str, in_progress: list[str]) -> W
 async def waiting_now(redis: ArqRedis, queue: str) -> Waiting:
     """`queue_counts` without reading Postgres or any job's result: the jobs in progress are
     those with an in-progress key (what the dashboard's queue history samples)."""
-    running = [
-        k[len(in_progress_key_prefix) :] for k in await _scan(redis, f"{in_progress_key_prefix}*")
-    ]
-    return await queue_counts(redis, queue, running)
+    return await queue_counts(redis, queue, await _in_progress_keys(redis))
 
 
 async def _hosts(settings: Settings, redis: ArqRedis) -> dict[str, Any]:

@@ -13,7 +13,7 @@ HARVESTER_WEBHOOK_MAX_AGE gives it up).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import asyncpg
@@ -97,13 +97,7 @@ class RetentionResult:
     leases: int = 0  # job leases left behind
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "documents": self.documents,
-            "failures": self.failures,
-            "record_failures": self.record_failures,
-            "webhooks": self.webhooks,
-            "leases": self.leases,
-        }
+        return asdict(self)
 
 
 async def _delete_batches(
