@@ -240,10 +240,15 @@ function drawWorkers(status) {
 
 function drawJobs(status, progress) {
   fill("running", progress.map((p) => {
-    const bar = el("progress");
-    bar.max = p.total || 1;
-    bar.value = Math.min(p.landed, p.total || 0);
-    bar.setAttribute("aria-label", `progress of ${p.job_id}`);
+    // A total is unknown once arq has dropped the job (it is finishing: the next poll lists it
+    // done) or for a job that is not a batch: no bar then, rather than one of a made-up length.
+    let bar = "";
+    if (p.total !== null) {
+      bar = el("progress");
+      bar.max = p.total;
+      bar.value = Math.min(p.landed, p.total);
+      bar.setAttribute("aria-label", `progress of ${p.job_id}`);
+    }
     const tr = row(p.job_id, bar, p.total === null ? `${p.landed}` : `${p.landed} / ${p.total}`);
     tr.dataset.job = p.job_id;
     return tr;
