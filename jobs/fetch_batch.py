@@ -18,6 +18,7 @@ from worker.engine.outcomes import BatchSummary
 from worker.engine.writes import Chunk
 from worker.errors import BadJobError, LeaseLostError, StoreError
 from worker.logs import bound_job
+from worker.queue import rejections
 from worker.queue.payload import FetchBatch, parse_batch
 from worker.scheduling import sources
 from worker.settings import Settings
@@ -139,7 +140,7 @@ async def _release(ctx: JobContext, lease: JobLease, hard_stop: float) -> None:
         log.warning("job.lease_kept", extra={"reason": "Postgres did not answer in time"})
 
 
-def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
+async def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> FetchBatch:
     try:
         settings = ctx["settings"]
         batch = parse_batch(
@@ -154,6 +155,7 @@ def _parse(ctx: JobContext, args: Sequence[Any], kwargs: dict[str, Any]) -> Fetc
     except BadJobError as exc:
         log.error("job.rejected", extra={"reason": str(exc)})  # noqa: TRY400 - the reason is all
         metrics.record_job("rejected")
+        await rejections.record(ctx["redis"], ctx["settings"].queue, ctx["job_id"])
         raise
     # Owned here rather than left to arq, whose start line cuts the arguments before any
     # redaction could see them: counts, never URLs.
@@ -194,7 +196,7 @@ async def fetch_batch(ctx: JobContext, *args: Any, **kwargs: Any) -> dict[str, A
     job_try = ctx["job_try"]
     started = time.monotonic()
     with bound_job(ctx["job_id"]):
-        batch = _parse(ctx, args, kwargs)
+        batch = await _parse(ctx, args, kwargs)
         # arq fails a job that reaches its timeout for good. The pipeline stops fetching at its
         # own deadline; this bounds everything else too (writes to a Postgres that hangs rather
         # than refuses), turning an overrun into a deferral.

@@ -24,6 +24,7 @@ from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
 from worker.ops.queuehistory import QueueHistory, sampling
 from worker.ops.status import gather, history, progress
+from worker.queue import rejections
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
 
@@ -75,6 +76,40 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     for text in ("queued 1 (ready 1, deferred 0)", "recent jobs", "st-0", "http_status"):
         assert text in screen.stdout, screen.stdout
     assert "workers: 1 alive" in screen.stdout, screen.stdout
+
+
+async def test_a_refused_job_is_among_the_recent_jobs_with_its_reason(
+    pool: asyncpg.Pool,
+    arq_queue: ArqRedis,
+    redis: aioredis.Redis,
+    settings: Settings,
+    make_worker: Callable[..., Worker],
+    upstream: Upstream,
+) -> None:
+    """A job the worker refuses lands no row in Postgres, where status finds recent jobs: it
+    is listed all the same, failed, with the payload model's reason, beside a job that ran;
+    the list of refused ids keeps the newest `rejections.KEEP`."""
+    await arq_queue.enqueue_job(
+        "fetch_batch", urls=[upstream.url("/json/r")], auth="nope", _job_id="refused-1"
+    )
+    await enqueue_urls(arq_queue, [upstream.url("/json/ok")], job_id_prefix="ran")
+    await make_worker().main()
+
+    status = await gather(settings, arq_queue, pool)
+    jobs = {j.job_id: j for j in status.recent_jobs}
+    assert set(jobs) == {"refused-1", "ran-0"}
+    refused = jobs["refused-1"]
+    assert (refused.success, refused.state) == (False, "failed")
+    assert refused.summary is not None
+    assert "BadJobError" in refused.summary["result"]
+    assert "nope" in refused.summary["result"]
+
+    for n in range(rejections.KEEP + 5):
+        await rejections.record(redis, settings.queue, f"old-{n}", now=1_000.0 + n)
+    kept = await redis.zrange(rejections.rejected_key(settings.queue), 0, -1)
+    assert len(kept) == rejections.KEEP
+    assert b"refused-1" in kept  # the newest stay; the oldest of the burst went
+    assert b"old-0" not in kept
 
 
 async def test_status_shows_one_row_per_worker_process(

@@ -20,6 +20,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import DeserializationError, deserialize_job, deserialize_result
 
 from worker.engine import store
+from worker.queue import rejections
 from worker.queue.heartbeat import WorkerState, read_workers
 from worker.queue.hostlimits import read_pauses, read_policies
 from worker.queue.serialization import deserialize
@@ -28,13 +29,14 @@ from worker.settings import Settings
 Worker = WorkerState  # one worker process, as `harvester status` shows it
 
 RECENT_JOBS = 10
+RECENT_S = 3600.0  # how far back recent jobs go
 RATE_MINUTES = 5
 RATE_WINDOW_S = 60.0
 MIN_RATE_SPAN_S = 1.0
 _DEFER_SLACK_MS = 1000
 
 _RECENT_JOBS = """
-SELECT job_id, max(at) AS last_at FROM (
+SELECT job_id, extract(epoch FROM max(at))::float8 AS last_at FROM (
     SELECT job_id, fetched_at AS at FROM documents WHERE fetched_at > now() - interval '1 hour'
     UNION ALL
     SELECT job_id, failed_at FROM fetch_failures WHERE failed_at > now() - interval '1 hour'
@@ -155,7 +157,7 @@ def rate(rows: int, span_s: float | None, window_s: float = RATE_WINDOW_S) -> tu
 class _Db:
     """What Postgres says."""
 
-    recent: list[str]
+    recent: list[tuple[str, float]]  # (job id, unix time of its last row), newest first
     per_minute: list[tuple[str, int]]
     landed: int
     span_s: float | None
@@ -166,7 +168,9 @@ class _Db:
 async def _read_db(pool: asyncpg.Pool) -> _Db:
     with store.translated("cannot read status from Postgres"):
         async with pool.acquire() as conn:
-            recent = [r["job_id"] for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)]
+            recent = [
+                (r["job_id"], r["last_at"]) for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)
+            ]
             per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
             landed = await conn.fetchrow(_RECENT_RATE, RATE_WINDOW_S)
             assert landed is not None  # an aggregate without GROUP BY: always one row
@@ -182,6 +186,13 @@ async def _read_db(pool: asyncpg.Pool) -> _Db:
         failures=failures,
         sources=dict(src) if src is not None else {},
     )
+
+
+def newest(*timed: list[tuple[str, float]]) -> list[str]:
+    """The `RECENT_JOBS` newest job ids of lists of (job id, unix time): the jobs that landed
+    rows and those the worker refused, which land none (`worker.queue.rejections`)."""
+    merged = sorted((row for rows in timed for row in rows), key=lambda row: -row[1])
+    return list(dict.fromkeys(job_id for job_id, _ in merged))[:RECENT_JOBS]
 
 
 async def _scan(redis: ArqRedis, pattern: str) -> list[str]:
@@ -235,7 +246,8 @@ async def gather(settings: Settings, redis: ArqRedis, pool: asyncpg.Pool) -> Sta
     queue = settings.queue
     db = await _read_db(pool)
     # Redis after Postgres: a job whose rows were read is seen finished if it has finished since.
-    in_progress, recent = await _jobs(redis, queue, db.recent)
+    refused = await rejections.since(redis, queue, time.time() - RECENT_S)
+    in_progress, recent = await _jobs(redis, queue, newest(db.recent, refused))
     waiting = await queue_counts(redis, queue, in_progress)
     per_second, window = rate(db.landed, db.span_s)
     return Status(

@@ -1,0 +1,20 @@
+"""Which jobs `harvester status` lists as recent: pure logic, no services."""
+
+from __future__ import annotations
+
+from worker.ops.status import RECENT_JOBS, newest
+
+
+def test_refused_jobs_and_jobs_with_rows_are_listed_newest_first() -> None:
+    landed = [("b", 30.0), ("a", 10.0)]
+    refused = [("c", 20.0)]
+    assert newest(landed, refused) == ["b", "c", "a"]
+
+
+def test_the_list_is_cut_at_recent_jobs_and_names_a_job_once() -> None:
+    landed = [(f"j{n}", float(n)) for n in range(RECENT_JOBS + 5)]
+    refused = [("j3", 1_000.0)]  # a job id reused after a refusal: listed once, at its newest
+    listed = newest(landed, refused)
+    assert len(listed) == RECENT_JOBS
+    assert listed[0] == "j3"
+    assert listed.count("j3") == 1
