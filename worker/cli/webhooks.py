@@ -26,7 +26,7 @@ def _print_table(rows: list[Delivery]) -> None:
 
     now = datetime.now(UTC)
     t = table(
-        "id", "state", "tries", "last", "error", "job*", "url*", title="webhooks, newest first"
+        "id", "state", "tries", "last", "error*", "job*", "url*", title="webhooks, newest first"
     )
     for r in rows:
         last = r.delivered_at or r.last_attempt_at
