@@ -2,8 +2,9 @@
 
 Starts its own upstream (nginx if on PATH, else granian), its own Postgres and Valkey (embedded;
 BENCH_DATABASE_URL or --database-url names a Postgres server to use instead, where the bench
-works in a database of its own, `bench.database`; --redis-url a Redis), then for each body size
-measures, interleaved and repeated (medians are reported):
+works in a database of its own, `bench.database`; several servers, `embedded` among them, are
+each measured in the same repetitions, one table each; --redis-url a Redis), then for each body
+size measures, interleaved and repeated (medians are reported):
 
   ceiling      raw aiohttp client, harvester's session settings, no Redis, no Postgres
   harvester    jobs through Redis, `harvester worker --burst`, until every row is committed
@@ -25,7 +26,7 @@ Every run also reports CPU per URL (user + system, start-up included) of the pro
 (the worker's processes, or the ceiling's client), of the Postgres server (every process of it,
 `bench.procs`) and of the upstream server that served the run.
 
-Prints a table and writes bench/results/<timestamp>.json. It is a benchmark, not a test.
+Prints a table and writes bench/results/bench-<time>.json, per server. It is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -217,22 +218,28 @@ class Bench:
         n = self.args.urls
         prefix = self.up.url(kb, 0).rsplit("=", 1)[0] + "="
         with self._servers(self.up.proc.pid) as servers:
-            data, rss, cpu = self._ceiling(prefix, n)
+            data, rss, cpu = self._ceiling(prefix, n, profile=f"ceiling-{kb}k")
         run = Run("ceiling", kb, 0, 1, n, data["seconds"], data["seconds"], rss, cpu)
         run.startup_cpu_seconds = self.startup.get("ceiling", 0.0)
         return servers.charge(run)
 
-    def _ceiling(self, prefix: str, n: int) -> tuple[dict[str, float], float, float]:
-        """The ceiling client over ``n`` URLs: what it printed, its peak RSS and CPU."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(self.args.concurrency)],
-            stdout=subprocess.PIPE,
-        )
+    def _ceiling(
+        self, prefix: str, n: int, *, profile: str | None = None
+    ) -> tuple[dict[str, float], float, float]:
+        """The ceiling client over ``n`` URLs: what it printed, its peak RSS and CPU. Under
+        py-spy with --profile and a ``profile`` label, so its flame graph compares with the
+        workers'."""
+        cmd = [sys.executable, "-m", "bench.ceiling", prefix, str(n), str(self.args.concurrency)]
+        if self.args.profile and profile:
+            cmd = profiled(cmd, Path(self.args.profile), profile, self.args.profile_format, 1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         out = proc.stdout.read()
         code, rss, cpu = procs.wait(proc)
         assert code == 0
-        return orjson.loads(out), rss, cpu
+        # py-spy, when it runs, writes its own lines to the same stdout.
+        (printed,) = (line for line in out.splitlines() if line.startswith(b"{"))
+        return orjson.loads(printed), rss, cpu
 
     def measure_startup(self, keys: list[str]) -> None:
         """CPU seconds of each command the plan's ``keys`` run, over an empty queue: start-up
@@ -549,7 +556,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only", default="", help="comma-separated plan entries to run (substring)"
     )
     parser.add_argument("--upstream", choices=["nginx", "granian"], default=None)
-    database.add_argument(parser)
+    database.add_servers_argument(parser)
     parser.add_argument("--redis-url", default=None, help="a Redis database to use (flushed)")
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument(
@@ -580,70 +587,87 @@ def main() -> int:
     args.settings = dict(item.split("=", 1) for item in args.set)
     sizes = [int(x) for x in args.sizes.split(",")]
     try:
-        runs, info = _measure(args, sizes)
+        measured = _measure(args, sizes)
     except database.BenchDatabaseError as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2
-    print()
-    print(
-        f"upstream: {info['upstream']}; postgres: {info['postgres']}; {os.cpu_count()} CPUs; "
-        f"Python {platform.python_version()}; {args.urls} URLs per run; medians of "
-        f"{args.repeat}; settings {args.settings or 'defaults'}"
-    )
-    print(_table(runs))
-    print(f"\nwrote {_write(args, runs, info)}")
+    for runs, info in measured:
+        print()
+        print(
+            f"upstream: {info['upstream']}; postgres: {info['postgres']}; {os.cpu_count()} CPUs; "
+            f"Python {platform.python_version()}; {args.urls} URLs per run; medians of "
+            f"{args.repeat}; settings {args.settings or 'defaults'}"
+        )
+        print(_table(runs))
+        print(f"\nwrote {_write(args, runs, info)}")
     return 0
 
 
-def _measure(args: argparse.Namespace, sizes: list[int]) -> tuple[list[Run], dict[str, str]]:
-    """Start the servers, run the plan ``args.repeat`` times, interleaved; the median runs and
-    what the servers were."""
-    with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp:
+def _measure(args: argparse.Namespace, sizes: list[int]) -> list[tuple[list[Run], dict[str, str]]]:
+    """Start the servers, run the plan ``args.repeat`` times on each Postgres server named,
+    interleaved (each repetition runs the plan on every server in turn); per server, the
+    median runs and what the servers were."""
+    with tempfile.TemporaryDirectory(prefix="harvester-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         up = upstream_mod.start(root / "upstream", sizes, prefer=args.upstream)
+        stack.callback(up.stop)
         api = upstream_mod.start_api()
-        rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
-        try:
-            with database.server(args.database_url, root / "postgres") as pg:
-                db = pg.url
-                rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
-                asyncio.run(migrate(db))
-                postgres = asyncio.run(database.describe(db, embedded=pg.embedded))
-                bench = Bench(args, up, api, db, rurl, root, asyncio.run(database.postmaster(db)))
-                runs = _repeat(args, bench, _plan(bench, sizes))
-        finally:
-            up.stop()
-            api.stop()
-            if rd is not None:
-                rd.stop()
-    return runs, {"upstream": up.kind, "postgres": postgres}
+        stack.callback(api.stop)
+        if args.redis_url:
+            rurl = args.redis_url
+        else:
+            rd = EmbeddedRedis(root / "valkey")
+            stack.callback(rd.stop)
+            rurl = rd.start()
+        benches: list[Bench] = []
+        described: list[str] = []
+        for n, url in enumerate(database.servers_of(args.database_url)):
+            pg = stack.enter_context(database.server(url, root / f"postgres-{n}"))
+            asyncio.run(migrate(pg.url))
+            described.append(asyncio.run(database.describe(pg.url, embedded=pg.embedded)))
+            postmaster = asyncio.run(database.postmaster(pg.url))
+            benches.append(Bench(args, up, api, pg.url, rurl, root, postmaster))
+        runs = _repeat(args, [(b, _plan(b, sizes)) for b in benches])
+        return [
+            (r, {"upstream": up.kind, "postgres": d}) for r, d in zip(runs, described, strict=True)
+        ]
 
 
-def _repeat(
-    args: argparse.Namespace, bench: Bench, plan: list[tuple[str, Callable[[], Run]]]
-) -> list[Run]:
+Plan = list[tuple[str, Callable[[], Run]]]
+
+
+def _repeat(args: argparse.Namespace, plans: list[tuple[Bench, Plan]]) -> list[list[Run]]:
+    """Each repetition runs every server's plan in turn; per server, the median runs."""
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
-        plan = [(k, f) for k, f in plan if any(w in k for w in wanted)]
-    samples: dict[str, list[Run]] = {k: [] for k, _ in plan}
+        plans = [(b, [(k, f) for k, f in plan if any(w in k for w in wanted)]) for b, plan in plans]
+    samples: list[dict[str, list[Run]]] = [{k: [] for k, _ in plan} for _, plan in plans]
+    many = len(plans) > 1
     for rep in range(args.repeat):
-        bench.measure_startup([k for k, _ in plan])
-        for key, fn in plan:
-            run = fn()
-            samples[key].append(run)
-            print(
-                f"[{rep + 1}/{args.repeat}] {key:<24} {run.urls_per_s:8.0f} URLs/s "
-                f"rss {run.peak_rss_mib:.0f} MiB CPU/URL {run.run_us_per_url:.0f} µs "
-                f"(pg {_us(run.postgres_us_per_url)}, up {_us(run.upstream_us_per_url)})",
-                flush=True,
-            )
-    return [_median(v) for v in samples.values()]
+        for n, (bench, plan) in enumerate(plans):
+            bench.measure_startup([k for k, _ in plan])
+            where = f"pg{n + 1} " if many else ""
+            for key, fn in plan:
+                run = fn()
+                samples[n][key].append(run)
+                print(
+                    f"[{rep + 1}/{args.repeat}] {where}{key:<24} {run.urls_per_s:8.0f} URLs/s "
+                    f"rss {run.peak_rss_mib:.0f} MiB CPU/URL {run.run_us_per_url:.0f} µs "
+                    f"(pg {_us(run.postgres_us_per_url)}, up {_us(run.upstream_us_per_url)})",
+                    flush=True,
+                )
+    return [[_median(v) for v in server.values()] for server in samples]
 
 
 def _write(args: argparse.Namespace, runs: list[Run], info: dict[str, str]) -> Path:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / time.strftime("bench-%Y%m%dT%H%M%S.json")
+    stem = time.strftime("bench-%Y%m%dT%H%M%S")
+    out = out_dir / f"{stem}.json"
+    n = 1
+    while out.exists():  # a second server's results, written in the same second
+        n += 1
+        out = out_dir / f"{stem}-{n}.json"
     out.write_bytes(
         orjson.dumps(
             {

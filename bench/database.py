@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import asyncpg
 from yarl import URL
@@ -116,6 +116,30 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
         help="a Postgres server to use instead of an embedded one (default: BENCH_DATABASE_URL); "
         f"the bench creates, empties and drops a database {NAME} there",
     )
+
+
+EMBEDDED: Final = "embedded"  # in a list of servers: an embedded PostgreSQL of the bench's own
+
+
+def add_servers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--database-url``, repeatable, for `python -m bench`: every server named is measured, in
+    the same repetitions (``embedded`` names an embedded one). Defaults to the whitespace-
+    separated words of BENCH_DATABASE_URL, or an embedded server alone."""
+    parser.add_argument(
+        "--database-url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="a Postgres server to measure on, or 'embedded' (repeatable: each is measured, "
+        "interleaved; default: BENCH_DATABASE_URL, or embedded); the bench creates, empties and "
+        f"drops a database {NAME} on a server it did not start",
+    )
+
+
+def servers_of(given: list[str] | None) -> list[str | None]:
+    """The servers `add_servers_argument` named, as `server` takes them (None: embedded)."""
+    words = given or os.environ.get("BENCH_DATABASE_URL", "").split() or [EMBEDDED]
+    return [None if w == EMBEDDED else w for w in words]
 
 
 class Server(NamedTuple):

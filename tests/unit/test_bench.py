@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bench import database, procs
 from bench.__main__ import Run, _median, _table, profiled, ratios
 
@@ -101,6 +103,19 @@ def test_the_bench_database_url_keeps_all_but_the_database() -> None:
     assert database.with_database(url, "harvester_bench") == (
         "postgresql://u:p@127.0.0.1:5432/harvester_bench?sslmode=disable"
     )
+
+
+def test_the_servers_to_measure_come_from_the_options_then_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each --database-url is measured (``embedded`` is an embedded server, None); without
+    one, BENCH_DATABASE_URL's words; without either, an embedded server alone."""
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    monkeypatch.setenv("BENCH_DATABASE_URL", f"{url}  embedded")
+    assert database.servers_of(["embedded", url]) == [None, url]
+    assert database.servers_of(None) == [url, None]
+    monkeypatch.delenv("BENCH_DATABASE_URL")
+    assert database.servers_of(None) == [None]
 
 
 def test_profiled_wraps_the_worker_in_py_spy_with_one_file_each(tmp_path: Path) -> None:
