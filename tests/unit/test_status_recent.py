@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.ops.status import RECENT_JOBS, newest
+from worker.ops.status import RECENT_JOBS, distinct, newest
 
 
 def test_refused_jobs_and_jobs_with_rows_are_listed_newest_first() -> None:
@@ -18,3 +18,16 @@ def test_the_list_is_cut_at_recent_jobs_and_names_a_job_once() -> None:
     assert len(listed) == RECENT_JOBS
     assert listed[0] == "j3"
     assert listed.count("j3") == 1
+
+
+def test_a_jobs_total_counts_each_outcome_once() -> None:
+    """A URL given twice, or a request given twice with its body's keys in another order, gets
+    one outcome: the progress bar's total counts it once. Headers are not identity."""
+    assert distinct(["http://a/1", "http://a/2", "http://a/1"]) == 2
+    requests = [
+        {"url": "http://a/s", "method": "POST", "json": {"q": 1, "p": 2}},
+        {"url": "http://a/s", "method": "POST", "json": {"p": 2, "q": 1}, "headers": {"X": "1"}},
+        {"url": "http://a/s", "method": "POST", "json": {"q": 2}},
+        {"url": "http://a/s"},
+    ]
+    assert distinct(requests) == 3

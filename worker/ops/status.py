@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import DeserializationError, deserialize_job, deserialize_result
@@ -419,7 +420,8 @@ async def progress(redis: ArqRedis, pool: asyncpg.Pool, job_ids: list[str]) -> l
 
 
 def _total(raw: bytes | None) -> int | None:
-    """The number of URLs or requests of a stored fetch_batch job."""
+    """The number of distinct URLs or requests of a stored fetch_batch job: a request given
+    twice gets one outcome, so it counts once (`distinct`)."""
     if raw is None:
         return None
     try:
@@ -429,5 +431,21 @@ def _total(raw: bytes | None) -> int | None:
     for name in ("urls", "requests"):
         items = job.kwargs.get(name)
         if isinstance(items, list):
-            return len(items)
+            return distinct(items)
     return None
+
+
+def distinct(items: list[Any]) -> int:
+    """How many outcomes a job's ``urls`` or ``requests`` make: URLs as given, requests by URL,
+    method and body (headers are not part of a request's identity)."""
+    keys = set()
+    for item in items:
+        if isinstance(item, dict):
+            body = item.get("json")
+            shape = None if body is None else orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            item = (item.get("url"), item.get("method"), shape)
+        try:
+            keys.add(item)
+        except TypeError:  # not a job the worker would take: count it as given
+            return len(items)
+    return len(keys)
