@@ -426,6 +426,12 @@ class Settings(BaseSettings):
                 self._proxies[scheme] = spec
         entries = (self.no_proxy or "").replace(" ", ",").split(",")
         self._no_proxy = tuple(e.strip().lower() for e in entries if e.strip())
+        for entry in self._no_proxy:
+            if "/" in entry and not _is_network(entry.strip("[]")):
+                raise ValueError(
+                    f"NO_PROXY (HARVESTER_TRUST_ENV): {entry!r} is not a CIDR range "
+                    "(e.g. 10.0.0.0/8)"
+                )
 
     def _proxy_password(self, spec: ProxySpec) -> SecretStr | None:
         name = self.proxy_password_env
@@ -446,6 +452,14 @@ class Settings(BaseSettings):
 
 _URL_PARTS = re.compile(r"[/?#]")
 _HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_hosts(url: str, *, several: bool) -> None:

@@ -158,13 +158,30 @@ def test_trust_env_routes_by_scheme_and_honours_no_proxy(
         (("[::1]:8080",), "::1", 8080, True),
         (("::1",), "::1", 80, True),
         ((), "example.com", 80, False),
+        (("10.0.0.0/8",), "10.20.30.40", 80, True),
+        (("10.0.0.0/8",), "11.0.0.1", 80, False),
+        (("10.0.0.0/8",), "ten.example", 80, False),  # a name is not resolved to match
+        (("fd00::/8",), "fd12::1", 443, True),
+        (("[fd00::/8]",), "fd12::1", 443, True),
+        (("192.168.1.7/32", "example.com"), "192.168.1.7", 8080, True),
     ],
 )
 def test_no_proxy_entries_match_as_curl_reads_them(
     entries: tuple[str, ...], host: str, port: int, expected: bool
 ) -> None:
-    """Domains match themselves and their subdomains, a port narrows an entry, * matches all."""
+    """Domains match themselves and their subdomains, a port narrows an entry, * matches all,
+    a CIDR range matches the IP addresses written in it."""
     assert bypasses(entries, host, port) is expected
+
+
+def test_a_no_proxy_entry_with_a_slash_that_is_no_range_is_refused_at_start_up(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``10.0.0.0/33`` would otherwise match nothing, silently sending that range to the proxy."""
+    monkeypatch.setenv("HTTP_PROXY", "http://plain:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example,10.0.0.0/33")
+    with pytest.raises(ConfigError, match=r"NO_PROXY .*'10.0.0.0/33' is not a CIDR range"):
+        make_settings(trust_env=True)
 
 
 def test_the_socket_factory_lets_only_the_proxys_endpoint_through() -> None:

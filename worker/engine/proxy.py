@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import aiohttp
 from yarl import URL
@@ -55,12 +57,18 @@ class Route:
 
 def bypasses(entries: tuple[str, ...], host: str, port: int | None) -> bool:
     """Whether NO_PROXY's ``entries`` send ``host`` (lower case, IPv6 without brackets) past the
-    proxy, as curl and requests read them: ``*`` for every host; ``example.com`` or
+    proxy, as curl (7.86 on) reads them: ``*`` for every host; ``example.com`` or
     ``.example.com`` for that domain and every name under it; ``host:port`` for one port only;
-    an IP address for itself (no CIDR ranges)."""
+    an IP address for itself; a CIDR range (``10.0.0.0/8``, ``fd00::/8``) for the IP addresses
+    in it, written as such in the URL (a name is not resolved to be matched)."""
+    address = _address(host)
     for entry in entries:
         if entry == "*":
             return True
+        if "/" in entry:
+            if address is not None and address in _network(entry):
+                return True
+            continue
         name, want_port = _split_port(entry)
         if want_port is not None and want_port != port:
             continue
@@ -68,6 +76,23 @@ def bypasses(entries: tuple[str, ...], host: str, port: int | None) -> bool:
         if host == name or host.endswith("." + name):
             return True
     return False
+
+
+def _address(host: str) -> IPv4Address | IPv6Address | None:
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=64)
+def _network(entry: str) -> IPv4Network | IPv6Network | tuple[()]:
+    """The range a CIDR entry names; an empty tuple (contains nothing) for one that is not a
+    range, which the settings refuse as they read NO_PROXY."""
+    try:
+        return ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        return ()
 
 
 def _split_port(entry: str) -> tuple[str, int | None]:
