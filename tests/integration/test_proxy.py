@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from tests.helpers.spellings import Trap
 from tests.helpers.upstream import Upstream
 from worker.engine.credentials import load_credentials
 from worker.engine.fetch import Fetcher, create_session
+from worker.engine.outbox import Due
 from worker.engine.outcomes import Failed, Fetched, Outcome
+from worker.engine.webhooks import Deliverer
 from worker.settings import Settings
 
 PASSWORD_ENV = "HARVESTER_TEST_PROXY_PASSWORD"
@@ -375,3 +378,32 @@ async def test_an_oauth2_token_is_fetched_through_the_proxy_too(
     # proxy.py logs one line per connection, and the GET then reuses the POST's.
     await _carried(forward_proxy, "POST", _hostport(second.url("/oauth/token")))
     assert second.tokens.fetches == 1
+
+
+async def test_a_webhook_goes_through_the_proxy_its_receiver_judged_first(
+    second: Upstream,
+    forward_proxy: ForwardProxy,
+    proxied: Callable[..., Settings],
+    pool: asyncpg.Pool,
+) -> None:
+    """A completion webhook takes the fetches' way out: through the proxy, signed, without the
+    proxy's credentials reaching the receiver; a receiver on an address the guard forbids is
+    refused for good before the proxy is asked."""
+    settings = proxied(webhook_secret="whsec-proxied-0123456789abcdef")
+    session = create_session(settings)
+    try:
+        deliverer = Deliverer(session, pool, settings)
+        hook = second.url("/echo/hook")
+        sent = await deliverer.post(Due(1, uuid.uuid4(), hook, b'{"job_id":"p"}', 1, 0.0))
+        refused = await deliverer.post(
+            Due(2, uuid.uuid4(), "http://localhost:9/hook", b"{}", 1, 0.0)
+        )
+    finally:
+        await session.close()
+    assert (sent.ok, sent.status) == (True, 200)
+    await _carried(forward_proxy, "POST", _hostport(hook))
+    [hit] = second.hits_for("/echo/hook")
+    assert hit.headers["Harvester-Signature"].startswith("t=")
+    assert "Proxy-Authorization" not in hit.headers
+    assert (refused.ok, refused.final) == (False, True)
+    assert "localhost:9" not in {target for _, target in forward_proxy.carried()}

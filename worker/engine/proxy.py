@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 import aiohttp
 from yarl import URL
 
+from worker.engine.guard import AddressPolicy, TargetCheck
 from worker.logs import register_secret
 from worker.settings import ProxySpec, Settings
 
@@ -130,6 +131,29 @@ class ProxyRouter:
             return route
         host = (url.raw_host or "").lower()
         return None if bypasses(self._no_proxy, host, url.port) else route
+
+
+class Egress:
+    """The way out for a process's requests when a proxy is configured: the proxy (or none)
+    each target is routed to, once the SSRF guard has judged the target, which the connector
+    never sees behind a proxy. Fetches, the OAuth2 token requests and webhooks all go this way."""
+
+    def __init__(self, router: ProxyRouter, targets: TargetCheck) -> None:
+        self._router = router
+        self._targets = targets
+
+    @classmethod
+    def from_settings(cls, settings: Settings, policy: AddressPolicy) -> Egress | None:
+        """The egress the settings ask for, or None without a proxy (requests go direct, their
+        addresses judged by the connector's guard)."""
+        router = ProxyRouter.from_settings(settings)
+        return None if router is None else cls(router, TargetCheck(policy))
+
+    async def route(self, url: URL) -> Route | None:
+        """The route for ``url`` (None: direct), after its target passes the guard; raises the
+        guard's `FetchError` when it does not."""
+        await self._targets.check(url.raw_host or "")
+        return self._router.route(url)
 
 
 def proxy_endpoints(settings: Settings) -> frozenset[tuple[str, int]]:

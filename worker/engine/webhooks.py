@@ -7,7 +7,9 @@ A webhook is a POST of the outbox row's body (`worker.engine.outbox`) with
 
 (Stripe's scheme; a second ``v1`` by HARVESTER_WEBHOOK_SECRET_PREVIOUS while one is rotated).
 It goes through the process's one session, so the SSRF guard judges the receiver's host, every
-address it resolves to and the socket, at every attempt; redirects are not followed; the answer
+address it resolves to and the socket, at every attempt, and through the proxy the settings
+route the receiver to, as fetches do (the guard then judges the receiver before the proxy is
+asked); redirects are not followed; the answer
 is read up to `MAX_ANSWER_BYTES` within HARVESTER_WEBHOOK_TIMEOUT. Anything but a 2xx (a
 timeout, a refused connection, a 3xx) is retried after the job backoff until the row is
 HARVESTER_WEBHOOK_MAX_AGE old, then given up (``failed``: ``harvester webhooks redeliver``). A
@@ -34,8 +36,9 @@ from yarl import URL
 from worker.engine import counters as metrics
 from worker.engine import outbox
 from worker.engine.bodies import clean_detail
-from worker.engine.fetch import address_policy, map_client_error
+from worker.engine.fetch import address_policy, map_client_error, proxy_refusal
 from worker.engine.outbox import Due
+from worker.engine.proxy import Egress
 from worker.errors import BlockedError, FetchError, InvalidURLError, StoreError
 from worker.logs import register_secret
 from worker.settings import Settings
@@ -96,6 +99,7 @@ class Deliverer:
         self._pool = pool
         self._settings = settings
         self._policy = address_policy(settings)
+        self._egress = Egress.from_settings(settings, self._policy)
         self._secrets = signing_secrets(settings)
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -110,16 +114,22 @@ class Deliverer:
         try:
             url = URL(due.url)
             self._policy.check(url.raw_host or "")
+            route = None if self._egress is None else await self._egress.route(url)
+            sent, to_proxy = (headers, None) if route is None else route.headers(url, headers)
             async with self._session.post(
                 url,
                 data=due.body,
-                headers=headers,
+                headers=sent,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout),
+                proxy=None if route is None else route.proxy,
+                proxy_headers=to_proxy,
             ) as resp:
                 await resp.content.read(MAX_ANSWER_BYTES)
                 status = resp.status
-        except FetchError as exc:  # the guard refused the host
+            if status == 407 and route is not None:
+                raise proxy_refusal(status)
+        except FetchError as exc:  # the guard refused the host, or the proxy the credentials
             return Attempt(False, None, exc.detail, final=isinstance(exc, _FINAL))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             mapped = map_client_error(exc)
