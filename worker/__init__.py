@@ -13,7 +13,8 @@ From the top of the import graph to the bottom:
     queue/       the job contract: payload model, client, JSON   engine
     engine/      fetch -> queue -> COPY; never sees arq or Redis foundation only
     foundation:  settings.py, errors.py, logs.py, backoff.py,    nothing of harvester's
-                 redisurl.py (REDIS_URL's Sentinel form)
+                 serverurl.py (DATABASE_URL, REDIS_URL and its
+                 Sentinel form), proxyurl.py (proxies, NO_PROXY)
 
 See ARCHITECTURE.md for the flow of a URL and where each kind of change goes.
 """

@@ -12,11 +12,10 @@ import os
 import re
 import ssl
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -31,7 +30,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.backoff import Backoff
 from worker.errors import ConfigError
-from worker.redisurl import is_sentinel, parse_sentinel_url
+from worker.proxyurl import ProxySpec, parse_no_proxy, parse_proxy_url
+from worker.serverurl import (
+    PG_TLS_FILES,
+    REDIS_TLS_FILES,
+    check_hosts,
+    check_tls_files,
+    is_sentinel,
+    parse_sentinel_url,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -50,41 +57,6 @@ MAX_HOST_RPS: Final = 100_000.0
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    """A forward proxy: its ``http://host:port`` and, apart, the credentials it wants (the
-    password never shows in a repr)."""
-
-    url: str
-    user: str | None = None
-    password: SecretStr | None = field(default=None, repr=False)
-
-
-def parse_proxy_url(value: str, *, inline_password: bool) -> ProxySpec:
-    """``http://[user[:password]@]host:port`` as a `ProxySpec`, or ValueError saying what is
-    wrong (never quoting the value: it may hold a password)."""
-    parts = urlsplit(value.strip())
-    if parts.scheme != "http":
-        raise ValueError("must start with http:// (https:// targets go through it by CONNECT)")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise ValueError("cannot read the host and port (http://host:port)") from exc
-    if not host or port is None:
-        raise ValueError("needs a host and a port (http://host:port)")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("must be http://host:port, without a path, query or fragment")
-    if parts.password is not None and not inline_password:
-        raise ValueError(
-            "must not hold a password: put it in an environment variable of its own and name "
-            "that variable in HARVESTER_PROXY_PASSWORD_ENV"
-        )
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = unquote(parts.username) if parts.username else None
-    password = SecretStr(unquote(parts.password)) if parts.password else None
-    return ProxySpec(f"http://{netloc}", user, password)
 
 
 class Settings(BaseSettings):
@@ -315,8 +287,8 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
-        _check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
-        _check_tls_files(value, _PG_TLS_FILES)
+        check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
+        check_tls_files(value, PG_TLS_FILES)
         return value
 
     @field_validator("redis_url")
@@ -328,11 +300,11 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         if not value.startswith("unix://"):
-            _check_hosts(value, several=False)
+            check_hosts(value, several=False)
             db = urlsplit(value).path.strip("/")
             if db and not db.isdigit():
                 raise ValueError(f"the database number {db!r} is not a number")
-        _check_tls_files(value, _REDIS_TLS_FILES)
+        check_tls_files(value, REDIS_TLS_FILES)
         return value
 
     @property
@@ -424,14 +396,10 @@ class Settings(BaseSettings):
                     variable = f"{scheme.upper()}_PROXY"
                     raise ValueError(f"{variable} (HARVESTER_TRUST_ENV): {exc}") from None
                 self._proxies[scheme] = spec
-        entries = (self.no_proxy or "").replace(" ", ",").split(",")
-        self._no_proxy = tuple(e.strip().lower() for e in entries if e.strip())
-        for entry in self._no_proxy:
-            if "/" in entry and not _is_network(entry.strip("[]")):
-                raise ValueError(
-                    f"NO_PROXY (HARVESTER_TRUST_ENV): {entry!r} is not a CIDR range "
-                    "(e.g. 10.0.0.0/8)"
-                )
+        try:
+            self._no_proxy = parse_no_proxy(self.no_proxy)
+        except ValueError as exc:
+            raise ValueError(f"NO_PROXY (HARVESTER_TRUST_ENV): {exc}") from None
 
     def _proxy_password(self, spec: ProxySpec) -> SecretStr | None:
         name = self.proxy_password_env
@@ -448,45 +416,6 @@ class Settings(BaseSettings):
                 f"HARVESTER_PROXY_PASSWORD_ENV names {name}, which is not set or is empty"
             )
         return SecretStr(password)
-
-
-_URL_PARTS = re.compile(r"[/?#]")
-_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?")
-
-
-def _is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_hosts(url: str, *, several: bool) -> None:
-    """Refuse a URL whose host:port part cannot be read (``host:notaport``, port 99999)."""
-    netloc = _URL_PARTS.split(url.split("://", 1)[1], maxsplit=1)[0]
-    hosts = netloc.rsplit("@", 1)[-1]
-    entries = hosts.split(",") if several else [hosts]
-    for entry in entries:
-        match = _HOST_PORT.fullmatch(entry)
-        if match is None:
-            raise ValueError(f"cannot read the host and port {entry!r}")
-        port = match.group(2)
-        if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
-
-
-# URL parameters that name a file for TLS: a missing one would otherwise surface at connect
-# time as "No such file or directory", read as an outage (or, with sslmode=prefer, be ignored).
-_PG_TLS_FILES: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
-_REDIS_TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
-
-
-def _check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
-    """Refuse a URL whose TLS file parameters name a file that does not exist."""
-    for name, value in parse_qsl(urlsplit(url).query):
-        if name in parameters and value != "system" and not os.path.exists(value):
-            raise ValueError(f"the TLS file {value!r} ({name}) does not exist")
 
 
 # Settings read under their conventional names, without the HARVESTER_ prefix.

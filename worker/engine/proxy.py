@@ -20,7 +20,8 @@ from yarl import URL
 
 from worker.engine.guard import AddressPolicy, TargetCheck
 from worker.logs import register_secret
-from worker.settings import ProxySpec, Settings
+from worker.proxyurl import ProxySpec
+from worker.settings import Settings
 
 Headers = Mapping[str, str]
 

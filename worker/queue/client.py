@@ -38,7 +38,7 @@ from worker.logs import redact
 from worker.queue.heartbeat import beat_key, worker_id
 from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
 from worker.queue.serialization import MAX_ENQUEUE_TIME_MS, deserialize, serialize
-from worker.redisurl import SentinelURL, is_sentinel, parse_sentinel_url
+from worker.serverurl import SentinelURL, is_sentinel, parse_sentinel_url
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.client")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import ConfigError
-from worker.redisurl import SentinelURL, parse_sentinel_url
+from worker.serverurl import SentinelURL, parse_sentinel_url
 from worker.settings import load_settings
 
 

@@ -1,4 +1,5 @@
-"""REDIS_URL's Sentinel form, read in one place.
+"""DATABASE_URL and REDIS_URL, read before any connection: hosts and ports that can be read, TLS
+files that exist, and REDIS_URL's Sentinel form.
 
 ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db][?options]``
 names the sentinels to ask (port 26379 unless given; IPv6 as ``[::1]:26379``), the service
@@ -11,6 +12,7 @@ the other forms (``redis://``, ``rediss://``, ``unix://``) are redis-py's own.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -21,6 +23,10 @@ SENTINEL_PORT: Final = 26379
 _OPTIONS: Final = ("sentinel_username", "sentinel_password")
 _URL_PARTS: Final = re.compile(r"[/?#]")
 _HOST_PORT: Final = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?")
+# URL parameters that name a file for TLS: a missing one would otherwise surface at connect
+# time as "No such file or directory", read as an outage (or, with sslmode=prefer, be ignored).
+PG_TLS_FILES: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+REDIS_TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 
 
 @dataclass(frozen=True, repr=False)
@@ -37,6 +43,30 @@ class SentinelURL:
 
     def __repr__(self) -> str:
         return f"SentinelURL(sentinels={self.sentinels!r}, service={self.service!r}, db={self.db})"
+
+
+def check_hosts(url: str, *, several: bool) -> None:
+    """Refuse a URL whose host:port part cannot be read (``host:notaport``, port 99999);
+    ``several``: a comma-separated list of them, as libpq allows."""
+    netloc = _URL_PARTS.split(url.split("://", 1)[1], maxsplit=1)[0]
+    hosts = netloc.rsplit("@", 1)[-1]
+    for entry in hosts.split(",") if several else [hosts]:
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None:
+            raise ValueError(f"cannot read the host and port {entry!r}")
+        _check_port(match.group(2))
+
+
+def _check_port(port: str | None) -> None:
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+
+
+def check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
+    """Refuse a URL whose TLS file ``parameters`` name a file that does not exist."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name in parameters and value != "system" and not os.path.exists(value):
+            raise ValueError(f"the TLS file {value!r} ({name}) does not exist")
 
 
 def is_sentinel(url: str) -> bool:
@@ -68,8 +98,7 @@ def _address(entry: str) -> tuple[str, int]:
     if match is None or not match.group(1).strip("[]"):
         raise ValueError(f"cannot read the sentinel address {entry!r} (host:port)")
     port = match.group(2)
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+    _check_port(port)
     return match.group(1).strip("[]"), SENTINEL_PORT if port is None else int(port)
 
 

@@ -1,0 +1,59 @@
+"""The forward proxy settings, read before any request: HARVESTER_PROXY_URL (or HTTP_PROXY and
+HTTPS_PROXY) as a `ProxySpec`, and NO_PROXY's entries. `worker.engine.proxy` routes by them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from pydantic import SecretStr
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """A forward proxy: its ``http://host:port`` and, apart, the credentials it wants (the
+    password never shows in a repr)."""
+
+    url: str
+    user: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+
+
+def parse_proxy_url(value: str, *, inline_password: bool) -> ProxySpec:
+    """``http://[user[:password]@]host:port`` as a `ProxySpec`, or ValueError saying what is
+    wrong (never quoting the value: it may hold a password)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme != "http":
+        raise ValueError("must start with http:// (https:// targets go through it by CONNECT)")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ValueError("cannot read the host and port (http://host:port)") from exc
+    if not host or port is None:
+        raise ValueError("needs a host and a port (http://host:port)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be http://host:port, without a path, query or fragment")
+    if parts.password is not None and not inline_password:
+        raise ValueError(
+            "must not hold a password: put it in an environment variable of its own and name "
+            "that variable in HARVESTER_PROXY_PASSWORD_ENV"
+        )
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = unquote(parts.username) if parts.username else None
+    password = SecretStr(unquote(parts.password)) if parts.password else None
+    return ProxySpec(f"http://{netloc}", user, password)
+
+
+def parse_no_proxy(value: str | None) -> tuple[str, ...]:
+    """NO_PROXY's entries, lower case (commas or spaces between them), or ValueError naming an
+    entry with a ``/`` that is no CIDR range (it would match nothing, silently)."""
+    entries = (value or "").replace(" ", ",").split(",")
+    hosts = tuple(e.strip().lower() for e in entries if e.strip())
+    for entry in hosts:
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a CIDR range (e.g. 10.0.0.0/8)") from None
+    return hosts
