@@ -295,11 +295,18 @@ async def test_the_page_turns_stale_when_the_api_loses_redis(
     await expect(page.locator("#live")).to_have_text("stale")
 
 
+async def _logins_refused(s: aiohttp.ClientSession, base: str) -> float:
+    async with s.get(base + "/metrics") as r:
+        text = await r.text()
+    (line,) = (x for x in text.splitlines() if x.startswith("harvester_api_logins_refused_total "))
+    return float(line.split()[1])
+
+
 async def test_headers_compression_bearer_and_open_mode(start_api: StartAPI) -> None:
     """Every answer has the strict CSP; JSON and static files are compressed, the CSRF token's
     answer is not; the bearer token still reads the JSON without a session; a login from
-    another site is refused; behind HTTPS the cookie is Secure; without a token the
-    dashboard is open on loopback, with no login."""
+    another site is refused, a wrong token counted in /metrics; behind HTTPS the cookie is
+    Secure; without a token the dashboard is open on loopback, with no login."""
     base = await start_api()
     gzip = {"Accept-Encoding": "gzip"}
     async with aiohttp.ClientSession(auto_decompress=False) as s:
@@ -326,6 +333,10 @@ async def test_headers_compression_bearer_and_open_mode(start_api: StartAPI) -> 
         cross = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
         async with s.post(base + "/login", json=login, headers=cross) as r:
             assert r.status == 403
+        refused = await _logins_refused(s, base)
+        async with s.post(base + "/login", json={"token": "a-wrong-token-guessed"}) as r:
+            assert r.status == 401
+        assert await _logins_refused(s, base) == refused + 1
         # Behind a TLS proxy that rewrites Host (nginx's default): the page's origin is the
         # proxy's, not the Host the API sees; the browser says same-origin, and that is enough.
         behind = {
