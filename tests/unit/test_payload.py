@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from worker.errors import BadJobError
-from worker.queue.payload import FetchBatch, field_names, job_id_problems, parse_batch
+from worker.queue.checks import job_id_problems
+from worker.queue.payload import FetchBatch, parse_batch
+from worker.queue.refusals import field_names
 
 
 def test_valid_payload() -> None:

@@ -230,7 +230,7 @@ class _Unfetchable:
         self.first: tuple[str, str] | None = None
 
     def noted(self, items: Iterable[Item]) -> Iterator[Item]:
-        from worker.queue.payload import url_problem
+        from worker.queue.checks import url_problem
 
         for item in items:
             url = item if isinstance(item, str) else item.get("url")

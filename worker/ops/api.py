@@ -49,8 +49,9 @@ from worker.ops.answers import error_answer, json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.connections import ConnectionGuard
 from worker.ops.openapi import openapi
+from worker.queue.checks import MAX_JOB_ID_LENGTH, has_control, job_id_problems
 from worker.queue.client import JobIdTakenError, enqueue_batch, redis_pool
-from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control, job_id_problems, parse_batch
+from worker.queue.payload import parse_batch
 from worker.queue.serialization import deserialize
 from worker.settings import Settings
 

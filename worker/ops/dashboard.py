@@ -34,7 +34,7 @@ from worker.ops.answers import json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.queuehistory import QueueHistory, sampling
 from worker.ops.sessions import Sessions
-from worker.queue.payload import MAX_JOB_ID_LENGTH, has_control
+from worker.queue.checks import MAX_JOB_ID_LENGTH, has_control
 from worker.scheduling import replay
 from worker.scheduling import sources as sources_
 from worker.settings import Settings

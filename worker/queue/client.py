@@ -35,8 +35,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.backoff import Backoff
 from worker.errors import BadJobError, ConfigError, HarvesterError, RedisUnavailableError
 from worker.logs import redact
+from worker.queue.checks import job_id_problems
 from worker.queue.heartbeat import beat_key, worker_id
-from worker.queue.payload import JOB_NAME, FetchBatch, job_id_problems, make_batch
+from worker.queue.payload import JOB_NAME, FetchBatch, make_batch
 from worker.queue.serialization import MAX_ENQUEUE_TIME_MS, deserialize, serialize
 from worker.serverurl import SentinelURL, is_sentinel, parse_sentinel_url
 from worker.settings import Settings

@@ -8,16 +8,14 @@ table, which a test keeps equal to this model's fields.
 
 A batch is either ``urls`` (plain GETs, or all with the batch's ``method``, ``json`` and
 ``headers``) or ``requests``, each of which may override those three; `FetchBatch.requests_of`
-turns either into the engine's `Request` values. Refusals are said plainly ("'urls' is empty"),
-not in pydantic's words.
+turns either into the engine's `Request` values. Its parts (a request, pagination, records) are
+in `shapes`; refusals are said plainly ("'urls' is empty"), not in pydantic's words (`refusals`).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final
 
 from pydantic import (
     BaseModel,
@@ -30,275 +28,32 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
-from yarl import URL
 
 from worker.engine.credentials import NAME as PROFILE_NAME
-from worker.engine.guard import host_problem
-from worker.engine.pagination import DEFAULT_MAX_PAGES, PATH_PATTERN, PageSpec, parse_path
-from worker.engine.records import RecordSpec, compile_path
-from worker.engine.requests import (
-    BODY_METHODS,
-    HEADER_NAME,
-    MAX_HEADER_NAME,
-    MAX_HEADERS,
-    NO_HEADERS,
-    REFUSED_HEADERS,
-    Body,
-    Request,
-    header_problems,
-    merged_headers,
-)
+from worker.engine.requests import BODY_METHODS, NO_HEADERS, Body, Request, merged_headers
 from worker.errors import BadJobError
+from worker.queue.checks import (
+    MAX_JOB_ID_LENGTH,
+    RESERVED_JOB_ID_PREFIXES,
+    first_control,
+    job_id_problems,
+    url_problem,
+)
+from worker.queue.refusals import describe
+from worker.queue.shapes import (
+    HEADERS_DOC,
+    JSON_DOC,
+    METHOD_DOC,
+    Method,
+    Paginate,
+    Records,
+    RequestSpec,
+    check_headers,
+    header_schema,
+)
 
 JOB_NAME: Final = "fetch_batch"
 MAX_SOURCE_LENGTH: Final = 200
-MAX_JOB_ID_LENGTH: Final = 256
-# Job ids harvester gives its own jobs: cron ticks, source polls and replays. Intakes refuse
-# them, so no caller can take (and so silence) one of harvester's own jobs.
-RESERVED_JOB_ID_PREFIXES: Final = ("cron:", "poll-", "replay-")
-
-
-def first_control(text: str) -> str | None:
-    """The first control, format or other non-printing character of ``text`` (Unicode category
-    C: newlines, ESC, NUL, bidi overrides, zero-width spaces...) as ``U+XXXX``, or None."""
-    if text.isprintable():
-        return None  # checked in C; only a space-free printable run gets here fast
-    for char in text:
-        if unicodedata.category(char)[0] == "C":
-            return f"U+{ord(char):04X}"
-    return None
-
-
-def has_control(text: str) -> bool:
-    """True if ``text`` holds a character `first_control` names."""
-    return first_control(text) is not None
-
-
-Method = Literal["GET", "POST", "PUT", "PATCH"]
-_METHODS: Final = get_args(Method)
-
-_METHOD_DOC: Final = "The HTTP method: GET (the default), POST, PUT or PATCH."
-_JSON_DOC: Final = (
-    "A JSON request body, sent as application/json (POST, PUT and PATCH only; null: no body). "
-    "Its SHA-256 is part of the outcome's identity."
-)
-_HEADERS_DOC: Final = (
-    "Extra request headers, {name: value}. Never secrets: a job is stored in Redis, so "
-    "Authorization, Proxy-Authorization and Cookie are refused (use a credential profile), as "
-    "are hop-by-hop headers, Host and Content-Length. At most 32, 8 KB in all."
-)
-
-
-def _header_schema() -> dict[str, Any]:
-    # Case-insensitive without a regex flag JSON Schema does not have: [Hh][Oo][Ss][Tt].
-    refused = "|".join(
-        "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in name)
-        for name in REFUSED_HEADERS
-    )
-    return {
-        "maxProperties": MAX_HEADERS,
-        "propertyNames": {
-            "pattern": f"^{HEADER_NAME.pattern}$",
-            "maxLength": MAX_HEADER_NAME,
-            "not": {"pattern": f"^({refused})$"},
-        },
-        "additionalProperties": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
-    }
-
-
-def _check_headers(headers: dict[str, str] | None, said: str = "") -> dict[str, str] | None:
-    problems = header_problems(headers) if headers else []
-    if problems:
-        raise ValueError(said + "; ".join(problems))
-    return headers
-
-
-def _storable_url(url: str) -> str:
-    # Postgres text cannot hold NUL, so such a URL could not even be recorded as failed.
-    if "\x00" in url:
-        raise ValueError("contains a NUL character, which cannot be stored")
-    return url
-
-
-class RequestSpec(BaseModel):
-    """One request of a batch's ``requests``: its fields override the batch's."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    url: str = Field(description="The URL, stored exactly as given.")
-    method: Method | None = Field(default=None, description=_METHOD_DOC + " Default: the batch's.")
-    json_body: JsonValue = Field(
-        default=None, alias="json", description=_JSON_DOC + " Default: the batch's."
-    )
-    headers: dict[str, str] | None = Field(
-        default=None,
-        description="Extra headers, over the batch's (same rules).",
-        json_schema_extra=_header_schema(),
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url_ok(cls, url: str) -> str:
-        return _storable_url(url)
-
-    @field_validator("headers")
-    @classmethod
-    def _headers_ok(cls, headers: dict[str, str] | None) -> dict[str, str] | None:
-        return _check_headers(headers)
-
-
-_STRICT: Final = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class Cursor(BaseModel):
-    """Cursor pagination: a value read from each page's body, sent as a query parameter."""
-
-    model_config = _STRICT
-
-    path: str = Field(
-        description="Where the cursor is in a page's body (`meta.next_cursor`).",
-        json_schema_extra={"pattern": PATH_PATTERN},
-    )
-    param: str = Field(
-        min_length=1, description="The query parameter of the first page's URL that carries it."
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _readable(cls, path: str) -> str:
-        return _checked_path("paginate.cursor.path", path)
-
-
-class Paginate(BaseModel):
-    """How each request's pages are walked; see docs/jobs.md, "Paginated walks"."""
-
-    # The schema says what `_one_style` checks, so the OpenAPI document refuses the same.
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        json_schema_extra={
-            "oneOf": [
-                {
-                    "required": ["next"],
-                    "properties": {"next": {"type": "string"}, "cursor": {"type": "null"}},
-                },
-                {
-                    "required": ["cursor"],
-                    "properties": {"cursor": {"type": "object"}, "next": {"type": "null"}},
-                },
-            ],
-            "if": {"required": ["next"], "properties": {"next": {"const": "json"}}},
-            "then": {"required": ["path"], "properties": {"path": {"type": "string"}}},
-            "else": {"properties": {"path": {"type": "null"}}},
-        },
-    )
-
-    next: Literal["link", "json"] | None = Field(
-        default=None,
-        description='`"link"`: follow `Link: <...>; rel="next"`; `"json"`: the next URL is in '
-        "the body at `path`. Give `next` or `cursor`, not both.",
-    )
-    path: str | None = Field(
-        default=None,
-        description="With `next: json`: where the next URL is in a page's body: dotted keys and "
-        "`[n]` list indexes (`links.next`, `data[-1].href`).",
-        json_schema_extra={"pattern": PATH_PATTERN},
-    )
-    cursor: Cursor | None = Field(default=None, description="Cursor pagination.")
-    max_pages: int = Field(
-        default=DEFAULT_MAX_PAGES,
-        ge=1,
-        description="Pages walked per request at most, the first included; the walk stops "
-        "there. At most HARVESTER_MAX_PAGES (1,000 by default).",
-    )
-    cross_origin: bool = Field(
-        default=False,
-        description="Follow next pages on another origin (scheme, host, port) than the first.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _readable(cls, path: str | None) -> str | None:
-        return None if path is None else _checked_path("paginate.path", path)
-
-    @field_validator("max_pages")
-    @classmethod
-    def _capped(cls, max_pages: int, info: ValidationInfo) -> int:
-        limit = (info.context or {}).get("max_pages")
-        if limit is not None and max_pages > limit:
-            raise ValueError(
-                f"'paginate.max_pages' is {max_pages}, over the limit of {limit} "
-                "(HARVESTER_MAX_PAGES)"
-            )
-        return max_pages
-
-    @model_validator(mode="after")
-    def _one_style(self) -> Paginate:
-        if (self.next is None) == (self.cursor is None):
-            raise ValueError("'paginate' needs either 'next' (\"link\" or \"json\") or 'cursor'")
-        if self.next == "json" and self.path is None:
-            raise ValueError('\'paginate.path\' is required with "next": "json"')
-        if self.next != "json" and self.path is not None:
-            raise ValueError('\'paginate.path\' goes with "next": "json" only')
-        return self
-
-    def spec(self) -> PageSpec:
-        """The engine's form of this walk."""
-        if self.cursor is not None:
-            return PageSpec(
-                "cursor",
-                parse_path(self.cursor.path),
-                self.cursor.param,
-                self.max_pages,
-                self.cross_origin,
-            )
-        path = parse_path(self.path) if self.path is not None else ()
-        style: Literal["link", "json"] = "json" if self.next == "json" else "link"
-        return PageSpec(style, path, "", self.max_pages, self.cross_origin)
-
-
-def _checked_path(field: str, path: str) -> str:
-    try:
-        parse_path(path)
-    except ValueError as exc:
-        raise ValueError(
-            f"'{field}' is not a path: {exc} (a path is dotted keys and [n] indexes, "
-            "e.g. links.next or data[-1].id)"
-        ) from None
-    return path
-
-
-class Records(BaseModel):
-    """Records: each element at ``path`` in a document's body, upserted by its ``key``."""
-
-    model_config = _STRICT
-
-    path: str = Field(
-        min_length=1,
-        description="A JSONPath (RFC 9535) to the records in each body: `$.data[*]`.",
-        json_schema_extra={"pattern": "^\\$"},
-    )
-    key: str = Field(
-        min_length=1,
-        description="A JSONPath to each record's key, from the record: `$.id` (a string or a "
-        "number).",
-        json_schema_extra={"pattern": "^\\$"},
-    )
-
-    @field_validator("path", "key")
-    @classmethod
-    def _jsonpath(cls, path: str) -> str:
-        try:
-            compile_path(path)
-        except ValueError as exc:
-            raise ValueError(f"not a JSONPath: {exc}") from None
-        return path
-
-    def spec(self) -> RecordSpec:
-        """The engine's compiled form."""
-        return RecordSpec(self.path, self.key)
 
 
 _BATCH_SCHEMA: Final[Any] = {
@@ -339,10 +94,10 @@ class FetchBatch(BaseModel):
         description="Instead of urls, when requests differ: {url, method, json, headers} each; "
         "equal requests (URL, method, body) get one outcome. Same limit as urls.",
     )
-    method: Method = Field(default="GET", description=_METHOD_DOC)
-    json_body: JsonValue = Field(default=None, alias="json", description=_JSON_DOC)
+    method: Method = Field(default="GET", description=METHOD_DOC)
+    json_body: JsonValue = Field(default=None, alias="json", description=JSON_DOC)
     headers: dict[str, str] = Field(
-        default_factory=dict, description=_HEADERS_DOC, json_schema_extra=_header_schema()
+        default_factory=dict, description=HEADERS_DOC, json_schema_extra=header_schema()
     )
     source: str | None = Field(
         default=None,
@@ -411,7 +166,7 @@ class FetchBatch(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers_ok(cls, headers: dict[str, str]) -> dict[str, str]:
-        return _check_headers(headers, "'headers': ") or {}
+        return check_headers(headers, "'headers': ") or {}
 
     @field_validator("source")
     @classmethod
@@ -568,7 +323,7 @@ def parse_batch(
         }
         batch = FetchBatch.model_validate(kwargs, context=context)
     except ValidationError as exc:
-        problems += describe(exc.errors(), kwargs)
+        problems += describe(exc.errors(), kwargs, FetchBatch)
     if problems or batch is None:
         raise BadJobError("invalid fetch_batch payload: " + "; ".join(problems))
     return batch
@@ -592,132 +347,6 @@ def make_batch(
         }
         return FetchBatch.model_validate(fields, context=context)
     except ValidationError as exc:
-        raise BadJobError("invalid batch: " + "; ".join(describe(exc.errors(), fields))) from None
-
-
-def job_id_problems(job_id: str, *, intake: bool = True) -> list[str]:
-    """What is wrong with a job id. An intake (API, CLI, client) also refuses reserved ids;
-    the worker runs harvester's own jobs, so it does not."""
-    problems = []
-    if not job_id.strip():
-        problems.append("job id is empty")
-    if len(job_id) > MAX_JOB_ID_LENGTH:
-        problems.append(f"job id is longer than {MAX_JOB_ID_LENGTH} characters")
-    char = first_control(job_id)
-    if char is not None:
-        problems.append(f"job id contains a control or format character ({char})")
-    if intake and job_id.startswith(RESERVED_JOB_ID_PREFIXES):
-        problems.append(
-            f"job ids starting with {', '.join(map(repr, RESERVED_JOB_ID_PREFIXES))} are "
-            "reserved for harvester's own jobs"
-        )
-    return problems
-
-
-def url_problem(url: str) -> str | None:
-    """What makes ``url`` unfetchable as written (None if it is an absolute http(s) URL with a
-    valid host). Whether its address is allowed is the SSRF guard's call, at fetch time."""
-    if has_control(url) or url != url.strip():
-        return "contains spaces or control characters"
-    try:
-        parsed = URL(url)
-        scheme, host = parsed.scheme, parsed.raw_host
-    except (ValueError, TypeError) as exc:
-        return f"cannot be parsed ({exc})"
-    if scheme not in ("http", "https"):
-        return f"scheme {scheme or '(none)'!r} is not http or https"
-    if not host:
-        return "has no host"
-    return host_problem(host)
-
-
-# -- pydantic's errors, said plainly -----------------------------------------------------------
-
-_TYPE_WORDS: Final = {
-    "list_type": "must be a list",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "dict_type": "must be an object",
-    "model_type": "must be an object",
-    "int_type": "must be an integer",
-}
-
-
-def field_names(model: type[BaseModel]) -> list[str]:
-    """The fields of ``model`` as a job spells them (``json``, not ``json_body``)."""
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _path(loc: Sequence[int | str]) -> str:
-    """A field's place as a caller writes it: ``requests[2].headers``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "payload"
-
-
-def describe(errors: Sequence[ErrorDetails], data: Mapping[str, object]) -> list[str]:
-    """One plain sentence per problem pydantic found in ``data`` (a job's keyword arguments)."""
-    problems: list[str] = []
-    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-    top = sorted(str(e["loc"][0]) for e in unknown if len(e["loc"]) == 1)
-    if top:
-        allowed = ", ".join(field_names(FetchBatch))
-        problems.append(f"unknown field(s) {', '.join(map(repr, top))}; allowed: {allowed}")
-    for e in unknown:
-        if len(e["loc"]) > 1:
-            problems.append(
-                f"'{_path(e['loc'][:-1])}' has an unknown field {str(e['loc'][-1])!r}; allowed: "
-                + ", ".join(field_names(_model_at(e["loc"][:-1])))
-            )
-    items = [e for e in errors if e["loc"][:1] == ("urls",) and e["type"] == "string_type"]
-    if items:
-        first = items[0]
-        problems.append(
-            f"'urls' must contain only strings: {len(items)} item(s) are not, "
-            f"the first at index {first['loc'][1]} is {type(first['input']).__name__}"
-        )
-    for e in errors:
-        if e["type"] != "extra_forbidden" and e not in items:
-            problems.append(_sentence(e, data))
-    return problems
-
-
-def _model_at(loc: Sequence[int | str]) -> type[BaseModel]:
-    """The model of the object at ``loc`` (a nested one: a request, paginate, its cursor)."""
-    if loc[:1] == ("paginate",):
-        return Cursor if len(loc) > 1 else Paginate
-    if loc[:1] == ("records",):
-        return Records
-    return RequestSpec
-
-
-def _sentence(error: ErrorDetails, data: Mapping[str, object]) -> str:
-    field = _path(error["loc"])
-    kind = error["type"]
-    if kind == "missing":
-        return f"'{field}' is required"
-    if kind in ("too_short", "string_too_short"):
-        return f"'{field}' is empty"
-    if kind == "string_too_long":
-        return f"'{field}' is longer than {error.get('ctx', {}).get('max_length')} characters"
-    if kind == "literal_error" and not field.startswith("paginate"):
-        return f"'{field}' must be one of {', '.join(_METHODS)}, got {error['input']!r}"
-    if kind == "literal_error":
-        return f"'{field}' must be {error.get('ctx', {}).get('expected')}, got {error['input']!r}"
-    if kind == "greater_than_equal":
-        return (
-            f"'{field}' must be at least {error.get('ctx', {}).get('ge')}, got {error['input']!r}"
-        )
-    if kind in _TYPE_WORDS:
-        words = _TYPE_WORDS[kind]
-        if field == "urls" and kind == "list_type":
-            words = "must be a list of strings"
-        elif field == "source" and kind == "string_type":
-            words = "must be a string or null"
-        return f"'{field}' {words}, got {type(error['input']).__name__}"
-    if kind == "value_error":
-        said = error["msg"].removeprefix("Value error, ")
-        # A request's own validators do not know where the request is: say it for them.
-        return f"'{field}': {said}" if len(error["loc"]) > 1 else said
-    return f"'{field}': {error['msg']}"
+        raise BadJobError(
+            "invalid batch: " + "; ".join(describe(exc.errors(), fields, FetchBatch))
+        ) from None

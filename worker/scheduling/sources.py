@@ -32,15 +32,10 @@ from worker.engine.pagination import parse_path
 from worker.engine.polling import SourceState
 from worker.engine.requests import NO_HEADERS, Request, canonical_json
 from worker.errors import BadJobError, StoreError
+from worker.queue.checks import url_problem
 from worker.queue.client import submit
-from worker.queue.payload import (
-    FetchBatch,
-    Paginate,
-    Records,
-    RequestSpec,
-    make_batch,
-    url_problem,
-)
+from worker.queue.payload import FetchBatch, make_batch
+from worker.queue.shapes import Paginate, Records, RequestSpec
 from worker.settings import Settings
 
 # How long a claimed source is left to its poll job before another cron run may claim it again
