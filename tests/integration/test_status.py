@@ -23,7 +23,8 @@ from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
 from worker.ops.queuehistory import QueueHistory, sampling
-from worker.ops.status import gather, history, progress
+from worker.ops.status import gather
+from worker.ops.trends import history, progress
 from worker.queue import rejections
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.ops.status import RECENT_JOBS, distinct, newest
+from worker.ops.status import RECENT_JOBS, newest
+from worker.ops.trends import distinct
 
 
 def test_refused_jobs_and_jobs_with_rows_are_listed_newest_first() -> None:

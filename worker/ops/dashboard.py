@@ -12,8 +12,8 @@
     GET  /sources           registered sources;  POST /sources/enabled {"ids", "enabled"}
 
 Every endpoint reads through the functions the command line uses (`status`, `replay`,
-`sources`); who may call them is decided in `worker.ops.api` (bearer token, or a session and
-its CSRF token for a POST).
+`sources`) or, for the charts, `trends`; who may call them is decided in `worker.ops.api`
+(bearer token, or a session and its CSRF token for a POST).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from worker.engine import counters as metrics
-from worker.ops import sessions, status
+from worker.ops import sessions, status, trends
 from worker.ops.answers import json_answer, same_secret
 from worker.ops.appkeys import POOL, REDIS, SETTINGS
 from worker.ops.queuehistory import QueueHistory, sampling
@@ -224,8 +224,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    minutes = _int_param(request, "minutes", status.HISTORY_MINUTES, status.MAX_HISTORY_MINUTES)
-    landed = (await status.history(request.app[POOL], minutes)).as_dict()
+    minutes = _int_param(request, "minutes", trends.HISTORY_MINUTES, trends.MAX_HISTORY_MINUTES)
+    landed = (await trends.history(request.app[POOL], minutes)).as_dict()
     return _json({**landed, "queue": request.app[QUEUE_HISTORY].as_dict()})
 
 
@@ -233,7 +233,7 @@ async def get_progress(request: web.Request) -> web.Response:
     job_ids = list(dict.fromkeys(_texts(request, "job")))
     if len(job_ids) > MAX_PROGRESS_JOBS:
         raise web.HTTPBadRequest(reason=f"at most {MAX_PROGRESS_JOBS} 'job' parameters")
-    rows = await status.progress(request.app[REDIS], request.app[POOL], job_ids)
+    rows = await trends.progress(request.app[REDIS], request.app[POOL], job_ids)
     return _json(rows)
 
 
