@@ -24,7 +24,8 @@ from tests.helpers import closed_port, with_port
 from tests.helpers.browser import DESKTOP, chromium, screenshots
 from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
-from worker.ops.api import CSP, create_app, serve
+from worker.ops.api import create_app, serve
+from worker.ops.middleware import CSP
 from worker.queue.client import enqueue_urls
 from worker.scheduling import sources
 from worker.settings import Settings
