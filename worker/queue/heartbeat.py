@@ -14,7 +14,7 @@ process runs, as tests do), and two entries in Redis:
 
 A dead entry is forgotten an hour after its last beat, or as soon as a new worker starts on the
 same host (it is that worker's replacement: a restart must not leave the host unhealthy).
-Writers are `worker.runtime.app.HarvesterWorker`; readers are ``harvester status`` and
+Writers are `worker.runtime.worker.HarvesterWorker`; readers are ``harvester status`` and
 ``harvester health`` (`read_workers`).
 """
 
