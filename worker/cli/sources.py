@@ -171,6 +171,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         dest="sources_command", metavar="COMMAND", title="commands", required=True
     )
 
+    _add_add(cmds)
+
+    ls = cmds.add_parser("list", help="show registered sources and their last poll")
+    ls.add_argument("--source", default=None, metavar="NAME", help="only sources of this name")
+    ls.add_argument(
+        "--limit", type=positive, default=1000, metavar="N", help="at most this many (1000)"
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_list)
+
+    for name, enabled in (("enable", True), ("disable", False)):
+        t = cmds.add_parser(name, help=f"{name} sources, by id or URL")
+        t.add_argument("targets", nargs="+", metavar="ID_OR_URL")
+        t.set_defaults(func=_toggle(enabled))
+
+    r = cmds.add_parser("remove", help="delete sources, by id or URL (documents stay)")
+    r.add_argument("targets", nargs="+", metavar="ID_OR_URL")
+    r.set_defaults(func=cmd_remove)
+
+
+def _add_add(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``sources add``, the one subcommand with many options."""
     a = cmds.add_parser("add", help="register URLs (or update their interval and name)")
     a.add_argument("urls", nargs="*", metavar="URL", help="URLs to poll")
     a.add_argument(
@@ -214,20 +236,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="read URLs from FILE (one a line; - for standard input; repeatable)",
     )
     a.set_defaults(func=cmd_add)
-
-    ls = cmds.add_parser("list", help="show registered sources and their last poll")
-    ls.add_argument("--source", default=None, metavar="NAME", help="only sources of this name")
-    ls.add_argument(
-        "--limit", type=positive, default=1000, metavar="N", help="at most this many (1000)"
-    )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
-    ls.set_defaults(func=cmd_list)
-
-    for name, enabled in (("enable", True), ("disable", False)):
-        t = cmds.add_parser(name, help=f"{name} sources, by id or URL")
-        t.add_argument("targets", nargs="+", metavar="ID_OR_URL")
-        t.set_defaults(func=_toggle(enabled))
-
-    r = cmds.add_parser("remove", help="delete sources, by id or URL (documents stay)")
-    r.add_argument("targets", nargs="+", metavar="ID_OR_URL")
-    r.set_defaults(func=cmd_remove)

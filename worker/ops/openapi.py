@@ -205,34 +205,39 @@ _IDS: Final = {
 }
 
 
+def _login() -> dict[str, Any]:
+    """``POST /login``: the API token traded for a session cookie."""
+    return {
+        "post": {
+            "summary": "Trade the API token for a session cookie (HttpOnly, SameSite=Strict)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"token": {"type": "string"}},
+                            "required": ["token"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _resp("Logged in: Set-Cookie harvester_session", {"type": "object"}),
+                "401": _resp("Wrong token", _ERROR),
+                "403": _resp("Origin of another site", _ERROR),
+                "404": _resp("No HARVESTER_API_TOKEN: nothing to log in to", _ERROR),
+            },
+        }
+    }
+
+
 def _dashboard_paths() -> dict[str, Any]:
     """The dashboard's endpoints (`worker.ops.dashboard`); also for scripts, with the token."""
     html = {"200": {"description": "HTML", "content": {"text/html": {}}}}
     return {
         "/": {"get": {"summary": "The dashboard, or its login form", "responses": html}},
-        "/login": {
-            "post": {
-                "summary": "Trade the API token for a session cookie (HttpOnly, SameSite=Strict)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"token": {"type": "string"}},
-                                "required": ["token"],
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _resp("Logged in: Set-Cookie harvester_session", {"type": "object"}),
-                    "401": _resp("Wrong token", _ERROR),
-                    "403": _resp("Origin of another site", _ERROR),
-                    "404": _resp("No HARVESTER_API_TOKEN: nothing to log in to", _ERROR),
-                },
-            }
-        },
+        "/login": _login(),
         "/logout": _change("End the session", None),
         "/session": _read("How this request is authorised, and the session's CSRF token"),
         "/status": _read("What `harvester status --json` prints"),
