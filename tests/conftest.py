@@ -34,7 +34,7 @@ from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
 from worker.engine.fetch import Fetcher, create_session
 from worker.engine.migrate import migrate
-from worker.queue.client import connect
+from worker.queue.connection import connect
 from worker.runtime.app import create_worker
 from worker.settings import Settings
 

@@ -1,6 +1,6 @@
 """harvester's one error hierarchy. Library exceptions are translated into it at one boundary
 each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-py in
-`worker.queue.client.redis_error`), always with ``raise ... from exc``.
+`worker.queue.connection.redis_error`), always with ``raise ... from exc``.
 
     HarvesterError
     ├── ConfigError            invalid settings, or a URL its server refuses (no such Redis

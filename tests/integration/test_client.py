@@ -7,7 +7,8 @@ from pathlib import Path
 
 from redis.asyncio.connection import UnixDomainSocketConnection
 
-from worker.queue.client import enqueue_batch, redis_pool
+from worker.queue.client import enqueue_batch
+from worker.queue.connection import redis_pool
 from worker.queue.payload import FetchBatch
 from worker.settings import load_settings
 

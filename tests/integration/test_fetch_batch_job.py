@@ -20,7 +20,8 @@ from arq.worker import Worker
 from tests.helpers import TEST_QUEUE, Services
 from tests.helpers.upstream import Upstream
 from worker.errors import BadJobError
-from worker.queue.client import JobIdTakenError, connect, enqueue_urls
+from worker.queue.client import JobIdTakenError, enqueue_urls
+from worker.queue.connection import connect
 from worker.queue.serialization import RemoteJobError, deserialize
 from worker.settings import Settings
 

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from worker.engine.polling import SourceUpdate
 from worker.engine.writes import Chunk, write_chunk
-from worker.queue.client import redis_pool
+from worker.queue.connection import redis_pool
 from worker.scheduling import sources
 from worker.settings import Settings
 

@@ -14,7 +14,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.errors import BadJobError, ConfigError, RedisUnavailableError
-from worker.queue.client import plan_batches, redis_error, redis_pool
+from worker.queue.client import plan_batches
+from worker.queue.connection import redis_error, redis_pool
 from worker.queue.payload import JOB_NAME, FetchBatch
 from worker.queue.serialization import serialize
 from worker.settings import load_settings

@@ -317,7 +317,7 @@ def _translate(exc: Exception, settings: Settings | None) -> HarvesterError | No
         from redis.exceptions import RedisError
 
         if isinstance(exc, RedisError):
-            from worker.queue.client import redis_error
+            from worker.queue.connection import redis_error
 
             return redis_error(settings, exc)
     return None

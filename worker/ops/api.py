@@ -48,7 +48,7 @@ from worker.ops.batches import get_batch, post_batch
 from worker.ops.connections import ConnectionGuard
 from worker.ops.middleware import api_middleware, is_loopback
 from worker.ops.openapi import openapi
-from worker.queue.client import redis_pool
+from worker.queue.connection import redis_pool
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.api")

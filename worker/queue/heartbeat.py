@@ -33,6 +33,8 @@ import orjson
 from arq.constants import health_check_key_suffix
 from redis.asyncio import Redis
 
+from worker.settings import Settings
+
 FORGET_AFTER_S = 3600.0
 _GLOB = re.compile(r"[*?\[\]\\]")  # what SCAN's MATCH reads as a pattern
 JOB_COUNTS = ("complete", "failed", "retried", "ongoing")
@@ -233,3 +235,12 @@ def _jobs_from_beat(value: bytes | None) -> dict[str, int]:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def health_check_key(settings: Settings) -> str:
+    """The heartbeat key of this worker process, arq's health check key (`beat_key`).
+
+    One per process rather than arq's one per queue, so that a dead worker is not covered up
+    by a live one on the same host or elsewhere.
+    """
+    return beat_key(settings.queue, worker_id())

@@ -30,8 +30,9 @@ from worker.engine.migrate import migrate
 from worker.engine.webhooks import Deliverer
 from worker.logs import tame_arq_logs
 from worker.ops import metrics as ops_metrics
-from worker.queue.client import health_check_key, redis_pool
+from worker.queue.connection import redis_pool
 from worker.queue.events import EventStream
+from worker.queue.heartbeat import health_check_key
 from worker.queue.hostlimits import RedisHostLimiter
 from worker.queue.payload import JOB_NAME
 from worker.queue.serialization import job_deserializer, serialize

@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from worker.errors import ConfigError, RedisUnavailableError
 from worker.logs import redact
 from worker.queue import heartbeat, holds
-from worker.queue.client import probe, redis_error
+from worker.queue.connection import probe, redis_error
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.worker")
@@ -40,12 +40,13 @@ _instances = itertools.count(1)
 class HarvesterWorker(Worker):
     """arq's Worker, made to ride out Redis restarts.
 
-    Every Redis command already retries through an outage (see `worker.queue.client.redis_retry`).
-    What can still fail is guarded here: a poll that fails is retried on the next tick, and a job
-    whose bookkeeping with Redis fails is left for arq to run again. Only an outage longer than
-    the retry budget ends the worker, with `RedisUnavailableError` and a non-zero exit, so the
-    process manager restarts it. A Redis that cannot be reached at start-up is said at once
-    (`redis.unavailable`), before the same budget is spent waiting for it.
+    Every Redis command already retries through an outage (see
+    `worker.queue.connection.redis_retry`). What can still fail is guarded here: a poll that fails
+    is retried on the next tick, and a job whose bookkeeping with Redis fails is left for arq to
+    run again. Only an outage longer than the retry budget ends the worker, with
+    `RedisUnavailableError` and a non-zero exit, so the process manager restarts it. A Redis that
+    cannot be reached at start-up is said at once (`redis.unavailable`), before the same budget
+    is spent waiting for it.
 
     Each worker also has a heartbeat and a registry entry of its own (`worker.queue.heartbeat`),
     so that ``harvester status`` and ``harvester health`` see every process, and a dead one. It
