@@ -26,7 +26,8 @@ Every run also reports CPU per URL (user + system, start-up included) of the pro
 (the worker's processes, or the ceiling's client), of the Postgres server (every process of it,
 `bench.procs`) and of the upstream server that served the run.
 
-Prints a table and writes bench/results/bench-<time>.json, per server. It is a benchmark, not a test.
+Prints a table and writes bench/results/bench-<time>.json, per server. It is a benchmark, not a
+test.
 """
 
 from __future__ import annotations
