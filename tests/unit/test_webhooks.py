@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import uuid
+from collections.abc import Callable
 
 import pytest
 
-from worker.engine.webhooks import signature
+from worker.engine.fetch import create_session
+from worker.engine.outbox import Due
+from worker.engine.webhooks import Deliverer, signature
 from worker.errors import BadJobError, ConfigError
 from worker.queue.payload import make_batch, parse_batch
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 
 
 def test_signature_is_stripes_scheme() -> None:
@@ -62,3 +67,31 @@ def test_webhook_secrets_are_checked_without_being_quoted() -> None:
     assert "short-secret" not in str(e.value)
     with pytest.raises(ConfigError, match="SECRET_PREVIOUS is set without"):
         load_settings(webhook_secret_previous="x" * 20)
+
+
+async def test_an_attempt_through_a_proxy_ends_within_the_webhook_timeout(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's DNS lookup, made before the proxy is asked, is part of the attempt: a
+    resolver that never answers costs HARVESTER_WEBHOOK_TIMEOUT, not the claim's whole hold."""
+    settings = make_settings(
+        proxy_url="http://127.0.0.1:9",
+        webhook_secret="whsec-unit-0123456789abcdef",
+        webhook_timeout=0.2,
+    )
+    loop = asyncio.get_running_loop()
+    never = asyncio.Event()
+
+    async def hanging(*_args: object, **_kwargs: object) -> None:
+        await never.wait()
+
+    monkeypatch.setattr(loop, "getaddrinfo", hanging)
+    session = create_session(settings)
+    try:
+        deliverer = Deliverer(session, None, settings)  # type: ignore[arg-type]  # post needs no pool
+        due = Due(1, uuid.uuid4(), "http://receiver.example/hook", b"{}", 1, 0.0)
+        attempt = await asyncio.wait_for(deliverer.post(due), timeout=10)
+    finally:
+        await session.close()
+    assert (attempt.ok, attempt.final) == (False, False)
+    assert attempt.error is not None

@@ -111,22 +111,27 @@ class Deliverer:
             "Harvester-Signature": signature(self._secrets, int(self._clock()), due.body),
             "Harvester-Delivery": str(due.delivery_id),
         }
+        timeout = self._settings.webhook_timeout
         try:
-            url = URL(due.url)
-            self._policy.check(url.raw_host or "")
-            route = None if self._egress is None else await self._egress.route(url)
-            sent, to_proxy = (headers, None) if route is None else route.headers(url, headers)
-            async with self._session.post(
-                url,
-                data=due.body,
-                headers=sent,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout),
-                proxy=None if route is None else route.proxy,
-                proxy_headers=to_proxy,
-            ) as resp:
-                await resp.content.read(MAX_ANSWER_BYTES)
-                status = resp.status
+            # The whole attempt, the receiver's lookup before a proxy included, within the
+            # timeout: the claim outlives it by CLAIM_MARGIN_S only, then another worker may
+            # send the same delivery.
+            async with asyncio.timeout(timeout):
+                url = URL(due.url)
+                self._policy.check(url.raw_host or "")
+                route = None if self._egress is None else await self._egress.route(url)
+                sent, to_proxy = (headers, None) if route is None else route.headers(url, headers)
+                async with self._session.post(
+                    url,
+                    data=due.body,
+                    headers=sent,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    proxy=None if route is None else route.proxy,
+                    proxy_headers=to_proxy,
+                ) as resp:
+                    await resp.content.read(MAX_ANSWER_BYTES)
+                    status = resp.status
             if status == 407 and route is not None:
                 raise proxy_refusal(status)
         except FetchError as exc:  # the guard refused the host, or the proxy the credentials
