@@ -41,12 +41,11 @@ from worker.engine.guard import (
     BlockedAddressError,
     GuardedResolver,
     ProxyEndpoints,
-    TargetCheck,
     guarded_socket_factory,
 )
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket, limiter_host
-from worker.engine.proxy import ProxyRouter, Route, proxy_endpoints
+from worker.engine.proxy import Egress, proxy_endpoints
 from worker.engine.requests import Request
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
@@ -272,8 +271,7 @@ class Fetcher:
         self._settings = settings
         self._policy = address_policy(settings)
         # None without a proxy: then a request pays two None tests for proxies, per hop.
-        self._router = ProxyRouter.from_settings(settings)
-        self._targets = TargetCheck(self._policy)
+        self._egress = Egress.from_settings(settings, self._policy)
         # In-flight requests of the whole process, handed out oldest job first (worker.slots).
         self._slots = PrioritySemaphore(settings.concurrency)
         self._sleep = sleep
@@ -281,7 +279,7 @@ class Fetcher:
             settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep
         )
         self.auth = Authorizer(
-            session, self._policy, route=None if self._router is None else self._route
+            session, self._policy, route=None if self._egress is None else self._egress.route
         )
 
     async def fetch(
@@ -439,7 +437,7 @@ class Fetcher:
         for hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
-            route = None if self._router is None else await self._route(url)
+            route = None if self._egress is None else await self._egress.route(url)
             wire, sent, token = await self._signed(url, first, headers, profile)
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
             if hop or first_turn is None:
@@ -522,13 +520,6 @@ class Fetcher:
             return url, sent, token
         wire, sent = self.auth.sign(profile, url, headers)
         return wire, sent, None
-
-    async def _route(self, url: URL) -> Route | None:
-        """With a proxy configured, every target is judged before its request (the connector
-        sees only the proxy's address), and then routed, through the proxy or past it."""
-        await self._targets.check(url.raw_host or "")
-        assert self._router is not None
-        return self._router.route(url)
 
     def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:
         location = resp.headers.get("Location")

@@ -5,7 +5,8 @@ proxy there is no router and a request pays nothing for this module. HARVESTER_P
 every request through one proxy; HARVESTER_TRUST_ENV=true honours HTTP_PROXY, HTTPS_PROXY and
 NO_PROXY as read by `worker.settings` (aiohttp's own ``trust_env`` is never used: settings are
 the only reader of the environment). The SSRF guard's part is in `worker.engine.guard`
-(`ProxyEndpoints`, `TargetCheck`); `worker.engine.fetch` asks both for every hop.
+(`ProxyEndpoints`, `TargetCheck`); `Egress` judges and routes every hop of a fetch, every OAuth2
+token request and every webhook.
 """
 
 from __future__ import annotations
