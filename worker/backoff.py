@@ -3,7 +3,7 @@
 `Backoff` spaces URL retries (full jitter, after the server's Retry-After when it sends one),
 the deferral of a whole job while Postgres is away (equal jitter, so a deferral is never near
 zero), the quick retries of a chunk write (through tenacity), and Redis commands during an
-outage (through redis-py's Retry; see `worker.queue.client`). Tests switch waits off with a
+outage (through redis-py's Retry; see `worker.queue.connection`). Tests switch waits off with a
 zero base (HARVESTER_RETRY_BASE_DELAY=0).
 """
 

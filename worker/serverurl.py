@@ -6,7 +6,7 @@ names the sentinels to ask (port 26379 unless given; IPv6 as ``[::1]:26379``), t
 they watch (the name in their ``sentinel monitor`` line) and the database number. The user and
 password are the primary's; ``sentinel_username`` and ``sentinel_password`` in the query are for
 sentinels that require a password of their own. redis-py has no URL for this form, so the
-settings check it here at start-up and `worker.queue.client` builds its pool from the result;
+settings check it here at start-up and `worker.queue.connection` builds its pool from the result;
 the other forms (``redis://``, ``rediss://``, ``unix://``) are redis-py's own.
 """
 

@@ -12,7 +12,7 @@
     GET  /sources           registered sources;  POST /sources/enabled {"ids", "enabled"}
 
 Every endpoint reads through the functions the command line uses (`status`, `replay`,
-`sources`) or, for the charts, `trends`; who may call them is decided in `worker.ops.api`
+`sources`) or, for the charts, `trends`; who may call them is decided in `worker.ops.middleware`
 (bearer token, or a session and its CSRF token for a POST).
 """
 
