@@ -362,7 +362,7 @@ def main() -> int:
         up = upstream_mod.start(root / "upstream", sizes)
         rd = None if args.redis_url else EmbeddedRedis(root / "valkey")
         try:
-            with database.server(args.database_url, root / "postgres") as pg:
+            with database.server(database.one_server(args.database_url), root / "postgres") as pg:
                 rurl = args.redis_url or rd.start()  # type: ignore[union-attr]
                 asyncio.run(migrate(pg.url))
                 m = Measure(pg.url, rurl, asyncio.run(database.postmaster(pg.url)))

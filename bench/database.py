@@ -109,13 +109,26 @@ async def describe(url: str, *, embedded: bool) -> str:
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
-    """``--database-url``, defaulting to BENCH_DATABASE_URL (None: an embedded server)."""
+    """``--database-url``, one server (None: an embedded one), for the measurements that run on
+    one; read it with `one_server`."""
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL") or None,
+        default=None,
         help="a Postgres server to use instead of an embedded one (default: BENCH_DATABASE_URL); "
         f"the bench creates, empties and drops a database {NAME} there",
     )
+
+
+def one_server(given: str | None) -> str | None:
+    """The server `add_argument` named, else BENCH_DATABASE_URL's (None: embedded); raises
+    `BenchDatabaseError` when the variable names several (only `python -m bench` takes more)."""
+    servers = servers_of(None if given is None else [given])
+    if len(servers) > 1:
+        raise BenchDatabaseError(
+            f"BENCH_DATABASE_URL names {len(servers)} servers; this measurement runs on one: "
+            "pass --database-url"
+        )
+    return servers[0]
 
 
 EMBEDDED: Final = "embedded"  # in a list of servers: an embedded PostgreSQL of the bench's own
@@ -137,9 +150,11 @@ def add_servers_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def servers_of(given: list[str] | None) -> list[str | None]:
-    """The servers `add_servers_argument` named, as `server` takes them (None: embedded)."""
+    """The servers `add_servers_argument` named, as `server` takes them (None: embedded), each
+    once: two URLs of one server (another database, say) would share its `NAME` database."""
     words = given or os.environ.get("BENCH_DATABASE_URL", "").split() or [EMBEDDED]
-    return [None if w == EMBEDDED else w for w in words]
+    servers = {EMBEDDED if w == EMBEDDED else with_database(w, NAME): w for w in reversed(words)}
+    return [None if w == EMBEDDED else w for w in reversed(servers.values())]
 
 
 class Server(NamedTuple):

@@ -207,7 +207,7 @@ def main() -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="harvester-pgcosts-") as tmp:
         try:
-            with database.server(args.database_url, Path(tmp) / "pg") as pg:
+            with database.server(database.one_server(args.database_url), Path(tmp) / "pg") as pg:
                 print(asyncio.run(database.describe(pg.url, embedded=pg.embedded)))
                 asyncio.run(run(pg.url, sizes, args.rows, args.repeat))
         except database.BenchDatabaseError as exc:

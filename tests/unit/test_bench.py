@@ -108,14 +108,22 @@ def test_the_bench_database_url_keeps_all_but_the_database() -> None:
 def test_the_servers_to_measure_come_from_the_options_then_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each --database-url is measured (``embedded`` is an embedded server, None); without
-    one, BENCH_DATABASE_URL's words; without either, an embedded server alone."""
+    """Each --database-url is measured (``embedded`` is an embedded server, None), each server
+    once; without one, BENCH_DATABASE_URL's words; without either, an embedded server alone.
+    The measurements of one server refuse a variable that names several."""
     url = "postgresql://postgres@127.0.0.1:5432/test"
     monkeypatch.setenv("BENCH_DATABASE_URL", f"{url}  embedded")
     assert database.servers_of(["embedded", url]) == [None, url]
     assert database.servers_of(None) == [url, None]
+    other_db = url.replace("/test", "/other")  # the same server: one harvester_bench
+    assert database.servers_of([url, "embedded", other_db, "embedded"]) == [url, None]
+    with pytest.raises(database.BenchDatabaseError, match="names 2 servers"):
+        database.one_server(None)  # bench.costs and bench.pgcosts measure on one
+    assert database.one_server("embedded") is None
+    assert database.one_server(url) == url
     monkeypatch.delenv("BENCH_DATABASE_URL")
     assert database.servers_of(None) == [None]
+    assert database.one_server(None) is None
 
 
 def test_profiled_wraps_the_worker_in_py_spy_with_one_file_each(tmp_path: Path) -> None:
