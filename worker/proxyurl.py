@@ -45,15 +45,21 @@ def parse_proxy_url(value: str, *, inline_password: bool) -> ProxySpec:
     return ProxySpec(f"http://{netloc}", user, password)
 
 
-def parse_no_proxy(value: str | None) -> tuple[str, ...]:
-    """NO_PROXY's entries, lower case (commas or spaces between them), or ValueError naming an
-    entry with a ``/`` that is no CIDR range (it would match nothing, silently)."""
-    entries = (value or "").replace(" ", ",").split(",")
-    hosts = tuple(e.strip().lower() for e in entries if e.strip())
-    for entry in hosts:
-        if "/" in entry:
-            try:
-                ipaddress.ip_network(entry.strip("[]"), strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not a CIDR range (e.g. 10.0.0.0/8)") from None
-    return hosts
+NoProxyEntry = str | ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_no_proxy(value: str | None) -> tuple[NoProxyEntry, ...]:
+    """NO_PROXY's entries (commas or spaces between them): names lower case, CIDR ranges as
+    networks; ValueError naming an entry with a ``/`` that is no range (it would match nothing,
+    silently)."""
+    words = (value or "").replace(" ", ",").split(",")
+    return tuple(_entry(w.strip().lower()) for w in words if w.strip())
+
+
+def _entry(word: str) -> NoProxyEntry:
+    if "/" not in word:
+        return word
+    try:
+        return ipaddress.ip_network(word.strip("[]"), strict=False)
+    except ValueError:
+        raise ValueError(f"{word!r} is not a CIDR range (e.g. 10.0.0.0/8)") from None

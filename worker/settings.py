@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.backoff import Backoff
 from worker.errors import ConfigError
-from worker.proxyurl import ProxySpec, parse_no_proxy, parse_proxy_url
+from worker.proxyurl import NoProxyEntry, ProxySpec, parse_no_proxy, parse_proxy_url
 from worker.serverurl import (
     PG_TLS_FILES,
     REDIS_TLS_FILES,
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
 
     # Filled from the proxy settings after validation: scheme -> proxy, and NO_PROXY's entries.
     _proxies: dict[str, ProxySpec] = PrivateAttr(default_factory=dict)
-    _no_proxy: tuple[str, ...] = PrivateAttr(default=())
+    _no_proxy: tuple[NoProxyEntry, ...] = PrivateAttr(default=())
 
     @field_validator("allowed_networks", mode="before")
     @classmethod
@@ -321,7 +321,7 @@ class Settings(BaseSettings):
         return dict(self._proxies)
 
     @property
-    def no_proxy_hosts(self) -> tuple[str, ...]:
+    def no_proxy_hosts(self) -> tuple[NoProxyEntry, ...]:
         """NO_PROXY's entries (with HARVESTER_TRUST_ENV): hosts reached without the proxy."""
         return self._no_proxy
 

@@ -19,6 +19,7 @@ from worker.engine.guard import (
 )
 from worker.engine.proxy import ProxyRouter, Route, bypasses
 from worker.errors import BlockedError, ConfigError, ConnectError
+from worker.proxyurl import parse_no_proxy
 from worker.settings import Settings
 
 SECRET = "pw-unit-9f8e7d"
@@ -171,7 +172,7 @@ def test_no_proxy_entries_match_as_curl_reads_them(
 ) -> None:
     """Domains match themselves and their subdomains, a port narrows an entry, * matches all,
     a CIDR range matches the IP addresses written in it."""
-    assert bypasses(entries, host, port) is expected
+    assert bypasses(parse_no_proxy(",".join(entries)), host, port) is expected
 
 
 def test_a_no_proxy_entry_with_a_slash_that_is_no_range_is_refused_at_start_up(

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import aiohttp
 from yarl import URL
 
 from worker.engine.guard import AddressPolicy, TargetCheck
 from worker.logs import register_secret
-from worker.proxyurl import ProxySpec
+from worker.proxyurl import NoProxyEntry, ProxySpec
 from worker.settings import Settings
 
 Headers = Mapping[str, str]
@@ -58,20 +57,21 @@ class Route:
         return {**(headers or {}), **credentials}, None
 
 
-def bypasses(entries: tuple[str, ...], host: str, port: int | None) -> bool:
-    """Whether NO_PROXY's ``entries`` send ``host`` (lower case, IPv6 without brackets) past the
-    proxy, as curl (7.86 on) reads them: ``*`` for every host; ``example.com`` or
-    ``.example.com`` for that domain and every name under it; ``host:port`` for one port only;
-    an IP address for itself; a CIDR range (``10.0.0.0/8``, ``fd00::/8``) for the IP addresses
-    in it, written as such in the URL (a name is not resolved to be matched)."""
-    address = _address(host)
+def bypasses(entries: tuple[NoProxyEntry, ...], host: str, port: int | None) -> bool:
+    """Whether NO_PROXY's ``entries`` (`parse_no_proxy`) send ``host`` (lower case, IPv6 without
+    brackets) past the proxy, as curl (7.86 on) reads them: ``*`` for every host;
+    ``example.com`` or ``.example.com`` for that domain and every name under it; ``host:port``
+    for one port only; an IP address for itself; a CIDR range for the IP addresses in it,
+    written as such in the URL (a name is not resolved to be matched)."""
+    address = None  # parsed only when there is a range to look in
     for entry in entries:
-        if entry == "*":
-            return True
-        if "/" in entry:
-            if address is not None and address in _network(entry):
+        if not isinstance(entry, str):
+            address = address or _address(host)
+            if address is not None and address in entry:
                 return True
             continue
+        if entry == "*":
+            return True
         name, want_port = _split_port(entry)
         if want_port is not None and want_port != port:
             continue
@@ -88,16 +88,6 @@ def _address(host: str) -> IPv4Address | IPv6Address | None:
         return None
 
 
-@lru_cache(maxsize=64)
-def _network(entry: str) -> IPv4Network | IPv6Network | tuple[()]:
-    """The range a CIDR entry names; an empty tuple (contains nothing) for one that is not a
-    range, which the settings refuse as they read NO_PROXY."""
-    try:
-        return ip_network(entry.strip("[]"), strict=False)
-    except ValueError:
-        return ()
-
-
 def _split_port(entry: str) -> tuple[str, int | None]:
     head, sep, tail = entry.rpartition(":")
     if sep and tail.isdigit() and (head.endswith("]") or ":" not in head):
@@ -108,7 +98,9 @@ def _split_port(entry: str) -> tuple[str, int | None]:
 class ProxyRouter:
     """Decides, per URL, whether a request goes through a proxy and which."""
 
-    def __init__(self, routes: Mapping[str, Route], no_proxy: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, routes: Mapping[str, Route], no_proxy: tuple[NoProxyEntry, ...] = ()
+    ) -> None:
         self._routes = dict(routes)
         self._no_proxy = no_proxy
 

@@ -36,9 +36,11 @@ _DEFER_SLACK_MS = 1000
 
 _RECENT_JOBS = """
 SELECT job_id, extract(epoch FROM max(at))::float8 AS last_at FROM (
-    SELECT job_id, fetched_at AS at FROM documents WHERE fetched_at > now() - interval '1 hour'
+    SELECT job_id, fetched_at AS at FROM documents
+    WHERE fetched_at > now() - make_interval(secs => $2)
     UNION ALL
-    SELECT job_id, failed_at FROM fetch_failures WHERE failed_at > now() - interval '1 hour'
+    SELECT job_id, failed_at FROM fetch_failures
+    WHERE failed_at > now() - make_interval(secs => $2)
 ) o GROUP BY job_id ORDER BY last_at DESC LIMIT $1
 """
 
@@ -141,7 +143,8 @@ async def _read_db(pool: asyncpg.Pool) -> _Db:
     with store.translated("cannot read status from Postgres"):
         async with pool.acquire() as conn:
             recent = [
-                (r["job_id"], r["last_at"]) for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS)
+                (r["job_id"], r["last_at"])
+                for r in await conn.fetch(_RECENT_JOBS, RECENT_JOBS, RECENT_S)
             ]
             per_minute = await conn.fetch(_PER_MINUTE, RATE_MINUTES)
             landed = await conn.fetchrow(_RECENT_RATE, RATE_WINDOW_S)
