@@ -266,6 +266,29 @@ async def test_in_flight_requests_never_exceed_concurrency(
     assert upstream.max_in_flight == 4
 
 
+async def test_cancelled_fetches_give_their_slots_back(
+    upstream: Upstream, make_settings: Callable[..., Settings], make_fetcher: FetcherFactory
+) -> None:
+    """A fetch cancelled while its request is out (holding the slot it took without waiting)
+    and one cancelled while queued for a slot both leave every slot free."""
+    fetcher = make_fetcher(make_settings(concurrency=1, per_host=1))
+    sent = asyncio.create_task(fetcher.fetch(upstream.url("/gate/a")))
+    queued = asyncio.create_task(fetcher.fetch(upstream.url("/gate/b")))
+
+    async def in_flight() -> bool:
+        return bool(upstream.hits_for("/gate/a"))
+
+    await wait_until(in_flight)
+    assert fetcher._slots.free == 0
+    for task in (queued, sent):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert fetcher._slots.free == 1
+    assert not upstream.hits_for("/gate/b")
+    assert isinstance(await fetcher.fetch(upstream.url("/json/a")), Fetched)
+
+
 # -- conditional requests, politeness ------------------------------------------------------------
 
 

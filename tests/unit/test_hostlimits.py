@@ -29,3 +29,15 @@ def test_a_host_rule_comes_from_its_policy_or_the_default(
     assert limiter.rule("other.example") == (250.0, 0)
     unpaced = RedisHostLimiter(Redis.from_url("redis://127.0.0.1:9/0"), make_settings())
     assert unpaced.rule("other.example") is None
+
+
+def test_a_host_is_free_without_a_rule_or_a_pause(make_settings: Callable[..., Settings]) -> None:
+    """`free` (the fetcher then skips `wait`) only for a host with no rule and no pause here."""
+    limiter = RedisHostLimiter(Redis.from_url("redis://127.0.0.1:9/0"), make_settings())
+    limiter._policies = {"a.example": HostPolicy(None, 2)}
+    limiter._paused = {"b.example": 1e12}
+    assert limiter.free("other.example")
+    assert not limiter.free("a.example")  # an in-flight limit
+    assert not limiter.free("b.example")  # paused
+    paced = RedisHostLimiter(Redis.from_url("redis://127.0.0.1:9/0"), make_settings(host_rps=4))
+    assert not paced.free("other.example")

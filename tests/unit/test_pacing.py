@@ -71,6 +71,16 @@ async def test_a_pause_holds_every_request_to_that_host() -> None:
     assert t.sleeps == [5]
 
 
+async def test_a_host_is_free_only_without_a_rate_or_any_pause() -> None:
+    """`free` (the fetcher then skips `wait`): no rate set and no host paused."""
+    t = FakeTime()
+    assert HostPacer(clock=t.clock, sleep=t.sleep).free("a.example")
+    assert not HostPacer(4.0, clock=t.clock, sleep=t.sleep).free("a.example")
+    paused = HostPacer(clock=t.clock, sleep=t.sleep)
+    paused.hold("b.example", 5)
+    assert not paused.free("a.example")
+
+
 async def test_a_pause_is_capped() -> None:
     """A hostile Retry-After cannot park a host for longer than the cap."""
     t = FakeTime()
@@ -177,6 +187,9 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.hosts: list[str] = []
+
+    def free(self, host: str) -> bool:
+        return False  # every request asks `wait`
 
     async def wait(self, host: str, *, in_slot: bool = False) -> Ticket | None:
         self.hosts.append(host)

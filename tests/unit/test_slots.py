@@ -17,11 +17,14 @@ async def test_bounds_holders_like_a_semaphore() -> None:
 
     async def worker() -> None:
         nonlocal holding, peak
-        async with sem.slot():
+        await sem.acquire()
+        try:
             holding += 1
             peak = max(peak, holding)
             await gate.wait()
             holding -= 1
+        finally:
+            sem.release()
 
     tasks = [asyncio.create_task(worker()) for _ in range(10)]
     await asyncio.sleep(0)
@@ -68,3 +71,21 @@ async def test_cancelled_waiters_do_not_leak_slots() -> None:
             await t
     assert sem.free == 1
     await asyncio.wait_for(sem.acquire(), 1)
+
+
+async def test_try_acquire_takes_only_a_free_slot_nobody_waits_for() -> None:
+    """try_acquire takes a free slot at once; it fails while none is free, and a slot given
+    back while someone waits goes to the waiter, not to a try_acquire that comes first."""
+    sem = PrioritySemaphore(2)
+    assert sem.try_acquire()
+    assert sem.try_acquire()
+    assert not sem.try_acquire()
+    waiter = asyncio.create_task(sem.acquire(5))
+    await asyncio.sleep(0)  # queued
+    sem.release()  # handed to the waiter, which has not run yet
+    assert not sem.try_acquire()
+    await asyncio.wait_for(waiter, 1)
+    assert sem.free == 0
+    sem.release()
+    sem.release()
+    assert sem.free == 2

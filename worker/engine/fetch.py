@@ -397,51 +397,58 @@ class Fetcher:
 
     async def _attempt(self, call: _Call) -> _Response:
         # The first hop waits before taking a slot, so a slow host's queue never holds slots
-        # other hosts need; its ticket is taken in `_follow` (or dropped on the way out).
-        first = _turn(await self.limiter.wait(limiter_host(call.target.host)))
+        # other hosts need; its ticket is taken in `_follow` (or dropped on the way out). On the
+        # happy path nothing is awaited here but `_follow` (CPU per URL, issue 17): a host the
+        # limiter leaves free is not waited for, and a free slot is taken without a coroutine.
+        host = limiter_host(call.target.host)
+        first = _NO_TURN if self.limiter.free(host) else _turn(await self.limiter.wait(host))
+        slots = self._slots
         try:
-            async with self._slots.slot(call.priority):
-                return await self._attempt_in_slot(call, first)
+            if not slots.try_acquire():
+                await slots.acquire(call.priority)
+            # Nothing is awaited between taking the slot and this try, so a cancellation cannot
+            # come between them and keep the slot.
+            try:
+                status, body, meta, link = await self._follow(call, first)
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise map_client_error(exc) from exc
+            else:
+                # Still in the slot: a body waiting for room counts against the slots, so at
+                # most HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
+                if call.admit is not None and body:
+                    await call.admit(len(body))
+            finally:
+                slots.release()
         finally:
             if first is not _NO_TURN:
                 await first.close()
-
-    async def _attempt_in_slot(self, call: _Call, first: _Turn) -> _Response:
-        try:
-            try:
-                status, body, meta, link = await self._follow(call, first)
-            except _StaleToken as stale:
-                # An OAuth2 token refused with 401: a new one, and the request once more.
-                assert call.profile is not None
-                self.auth.expire(call.profile, stale.token)
-                status, body, meta, link = await self._follow(call, None, refreshed=True)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise map_client_error(exc) from exc
-        # Still in the slot: a body waiting for room counts against the slots, so at most
-        # HARVESTER_CONCURRENCY bodies per process are held outside the byte budget.
-        if call.admit is not None and body:
-            await call.admit(len(body))
         return status, body, meta, link
 
     async def _follow(
         self, call: _Call, first_turn: _Turn | None, *, refreshed: bool = False
     ) -> _Response:
         """The request's hops, each paced by the limiter (every redirect hop asks for a turn of
-        its own; the first may come with one) and each turn given back once its answer is in."""
+        its own; the first may come with one) and each turn given back once its answer is in.
+        An OAuth2 token refused with 401 is renewed once, and the request made again."""
         url, request, validators, profile = call.target, call.request, call.validators, call.profile
         seen: set[URL] = set()  # hops so far, filled only when there is a redirect
         method = request.method
         data = None if request.body is None else request.body.encoded
         headers = _headers(request, validators, with_body=data is not None)
-        first = url
         for hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
             route = None if self._egress is None else await self._egress.route(url)
-            wire, sent, token = await self._signed(url, first, headers, profile)
+            wire, sent, token = (
+                (url, headers, None)  # no secret to add: no coroutine to sign the hop
+                if profile is None
+                else await self._signed(url, call.target, headers, profile)
+            )
             sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
             if hop or first_turn is None:
-                turn = _turn(await self.limiter.wait(limiter_host(url.host), in_slot=True))
+                host = limiter_host(url.host)
+                free = self.limiter.free(host)
+                turn = _NO_TURN if free else _turn(await self.limiter.wait(host, in_slot=True))
             else:
                 turn = first_turn
             async with (
@@ -460,7 +467,7 @@ class Fetcher:
                 if status == 407 and route is not None:
                     raise proxy_refusal(status)
                 if status == 401 and token is not None and not refreshed:
-                    raise _StaleToken(token)
+                    break  # a stale token: renewed below, once this answer and turn are let go
                 if status in _REDIRECTS:
                     seen.add(url)
                     url = self._next_hop(url, resp, seen)
@@ -483,7 +490,13 @@ class Fetcher:
                     exc.status = status
                     raise
             return answer
-        raise RedirectError(f"more than {self._settings.max_redirects} redirects")
+        else:
+            raise RedirectError(f"more than {self._settings.max_redirects} redirects")
+        # The 401 answered an OAuth2 access token: a new one, and the request once more.
+        assert profile is not None
+        assert token is not None
+        self.auth.expire(profile, token)
+        return await self._follow(call, None, refreshed=True)
 
     async def _answer(
         self, resp: aiohttp.ClientResponse, validators: Validators | None, links: bool
@@ -554,7 +567,8 @@ class Fetcher:
         # aiohttp inflates incrementally, one bounded piece per read, so counting what each read
         # returns cuts a bomb or an endless body at the cap without holding more than that.
         content = resp.content
-        first = await content.readany()
+        # Usually the whole body came in with the headers: taken without a coroutine.
+        first = content.read_nowait() if content.is_eof() else await content.readany()
         if len(first) > limit:
             raise TooLargeError(
                 f"body exceeds {limit} bytes after decompression", status=resp.status
@@ -594,14 +608,6 @@ def _headers(
 def _failed(request: Request, url: str, exc: FetchError, attempts: int) -> Failed:
     detail = clean_detail(exc.detail)
     return Failed(url, exc.kind, detail, exc.status, attempts, exc.retry_after, request=request)
-
-
-class _StaleToken(Exception):
-    """A request carrying an OAuth2 access token was answered 401."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__("access token refused")
-        self.token = token
 
 
 @dataclass(slots=True)

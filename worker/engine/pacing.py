@@ -69,6 +69,11 @@ class HostLimiter(Protocol):
     """What the fetcher asks before a request to a host and tells after a server asked for a
     pause."""
 
+    def free(self, host: str) -> bool:
+        """Whether `wait` for ``host`` would return None at once (nothing paces, limits or
+        pauses it now): the fetcher then skips the call, the coroutine it costs, once a hop."""
+        ...
+
     async def wait(self, host: str, *, in_slot: bool = False) -> Ticket | None:
         """Return when a request to ``host`` may go for a slot: None when it may start at once,
         else the `Ticket` to take just before sending it. ``in_slot``: the caller holds a slot
@@ -209,11 +214,15 @@ class HostPacer:
         if until > self._paused_until.get(host, 0.0):
             self._paused_until[host] = until
 
+    def free(self, host: str) -> bool:
+        """`HostLimiter.free`: no pacing configured and no host has asked for a pause."""
+        return not self._interval and not self._paused_until
+
     async def wait(self, host: str, *, in_slot: bool = False) -> None:
         """Return when a request to ``host`` may start (the line is held only while sleeping,
         never while waiting for a slot, so ``in_slot`` changes nothing here)."""
-        if not self._interval and not self._paused_until:
-            return  # the common case: no pacing configured and no host has asked for a pause
+        if self.free(host):
+            return  # the common case
         async with self._lines.line(host):
             while True:
                 now = self._clock()

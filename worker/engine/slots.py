@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from types import TracebackType
 
 
 class PrioritySemaphore:
-    """Like `asyncio.Semaphore`, but ``acquire(priority)`` waiters are served lowest first."""
+    """Like `asyncio.Semaphore`, but ``acquire(priority)`` waiters are served lowest first.
+
+    There is no context manager: the fetcher takes a slot with `try_acquire` (no coroutine, the
+    usual case) or `acquire`, and gives it back in a ``finally`` right after.
+    """
 
     def __init__(self, value: int) -> None:
         if value < 1:
@@ -28,9 +31,16 @@ class PrioritySemaphore:
     def free(self) -> int:
         return self._value
 
-    async def acquire(self, priority: int = 0) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free and nobody is waiting for one; never waits. A waiter
+        is always served first, so a fast path never jumps the queue."""
         if self._value > 0 and not self._waiters:
             self._value -= 1
+            return True
+        return False
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), future))
@@ -49,26 +59,3 @@ class PrioritySemaphore:
                 future.set_result(None)  # the slot goes straight to this waiter
                 return
         self._value += 1
-
-    def slot(self, priority: int = 0) -> _Slot:
-        """``async with semaphore.slot(priority):``"""
-        return _Slot(self, priority)
-
-
-class _Slot:
-    __slots__ = ("_priority", "_semaphore")
-
-    def __init__(self, semaphore: PrioritySemaphore, priority: int) -> None:
-        self._semaphore = semaphore
-        self._priority = priority
-
-    async def __aenter__(self) -> None:
-        await self._semaphore.acquire(self._priority)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._semaphore.release()

@@ -285,6 +285,11 @@ class RedisHostLimiter:
         limit = policy.concurrency or 0
         return (gap, limit) if gap or limit else None
 
+    def free(self, host: str) -> bool:
+        """`HostLimiter.free`: ``host`` is not paused here and has no rate or in-flight limit
+        (`wait` would neither sit out a pause nor ask Redis)."""
+        return host not in self._paused and self.rule(host) is None
+
     async def wait(self, host: str, *, in_slot: bool = False) -> _Ticket | None:
         if self._paused:
             await self._sit_out_pause(host)
