@@ -290,6 +290,7 @@ class BatchRun:
         self._settings = settings
         self._lease = Lease(budget)
         self._tally = _Tally()
+        self._fetches = metrics.FetchTally()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=settings.write_queue_size)
         self._timed_out = False
         self._resume: dict[Request, Resume] = {}
@@ -362,6 +363,8 @@ class BatchRun:
                     tg.create_task(self._fetch_loop(feed))
         except TimeoutError:
             self._timed_out = True  # in-flight fetches were cancelled; what was queued lands
+        finally:
+            self._fetches.flush()
         # Only when fetching ended normally: on failure the task group cancels the writers.
         for _ in range(n_writers):
             await self._queue.put(_DONE)
@@ -417,7 +420,7 @@ class BatchRun:
             log.exception("fetch.internal_error", extra={"url": url})
             detail = clean_detail(f"{type(exc).__name__}: {exc}")
             outcome = Failed(url, "internal", detail, None, 0, request=request)
-        metrics.record_fetch(outcome)
+        self._fetches.record(outcome)
         if isinstance(outcome, Failed) and log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "fetch.failed",
