@@ -12,7 +12,7 @@ from arq import Retry
 
 from jobs.context import JobContext
 from worker.engine import counters as metrics
-from worker.engine import leases, outbox, pipeline
+from worker.engine import leases, outbox, pipeline, writer
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import BatchSummary
 from worker.engine.writes import Chunk
@@ -63,7 +63,7 @@ async def _abandon(
     return {"job_id": ctx["job_id"], "abandoned": recorded, "try": job_try}
 
 
-def _on_landed(ctx: JobContext) -> pipeline.OnLanded | None:
+def _on_landed(ctx: JobContext) -> writer.OnLanded | None:
     """What tells the change stream of each chunk this job lands (None: the stream is off)."""
     events = ctx.get("events")
     return events.emit if events is not None else None

@@ -32,8 +32,9 @@ from tests.helpers.pgbouncer import Pgbouncer, pgbouncer
 from tests.helpers.upstream import Upstream
 from worker.devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 from worker.engine import store
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.migrate import migrate
+from worker.engine.session import create_session
 from worker.queue.connection import connect
 from worker.runtime.app import create_worker
 from worker.settings import Settings

@@ -1,5 +1,5 @@
 """harvester's one error hierarchy. Library exceptions are translated into it at one boundary
-each (aiohttp in `worker.engine.fetch`, asyncpg in `worker.engine.store`, redis-py in
+each (aiohttp in `worker.engine.session`, asyncpg in `worker.engine.store`, redis-py in
 `worker.queue.connection.redis_error`), always with ``raise ... from exc``.
 
     HarvesterError

@@ -22,8 +22,9 @@ from tests.helpers.upstream import Upstream
 from worker import logs as logs_module
 from worker.engine.auth import Authorizer
 from worker.engine.credentials import Credentials, load_credentials
-from worker.engine.fetch import Fetcher, address_policy
+from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import Failed, Fetched
+from worker.engine.session import address_policy
 from worker.queue.serialization import deserialize
 from worker.scheduling import sources
 from worker.settings import Settings

@@ -92,7 +92,7 @@ async def test_bombs_and_endless_bodies_are_cut_without_buffering(
     upstream: Upstream, hostile: Hostile, make_settings: Callable[..., Settings]
 ) -> None:
     """Memory stays near the 1 MiB cap while a 64 MiB bomb and an endless body are refused."""
-    from worker.engine.fetch import create_session
+    from worker.engine.session import create_session
 
     gzip_bomb()  # built before tracing: it is the upstream's memory, not the fetcher's
     s = make_settings(**HOSTILE_SETTINGS)

@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 
 from tests.helpers import TEST_QUEUE, wait_until
 from tests.helpers.upstream import Upstream
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import Fetched
 from worker.engine.pacing import HostPolicy
+from worker.engine.session import create_session
 from worker.queue.hostlimits import (
     RedisHostLimiter,
     host_keys,

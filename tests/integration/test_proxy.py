@@ -26,9 +26,10 @@ from tests.helpers.locks import Lock
 from tests.helpers.spellings import Trap
 from tests.helpers.upstream import Upstream
 from worker.engine.credentials import load_credentials
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.outbox import Due
 from worker.engine.outcomes import Failed, Fetched, Outcome
+from worker.engine.session import create_session
 from worker.engine.webhooks import Deliverer
 from worker.settings import Settings
 

@@ -21,9 +21,10 @@ from arq.worker import Worker
 from tests.helpers.hostile import Hostile
 from tests.helpers.spellings import Trap, ipv4_hosts, refused_hosts
 from tests.helpers.upstream import Upstream
-from worker.engine.fetch import Fetcher, map_client_error
+from worker.engine.fetch import Fetcher
 from worker.engine.guard import AddressPolicy, BlockedAddressError, guarded_socket_factory
 from worker.engine.outcomes import Failed, Fetched
+from worker.engine.session import map_client_error
 from worker.ops.api import create_app
 from worker.scheduling import sources
 from worker.settings import Settings

@@ -24,8 +24,9 @@ from tests.helpers.upstream import Hit, Upstream
 from tests.helpers.workers import long_running, running
 from worker import logs as logs_module
 from worker.engine import outbox, pipeline
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.requests import Request
+from worker.engine.session import create_session
 from worker.logs import KeyValueFormatter
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch

@@ -11,7 +11,7 @@ from email.utils import formatdate
 import pytest
 
 from worker.engine.bodies import PARSE_MAX_BYTES, check_json, has_exponent
-from worker.engine.fetch import parse_retry_after
+from worker.engine.session import parse_retry_after
 from worker.errors import InvalidJSONError
 
 

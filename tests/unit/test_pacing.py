@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from worker.engine import pacing
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.pacing import (
     MAX_CONCURRENCY,
     MAX_RPS,
@@ -20,6 +20,7 @@ from worker.engine.pacing import (
     Ticket,
     host_key,
 )
+from worker.engine.session import create_session
 from worker.settings import Settings
 
 

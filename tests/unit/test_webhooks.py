@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from worker.engine.fetch import create_session
 from worker.engine.outbox import Due
+from worker.engine.session import create_session
 from worker.engine.webhooks import Deliverer, signature
 from worker.errors import BadJobError, ConfigError
 from worker.queue.payload import make_batch, parse_batch

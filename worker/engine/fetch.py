@@ -1,4 +1,5 @@
-"""Fetching: the process's one aiohttp session, the retry policy, and aiohttp errors mapped to ours.
+"""Fetching: requests through the process's one session (`worker.engine.session`), redirects,
+the retry policy, and what an answer must be to land.
 
 A fetch never raises for a URL's own trouble: it returns a `Fetched` document or a `Failed`
 outcome. A `Request` carries its method, JSON body and extra headers; redirects are followed as
@@ -12,16 +13,12 @@ attempts and by time, with jittered exponential backoff that honours ``Retry-Aft
 from __future__ import annotations
 
 import asyncio
-import math
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Final
 
 import aiohttp
-from aiohttp.resolver import DefaultResolver
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,32 +32,20 @@ from yarl import URL
 from worker.engine.auth import OAUTH2, Authorizer, may_send
 from worker.engine.bodies import check_json, clean_detail
 from worker.engine.credentials import Profile
-from worker.engine.guard import (
-    PERMANENT_DNS_ERRORS,
-    AddressPolicy,
-    BlockedAddressError,
-    GuardedResolver,
-    ProxyEndpoints,
-    guarded_socket_factory,
-)
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
 from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket, limiter_host
-from worker.engine.proxy import Egress, proxy_endpoints
+from worker.engine.proxy import Egress
 from worker.engine.requests import Request
+from worker.engine.session import address_policy, map_client_error, parse_retry_after, proxy_refusal
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
     TRANSIENT_STATUSES,
-    BlockedError,
-    ConnectError,
     ContentTypeError,
     FetchError,
     HTTPStatusError,
     InvalidJSONError,
     InvalidURLError,
-    ProtocolError,
-    ProxyError,
     RedirectError,
-    TimeoutError_,
     TooLargeError,
 )
 from worker.settings import Settings
@@ -84,133 +69,6 @@ Admit = Callable[[int], Awaitable[None]]
 # headers and Link headers: a walk's page is built once, with its page's identity and next URL,
 # instead of as a plain outcome the walk then copies (once a page).
 Build = Callable[[int, bytes, int, int, ResponseMeta | None, tuple[str, ...]], Fetched]
-
-
-def address_policy(settings: Settings) -> AddressPolicy:
-    """The SSRF policy the settings ask for."""
-    return AddressPolicy(settings.allowed_networks, allow_zone_ids=settings.allow_ipv6_zone_ids)
-
-
-def create_session(settings: Settings) -> aiohttp.ClientSession:
-    """The process's one `ClientSession`: bounded connector, explicit timeouts, SSRF guard.
-
-    Must be called inside a running event loop; close it with ``await session.close()``.
-    """
-    policy = address_policy(settings)
-    # The operator's proxies may be private; what they connect to is judged by TargetCheck.
-    endpoints = proxy_endpoints(settings)
-    proxies = ProxyEndpoints(endpoints) if endpoints else None
-    connector = aiohttp.TCPConnector(
-        limit=settings.concurrency,
-        limit_per_host=settings.per_host,
-        resolver=GuardedResolver(DefaultResolver(), policy, proxies),
-        # The last word of the SSRF guard: every address is judged as its socket is created.
-        socket_factory=guarded_socket_factory(policy, proxies),
-        ttl_dns_cache=60,
-        enable_cleanup_closed=True,
-        ssl=tls_context(settings),
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=settings.request_timeout,
-        connect=settings.connect_timeout,
-        sock_read=settings.read_timeout,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        headers={
-            "User-Agent": settings.user_agent,
-            "Accept": "application/json",
-        },
-        # Cookies from one upstream must never leak into requests for another job.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        raise_for_status=False,
-        auto_decompress=True,
-        max_line_size=16 * 1024,
-        max_field_size=16 * 1024,
-    )
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | bool:
-    """The system's CAs plus HARVESTER_CA_FILE's, or True (aiohttp's default) without one."""
-    if settings.ca_file is None:
-        return True
-    context = ssl.create_default_context()
-    context.load_verify_locations(cafile=settings.ca_file)
-    return context
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if 0 <= seconds < math.inf else None  # refuse NaN, inf, negatives
-    try:
-        # A date whose zone offset is absurd ("+99999999999999999") overflows in the stdlib.
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when - now)
-
-
-def map_client_error(exc: BaseException) -> FetchError:
-    """Translate an aiohttp (or resolver) exception into our `FetchError` tree: the one boundary."""
-    if isinstance(exc, TimeoutError):
-        return TimeoutError_("timed out")
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
-        exc.os_error, BlockedAddressError
-    ):
-        return BlockedError(str(exc.os_error))
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return ProxyError(f"cannot connect to the proxy: {exc.os_error}", transient=True)
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return proxy_refusal(exc.status)
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        # A name that does not exist will not exist on the next attempt either.
-        gone = getattr(exc.os_error, "errno", None) in PERMANENT_DNS_ERRORS
-        return ConnectError(f"DNS lookup failed: {exc.os_error}", transient=not gone)
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return ConnectError(f"TLS error: {exc}", transient=False)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ConnectError(f"cannot connect: {exc.os_error}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
-        return ConnectError(f"connection lost: {type(exc).__name__}")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        # A body that cannot be decoded will not decode next time; a cut one might be whole.
-        undecodable = "content-encoding" in str(exc).lower()
-        return ProtocolError(f"bad body: {exc}", transient=not undecodable)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return ProtocolError(f"invalid HTTP response: {exc.message}", transient=False)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return InvalidURLError(f"invalid URL: {exc}")
-    if isinstance(exc, aiohttp.ClientOSError):
-        return ConnectError(f"connection error: {exc}")
-    if isinstance(exc, aiohttp.ClientError):
-        return ProtocolError(f"{type(exc).__name__}: {exc}")
-    # IDNA and similar refusals of a host name, raised while it is resolved.
-    return InvalidURLError(f"invalid host: {exc}")
-
-
-def proxy_refusal(status: int) -> ProxyError:
-    """The proxy answered ``status`` instead of forwarding the request (or opening a tunnel)."""
-    if status == 407:
-        return ProxyError(
-            "the proxy refused the credentials (HTTP 407): check the user in HARVESTER_PROXY_URL "
-            "and the variable HARVESTER_PROXY_PASSWORD_ENV names",
-            status=status,
-        )
-    return ProxyError(
-        f"the proxy answered HTTP {status} instead of reaching the target",
-        status=status,
-        transient=status in TRANSIENT_STATUSES,
-    )
 
 
 class _Turn:

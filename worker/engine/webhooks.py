@@ -36,9 +36,9 @@ from yarl import URL
 from worker.engine import counters as metrics
 from worker.engine import outbox
 from worker.engine.bodies import clean_detail
-from worker.engine.fetch import address_policy, map_client_error, proxy_refusal
 from worker.engine.outbox import Due
 from worker.engine.proxy import Egress
+from worker.engine.session import address_policy, map_client_error, proxy_refusal
 from worker.errors import BlockedError, FetchError, InvalidURLError, StoreError
 from worker.logs import register_secret
 from worker.settings import Settings

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from worker.engine import counters as metrics
-from worker.engine.pipeline import Landed
+from worker.engine.writer import Landed
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.events")

@@ -25,8 +25,9 @@ from jobs.retention import apply_retention
 from worker.engine import store
 from worker.engine.budget import ByteBudget
 from worker.engine.credentials import load_credentials
-from worker.engine.fetch import Fetcher, create_session
+from worker.engine.fetch import Fetcher
 from worker.engine.migrate import migrate
+from worker.engine.session import create_session
 from worker.engine.webhooks import Deliverer
 from worker.logs import tame_arq_logs
 from worker.ops import metrics as ops_metrics
