@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,7 +27,7 @@ from yarl import URL
 
 from worker.engine.credentials import Profile
 from worker.engine.guard import AddressPolicy, BlockedAddressError
-from worker.engine.proxy import Route
+from worker.engine.proxy import Egress
 from worker.errors import TRANSIENT_STATUSES, AuthError, FetchError
 from worker.logs import register_secret, retire_secret
 
@@ -37,8 +37,6 @@ REFRESH_MARGIN_S: Final = 30.0
 MAX_TOKEN_RESPONSE_BYTES: Final = 64 * 1024
 
 Clock = Callable[[], float]
-# The fetcher's proxy routing (which also judges the target): None when no proxy is configured.
-Router = Callable[[URL], Awaitable[Route | None]]
 
 
 def may_send(profile: Profile, url: URL, first: URL) -> bool:
@@ -88,12 +86,12 @@ class Authorizer:
         session: aiohttp.ClientSession,
         policy: AddressPolicy,
         *,
-        route: Router | None = None,
+        egress: Egress | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._session = session
         self._policy = policy
-        self._route = route
+        self._egress = egress
         self._alone: dict[str, CIMultiDictProxy[str]] = {}
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
@@ -181,13 +179,15 @@ class Authorizer:
         try:
             self._policy.check(url.raw_host or "")
             # Through a configured proxy like any fetch, the target judged first.
-            route = None if self._route is None else await self._route(url)
-            headers, to_proxy = (client, None) if route is None else route.headers(url, client)
+            egress = self._egress
+            headers, proxy, to_proxy = (
+                (client, None, None) if egress is None else await egress.way(url, client)
+            )
             async with self._session.post(
                 url,
                 data=form,
                 headers=headers,
-                proxy=None if route is None else route.proxy,
+                proxy=proxy,
                 proxy_headers=to_proxy,
                 allow_redirects=False,
             ) as resp:

@@ -80,8 +80,7 @@ _BULK: Final = all(hasattr(FETCH_SECONDS, name) for name in ("_buckets", "_sum")
 
 @cache
 def _fetch_child(outcome: str, status: int | None) -> Counter:
-    """The label child for an outcome and HTTP status, bound once per pair (a URL's count is
-    then a dict lookup and an ``inc``, with no label string built per URL)."""
+    """The label child for an outcome and HTTP status, bound once per pair."""
     return FETCHES.labels(outcome=outcome, status_class=_status_class(status))
 
 

@@ -136,9 +136,7 @@ class Fetcher:
         self.limiter: HostLimiter = limiter or HostPacer(
             settings.host_rps, pause_cap=settings.retry_after_cap, sleep=sleep
         )
-        self.auth = Authorizer(
-            session, self._policy, route=None if self._egress is None else self._egress.route
-        )
+        self.auth = Authorizer(session, self._policy, egress=self._egress)
 
     async def fetch(
         self,
@@ -296,13 +294,15 @@ class Fetcher:
         for hop in range(self._settings.max_redirects + 1):
             # The host as it goes on the wire (punycode, a zone id still percent-encoded).
             self._policy.check(url.raw_host or "")
-            route = None if self._egress is None else await self._egress.route(url)
             wire, sent, token = (
                 (url, headers, None)  # no secret to add: no coroutine to sign the hop
                 if profile is None
                 else await self._signed(url, call.target, headers, profile)
             )
-            sent, to_proxy = (sent, None) if route is None else route.headers(url, sent)
+            egress = self._egress
+            sent, proxy, to_proxy = (
+                (sent, None, None) if egress is None else await egress.way(url, sent)
+            )
             if hop or first_turn is None:
                 host = limiter_host(url.host)
                 free = self.limiter.free(host)
@@ -317,12 +317,12 @@ class Fetcher:
                     data=data,
                     allow_redirects=False,
                     headers=sent,
-                    proxy=None if route is None else route.proxy,
+                    proxy=proxy,
                     proxy_headers=to_proxy,
                 ) as resp,
             ):
                 status = resp.status
-                if status == 407 and route is not None:
+                if status == 407 and proxy is not None:
                     raise proxy_refusal(status)
                 if status == 401 and token is not None and not refreshed:
                     break  # a stale token: renewed below, once this answer and turn are let go

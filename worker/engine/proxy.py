@@ -143,11 +143,20 @@ class Egress:
         router = ProxyRouter.from_settings(settings)
         return None if router is None else cls(router, TargetCheck(policy))
 
-    async def route(self, url: URL) -> Route | None:
-        """The route for ``url`` (None: direct), after its target passes the guard; raises the
-        guard's `FetchError` when it does not."""
+    async def way(self, url: URL, headers: Headers | None) -> Way:
+        """How a request to ``url`` with ``headers`` goes out, once its target has passed the
+        guard (else the guard's `FetchError`): its headers, its proxy (None: direct) and the
+        CONNECT's headers, the proxy's credentials where the proxy reads them."""
         await self._targets.check(url.raw_host or "")
-        return self._router.route(url)
+        route = self._router.route(url)
+        if route is None:
+            return headers, None, None
+        sent, to_proxy = route.headers(url, headers)
+        return sent, route.proxy, to_proxy
+
+
+# A request's headers, the proxy it goes through (None: direct) and the CONNECT's headers.
+Way = tuple[Headers | None, URL | None, Headers | None]
 
 
 def proxy_endpoints(settings: Settings) -> frozenset[tuple[str, int]]:

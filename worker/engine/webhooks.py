@@ -119,20 +119,22 @@ class Deliverer:
             async with asyncio.timeout(timeout):
                 url = URL(due.url)
                 self._policy.check(url.raw_host or "")
-                route = None if self._egress is None else await self._egress.route(url)
-                sent, to_proxy = (headers, None) if route is None else route.headers(url, headers)
+                egress = self._egress
+                sent, proxy, to_proxy = (
+                    (headers, None, None) if egress is None else await egress.way(url, headers)
+                )
                 async with self._session.post(
                     url,
                     data=due.body,
                     headers=sent,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout),
-                    proxy=None if route is None else route.proxy,
+                    proxy=proxy,
                     proxy_headers=to_proxy,
                 ) as resp:
                     await resp.content.read(MAX_ANSWER_BYTES)
                     status = resp.status
-            if status == 407 and route is not None:
+            if status == 407 and proxy is not None:
                 raise proxy_refusal(status)
         except FetchError as exc:  # the guard refused the host, or the proxy the credentials
             return Attempt(False, None, exc.detail, final=isinstance(exc, _FINAL))
