@@ -153,8 +153,10 @@ def servers_of(given: list[str] | None) -> list[str | None]:
     """The servers `add_servers_argument` named, as `server` takes them (None: embedded), each
     once: two URLs of one server (another database, say) would share its `NAME` database."""
     words = given or os.environ.get("BENCH_DATABASE_URL", "").split() or [EMBEDDED]
-    servers = {EMBEDDED if w == EMBEDDED else with_database(w, NAME): w for w in reversed(words)}
-    return [None if w == EMBEDDED else w for w in reversed(servers.values())]
+    servers: dict[str, str] = {}
+    for word in words:  # the first naming of each server, in the order given
+        servers.setdefault(word if word == EMBEDDED else with_database(word, NAME), word)
+    return [None if w == EMBEDDED else w for w in servers.values()]
 
 
 class Server(NamedTuple):

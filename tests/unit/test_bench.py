@@ -117,6 +117,7 @@ def test_the_servers_to_measure_come_from_the_options_then_the_variable(
     assert database.servers_of(None) == [url, None]
     other_db = url.replace("/test", "/other")  # the same server: one harvester_bench
     assert database.servers_of([url, "embedded", other_db, "embedded"]) == [url, None]
+    assert database.servers_of(["embedded", url, "embedded"]) == [None, url]  # first naming
     with pytest.raises(database.BenchDatabaseError, match="names 2 servers"):
         database.one_server(None)  # bench.costs and bench.pgcosts measure on one
     assert database.one_server("embedded") is None
