@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import sys
 import textwrap
 from email.utils import formatdate
 
+import orjson
 import pytest
 
+from worker.engine import bodies
 from worker.engine.bodies import PARSE_MAX_BYTES, check_json, has_exponent
 from worker.engine.session import parse_retry_after
 from worker.errors import InvalidJSONError
@@ -49,6 +52,41 @@ def test_check_json_refuses_what_postgres_would(body: bytes) -> None:
 def test_check_json_accepts_storable_json(body: bytes) -> None:
     """Any JSON value is fine, including an escaped backslash before u0000."""
     check_json(body)
+
+
+@pytest.mark.parametrize("body", [b"[18446744073709551616]", b'{"id": -9223372036854775809}'])
+def test_check_json_accepts_what_only_orjson_takes(body: bytes) -> None:
+    """Integers beyond 64 bits are JSON (jsonb stores them as numeric): simdjson refuses them,
+    and orjson, which judges every body simdjson refuses, takes them."""
+    assert not bodies._is_json_fast(body)
+    check_json(body)
+
+
+def test_the_fast_check_accepts_nothing_orjson_refuses() -> None:
+    """A differential fuzz: 20,000 seeded mutations of JSON bodies (bytes changed, dropped and
+    added, UTF-8 and escapes among them); simdjson accepts none of them that orjson refuses, so
+    `check_json` accepts what it did with orjson alone."""
+    rng = random.Random(17)
+    seeds = [
+        b'{"a":[1,2.5e3,-0.1,"x\\u00e9\\n",true,false,null,{"b":{}}],"c":"\xc3\xa9\xe2\x82\xac"}',
+        b'[1e5,"\\ud83d\\ude00",[],{},-0,18446744073709551615]',
+    ]
+    alphabet = [*b'{}[]",:\\ueE+-.0123456789tfnrul \t\n', 0xC3, 0xA9, 0xFF, 0xED, 0xA0, 0x00]
+    accepted = 0
+    for _ in range(20_000):
+        body = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            at, op = rng.randrange(len(body)), rng.random()
+            if op < 0.4:
+                body[at] = rng.choice(alphabet)
+            elif op < 0.7:
+                del body[at]
+            else:
+                body.insert(at, rng.choice(alphabet))
+        if bodies._is_json_fast(bytes(body)):
+            accepted += 1
+            orjson.loads(bytes(body))  # raises if orjson refuses what simdjson took
+    assert 1_000 < accepted < 19_000  # both kinds were tried
 
 
 def test_check_json_refuses_numbers_postgres_would_write_out_at_length() -> None:
