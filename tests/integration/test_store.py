@@ -133,3 +133,21 @@ async def test_unreachable_database_is_a_store_error(make_settings) -> None:  # 
     )
     with pytest.raises(StoreError, match=r"^Postgres is unavailable at postgresql://\*\*\*@127"):
         await store.create_pool(s)
+
+
+async def test_a_released_connection_is_rolled_back_but_not_reset(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Releasing a connection sends no reset query (asyncpg's default is a round trip of
+    advisory unlock, CLOSE ALL, UNLISTEN and RESET ALL per use, for state harvester never
+    makes): a session setting survives it. A transaction left open is still rolled back."""
+    p = await store.create_pool(make_settings(db_pool_min=1, db_pool_max=1))
+    try:
+        async with p.acquire() as conn:
+            await conn.execute("SET application_name = 'left-behind'")
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE harvester_left_open (x int)")
+        async with p.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") == "left-behind"
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.harvester_left_open')") is None
+    finally:
+        await store.close_pool(p)

@@ -172,9 +172,15 @@ async def _init_connection(conn: asyncpg.Connection[Any], *, begin: str) -> None
 
 
 async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
-    """Behind pgbouncer a connection has no session state of its own to reset, and a reset
-    query would run on whichever server connection pgbouncer lends at that moment (asyncpg's
-    RESET ALL there would undo the application_name pgbouncer set on it, unknown to it)."""
+    """What a released connection needs beyond the ROLLBACK asyncpg sends first when a
+    transaction was left open: nothing, as SQLAlchemy's pools do by default.
+
+    asyncpg's own reset sends a fifth round trip per use (advisory unlock, CLOSE ALL, UNLISTEN,
+    RESET ALL) for session state harvester never makes: its locks are transaction-scoped, its
+    cursors and staging tables end with their transaction, it does not LISTEN, and its settings
+    are the connection's startup parameters (or SET LOCAL). Behind pgbouncer that query would
+    also run on whichever server connection pgbouncer lends at that moment (its RESET ALL would
+    undo the application_name pgbouncer set there, unknown to it)."""
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
@@ -183,8 +189,9 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
     Directly to Postgres, the timeouts are startup parameters of each connection. Behind
     pgbouncer in transaction mode (HARVESTER_PGBOUNCER), a client connection has no server
     session of its own: no startup parameters (pgbouncer refuses them), no named prepared
-    statements (asyncpg's statement cache off), no reset query, and the timeouts are sent as
-    ``SET LOCAL`` at the start of each transaction (`transaction`).
+    statements (asyncpg's statement cache off), and the timeouts are sent as ``SET LOCAL`` at
+    the start of each transaction (`transaction`). Either way a released connection gets no
+    reset query (`_no_reset`).
     """
     timeouts = _timeouts(settings)
     begin = _set_local(timeouts) if settings.pgbouncer else ""
@@ -201,7 +208,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
             init=functools.partial(_init_connection, begin=begin),
             connection_class=HarvesterConnection,
             statement_cache_size=0 if settings.pgbouncer else 100,  # 100: asyncpg's default
-            reset=_no_reset if settings.pgbouncer else None,
+            reset=_no_reset,
             server_settings=server_settings,
         )
     except (*DB_ERRORS, ValueError) as exc:
