@@ -143,6 +143,8 @@ async def test_a_released_connection_is_rolled_back_but_not_reset(make_settings)
     try:
         async with p.acquire() as conn:
             await conn.execute("SET application_name = 'left-behind'")
+            # Left open on purpose: asyncpg logs "Resetting connection with an active
+            # transaction" at release, and rolls it back.
             await conn.execute("BEGIN")
             await conn.execute("CREATE TEMP TABLE harvester_left_open (x int)")
         async with p.acquire() as conn:

@@ -62,6 +62,20 @@ def test_check_json_accepts_what_only_orjson_takes(body: bytes) -> None:
     check_json(body)
 
 
+def test_check_json_stays_right_while_a_parsed_document_is_alive() -> None:
+    """simdjson's parser refuses to parse again while a document it returned is alive (a
+    RuntimeError); check_json then asks orjson, and still accepts and refuses as it should."""
+    kept = bodies._VALIDATOR.parse(b'{"kept": [1, 2]}')
+    try:
+        assert not bodies._is_json_fast(b"[1]")
+        check_json(b'{"a": 1}')
+        with pytest.raises(InvalidJSONError):
+            check_json(b'{"a": ')
+    finally:
+        del kept
+    assert bodies._is_json_fast(b"[1]")
+
+
 def test_the_fast_check_accepts_nothing_orjson_refuses() -> None:
     """A differential fuzz: 20,000 seeded mutations of JSON bodies (bytes changed, dropped and
     added, UTF-8 and escapes among them); simdjson accepts none of them that orjson refuses, so

@@ -25,8 +25,9 @@ PARSE_MAX_BYTES: Final = 256 * 1024
 # mutated bodies found no other case), and refuses integers beyond 64 bits, which orjson and jsonb
 # take; so a body it refuses, or one with a BOM, is judged by orjson as before, and what
 # `check_json` accepts is what it accepted with orjson alone. One parser per process: reused, it
-# keeps its buffers, and it is never used while a document it parsed is alive (none is kept).
-_VALIDATOR: Final = simdjson.Parser()
+# keeps its buffers (about 15 times the largest body it has seen: under 4 MiB, as it takes none
+# over PARSE_MAX_BYTES), and no document it returns is kept, so it is free for the next body.
+_VALIDATOR: Final = simdjson.Parser(max_capacity=PARSE_MAX_BYTES)
 _BOM: Final = b"\xef\xbb\xbf"
 # A JSON text starts with a value, after optional whitespace.
 _JSON_START: Final = re.compile(rb"[ \t\r\n]*[\[{\"\-0-9tfn]")
@@ -80,7 +81,9 @@ def _is_json_fast(body: bytes) -> bool:
         return False
     try:
         _VALIDATOR.parse(body)  # the document it returns is dropped at once
-    except (ValueError, RuntimeError):  # syntax and UTF-8; depth and 64-bit overflow
+    except Exception:  # noqa: BLE001 - any refusal or trouble of simdjson's: orjson judges
+        # (ValueError: syntax, UTF-8, capacity; RuntimeError: depth, 64-bit overflow, and the
+        # parser still holding a document; a release mapping errors anew must not fail bodies)
         return False
     return True
 

@@ -11,9 +11,11 @@ import asyncio
 from worker.engine.bodies import PARSE_MAX_BYTES
 from worker.settings import Settings
 
-# orjson builds up to about 36 bytes of Python objects per byte it parses ([[],[],...] is the
-# worst shape we measured), for one body at a time of at most PARSE_MAX_BYTES.
-PARSE_PEAK_BYTES = 40 * PARSE_MAX_BYTES
+# Checking one body at a time of at most PARSE_MAX_BYTES: simdjson's parser keeps about 15
+# bytes of buffers per byte of the largest body it has seen, and orjson, which judges a body
+# simdjson refused, builds up to about 36 bytes of Python objects per byte it parses
+# ([[],[],...] is the worst shape we measured).
+PARSE_PEAK_BYTES = 56 * PARSE_MAX_BYTES
 # What a connection's socket and parser buffers hold besides the body read so far.
 CONNECTION_BUFFER_BYTES = 256 * 1024
 

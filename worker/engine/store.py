@@ -175,12 +175,12 @@ async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
     """What a released connection needs beyond the ROLLBACK asyncpg sends first when a
     transaction was left open: nothing, as SQLAlchemy's pools do by default.
 
-    asyncpg's own reset sends a fifth round trip per use (advisory unlock, CLOSE ALL, UNLISTEN,
-    RESET ALL) for session state harvester never makes: its locks are transaction-scoped, its
-    cursors and staging tables end with their transaction, it does not LISTEN, and its settings
-    are the connection's startup parameters (or SET LOCAL). Behind pgbouncer that query would
-    also run on whichever server connection pgbouncer lends at that moment (its RESET ALL would
-    undo the application_name pgbouncer set there, unknown to it)."""
+    asyncpg's own reset is one more round trip per release (advisory unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL) for session state harvester never makes: its locks are
+    transaction-scoped, its cursors and staging tables end with their transaction, it does not
+    LISTEN, and its settings are the connection's startup parameters (or SET LOCAL). Behind
+    pgbouncer that query would also run on whichever server connection pgbouncer lends at that
+    moment (its RESET ALL would undo the application_name pgbouncer set there, unknown to it)."""
 
 
 async def create_pool(settings: Settings) -> asyncpg.Pool:
