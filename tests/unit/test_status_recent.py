@@ -64,3 +64,34 @@ def test_a_jobs_total_reads_requests_with_the_batchs_defaults(kwargs: dict[str, 
 def test_a_job_the_worker_would_refuse_has_no_total() -> None:
     """Arguments that are no batch give no total rather than a guess."""
     assert distinct({"urls": "http://a/1"}) is None
+
+
+def test_a_jobs_total_is_counted_once_per_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`JobTotals` validates a stored job's payload once, not at every poll of the dashboard;
+    the same id enqueued again is counted anew, and a job gone from Redis has no total."""
+    from arq.jobs import serialize_job
+
+    from worker.ops import trends
+    from worker.queue.serialization import serialize
+
+    counted: list[int] = []
+    real = trends.distinct
+
+    def counting(kwargs: dict[str, Any]) -> int | None:
+        counted.append(1)
+        return real(kwargs)
+
+    monkeypatch.setattr(trends, "distinct", counting)
+
+    def stored(enqueued_ms: int) -> bytes:
+        urls = ["http://a.example/1", "http://a.example/2"]
+        return serialize_job(
+            "fetch_batch", (), {"urls": urls}, 1, enqueued_ms, serializer=serialize
+        )
+
+    totals = trends.JobTotals()
+    assert [totals.of("j", stored(1_000)) for _ in range(3)] == [2, 2, 2]
+    assert len(counted) == 1
+    assert totals.of("j", stored(2_000)) == 2
+    assert len(counted) == 2
+    assert totals.of("j", None) is None

@@ -49,6 +49,7 @@ LOGINS_REFUSED: Final = Counter(
 
 SESSIONS: Final = web.AppKey("sessions", Sessions)
 QUEUE_HISTORY: Final = web.AppKey("queue_history", QueueHistory)
+JOB_TOTALS: Final = web.AppKey("job_totals", trends.JobTotals)
 STATIC: Final = web.AppKey("static", dict)
 
 MAX_FAILURES: Final = 1000
@@ -233,7 +234,8 @@ async def get_progress(request: web.Request) -> web.Response:
     job_ids = list(dict.fromkeys(_texts(request, "job")))
     if len(job_ids) > MAX_PROGRESS_JOBS:
         raise web.HTTPBadRequest(reason=f"at most {MAX_PROGRESS_JOBS} 'job' parameters")
-    rows = await trends.progress(request.app[REDIS], request.app[POOL], job_ids)
+    app = request.app
+    rows = await trends.progress(app[REDIS], app[POOL], job_ids, app[JOB_TOTALS])
     return _json(rows)
 
 
@@ -286,6 +288,7 @@ def add_routes(app: web.Application) -> None:
     app[SESSIONS] = Sessions()
     app[STATIC] = load_static()
     app[QUEUE_HISTORY] = QueueHistory()
+    app[JOB_TOTALS] = trends.JobTotals()
 
     async def sample_queue(app: web.Application) -> AsyncIterator[None]:
         async with sampling(app[QUEUE_HISTORY], app[REDIS], app[SETTINGS].queue):

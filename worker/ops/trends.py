@@ -21,10 +21,6 @@ from worker.queue.serialization import deserialize
 HISTORY_MINUTES = 60
 MAX_HISTORY_MINUTES = 24 * 60
 
-# Job totals already counted, by (job id, enqueue time): validating a batch of 10,000 requests
-# takes about 0.1 s of the API's event loop, too much for every poll of every running job.
-_TOTALS: dict[tuple[str, datetime], int | None] = {}
-_TOTALS_KEPT: Final = 1024
 
 _DOCUMENTS_PER_MINUTE = """
 SELECT extract(epoch FROM date_trunc('minute', fetched_at))::bigint AS minute, count(*) AS n
@@ -97,9 +93,39 @@ class Progress:
     landed: int
 
 
-async def progress(redis: ArqRedis, pool: asyncpg.Pool, job_ids: list[str]) -> list[Progress]:
-    """The progress of ``job_ids`` (`Status.in_progress`): totals from the jobs in Redis,
-    outcomes landed from Postgres."""
+class JobTotals:
+    """The totals of the jobs `progress` has read, by (job id, enqueue time): a payload does not
+    change while its job is queued or running, and validating a batch of 10,000 requests takes
+    about 0.1 s of the API's event loop, too much for every poll of every running job. One per
+    API process (the dashboard's), the newest `KEPT` pairs at most."""
+
+    KEPT: Final = 1024
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, datetime], int | None] = {}
+
+    def of(self, job_id: str, raw: bytes | None) -> int | None:
+        """The number of outcomes the stored fetch_batch job ``raw`` makes (`distinct`); None
+        when it is gone or is no fetch_batch."""
+        if raw is None:
+            return None
+        try:
+            job = deserialize_job(raw, deserializer=deserialize)
+        except DeserializationError:
+            return None
+        key = (job_id, job.enqueue_time)
+        if key not in self._totals:
+            if len(self._totals) >= self.KEPT:
+                self._totals.clear()
+            self._totals[key] = distinct(job.kwargs)
+        return self._totals[key]
+
+
+async def progress(
+    redis: ArqRedis, pool: asyncpg.Pool, job_ids: list[str], totals: JobTotals
+) -> list[Progress]:
+    """The progress of ``job_ids`` (`Status.in_progress`): totals from the jobs in Redis (read
+    through ``totals``), outcomes landed from Postgres."""
     if not job_ids:
         return []
     async with redis.pipeline(transaction=False) as pipe:
@@ -110,26 +136,9 @@ async def progress(redis: ArqRedis, pool: asyncpg.Pool, job_ids: list[str]) -> l
         rows = await pool.fetch(_JOB_LANDED, job_ids)
     landed = {r["job_id"]: r["n"] for r in rows}
     return [
-        Progress(job_id, _total(job_id, data), landed.get(job_id, 0))
+        Progress(job_id, totals.of(job_id, data), landed.get(job_id, 0))
         for job_id, data in zip(job_ids, raw, strict=True)
     ]
-
-
-def _total(job_id: str, raw: bytes | None) -> int | None:
-    """The number of outcomes a stored fetch_batch job makes (`distinct`), once per job: its
-    payload does not change while it is queued or running."""
-    if raw is None:
-        return None
-    try:
-        job = deserialize_job(raw, deserializer=deserialize)
-    except DeserializationError:
-        return None
-    key = (job_id, job.enqueue_time)
-    if key not in _TOTALS:
-        if len(_TOTALS) >= _TOTALS_KEPT:
-            _TOTALS.clear()
-        _TOTALS[key] = distinct(job.kwargs)
-    return _TOTALS[key]
 
 
 def distinct(kwargs: Mapping[str, Any]) -> int | None:
