@@ -24,7 +24,7 @@ from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
 from worker.ops.queuehistory import QueueHistory, sampling
 from worker.ops.status import gather
-from worker.ops.trends import history, progress
+from worker.ops.trends import JobTotals, history, progress
 from worker.queue import rejections
 from worker.queue.client import enqueue_urls
 from worker.settings import Settings
@@ -351,14 +351,15 @@ async def test_progress_counts_a_running_jobs_urls_and_outcomes(
     outcome in Postgres; a job Redis no longer has has no total."""
     urls = [upstream.url("/json/p1"), upstream.url("/status/404"), upstream.url("/gate/p3")]
     (job,) = await enqueue_urls(arq_queue, urls, job_id_prefix="prog")
+    totals = JobTotals()
     async with running(long_running(settings.model_copy(update={"copy_chunk_rows": 1}))):
 
         async def two_landed() -> bool:
-            (p,) = await progress(arq_queue, pool, [job])
+            (p,) = await progress(arq_queue, pool, [job], totals)
             return p.landed == 2
 
         await wait_until(two_landed, timeout=20)
-        (p, gone) = await progress(arq_queue, pool, [job, "no-such-job"])
+        (p, gone) = await progress(arq_queue, pool, [job, "no-such-job"], totals)
         upstream.gate.set()
 
         async def finished() -> bool:
@@ -367,7 +368,7 @@ async def test_progress_counts_a_running_jobs_urls_and_outcomes(
         await wait_until(finished, timeout=20)  # not stopped mid-job: nothing left half-closed
     assert (p.job_id, p.total, p.landed) == (job, 3, 2)
     assert (gone.total, gone.landed) == (None, 0)
-    assert await progress(arq_queue, pool, []) == []
+    assert await progress(arq_queue, pool, [], totals) == []
 
 
 async def test_the_api_samples_the_queue_for_the_dashboards_history(
