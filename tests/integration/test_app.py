@@ -54,3 +54,19 @@ async def test_a_job_task_that_ended_cancelled_does_not_cut_the_close_short(
     assert cancelled.cancelled()
     assert not await arq_queue.exists(worker.health_check_key)
     assert worker.ctx["pool"].is_closing()  # on_shutdown ran
+
+
+async def test_a_worker_closed_before_its_run_began_does_not_run(
+    settings: Settings, arq_queue: ArqRedis
+) -> None:
+    """A close that comes before the run's task first ran (a test whose body fails at once)
+    finds no main task to cancel: the run must then end without starting, not poll for ever."""
+    worker = long_running(settings)
+    run = asyncio.create_task(worker.async_run())
+    try:
+        await worker.close()  # nothing here awaits before the close: the run has not begun
+        await asyncio.wait_for(asyncio.shield(run), timeout=10)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    assert not await arq_queue.exists(worker.health_check_key)

@@ -146,7 +146,14 @@ class HarvesterWorker(Worker):
             log.warning("worker.close_without_redis", extra={"error": repr(exc)})
 
     async def main(self) -> None:
+        # Closed before its run began (a close that came before the run's task first ran finds
+        # no main task to cancel and no pool to close): start nothing, so the run ends at once
+        # instead of polling for ever.
+        if self._leaving:
+            return
         await self._wait_for_redis()
+        if self._leaving:
+            return
         await super().main()
 
     async def _wait_for_redis(self) -> None:
