@@ -69,4 +69,8 @@ async def test_a_worker_closed_before_its_run_began_does_not_run(
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+    assert worker.main_task is not None
+    assert worker.main_task.done()
+    assert not worker.main_task.cancelled()  # it ended by itself
+    assert "exit_stack" not in worker.ctx  # harvester's start-up never ran
     assert not await arq_queue.exists(worker.health_check_key)

@@ -146,13 +146,13 @@ class HarvesterWorker(Worker):
             log.warning("worker.close_without_redis", extra={"error": repr(exc)})
 
     async def main(self) -> None:
-        # Closed before its run began (a close that came before the run's task first ran finds
-        # no main task to cancel and no pool to close): start nothing, so the run ends at once
-        # instead of polling for ever.
+        # Closed before its run began: a close that came before the run's task first ran found
+        # no main task to cancel, and closed the Redis pool (arq's main would open a new one on
+        # arq's default settings and poll for ever). Start nothing, so the run ends at once.
         if self._leaving:
             return
         await self._wait_for_redis()
-        if self._leaving:
+        if self._leaving:  # closed while waiting for Redis (a worker that handles no signals)
             return
         await super().main()
 
