@@ -27,7 +27,7 @@ from yarl import URL
 
 from worker.engine.credentials import Profile
 from worker.engine.guard import AddressPolicy, BlockedAddressError
-from worker.engine.proxy import Egress
+from worker.engine.proxy import Egress, way_out
 from worker.errors import TRANSIENT_STATUSES, AuthError, FetchError
 from worker.logs import register_secret, retire_secret
 
@@ -179,10 +179,7 @@ class Authorizer:
         try:
             self._policy.check(url.raw_host or "")
             # Through a configured proxy like any fetch, the target judged first.
-            egress = self._egress
-            headers, proxy, to_proxy = (
-                (client, None, None) if egress is None else await egress.way(url, client)
-            )
+            headers, proxy, to_proxy = await way_out(self._egress, url, client)
             async with self._session.post(
                 url,
                 data=form,

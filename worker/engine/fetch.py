@@ -299,7 +299,7 @@ class Fetcher:
                 if profile is None
                 else await self._signed(url, call.target, headers, profile)
             )
-            egress = self._egress
+            egress = self._egress  # `way_out` inline: no coroutine per hop without a proxy
             sent, proxy, to_proxy = (
                 (sent, None, None) if egress is None else await egress.way(url, sent)
             )

@@ -37,7 +37,7 @@ from worker.engine import counters as metrics
 from worker.engine import outbox
 from worker.engine.bodies import clean_detail
 from worker.engine.outbox import Due
-from worker.engine.proxy import Egress
+from worker.engine.proxy import Egress, way_out
 from worker.engine.session import address_policy, map_client_error, proxy_refusal
 from worker.errors import BlockedError, FetchError, InvalidURLError, StoreError
 from worker.logs import register_secret
@@ -119,10 +119,7 @@ class Deliverer:
             async with asyncio.timeout(timeout):
                 url = URL(due.url)
                 self._policy.check(url.raw_host or "")
-                egress = self._egress
-                sent, proxy, to_proxy = (
-                    (headers, None, None) if egress is None else await egress.way(url, headers)
-                )
+                sent, proxy, to_proxy = await way_out(self._egress, url, headers)
                 async with self._session.post(
                     url,
                     data=due.body,

@@ -152,7 +152,7 @@ class HarvesterWorker(Worker):
         if self._leaving:
             return
         await self._wait_for_redis()
-        if self._leaving:  # closed while waiting for Redis (a worker that handles no signals)
+        if self._leaving:  # closed while it waited for Redis, by a close that cancels nothing
             return
         await super().main()
 
