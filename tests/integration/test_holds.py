@@ -128,11 +128,15 @@ async def test_a_running_worker_takes_no_hold_under_its_id_after_its_start(
     worker = long_running(settings)
     async with running(worker):
 
-        async def beats() -> int:
+        async def started() -> bool:
+            # Registered, and past the start's one look for a dead predecessor's holds: the
+            # registry entry is written before that look, so a hold written as soon as the
+            # entry shows would be taken as a predecessor's, which is not what this test is about.
             states = await read_workers(arq_queue, settings.queue)
-            return sum(1 for w in states if w.id == worker.worker_id and w.alive)
+            alive = any(w.id == worker.worker_id and w.alive for w in states)
+            return alive and worker._predecessor_checked
 
-        await wait_until(beats, timeout=15)
+        await wait_until(started, timeout=15)
         await arq_queue.set(in_progress_key_prefix + JOB, b"1", px=130_000)
         hold = holds.hold_value(worker.worker_id)
         await holds.hold(arq_queue, settings.queue, JOB, hold)
