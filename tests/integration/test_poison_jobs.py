@@ -23,6 +23,7 @@ from arq.worker import Worker, func
 from jobs.poll_sources import poll_sources
 from tests.helpers import TEST_QUEUE
 from tests.helpers.upstream import Upstream
+from worker.queue import rejections
 from worker.queue.serialization import RemoteJobError, deserialize
 from worker.runtime.app import create_worker
 from worker.settings import Settings
@@ -83,6 +84,9 @@ async def test_one_worker_outlives_every_bad_envelope_then_lands_a_good_job(
     assert len(invalid) == len(BAD_ENVELOPES)
     assert all(r.exc_info is None for r in invalid)
     assert await redis.zcard(TEST_QUEUE) == 0
+    # Listed with the refused jobs, where `harvester status` finds them (they land no row).
+    listed = {job_id for job_id, _ in await rejections.since(redis, TEST_QUEUE, 0)}
+    assert listed == {f"bad-{name}" for name in BAD_ENVELOPES}
 
 
 @pytest.mark.parametrize("t", [21, 999])
@@ -143,6 +147,7 @@ async def test_an_error_outside_arqs_own_handling_costs_the_job_not_the_worker(
     assert (worker.jobs_complete, worker.jobs_failed) == (1, 1)
     assert await pool.fetchval("SELECT count(*) FROM documents WHERE job_id = 'lands'") == 1
     assert await redis.zcard(TEST_QUEUE) == 0
+    assert [job_id for job_id, _ in await rejections.since(redis, TEST_QUEUE, 0)] == ["explodes"]
 
 
 async def test_a_cron_task_enqueued_by_hand_is_refused(
