@@ -1,5 +1,5 @@
-"""Fetching: requests through the process's one session (`worker.engine.session`), redirects,
-the retry policy, and what an answer must be to land.
+"""Fetching: requests through the process's one session (`worker.engine.session`), redirects and
+the retry policy; what an answer must be to land is judged in `worker.engine.responses`.
 
 A fetch never raises for a URL's own trouble: it returns a `Fetched` document or a `Failed`
 outcome. A `Request` carries its method, JSON body and extra headers; redirects are followed as
@@ -33,79 +33,34 @@ from worker.engine.auth import OAUTH2, Authorizer, may_send
 from worker.engine.bodies import check_json, clean_detail
 from worker.engine.credentials import Profile
 from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, ResponseMeta, Validators
-from worker.engine.pacing import HostLimiter, HostPacer, Release, Ticket, limiter_host
+from worker.engine.pacing import NO_TURN, HostLimiter, HostPacer, Turn, limiter_host, turn_of
 from worker.engine.proxy import Egress
 from worker.engine.requests import Request
-from worker.engine.session import address_policy, map_client_error, parse_retry_after, proxy_refusal
+from worker.engine.responses import Answer, next_hop
+from worker.engine.responses import answer as read_answer
+from worker.engine.session import address_policy, map_client_error, proxy_refusal
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (
-    TRANSIENT_STATUSES,
-    ContentTypeError,
     FetchError,
     HTTPStatusError,
     InvalidJSONError,
     InvalidURLError,
     RedirectError,
-    TooLargeError,
 )
 from worker.settings import Settings
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _JSON_BODY: Final = {"Content-Type": "application/json"}
-_JSON_TYPES: Final = ("application/json", "text/json", "text/plain", "application/octet-stream")
-# Content-Type headers, as sent, that parse to an accepted type: most answers send one of these.
-_USUAL_JSON_TYPES: Final = frozenset(
-    {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
-)
 # A server answering these with Retry-After is asking the whole host to slow down.
 _HOST_PAUSE_STATUS: Final = frozenset({429, 503})
 
 Sleep = Callable[[float], Awaitable[None]]
-# What one attempt got: status, body, cache headers (conditional requests), Link headers.
-_Response = tuple[int, bytes, ResponseMeta | None, tuple[str, ...]]
 # Waits until the caller can hold a body of that many bytes (the pipeline's byte budget).
 Admit = Callable[[int], Awaitable[None]]
 # Builds the `Fetched` of a final 2xx answer from its status, body, elapsed ms, attempts, cache
 # headers and Link headers: a walk's page is built once, with its page's identity and next URL,
 # instead of as a plain outcome the walk then copies (once a page).
 Build = Callable[[int, bytes, int, int, ResponseMeta | None, tuple[str, ...]], Fetched]
-
-
-class _Turn:
-    """A request's turn from the `HostLimiter`, as an async context around the request:
-    entering takes the ticket (waits for the fleet's turn), leaving gives back the host's
-    in-flight slot if the turn holds one. `close` drops a ticket never taken; both are
-    idempotent. Without a ticket (an unlimited host) it does nothing."""
-
-    __slots__ = ("_release", "_ticket")
-
-    def __init__(self, ticket: Ticket | None) -> None:
-        self._ticket = ticket
-        self._release: Release | None = None
-
-    async def __aenter__(self) -> None:
-        ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            self._release = await ticket.take()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._ticket is not None:
-            self._ticket.drop()
-            self._ticket = None
-        release, self._release = self._release, None
-        if release is not None:
-            await release()
-
-
-# The turn of a host with no limit: nothing to take or give back, so one serves every request.
-_NO_TURN: Final = _Turn(None)
-
-
-def _turn(ticket: Ticket | None) -> _Turn:
-    return _NO_TURN if ticket is None else _Turn(ticket)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -127,6 +82,7 @@ class Fetcher:
     ) -> None:
         self._session = session
         self._settings = settings
+        self._body_limit = settings.max_body_bytes
         self._policy = address_policy(settings)
         # None without a proxy: then a request pays two None tests for proxies, per hop.
         self._egress = Egress.from_settings(settings, self._policy)
@@ -251,13 +207,13 @@ class Fetcher:
             raise _RetriesExhausted(exc, attempts) from exc
         return status, body, meta, link, attempts
 
-    async def _attempt(self, call: _Call) -> _Response:
+    async def _attempt(self, call: _Call) -> Answer:
         # The first hop waits before taking a slot, so a slow host's queue never holds slots
         # other hosts need; its ticket is taken in `_follow` (or dropped on the way out). On the
         # happy path nothing is awaited here but `_follow` (CPU per URL, issue 17): a host the
         # limiter leaves free is not waited for, and a free slot is taken without a coroutine.
         host = limiter_host(call.target.host)
-        first = _NO_TURN if self.limiter.free(host) else _turn(await self.limiter.wait(host))
+        first = NO_TURN if self.limiter.free(host) else turn_of(await self.limiter.wait(host))
         slots = self._slots
         try:
             if not slots.try_acquire():
@@ -276,13 +232,13 @@ class Fetcher:
             finally:
                 slots.release()
         finally:
-            if first is not _NO_TURN:
+            if first is not NO_TURN:
                 await first.close()
         return status, body, meta, link
 
     async def _follow(
-        self, call: _Call, first_turn: _Turn | None, *, refreshed: bool = False
-    ) -> _Response:
+        self, call: _Call, first_turn: Turn | None, *, refreshed: bool = False
+    ) -> Answer:
         """The request's hops, each paced by the limiter (every redirect hop asks for a turn of
         its own; the first may come with one) and each turn given back once its answer is in.
         An OAuth2 token refused with 401 is renewed once, and the request made again."""
@@ -306,7 +262,7 @@ class Fetcher:
             if hop or first_turn is None:
                 host = limiter_host(url.host)
                 free = self.limiter.free(host)
-                turn = _NO_TURN if free else _turn(await self.limiter.wait(host, in_slot=True))
+                turn = NO_TURN if free else turn_of(await self.limiter.wait(host, in_slot=True))
             else:
                 turn = first_turn
             async with (
@@ -328,7 +284,7 @@ class Fetcher:
                     break  # a stale token: renewed below, once this answer and turn are let go
                 if status in _REDIRECTS:
                     seen.add(url)
-                    url = self._next_hop(url, resp, seen)
+                    url = next_hop(url, resp, seen)
                     if status == 303 or (status in (301, 302) and method == "POST"):
                         # As browsers and aiohttp do: the next hop is a GET without the body.
                         if data is not None:
@@ -336,7 +292,7 @@ class Fetcher:
                         method, data = "GET", None
                     continue
                 try:
-                    answer = await self._answer(resp, validators, call.links)
+                    answer = await read_answer(resp, validators, call.links, self._body_limit)
                 except HTTPStatusError as exc:
                     if exc.status in _HOST_PAUSE_STATUS and exc.retry_after is not None:
                         await self.limiter.pause(limiter_host(url.host), exc.retry_after)
@@ -356,28 +312,6 @@ class Fetcher:
         self.auth.expire(profile, token)
         return await self._follow(call, None, refreshed=True)
 
-    async def _answer(
-        self, resp: aiohttp.ClientResponse, validators: Validators | None, links: bool
-    ) -> _Response:
-        """A final (not redirecting) response: a 304 to a conditional request, or a 2xx JSON
-        body read within the caps (and its Link headers when asked); else the error it is."""
-        status = resp.status
-        meta = None
-        if validators is not None:
-            meta = ResponseMeta.from_headers(resp.headers)
-            if status == 304:
-                return status, b"", meta, ()
-        if not 200 <= status < 300:
-            raise HTTPStatusError(
-                f"HTTP {status} {resp.reason or ''}".strip(),
-                status=status,
-                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                transient=status in TRANSIENT_STATUSES,
-            )
-        self._check_content_type(resp)
-        body = await self._read(resp)
-        return status, body, meta, tuple(resp.headers.getall("Link", ())) if links else ()
-
     async def _signed(
         self, url: URL, first: URL, headers: Mapping[str, str] | None, profile: Profile | None
     ) -> tuple[URL, Mapping[str, str] | None, str | None]:
@@ -391,58 +325,6 @@ class Fetcher:
             return url, sent, token
         wire, sent = self.auth.sign(profile, url, headers)
         return wire, sent, None
-
-    def _next_hop(self, url: URL, resp: aiohttp.ClientResponse, seen: set[URL]) -> URL:
-        location = resp.headers.get("Location")
-        if not location:
-            raise RedirectError(f"HTTP {resp.status} without a Location header", status=resp.status)
-        try:
-            nxt = url.join(URL(location)).with_fragment(None)
-        except ValueError as exc:
-            raise RedirectError(f"invalid redirect target: {exc}", status=resp.status) from exc
-        if nxt.scheme not in ("http", "https"):
-            raise RedirectError(f"redirect to scheme {nxt.scheme!r} refused", status=resp.status)
-        if nxt in seen:
-            raise RedirectError("redirect loop", status=resp.status)
-        return nxt
-
-    def _check_content_type(self, resp: aiohttp.ClientResponse) -> None:
-        raw = resp.headers.get("Content-Type")
-        if raw is None or raw in _USUAL_JSON_TYPES:
-            return  # none, or a usual header as sent: no parsing (about 1 % of CPU at 1 KB)
-        ctype = resp.content_type.lower()
-        if ctype.endswith("+json") or ctype in _JSON_TYPES:
-            return
-        raise ContentTypeError(f"content type {ctype!r} is not JSON", status=resp.status)
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        limit = self._settings.max_body_bytes
-        declared = resp.content_length
-        if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
-            raise TooLargeError(
-                f"Content-Length {declared} exceeds {limit} bytes", status=resp.status
-            )
-        # aiohttp inflates incrementally, one bounded piece per read, so counting what each read
-        # returns cuts a bomb or an endless body at the cap without holding more than that.
-        content = resp.content
-        # Usually the whole body came in with the headers: taken without a coroutine.
-        first = content.read_nowait() if content.is_eof() else await content.readany()
-        if len(first) > limit:
-            raise TooLargeError(
-                f"body exceeds {limit} bytes after decompression", status=resp.status
-            )
-        if content.is_eof():
-            return first  # the common case: the whole body came in one read
-        chunks = [first]
-        size = len(first)
-        while chunk := await content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise TooLargeError(
-                    f"body exceeds {limit} bytes after decompression", status=resp.status
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 def _headers(

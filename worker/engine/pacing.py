@@ -4,7 +4,8 @@ server asks for one.
 `HostLimiter` is what the fetcher asks before each request (each redirect hop and each page
 too): `wait` before taking a process slot, so that waiting for a slow host holds no slot; for a
 host with a fleet-wide limit it returns a `Ticket`, this process's place at the head of the
-host's line, whose `take` (in the slot, just before the request) waits for the fleet's turn.
+host's line, whose `take` (in the slot, just before the request) waits for the fleet's turn. A
+`Turn` wraps a ticket as an async context around the request.
 Two implementations: `HostPacer` here, one per process with the default rate only (a fetcher
 built without a queue, and the engine's own tests), and the Redis-backed limiter in
 `worker.queue.hostlimits`, which holds every worker that shares a Redis to one rate, one
@@ -18,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from yarl import URL
 
@@ -244,3 +245,41 @@ class HostPacer:
             del self._paused_until[host]
             return now
         return until
+
+
+class Turn:
+    """A request's turn from the `HostLimiter`, as an async context around the request:
+    entering takes the ticket (waits for the fleet's turn), leaving gives back the host's
+    in-flight slot if the turn holds one. `close` drops a ticket never taken; both are
+    idempotent. Without a ticket (an unlimited host) it does nothing."""
+
+    __slots__ = ("_release", "_ticket")
+
+    def __init__(self, ticket: Ticket | None) -> None:
+        self._ticket = ticket
+        self._release: Release | None = None
+
+    async def __aenter__(self) -> None:
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self._release = await ticket.take()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ticket is not None:
+            self._ticket.drop()
+            self._ticket = None
+        release, self._release = self._release, None
+        if release is not None:
+            await release()
+
+
+# The turn of a host with no limit: nothing to take or give back, so one serves every request.
+NO_TURN: Final = Turn(None)
+
+
+def turn_of(ticket: Ticket | None) -> Turn:
+    """The `Turn` of a `HostLimiter.wait` answer."""
+    return NO_TURN if ticket is None else Turn(ticket)
