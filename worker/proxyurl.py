@@ -4,10 +4,14 @@ HTTPS_PROXY) as a `ProxySpec`, and NO_PROXY's entries. `worker.engine.proxy` rou
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,53 @@ def _entry(word: str) -> NoProxyEntry:
         return ipaddress.ip_network(word.strip("[]"), strict=False)
     except ValueError:
         raise ValueError(f"{word!r} is not a CIDR range (e.g. 10.0.0.0/8)") from None
+
+
+def check_proxy_url(value: str | None) -> str | None:
+    """HARVESTER_PROXY_URL as given, or ValueError (it must hold no password)."""
+    if value is not None:
+        parse_proxy_url(value, inline_password=False)
+    return value
+
+
+def check_env_name(value: str | None) -> str | None:
+    """HARVESTER_PROXY_PASSWORD_ENV as given: the name of a variable, never the password."""
+    if value is not None and not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be the name of an environment variable, not a value")
+    return value
+
+
+Proxies = dict[str, ProxySpec]
+
+
+def resolve_proxies(
+    proxy_url: str | None,
+    password_for: Callable[[ProxySpec], SecretStr | None],
+    *,
+    trust_env: bool,
+    http_proxy: SecretStr | None,
+    https_proxy: SecretStr | None,
+    no_proxy: str | None,
+) -> tuple[Proxies, tuple[NoProxyEntry, ...]]:
+    """The proxy of each URL scheme that has one, and NO_PROXY's entries: HARVESTER_PROXY_URL
+    for both schemes (its password from ``password_for``), or with ``trust_env`` the
+    conventional variables; ValueError naming the variable that is wrong."""
+    if proxy_url is not None and trust_env:
+        raise ValueError("set HARVESTER_PROXY_URL or HARVESTER_TRUST_ENV=true, not both")
+    proxies: Proxies = {}
+    if proxy_url is not None:
+        spec = parse_proxy_url(proxy_url, inline_password=False)
+        spec = ProxySpec(spec.url, spec.user, password_for(spec))
+        proxies = {"http": spec, "https": spec}
+    if not trust_env:
+        return proxies, ()
+    for scheme, value in (("http", http_proxy), ("https", https_proxy)):
+        if value is not None and value.get_secret_value().strip():
+            try:
+                proxies[scheme] = parse_proxy_url(value.get_secret_value(), inline_password=True)
+            except ValueError as exc:
+                raise ValueError(f"{scheme.upper()}_PROXY (HARVESTER_TRUST_ENV): {exc}") from None
+    try:
+        return proxies, parse_no_proxy(no_proxy)
+    except ValueError as exc:
+        raise ValueError(f"NO_PROXY (HARVESTER_TRUST_ENV): {exc}") from None

@@ -45,6 +45,32 @@ class SentinelURL:
         return f"SentinelURL(sentinels={self.sentinels!r}, service={self.service!r}, db={self.db})"
 
 
+def check_database_url(value: str) -> str:
+    """DATABASE_URL as given, or ValueError saying what is wrong with it."""
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must start with postgresql:// or postgres://")
+    check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
+    check_tls_files(value, PG_TLS_FILES)
+    return value
+
+
+def check_redis_url(value: str) -> str:
+    """REDIS_URL as given (a server, a socket or Sentinel's form), or ValueError saying what is
+    wrong with it."""
+    if is_sentinel(value):
+        parse_sentinel_url(value)
+        return value
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+    if not value.startswith("unix://"):
+        check_hosts(value, several=False)
+        db = urlsplit(value).path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"the database number {db!r} is not a number")
+    check_tls_files(value, REDIS_TLS_FILES)
+    return value
+
+
 def check_hosts(url: str, *, several: bool) -> None:
     """Refuse a URL whose host:port part cannot be read (``host:notaport``, port 99999);
     ``several``: a comma-separated list of them, as libpq allows."""

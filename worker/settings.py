@@ -9,36 +9,34 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import re
 import ssl
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
+    BeforeValidator,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.backoff import Backoff
 from worker.errors import ConfigError
-from worker.proxyurl import NoProxyEntry, ProxySpec, parse_no_proxy, parse_proxy_url
-from worker.serverurl import (
-    PG_TLS_FILES,
-    REDIS_TLS_FILES,
-    check_hosts,
-    check_tls_files,
-    is_sentinel,
-    parse_sentinel_url,
+from worker.proxyurl import (
+    NoProxyEntry,
+    ProxySpec,
+    check_env_name,
+    check_proxy_url,
+    resolve_proxies,
 )
+from worker.serverurl import check_database_url, check_redis_url
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,7 +54,76 @@ MAX_HOST_RPS: Final = 100_000.0
 
 DEFAULT_USER_AGENT = "harvester/0.1 (+https://github.com/harvester/harvester)"
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+def _networks(value: object) -> object:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+        except ValueError as exc:
+            raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
+    return value
+
+
+def _host_rps(value: float) -> float:
+    if 0 < value < MIN_HOST_RPS:
+        raise ValueError(f"must be 0 (not paced) or at least {MIN_HOST_RPS:g}")
+    return value
+
+
+def _secret(value: SecretStr | None) -> SecretStr | None:
+    """An API token or webhook secret: long enough, without stray whitespace. Messages never
+    quote the value."""
+    if value is None:
+        return None
+    secret = value.get_secret_value()
+    if secret != secret.strip():
+        raise ValueError("has leading or trailing whitespace")
+    if len(secret) < MIN_API_TOKEN_LENGTH:
+        raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
+    return value
+
+
+def _api_token(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and not value.get_secret_value():
+        raise ValueError(
+            "is empty; unset it for a loopback-only API without a token, or set at least "
+            f"{MIN_API_TOKEN_LENGTH} characters"
+        )
+    return _secret(value)
+
+
+def _webhook_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is None or not value.get_secret_value():
+        return None  # unset or empty: no secret (jobs with notify_url are refused)
+    return _secret(value)
+
+
+def _ca_file(value: Path | None) -> Path | None:
+    if value is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=value)
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"cannot read CA certificates from {str(value)!r}: {exc}"
+            raise ValueError(problem) from None
+    return value
+
+
+def _credentials(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"{str(value)!r} is not a file")
+    return value
+
+
+def _unset_when_empty(value: object) -> object:
+    return None if value == "" else value
+
+
+ApiToken = Annotated[SecretStr | None, AfterValidator(_api_token)]
+CredentialsFile = Annotated[
+    Path | None, BeforeValidator(_unset_when_empty), AfterValidator(_credentials)
+]
+WebhookSecret = Annotated[SecretStr | None, AfterValidator(_webhook_secret)]
 
 
 class Settings(BaseSettings):
@@ -73,11 +140,11 @@ class Settings(BaseSettings):
     # -- connections ---------------------------------------------------------------------------
     redis_retry_time: float = Field(default=30.0, ge=0, le=3600)
     redis_socket_timeout: float = Field(default=10.0, gt=0, le=600)
-    database_url: str = Field(
+    database_url: Annotated[str, AfterValidator(check_database_url)] = Field(
         default="postgresql://postgres@127.0.0.1:5432/harvester",
         validation_alias=AliasChoices("DATABASE_URL", "HARVESTER_DATABASE_URL"),
     )
-    redis_url: str = Field(
+    redis_url: Annotated[str, AfterValidator(check_redis_url)] = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "HARVESTER_REDIS_URL"),
     )
@@ -98,22 +165,24 @@ class Settings(BaseSettings):
     max_redirects: int = Field(default=5, ge=0, le=30)
     user_agent: str = Field(default=DEFAULT_USER_AGENT, min_length=1, max_length=512)
     # Requests per second to any one host, for all jobs of a process; 0 means no pacing.
-    host_rps: float = Field(default=0.0, ge=0, le=MAX_HOST_RPS)
-    allowed_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+    host_rps: Annotated[float, AfterValidator(_host_rps)] = Field(
+        default=0.0, ge=0, le=MAX_HOST_RPS
+    )
+    allowed_networks: Annotated[tuple[Network, ...], NoDecode, BeforeValidator(_networks)] = ()
     # IPv6 literals with a zone id ([fe80::1%25eth0]) name an interface, not just an address.
     allow_ipv6_zone_ids: bool = False
     # A forward proxy for every request (its password by reference only), or the conventional
     # HTTP_PROXY / HTTPS_PROXY / NO_PROXY when trust_env is set; never both.
-    proxy_url: str | None = None
-    proxy_password_env: str | None = None
+    proxy_url: Annotated[str | None, AfterValidator(check_proxy_url)] = None
+    proxy_password_env: Annotated[str | None, AfterValidator(check_env_name)] = None
     trust_env: bool = False
     http_proxy: SecretStr | None = Field(default=None, validation_alias="HTTP_PROXY")
     https_proxy: SecretStr | None = Field(default=None, validation_alias="HTTPS_PROXY")
     no_proxy: str | None = Field(default=None, validation_alias="NO_PROXY")
     # CA certificates (PEM) to trust besides the system's: a TLS-inspecting proxy, an internal CA.
-    ca_file: Path | None = None
+    ca_file: Annotated[Path | None, AfterValidator(_ca_file)] = None
     # The TOML file of credential profiles jobs name with `auth` (worker.engine.credentials).
-    credentials: Path | None = None
+    credentials: CredentialsFile = None
 
     # -- batches and jobs ----------------------------------------------------------------------
     max_batch_urls: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -156,9 +225,9 @@ class Settings(BaseSettings):
 
     # -- results: completion webhooks and the change stream --------------------------------------
     # Signs every webhook (worker/engine/webhooks.py); jobs with a notify_url are refused without.
-    webhook_secret: SecretStr | None = None
+    webhook_secret: WebhookSecret = None
     # The secret being rotated out: webhooks carry a signature by each while it is set.
-    webhook_secret_previous: SecretStr | None = None
+    webhook_secret_previous: WebhookSecret = None
     # A delivery is retried (the job backoff) until it is this old, then given up as failed.
     webhook_max_age: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
     # One delivery attempt's whole time; the receiver's answer is read up to a few KB.
@@ -180,7 +249,7 @@ class Settings(BaseSettings):
     health_check_interval: int = Field(default=5, ge=1, le=3600)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
-    api_token: SecretStr | None = None
+    api_token: ApiToken = None
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
     # Slow clients: the headers of each request (and the wait for the next one on a kept-alive
     # connection) and a request body get a deadline; open connections are capped.
@@ -195,117 +264,6 @@ class Settings(BaseSettings):
     # Filled from the proxy settings after validation: scheme -> proxy, and NO_PROXY's entries.
     _proxies: dict[str, ProxySpec] = PrivateAttr(default_factory=dict)
     _no_proxy: tuple[NoProxyEntry, ...] = PrivateAttr(default=())
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _parse_networks(cls, value: object) -> object:
-        if isinstance(value, str):
-            parts = [p.strip() for p in value.split(",") if p.strip()]
-            try:
-                return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
-            except ValueError as exc:
-                raise ValueError(f"not a comma-separated list of CIDRs: {exc}") from exc
-        return value
-
-    @field_validator("host_rps")
-    @classmethod
-    def _check_host_rps(cls, value: float) -> float:
-        if 0 < value < MIN_HOST_RPS:
-            raise ValueError(f"must be 0 (not paced) or at least {MIN_HOST_RPS:g}")
-        return value
-
-    @field_validator("credentials", mode="before")
-    @classmethod
-    def _unset_when_empty(cls, value: object) -> object:
-        return None if value == "" else value
-
-    @field_validator("credentials")
-    @classmethod
-    def _check_credentials(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a file")
-        return value
-
-    @field_validator("api_token")
-    @classmethod
-    def _check_api_token(cls, value: SecretStr | None) -> SecretStr | None:
-        # Messages never quote the value: it is a secret.
-        if value is None:
-            return None
-        token = value.get_secret_value()
-        if not token:
-            raise ValueError(
-                "is empty; unset it for a loopback-only API without a token, or set at least "
-                f"{MIN_API_TOKEN_LENGTH} characters"
-            )
-        if token != token.strip():
-            raise ValueError("has leading or trailing whitespace")
-        if len(token) < MIN_API_TOKEN_LENGTH:
-            raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
-        return value
-
-    @field_validator("webhook_secret", "webhook_secret_previous")
-    @classmethod
-    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        # Messages never quote the value: it is a secret.
-        if value is None or not value.get_secret_value():
-            return None  # unset or empty: no secret (jobs with notify_url are refused)
-        secret = value.get_secret_value()
-        if secret != secret.strip():
-            raise ValueError("has leading or trailing whitespace")
-        if len(secret) < MIN_API_TOKEN_LENGTH:
-            raise ValueError(f"must be at least {MIN_API_TOKEN_LENGTH} characters")
-        return value
-
-    @field_validator("proxy_url")
-    @classmethod
-    def _check_proxy_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_proxy_url(value, inline_password=False)
-        return value
-
-    @field_validator("proxy_password_env")
-    @classmethod
-    def _check_proxy_password_env(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError("must be the name of an environment variable, not a value")
-        return value
-
-    @field_validator("ca_file")
-    @classmethod
-    def _check_ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            try:
-                ssl.create_default_context().load_verify_locations(cafile=value)
-            except (OSError, ssl.SSLError) as exc:
-                problem = f"cannot read CA certificates from {str(value)!r}: {exc}"
-                raise ValueError(problem) from None
-        return value
-
-    @field_validator("database_url")
-    @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must start with postgresql:// or postgres://")
-        check_hosts(value, several=True)  # libpq allows host1:5432,host2:5432
-        check_tls_files(value, PG_TLS_FILES)
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str) -> str:
-        if is_sentinel(value):
-            parse_sentinel_url(value)
-            return value
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
-        if not value.startswith("unix://"):
-            check_hosts(value, several=False)
-            db = urlsplit(value).path.strip("/")
-            if db and not db.isdigit():
-                raise ValueError(f"the database number {db!r} is not a number")
-        check_tls_files(value, REDIS_TLS_FILES)
-        return value
 
     @property
     def metrics_shared_dir(self) -> Path:
@@ -378,28 +336,16 @@ class Settings(BaseSettings):
         return self
 
     def _resolve_proxies(self) -> None:
-        if self.proxy_url is not None and self.trust_env:
-            raise ValueError("set HARVESTER_PROXY_URL or HARVESTER_TRUST_ENV=true, not both")
-        if self.proxy_url is not None:
-            spec = parse_proxy_url(self.proxy_url, inline_password=False)
-            spec = ProxySpec(spec.url, spec.user, self._proxy_password(spec))
-            self._proxies = {"http": spec, "https": spec}
-        elif self.proxy_password_env is not None:
+        if self.proxy_url is None and self.proxy_password_env is not None:
             raise ValueError("HARVESTER_PROXY_PASSWORD_ENV is set without HARVESTER_PROXY_URL")
-        if not self.trust_env:
-            return
-        for scheme, value in (("http", self.http_proxy), ("https", self.https_proxy)):
-            if value is not None and value.get_secret_value().strip():
-                try:
-                    spec = parse_proxy_url(value.get_secret_value(), inline_password=True)
-                except ValueError as exc:
-                    variable = f"{scheme.upper()}_PROXY"
-                    raise ValueError(f"{variable} (HARVESTER_TRUST_ENV): {exc}") from None
-                self._proxies[scheme] = spec
-        try:
-            self._no_proxy = parse_no_proxy(self.no_proxy)
-        except ValueError as exc:
-            raise ValueError(f"NO_PROXY (HARVESTER_TRUST_ENV): {exc}") from None
+        self._proxies, self._no_proxy = resolve_proxies(
+            self.proxy_url,
+            self._proxy_password,
+            trust_env=self.trust_env,
+            http_proxy=self.http_proxy,
+            https_proxy=self.https_proxy,
+            no_proxy=self.no_proxy,
+        )
 
     def _proxy_password(self, spec: ProxySpec) -> SecretStr | None:
         name = self.proxy_password_env
@@ -419,18 +365,14 @@ class Settings(BaseSettings):
 
 
 # Settings read under their conventional names, without the HARVESTER_ prefix.
-_CONVENTIONAL: Final = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"})
+_CONVENTIONAL: Final = frozenset(
+    {"DATABASE_URL", "REDIS_URL", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
+)
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:
-    field = str(loc[0]) if loc else "?"
-    if field in ("database_url", "DATABASE_URL", "HARVESTER_DATABASE_URL"):
-        return "DATABASE_URL"
-    if field in ("redis_url", "REDIS_URL", "HARVESTER_REDIS_URL"):
-        return "REDIS_URL"
-    if field.upper() in _CONVENTIONAL:
-        return field.upper()
-    return f"HARVESTER_{field.upper()}"
+    name = (str(loc[0]) if loc else "?").upper().removeprefix("HARVESTER_")
+    return name if name in _CONVENTIONAL else f"HARVESTER_{name}"
 
 
 def load_settings(**overrides: object) -> Settings:
