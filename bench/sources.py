@@ -26,7 +26,7 @@ from worker.devtools.embedded import embedded_stack
 from worker.engine.migrate import migrate
 from worker.queue.client import open_queue
 from worker.runtime.app import create_worker
-from worker.scheduling import sources
+from worker.scheduling import polls, sources
 from worker.settings import Settings, load_settings
 
 _KINDS = {"etag": 0, "hash": 1}  # n % 3 of the sample API's /feeds/{n} (see worker.sampleapi)
@@ -35,7 +35,7 @@ _KINDS = {"etag": 0, "hash": 1}  # n % 3 of the sample API's /feeds/{n} (see wor
 async def _poll(settings: Settings, pool: asyncpg.Pool) -> tuple[float, int]:
     started = time.monotonic()
     async with open_queue(settings) as redis:
-        claimed = await sources.enqueue_due(pool, redis, settings)
+        claimed = await polls.enqueue_due(pool, redis, settings)
     worker = create_worker(settings, burst=True, handle_signals=False, cron_jobs=[])
     try:
         await worker.main()

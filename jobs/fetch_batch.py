@@ -20,7 +20,7 @@ from worker.errors import BadJobError, LeaseLostError, StoreError
 from worker.logs import bound_job
 from worker.queue import rejections
 from worker.queue.payload import FetchBatch, parse_batch
-from worker.scheduling import sources
+from worker.scheduling import polls
 from worker.settings import Settings
 
 log = logging.getLogger("harvester.jobs")
@@ -84,7 +84,7 @@ async def _run(ctx: JobContext, batch: FetchBatch, started: float, lease: JobLea
     job_try = ctx["job_try"]
     requests = batch.requests_of()
     urls = [r.url for r in requests]
-    states = await sources.load_states(ctx["pool"], urls) if batch.scheduled else {}
+    states = await polls.load_states(ctx["pool"], urls) if batch.scheduled else {}
     run = pipeline.Batch(
         job_id=ctx["job_id"],
         requests=requests,

@@ -26,7 +26,7 @@ from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.session import address_policy
 from worker.queue.serialization import deserialize
-from worker.scheduling import sources
+from worker.scheduling import polls
 from worker.settings import Settings
 
 OAUTH = "oauth2_client_credentials"
@@ -286,7 +286,7 @@ async def test_a_scheduled_source_polls_with_its_profile(
     ).returncode == 0
     listed = await cli("sources", "list", "--json", env=env)
     assert '"auth":"bearer"' in listed.stdout
-    done = await sources.enqueue_due(pool, arq_queue, make_settings())
+    done = await polls.enqueue_due(pool, arq_queue, make_settings())
     assert len(done.jobs) == 2
     jobs = {tuple(j.kwargs["urls"]): j.kwargs.get("auth") for j in await arq_queue.queued_jobs()}
     assert jobs == {(locked,): "bearer", (plain,): None}

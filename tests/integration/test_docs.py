@@ -28,7 +28,7 @@ from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
 from worker.engine.outcomes import BatchSummary, Fetched
 from worker.engine.writes import Chunk, write_chunk
-from worker.scheduling import sources
+from worker.scheduling import polls
 from worker.settings import Settings
 
 # The examples each document's session runs, in order; every runnable example of the docs is in
@@ -312,7 +312,7 @@ async def test_the_scheduled_sources_examples_register_sources(
     assert [enabled for url, enabled in rows.items() if url.endswith("/v1/fx")] == [False]
     for _ in range(2):
         await pool.execute("UPDATE sources SET next_due_at = now()")
-        await sources.enqueue_due(pool, arq_queue, make_settings())
+        await polls.enqueue_due(pool, arq_queue, make_settings())
         await make_worker().main()
     changes = upstream.hits_for("/api/v1/changes")
     assert [h.path.removeprefix("/api/v1/changes") for h in changes] == ["", "?since=1"]

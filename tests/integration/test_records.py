@@ -22,7 +22,7 @@ from worker.engine.pagination import PageSpec
 from worker.engine.records import RecordSpec
 from worker.engine.requests import Request
 from worker.engine.writes import Chunk, write_chunk
-from worker.scheduling import sources
+from worker.scheduling import polls, sources
 from worker.settings import Settings
 
 Run = Callable[..., Awaitable[BatchSummary]]
@@ -196,7 +196,7 @@ async def test_a_scheduled_source_polls_its_records(
     await sources.add(pool, [url], every=600, name="feed", spec=spec)
     (listed,) = await sources.list_sources(pool)
     assert listed.records == {"path": "$.data[*]", "key": "$.id"}
-    await sources.enqueue_due(pool, arq_queue, make_settings())
+    await polls.enqueue_due(pool, arq_queue, make_settings())
     await make_worker().main()
     assert set(await _records(pool, "feed")) == {"a", "b"}
 

@@ -17,7 +17,7 @@ from tests.helpers import wait_until
 from tests.helpers.locks import SECRET_ENV
 from tests.helpers.upstream import Feed, Upstream
 from worker.runtime.app import create_worker
-from worker.scheduling import sources
+from worker.scheduling import polls, sources
 from worker.settings import Settings
 
 Poll = Callable[..., Awaitable[None]]
@@ -34,7 +34,7 @@ def poll(
     setting overrides)."""
 
     async def run(**overrides: Any) -> None:
-        await sources.enqueue_due(pool, arq_queue, make_settings(**overrides))
+        await polls.enqueue_due(pool, arq_queue, make_settings(**overrides))
         await make_worker(**overrides).main()
 
     return run
@@ -190,7 +190,7 @@ async def test_a_post_source_polls_with_its_body_headers_and_credential(
         request={"method": "POST", "json": {"q": "shoes"}, "headers": {"X-Tenant": "t1"}},
     )
     await sources.add(pool, [url], every=60, name="search", spec=spec)
-    await sources.enqueue_due(pool, arq_queue, make_settings())
+    await polls.enqueue_due(pool, arq_queue, make_settings())
     (job,) = await arq_queue.queued_jobs()
     assert job.kwargs == {
         "requests": [
@@ -202,7 +202,7 @@ async def test_a_post_source_polls_with_its_body_headers_and_credential(
     }
     await make_worker(credentials=credentials_file).main()
     await due_now(pool)
-    await sources.enqueue_due(pool, arq_queue, make_settings())
+    await polls.enqueue_due(pool, arq_queue, make_settings())
     await make_worker(credentials=credentials_file).main()
 
     first, second = upstream.hits_for("/echo/search")
@@ -324,7 +324,7 @@ async def test_sources_that_notify_different_urls_go_out_in_different_polls(
         request = {} if hook is None else {"notify_url": hook}
         spec = sources.poll_spec(name="feeds", request=request, webhooks=True)
         await sources.add(pool, [url], every=60, name="feeds", spec=spec)
-    enqueued = await sources.enqueue_due(pool, arq_queue, make_settings())
+    enqueued = await polls.enqueue_due(pool, arq_queue, make_settings())
     assert len(enqueued.jobs) == 3
     polled = {
         job.kwargs["urls"][0]: job.kwargs.get("notify_url") for job in await arq_queue.queued_jobs()

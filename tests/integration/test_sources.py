@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from worker.engine.polling import SourceUpdate
 from worker.engine.writes import Chunk, write_chunk
 from worker.queue.connection import redis_pool
-from worker.scheduling import sources
+from worker.scheduling import polls, sources
 from worker.settings import Settings
 
 
@@ -49,7 +49,7 @@ async def test_due_sources_are_enqueued_in_scheduled_batches_by_name(
     await pool.execute(
         "INSERT INTO sources (url, interval_s) VALUES ('https://api.example/sql', 60)"
     )
-    done = await sources.enqueue_due(pool, arq_queue, settings)
+    done = await polls.enqueue_due(pool, arq_queue, settings)
     assert (done.sources, len(done.jobs)) == (6, 4)
     queued = await _queued(arq_queue)
     assert set(queued) == set(done.jobs)
@@ -62,7 +62,7 @@ async def test_due_sources_are_enqueued_in_scheduled_batches_by_name(
     assert by_source[None] == ["https://api.example/sql"]
     claimed = await pool.fetchval("SELECT count(*) FROM sources WHERE poll_job_id IS NOT NULL")
     assert claimed == 6
-    again = await sources.enqueue_due(pool, arq_queue, settings)
+    again = await polls.enqueue_due(pool, arq_queue, settings)
     assert again.sources == 0  # claimed: not enqueued twice while the poll is pending
 
 
@@ -80,7 +80,7 @@ async def test_disabled_future_and_claimed_sources_are_not_enqueued(
         "('https://api.example/held', 'j1', now() + interval '1h'), "
         "('https://api.example/expired', 'j2', now() - interval '1s')"
     )
-    done = await sources.enqueue_due(pool, arq_queue, settings)
+    done = await polls.enqueue_due(pool, arq_queue, settings)
     (urls,) = [kw["urls"] for kw in (await _queued(arq_queue)).values()]
     assert (done.sources, urls) == (1, ["https://api.example/expired"])
 
@@ -93,7 +93,7 @@ async def test_concurrent_runs_never_claim_a_source_twice(
     urls = [f"https://api.example/c{i}" for i in range(300)]
     await sources.add(pool, urls, every=60, name="c")
     results = await asyncio.gather(
-        *(sources.enqueue_due(pool, arq_queue, settings) for _ in range(8))
+        *(polls.enqueue_due(pool, arq_queue, settings) for _ in range(8))
     )
     assert sum(r.sources for r in results) == 300
     enqueued = [u for kw in (await _queued(arq_queue)).values() for u in kw["urls"]]  # type: ignore[attr-defined]
@@ -111,11 +111,11 @@ async def test_a_run_cut_short_leaves_its_sources_due(
     dead = redis_pool(make_settings(redis_url="redis://127.0.0.1:1/0", redis_retry_time=0))
     try:
         with pytest.raises((RedisError, OSError)):
-            await sources.enqueue_due(pool, dead, settings)
+            await polls.enqueue_due(pool, dead, settings)
     finally:
         await dead.aclose()
     assert await pool.fetchval("SELECT count(*) FROM sources WHERE poll_job_id IS NULL") == 2
-    assert (await sources.enqueue_due(pool, arq_queue, settings)).sources == 2
+    assert (await polls.enqueue_due(pool, arq_queue, settings)).sources == 2
 
 
 async def test_a_finished_poll_that_left_its_sources_claimed_is_enqueued_anew(
@@ -125,9 +125,9 @@ async def test_a_finished_poll_that_left_its_sources_claimed_is_enqueued_anew(
     settled, the next claim gets a new job id instead of a silent no-op; while it is still
     queued, a re-claim reuses it."""
     await sources.add(pool, ["https://api.example/s1"], every=60, name=None)
-    (first,) = (await sources.enqueue_due(pool, arq_queue, settings)).jobs
+    (first,) = (await polls.enqueue_due(pool, arq_queue, settings)).jobs
     await pool.execute("UPDATE sources SET poll_job_id = NULL, claimed_until = NULL")  # rolled back
-    assert (await sources.enqueue_due(pool, arq_queue, settings)).jobs == (first,)
+    assert (await polls.enqueue_due(pool, arq_queue, settings)).jobs == (first,)
     assert len(await arq_queue.queued_jobs()) == 1
 
     # The job ran and finished without settling its source (e.g. its last try ran out of time).
@@ -135,7 +135,7 @@ async def test_a_finished_poll_that_left_its_sources_claimed_is_enqueued_anew(
     await arq_queue.delete(job_key_prefix + first)
     await arq_queue.set(result_key_prefix + first, b"{}")
     await pool.execute("UPDATE sources SET claimed_until = now() - interval '1s'")
-    (second,) = (await sources.enqueue_due(pool, arq_queue, settings)).jobs
+    (second,) = (await polls.enqueue_due(pool, arq_queue, settings)).jobs
     assert second == f"{first}-1"
     assert [j.job_id for j in await arq_queue.queued_jobs()] == [second]
 

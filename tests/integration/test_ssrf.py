@@ -26,7 +26,7 @@ from worker.engine.guard import AddressPolicy, BlockedAddressError, guarded_sock
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.session import map_client_error
 from worker.ops.api import create_app
-from worker.scheduling import sources
+from worker.scheduling import polls
 from worker.settings import Settings
 
 ONLY_UPSTREAM = "127.0.0.1/32"
@@ -142,7 +142,7 @@ async def test_source_polls_of_refused_spellings_record_blocked(
         "INSERT INTO sources (url, name) SELECT u, 'ssrf' FROM unnest($1::text[]) AS u", urls
     )
     settings = make_settings(allowed_networks=ONLY_UPSTREAM)
-    await sources.enqueue_due(pool, arq_queue, settings)
+    await polls.enqueue_due(pool, arq_queue, settings)
     await make_worker(allowed_networks=ONLY_UPSTREAM).main()
     outcomes = await pool.fetch("SELECT url, last_outcome FROM sources")
     assert len(outcomes) == len(urls)

@@ -30,7 +30,7 @@ from worker.engine.session import create_session
 from worker.logs import KeyValueFormatter
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch
-from worker.scheduling import sources
+from worker.scheduling import polls
 from worker.settings import Settings
 
 SECRET = "whsec-test-0123456789abcdef"
@@ -325,7 +325,7 @@ async def test_a_source_with_notify_url_gets_a_signed_webhook_for_its_poll(
 
     settings = make_settings(webhook_secret=SECRET)
     await pool.execute("UPDATE sources SET next_due_at = now()")
-    enqueued = await sources.enqueue_due(pool, arq_queue, settings)
+    enqueued = await polls.enqueue_due(pool, arq_queue, settings)
     (job_id,) = enqueued.jobs
     (job,) = await arq_queue.queued_jobs()
     assert job.kwargs["notify_url"] == hook

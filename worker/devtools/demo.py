@@ -23,7 +23,7 @@ from worker.devtools.embedded import embedded_stack
 from worker.engine import store
 from worker.engine.migrate import migrate
 from worker.queue import client
-from worker.scheduling import sources
+from worker.scheduling import polls, sources
 from worker.settings import Settings, load_settings
 
 LANDED = "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM fetch_failures)"
@@ -45,7 +45,7 @@ async def _poll_sources(settings: Settings, env: dict[str, str], base: str, n: i
             docs_before = await pool.fetchval("SELECT count(*) FROM documents")
             async with client.open_queue(settings) as redis:
                 # What the poll_sources cron task does every minute inside the worker.
-                claimed = await sources.enqueue_due(pool, redis, settings)
+                claimed = await polls.enqueue_due(pool, redis, settings)
             code, elapsed, _ = await _worker(env, settings)
             if code != 0:
                 return code
