@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
 
 from jobs.poll_sources import poll_sources
 from tests.helpers import cron_ctx, wait_until
 from tests.helpers.workers import long_running, running
 from worker.engine import store
+from worker.queue import heartbeat
 from worker.runtime.app import create_worker
 from worker.settings import Settings
 
@@ -74,3 +77,23 @@ async def test_a_worker_closed_before_its_run_began_does_not_run(
     assert not worker.main_task.cancelled()  # it ended by itself
     assert "exit_stack" not in worker.ctx  # harvester's start-up never ran
     assert not await arq_queue.exists(worker.health_check_key)
+
+
+async def test_a_worker_closed_while_it_first_registers_leaves_no_entry(
+    settings: Settings, arq_queue: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close (a SIGTERM at start-up) while the first registry write waits for its reply: the
+    entry is written, so the close must take it out, or status would list a dead worker."""
+    written = asyncio.Event()
+    register = heartbeat.register
+
+    async def register_then_stall(*args: Any, **kwargs: Any) -> None:
+        await register(*args, **kwargs)
+        written.set()
+        await asyncio.sleep(3600)  # the reply that has not come when the close does
+
+    monkeypatch.setattr(heartbeat, "register", register_then_stall)
+    worker = long_running(settings)
+    async with running(worker):
+        await asyncio.wait_for(written.wait(), timeout=20)
+    assert await heartbeat.read_workers(arq_queue, settings.queue) == []

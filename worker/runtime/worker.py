@@ -90,8 +90,10 @@ class HarvesterWorker(Worker):
                 if forgotten:
                     log.info("workers.forgotten", extra={"workers": ", ".join(forgotten)})
             registration = self._registration()
-            await heartbeat.register(self.pool, self.queue_name, self.worker_id, registration)
+            # Set before the write, not after: a close that cancels this beat while it waits for
+            # the reply must still take out the entry the write may have made.
             self._registered = True
+            await heartbeat.register(self.pool, self.queue_name, self.worker_id, registration)
             await self._after_beat(time.monotonic())
 
     async def _after_beat(self, now: float) -> None:
