@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.worker import Worker
 
+from tests.helpers import wait_until
 from tests.helpers.upstream import Upstream
 from worker.queue.client import enqueue_urls
 
@@ -33,7 +34,8 @@ async def _kinds(pool: asyncpg.Pool, job_id: str) -> dict[str, int]:
 
 async def _streamed(redis: aioredis.Redis, job_id: str) -> tuple[int, dict[str, int]]:
     """The outcomes and failures by kind that the change stream says ``job_id`` landed."""
-    ((_, entries),) = await redis.xread({"harvester:events": "0-0"}, count=1000)
+    replies = await redis.xread({"harvester:events": "0-0"}, count=1000)
+    entries = replies[0][1] if replies else []
     read = [{k.decode(): v.decode() for k, v in e.items()} for _, e in entries]
     mine = [e for e in read if e["job_id"] == job_id]
     kinds: dict[str, int] = {}
@@ -41,6 +43,10 @@ async def _streamed(redis: aioredis.Redis, job_id: str) -> tuple[int, dict[str, 
         for kind, n in orjson.loads(e["failures"]).items():
             kinds[kind] = kinds.get(kind, 0) + n
     return sum(int(e["urls"]) for e in mine), kinds
+
+
+async def _told(redis: aioredis.Redis, job_id: str, expected: tuple[int, dict[str, int]]) -> bool:
+    return await _streamed(redis, job_id) == expected
 
 
 async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
@@ -64,8 +70,10 @@ async def test_job_that_would_hit_arqs_timeout_continues_then_records_the_rest(
     assert kinds["document"] + kinds["deadline"] == 22
     assert kinds["document"] >= 10 + 2  # each try landed slow URLs before its deadline
     assert upstream.counts["/json/0"] == 1  # the second try did not fetch landed URLs again
-    # The change stream tells of every outcome, the deadline failures included.
-    assert await _streamed(redis, job_id) == (22, {"deadline": kinds["deadline"]})
+    # The change stream tells of every outcome, the deadline failures included (its entries are
+    # written in the background: the last may follow the job's end).
+    told = (22, {"deadline": kinds["deadline"]})
+    await wait_until(lambda: _told(redis, job_id, told))
 
 
 async def test_job_started_too_often_records_its_urls_as_abandoned(
@@ -85,7 +93,7 @@ async def test_job_started_too_often_records_its_urls_as_abandoned(
     assert worker.jobs_complete == 1
     assert await _kinds(pool, job_id) == {"abandoned": 5}
     assert upstream.hits == []
-    assert await _streamed(redis, job_id) == (5, {"abandoned": 5})
+    await wait_until(lambda: _told(redis, job_id, (5, {"abandoned": 5})))
 
 
 async def test_job_stuck_on_a_hung_database_is_deferred_not_failed(
