@@ -92,8 +92,9 @@ async def test_redis_down_holds_a_limited_host_back(
     await _landed(stack, 60, timeout=60)
 
     hits = upstream.hits_for("/json/r-")
-    # A request admitted just before the stop may still arrive in its first moments.
-    during = [h for h in hits if stopped + 0.3 < h.at < restarted]
+    # A request admitted just before the stop may still arrive in its first moments: its turn,
+    # up to one spacing (0.2 s) ahead, then the way to the upstream on a busy machine.
+    during = [h for h in hits if stopped + 1.0 < h.at < restarted]
     assert during == [], [h.at - stopped for h in during]
     assert busiest_second(hits) <= 6
     assert worker.running, worker.log()[-3000:]

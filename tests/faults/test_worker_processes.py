@@ -39,8 +39,8 @@ async def _two_beating(stack: Stack, worker: WorkerProcess) -> list[int]:
 
     async def beating() -> bool:
         children = worker.children()
-        live = {w.pid for w in await _workers(stack) if w.alive}
-        return len(children) == 2 and live == set(children)
+        live = {w.pid for w in await _workers(stack) if w.alive and w.started_at is not None}
+        return len(children) == 2 and live == set(children)  # beating and registered
 
     await wait_until(beating, timeout=30)
     return worker.children()

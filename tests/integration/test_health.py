@@ -60,7 +60,9 @@ async def test_a_killed_worker_is_dead_for_health_and_status(
         pids = {p.pid for p in procs}
 
         async def alive() -> set[int | None]:
-            return {w.pid for w in await _workers(redis) if w.alive}
+            # Registered too (started_at): one killed before it registered would vanish once
+            # its heartbeat expired, not show as dead.
+            return {w.pid for w in await _workers(redis) if w.alive and w.started_at is not None}
 
         async def both_alive() -> bool:
             return await alive() == pids

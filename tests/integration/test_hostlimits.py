@@ -68,8 +68,11 @@ async def test_two_workers_share_one_rate(redis: aioredis.Redis, limiters: Limit
             *(_turn(w, "a.example") for w in itertools.islice(itertools.cycle((a, b)), 20))
         )
     )
+    # Each turn is stamped once the loop gets to it: a stall on one shortens the next gap, so
+    # each gap is held to half the spacing (unpaced turns would come together) and the span to
+    # the whole of it.
     gaps = [y - x for x, y in itertools.pairwise(times)]
-    assert min(gaps) >= 0.04, gaps
+    assert min(gaps) >= 0.025, gaps
     assert times[-1] - times[0] >= 19 * 0.05 * 0.95
 
 
@@ -77,7 +80,8 @@ async def test_the_default_rate_holds_for_the_fleet(limiters: Limiters) -> None:
     """HARVESTER_HOST_RPS applies to every host without a policy, across workers too."""
     a, b = await limiters(host_rps=10), await limiters(host_rps=10)
     times = sorted(await asyncio.gather(*(_turn(w, "b.example") for w in (a, b, a, b))))
-    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.09
+    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.05  # see the test above
+    assert times[-1] - times[0] >= 3 * 0.1 * 0.95
 
 
 async def test_in_flight_limit_holds_across_workers(
@@ -117,6 +121,7 @@ async def test_a_pause_reaches_every_worker(redis: aioredis.Redis, limiters: Lim
     unlimited host once the other has read the pauses (every few seconds); it is capped."""
     await set_policy(redis, TEST_QUEUE, "e.example", HostPolicy(rps=1000))
     a, b = await limiters(retry_after_cap=1.5), await limiters(retry_after_cap=1.5)
+    paused_at = time.monotonic()  # before both pauses begin: the waits are timed from here
     await a.pause("e.example", 1.0)
     await a.pause("f.example", 3600)  # a hostile Retry-After
 
@@ -125,12 +130,10 @@ async def test_a_pause_reaches_every_worker(redis: aioredis.Redis, limiters: Lim
 
     await wait_until(shared, timeout=5)
     assert (await read_pauses(redis, TEST_QUEUE))["f.example"] <= 1.5
-    started = time.monotonic()
-    assert await _turn(b, "e.example") - started >= 0.8
+    assert await _turn(b, "e.example") - paused_at >= 0.95
     await b.refresh()
-    started = time.monotonic()
     assert await b.wait("f.example") is None  # not limited: no ticket, but it waited
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - paused_at >= 1.45  # the cap, not the hour asked for
 
 
 async def test_unlimited_hosts_pay_no_redis_round_trip(
@@ -193,7 +196,8 @@ async def test_redirect_hops_are_paced(
         await session.close()
     times = sorted(h.at for h in upstream.hits)
     assert len(times) == 4, upstream.hits
-    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.09
+    assert min(y - x for x, y in itertools.pairwise(times)) >= 0.05  # stamped by the upstream
+    assert times[-1] - times[0] >= 3 * 0.1 * 0.95
 
 
 async def test_redirects_back_to_a_limited_host_never_wait_on_each_other(
@@ -305,6 +309,7 @@ async def test_the_paused_hosts_expire_with_their_last_pause(
     """The hash of paused hosts lives as long as its longest pause, then is gone: no key of the
     limiter outlives what it records."""
     limiter = await limiters()
+    paused_at = time.monotonic()
     await limiter.pause("short.example", 0.3)
     await limiter.pause("long.example", 1.2)
 
@@ -313,7 +318,9 @@ async def test_the_paused_hosts_expire_with_their_last_pause(
 
     await wait_until(both, timeout=5)
     key = paused_key(TEST_QUEUE)
-    assert 500 < await redis.pttl(key) <= 1200
+    left_ms = await redis.pttl(key)
+    elapsed_ms = (time.monotonic() - paused_at) * 1000
+    assert 1200 - elapsed_ms - 50 < left_ms <= 1200  # the longest pause's time, not the shortest
 
     async def gone() -> bool:
         return not await redis.exists(key)

@@ -44,7 +44,8 @@ async def test_status_reports_a_workers_jobs_failures_and_queue(
     afterwards shows as queued."""
     urls = [upstream.url(f"/json/s{i}") for i in range(8)] + [upstream.url("/status/404")]
     await enqueue_urls(arq_queue, urls, batch_size=5, job_id_prefix="st")
-    worker = make_worker()
+    # One beat for the whole test: a later beat would rewrite the heartbeat with queued=0.
+    worker = make_worker(health_check_interval=3600)
     await worker.main()  # burst: runs both jobs, keeps its heartbeat until closed
     await enqueue_urls(arq_queue, [upstream.url("/json/later")], job_id_prefix="later")
 

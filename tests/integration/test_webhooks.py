@@ -114,7 +114,8 @@ async def test_given_up_delivery_is_listed_and_redelivered(
 ) -> None:
     """A receiver that keeps failing past HARVESTER_WEBHOOK_MAX_AGE: failed, shown by
     ``webhooks list --failed``; ``redeliver --failed`` sends it again, with the same id."""
-    settings = make_settings(webhook_secret=SECRET, job_retry_delay=0, webhook_max_age=1.5)
+    # Old enough to be given up after a few tries (the outbox is looked at once a second).
+    settings = make_settings(webhook_secret=SECRET, job_retry_delay=0, webhook_max_age=3)
     hook = upstream.url("/flaky/down?fails=1000&status=500")
     await _enqueue(arq_queue, "wh-2", urls=[upstream.url("/json/a")], notify_url=hook)
     async with running(long_running(settings)):
