@@ -38,9 +38,9 @@ import asyncpg
 from bench import database, procs
 from bench.upstream import make_body
 from worker.engine import latest, store
+from worker.engine.chunks import Chunk
 from worker.engine.migrate import migrate
 from worker.engine.outcomes import Fetched
-from worker.engine.writes import Chunk
 from worker.settings import load_settings
 
 CHUNK_BYTES: Final = 1024 * 1024

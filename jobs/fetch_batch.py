@@ -13,9 +13,9 @@ from arq import Retry
 from jobs.context import JobContext
 from worker.engine import counters as metrics
 from worker.engine import leases, outbox, pipeline, writer
+from worker.engine.chunks import Chunk
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import BatchSummary
-from worker.engine.writes import Chunk
 from worker.errors import BadJobError, LeaseLostError, StoreError
 from worker.logs import bound_job
 from worker.queue import rejections

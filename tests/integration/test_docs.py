@@ -26,8 +26,9 @@ from tests.helpers.docs import Example, Unmarked, blocks, examples, session_scri
 from tests.helpers.locks import Lock
 from tests.helpers.processes import free_ports, kill_tree, kill_tree_in
 from tests.helpers.upstream import Upstream
+from worker.engine.chunks import Chunk
 from worker.engine.outcomes import BatchSummary, Fetched
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.scheduling import polls
 from worker.settings import Settings
 

@@ -13,12 +13,13 @@ import asyncpg
 from tests.helpers import Services, migrations_up_to, scratch_database
 from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
+from worker.engine.chunks import Chunk
 from worker.engine.fetch import Fetcher
 from worker.engine.migrate import migrate
 from worker.engine.outcomes import Fetched
 from worker.engine.polling import content_hash
 from worker.engine.requests import Body, Request
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.scheduling.retention import delete_expired
 from worker.settings import Settings
 

@@ -16,8 +16,9 @@ from tests.helpers import wait_until
 from tests.helpers.upstream import Upstream
 from tests.helpers.workers import long_running, running
 from worker.engine import leases
+from worker.engine.chunks import Chunk
 from worker.engine.outcomes import Failed, Fetched
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.errors import LeaseLostError
 from worker.queue.client import enqueue_urls
 from worker.queue.serialization import deserialize

@@ -14,11 +14,12 @@ from arq.worker import Worker
 
 from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
+from worker.engine.chunks import Chunk
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Fetched
 from worker.engine.pagination import PageSpec
 from worker.engine.requests import Body, Request
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.queue.client import enqueue_batch
 from worker.queue.payload import make_batch
 from worker.scheduling.replay import replay_failures

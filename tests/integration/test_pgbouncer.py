@@ -16,9 +16,10 @@ from tests.helpers import Services, scratch_database, worker_env
 from tests.helpers.cli import InProcess
 from tests.helpers.pgbouncer import Pgbouncer, pgbouncer
 from worker.engine import store
+from worker.engine.chunks import Chunk
 from worker.engine.migrate import discover, migrate
 from worker.engine.outcomes import Failed, Fetched
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.errors import ConfigError, StoreError
 from worker.settings import Settings
 

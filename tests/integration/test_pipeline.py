@@ -14,10 +14,11 @@ from tests.helpers import wait_until
 from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
 from worker.engine.bodies import PARSE_MAX_BYTES
+from worker.engine.chunks import Chunk
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Failed, Fetched
 from worker.engine.requests import Request
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.settings import Settings
 
 RunBatch = Callable[..., Awaitable[BatchSummary]]

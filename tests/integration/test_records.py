@@ -16,12 +16,13 @@ from tests.helpers import Services
 from tests.helpers.cli import InProcess, cli_env
 from tests.helpers.upstream import Upstream
 from worker.engine import pipeline
+from worker.engine.chunks import Chunk
 from worker.engine.fetch import Fetcher
 from worker.engine.outcomes import BatchSummary, Fetched
 from worker.engine.pagination import PageSpec
 from worker.engine.records import RecordSpec
 from worker.engine.requests import Request
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.scheduling import polls, sources
 from worker.settings import Settings
 

@@ -11,8 +11,9 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import RedisError
 
+from worker.engine.chunks import Chunk
 from worker.engine.polling import SourceUpdate
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.queue.connection import redis_pool
 from worker.scheduling import polls, sources
 from worker.settings import Settings

@@ -6,8 +6,9 @@ import asyncpg
 import pytest
 
 from worker.engine import store
+from worker.engine.chunks import Chunk
 from worker.engine.outcomes import Failed, Fetched
-from worker.engine.writes import Chunk, write_chunk
+from worker.engine.writes import write_chunk
 from worker.errors import StoreError
 from worker.settings import Settings
 

@@ -26,6 +26,7 @@ from worker.engine import store, walks
 from worker.engine.auth import unsigned
 from worker.engine.bodies import clean_detail
 from worker.engine.budget import ByteBudget, Lease
+from worker.engine.chunks import Chunk
 from worker.engine.credentials import Profile
 from worker.engine.fetch import Build, Fetcher
 from worker.engine.leases import JobLease
@@ -48,7 +49,6 @@ from worker.engine.polling import (
 from worker.engine.records import RecordSpec
 from worker.engine.requests import Request
 from worker.engine.writer import DONE, ChunkWriter, OnLanded, Tally, tell, write_retried
-from worker.engine.writes import Chunk
 from worker.errors import LeaseLostError, StoreError
 from worker.settings import Settings
 

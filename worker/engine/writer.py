@@ -18,13 +18,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from worker.backoff import Backoff
 from worker.engine import counters as metrics
 from worker.engine.budget import Lease
+from worker.engine.chunks import Chunk, Written
 from worker.engine.leases import JobLease
 from worker.engine.outcomes import Failed, Fetched, outcome_key
 from worker.engine.pagination import PageSpec
 from worker.engine.polling import NOT_MODIFIED, UNCHANGED, Polled, SourceUpdate
 from worker.engine.records import RecordSpec
 from worker.engine.requests import RequestKey
-from worker.engine.writes import Chunk, Written, write_chunk
+from worker.engine.writes import write_chunk
 from worker.errors import StoreError
 from worker.settings import Settings
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from worker.engine.chunks import Chunk
 from worker.engine.outcomes import Failed, Fetched
 from worker.engine.requests import Body, Request
-from worker.engine.writes import Chunk
 
 
 def _page(n: int, request: Request | None = None) -> Fetched:
