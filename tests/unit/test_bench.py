@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench import database, procs
-from bench.__main__ import Run, _median, _table, profiled, ratios
+from bench.harness import profiled
+from bench.report import Run, median_run, ratios, table
 
 # A backend's line as Linux writes it, but with a name holding spaces and a parenthesis.
 STAT = (
@@ -155,17 +156,17 @@ def test_the_table_and_ratios_show_cpu_per_url_of_every_process() -> None:
     """Medians of the worker's CPU per URL less its start-up, Postgres's and the upstream's (a
     repetition that could not see Postgres left out), '-' where never measured, and the
     worker's CPU per URL against the ceiling's client, repetition by repetition."""
-    harvester = _median(
+    harvester = median_run(
         [_run("harvester", 900, 0.9, 0.1, 0.2, 0.1), _run("harvester", 1000, 0.7, None, 0.3, 0.1)]
     )
-    ceiling = _median(
+    ceiling = median_run(
         [_run("ceiling", 2000, 0.4, None, None), _run("ceiling", 2000, 0.3, None, 0.1)]
     )
     assert harvester.postgres_us_per_url == 100
     assert harvester.upstream_us_per_url == 250
     assert ceiling.postgres_us_per_url is None
     assert ratios([ceiling, harvester])["1K harvester b1000 CPU/URL / ceiling CPU/URL"] == 2.0
-    row = _row(_table([ceiling, harvester]), "harvester")
+    row = _row(table([ceiling, harvester]), "harvester")
     assert row.split("MiB")[1].split()[:4] == ["700", "100", "250", "0.47x"]
-    ceiling_row = _row(_table([ceiling]), "ceiling")
+    ceiling_row = _row(table([ceiling]), "ceiling")
     assert ceiling_row.split("MiB")[1].split() == ["350", "-", "100"]
