@@ -31,6 +31,7 @@ from worker.backoff import Backoff
 from worker.errors import ConfigError
 from worker.proxyurl import (
     NoProxyEntry,
+    Proxies,
     ProxySpec,
     check_env_name,
     check_proxy_url,
@@ -262,7 +263,7 @@ class Settings(BaseSettings):
     uvloop: bool = True
 
     # Filled from the proxy settings after validation: scheme -> proxy, and NO_PROXY's entries.
-    _proxies: dict[str, ProxySpec] = PrivateAttr(default_factory=dict)
+    _proxies: Proxies = PrivateAttr(default_factory=dict)
     _no_proxy: tuple[NoProxyEntry, ...] = PrivateAttr(default=())
 
     @property
@@ -274,7 +275,7 @@ class Settings(BaseSettings):
         return Path(tempfile.gettempdir()) / f"harvester-metrics-{os.getuid()}-{digest}"
 
     @property
-    def proxies(self) -> dict[str, ProxySpec]:
+    def proxies(self) -> Proxies:
         """The forward proxy for each URL scheme (``http``, ``https``) that has one."""
         return dict(self._proxies)
 

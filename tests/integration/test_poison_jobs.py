@@ -173,3 +173,29 @@ async def test_a_cron_task_enqueued_by_hand_is_refused(
     assert info is not None
     assert "runs only on its schedule" in str(info.result)
     assert await pool.fetchval("SELECT count(*) FROM sources WHERE poll_job_id IS NOT NULL") == 0
+
+
+async def test_a_cron_tick_out_of_tries_is_not_listed_with_refused_jobs(
+    redis: aioredis.Redis, arq_queue: Any, make_worker: Callable[..., Worker]
+) -> None:
+    """A tick cut short (a kill, a shutdown) starts again and fails as out of tries; that is no
+    job a caller sent, and the next tick does its work: it stays off status' refused jobs,
+    while a batch out of tries is listed."""
+    name = f"cron:{TEST_QUEUE}:poll_sources"
+    now = int(time.time() * 1000)
+    tick, batch = f"{name}:{now}", "batch-out-of-tries"
+    await _put(redis, tick, orjson.dumps({"t": None, "f": name, "a": [], "k": {}, "et": now}), now)
+    job = {"t": None, "f": "fetch_batch", "a": [], "k": {"urls": []}, "et": now}
+    await _put(redis, batch, orjson.dumps(job), now + 1)
+    for job_id in (tick, batch):
+        await redis.set(f"arq:retry:{job_id}", 1_000)  # started that often already
+    worker = make_worker()
+    worker.functions[name] = func(poll_sources, name=name, max_tries=1)  # type: ignore[arg-type]
+    await worker.main()
+    for job_id in (tick, batch):
+        info = await Job(
+            job_id, arq_queue, _queue_name=TEST_QUEUE, _deserializer=deserialize
+        ).result_info()
+        assert info is not None, job_id
+        assert "retries exceeded" in str(info.result), job_id
+    assert [job_id for job_id, _ in await rejections.since(redis, TEST_QUEUE, 0)] == [batch]

@@ -122,7 +122,7 @@ class BlockedAddressError(OSError):
     """A socket was about to connect to an address the policy refuses.
 
     An `OSError` so that the connection machinery handles it as a failed connect attempt (and
-    closes the socket); `worker.engine.fetch.map_client_error` turns it into a `BlockedError`.
+    closes the socket); `worker.engine.session.map_client_error` turns it into a `BlockedError`.
     """
 
 

@@ -165,7 +165,8 @@ async def _read_db(pool: asyncpg.Pool) -> _Db:
 
 def newest(*timed: list[tuple[str, float]]) -> list[str]:
     """The `RECENT_JOBS` newest job ids of lists of (job id, unix time): the jobs that landed
-    rows and those the worker refused, which land none (`worker.queue.rejections`)."""
+    rows and those the worker refused or that failed before landing them all
+    (`worker.queue.rejections`)."""
     merged = sorted((row for rows in timed for row in rows), key=lambda row: -row[1])
     return list(dict.fromkeys(job_id for job_id, _ in merged))[:RECENT_JOBS]
 

@@ -1,13 +1,12 @@
 """The jobs a worker refused, kept where `harvester status` and the dashboard find them.
 
-A refused job (a batch the payload model rejects: an unknown credential profile, a forbidden
-header, too many URLs) lands no row in Postgres, where status finds the other recent jobs; nor
-does a job arq fails before it runs (not a valid job, an unknown function, expired, out of
-tries), and a crashed one may land only some. So the worker also adds the id of each to the
-sorted set ``<queue>:rejected``, scored by the time it was refused, and keeps the newest `KEEP`;
-the reason stays in arq's stored result, which status reads for every recent job. The set is a
-view for people, not a record: a failure to write it is logged and the job is refused all the
-same.
+A refused job (a batch the payload model rejects: an unknown credential profile, a forbidden header,
+too many URLs) lands no row in Postgres, where status finds the other recent jobs; nor does a job
+arq fails before it runs (not a valid job, an unknown function, expired, out of tries; a cron tick
+is left out), and a crashed one may land only some. So the worker also adds the id of each to the
+sorted set ``<queue>:rejected``, scored by the time it was refused, and keeps the newest `KEEP`; the
+reason stays in arq's stored result, which status reads for every recent job. The set is a view for
+people, not a record: a failure to write it is logged and the job is refused all the same.
 """
 
 from __future__ import annotations

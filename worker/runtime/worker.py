@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobs.cron import CRON_PREFIX
 from worker.errors import ConfigError, RedisUnavailableError
 from worker.logs import redact
 from worker.queue import heartbeat, holds, rejections
@@ -240,12 +241,14 @@ class HarvesterWorker(Worker):
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's end of a job that failed without its function returning: not a valid job, an
-        unknown function, expired, aborted, out of tries, or crashed (`_fail_crashed`). Such a
-        job lands no row, or not all of them, so it is listed with the refused ones, where
-        ``harvester status`` finds it."""
+        unknown function, expired, out of tries, or crashed (`_fail_crashed`). Such a job lands
+        no row, or not all of them, so it is listed with the refused ones, where ``harvester
+        status`` finds it; a cron tick is not (one cut short fails its second start as out of
+        tries, and the next tick does the work)."""
         if await self._release(job_id):
             await super().finish_failed_job(job_id, result_data)
-            await rejections.record(self.pool, self.queue_name, job_id)
+            if not job_id.startswith(CRON_PREFIX):
+                await rejections.record(self.pool, self.queue_name, job_id)
 
     async def _release(self, job_id: str) -> bool:
         """End this run's hold on ``job_id``; False (and arq's bookkeeping is skipped) when the
