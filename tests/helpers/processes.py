@@ -89,8 +89,8 @@ def free_ports(*offsets: int) -> int:
         try:
             for offset in offsets:
                 sock = socket.socket()
+                held.append(sock)  # before the bind: a port in use must not leak the socket
                 sock.bind(("127.0.0.1", base + offset))
-                held.append(sock)
         except OSError:
             continue
         finally:
