@@ -36,8 +36,7 @@ from worker.engine.outcomes import Failed, Fetched, NotModified, Outcome, Respon
 from worker.engine.pacing import NO_TURN, HostLimiter, HostPacer, Turn, limiter_host, turn_of
 from worker.engine.proxy import Egress
 from worker.engine.requests import Request
-from worker.engine.responses import Answer, next_hop
-from worker.engine.responses import answer as read_answer
+from worker.engine.responses import Answer, next_hop, read_answer
 from worker.engine.session import address_policy, map_client_error, proxy_refusal
 from worker.engine.slots import PrioritySemaphore
 from worker.errors import (

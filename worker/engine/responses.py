@@ -33,7 +33,7 @@ _USUAL_JSON_TYPES: Final = frozenset(
 Answer = tuple[int, bytes, ResponseMeta | None, tuple[str, ...]]
 
 
-async def answer(
+async def read_answer(
     resp: aiohttp.ClientResponse, validators: Validators | None, links: bool, limit: int
 ) -> Answer:
     """A final (not redirecting) response: a 304 to a conditional request, or a 2xx JSON body
